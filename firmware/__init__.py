@@ -1,0 +1,1 @@
+"""Package-data marker: lets an installed aiotkit find firmware/ (not imported on the node)."""

@@ -1,0 +1,1 @@
+"""aiotkit gateway: LwM2M server on aiocoap, registry, storage and MQTT uplink."""

