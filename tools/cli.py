@@ -1,2 +1,251 @@
-def main():
-    print("stub")
+"""The ``aiot`` command: one entry point for every aiotkit user.
+
+Sub-commands report user mistakes as one line on stderr and exit with status 2;
+runtime failures exit with 1. No traceback reaches the user for a mistake of theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+PROG = "aiot"
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; printed as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return v
+
+
+def cmd_gateway_run(args) -> int:
+    from aiotkit.gateway.app import run_cli
+
+    return run_cli(args.config)
+
+
+def cmd_sim(args) -> int:
+    from aiotkit.tools.sim import Fleet, FleetConfig
+
+    cfg = FleetConfig(
+        gateway=args.gateway,
+        nodes=args.nodes,
+        prefix=args.prefix,
+        signals=[Path(s) for s in args.signal],
+        lifetime=args.lifetime,
+        window=args.window,
+        hop=args.hop,
+        report_ms=args.report_ms,
+        realtime=args.realtime,
+        heap=args.heap,
+        verbose=args.verbose,
+    )
+    if args.dir:
+        cfg.workdir = Path(args.dir)
+
+    def on_line(node, line):
+        if args.verbose or " sent " not in line or line.endswith(" sent 0"):
+            print(f"[{node.endpoint}] {line}", flush=True)
+
+    async def main() -> int:
+        import signal
+
+        fleet = Fleet(cfg, on_line=on_line)
+        fleet.prepare()
+        print(
+            f"aiot sim: {cfg.nodes} node(s) -> {cfg.gateway}, folders in {cfg.workdir}",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await fleet.start()
+        try:
+            if args.duration is None:
+                await stop.wait()
+            else:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=args.duration)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            print("aiot sim: stopping nodes", flush=True)
+            await fleet.stop()
+        failed = [n.endpoint for n in fleet.nodes if n.state == "failed"]
+        if failed:
+            print(f"aiot sim: configuration error on {', '.join(failed)}", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_demo(args) -> int:
+    from aiotkit.tools.demo import run_demo
+
+    return asyncio.run(
+        run_demo(
+            nodes=args.nodes,
+            duration=args.duration,
+            state=Path(args.state) if args.state else None,
+            port=args.port,
+            mqtt=args.mqtt,
+        )
+    )
+
+
+def cmd_data_convert(args) -> int:
+    from aiotkit.tools import cwru, signalfile
+
+    if bool(args.input) == bool(args.data):
+        raise UsageError("give either one FILE.mat or --data DIR")
+    if args.data:
+        src = Path(args.data)
+        if not src.is_dir():
+            raise UsageError(f"--data {src}: not a folder")
+        jobs = sorted(src.glob("*.mat"), key=lambda p: (cwru.file_number(p) or 0, p.name))
+        if not jobs:
+            raise UsageError(f"--data {src}: no .mat files in it")
+        out = Path(args.out or ".")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out}: must be a folder when converting --data")
+        targets = [(p, out / f"{p.stem}.i16") for p in jobs]
+    else:
+        p = Path(args.input)
+        targets = [(p, Path(args.out) if args.out else p.with_suffix(".i16"))]
+    for i, (p, dst) in enumerate(targets, 1):
+        sig = cwru.convert(
+            p,
+            rate=args.rate,
+            start_s=args.start,
+            seconds=args.seconds,
+            channel=args.channel,
+            in_rate=args.in_rate,
+        )
+        signalfile.write(dst, sig)
+        print(
+            f"[{i}/{len(targets)}] {p.name} -> {dst} ({len(sig.codes)} samples, "
+            f"{sig.seconds:.2f} s at {sig.rate} Hz, step 2^{sig.scale_exp} g)",
+            flush=True,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="aiotkit: MicroPython sensor nodes, an LwM2M/CoAP gateway, and their tools.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    g = sub.add_parser("gateway", help="run and manage the gateway daemon")
+    gsub = g.add_subparsers(dest="gateway_command", metavar="ACTION")
+    gsub.required = True
+    gr = gsub.add_parser(
+        "run",
+        help="run the gateway until SIGTERM/Ctrl-C",
+        description="Run the LwM2M/CoAP gateway: registrations and readings go to SQLite, "
+        "readings and node status to MQTT when [mqtt] is enabled.",
+    )
+    gr.add_argument("--config", metavar="FILE", help="TOML configuration (defaults for all keys)")
+    gr.set_defaults(func=cmd_gateway_run)
+
+    s = sub.add_parser(
+        "sim",
+        help="run simulated nodes (real MicroPython processes) against a gateway",
+        description="Start N MicroPython unix-port nodes, each with its own endpoint name and "
+        "folder, replaying bearing vibration recordings. Stops (nodes de-register) on Ctrl-C.",
+    )
+    s.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (default 3)")
+    s.add_argument("--gateway", required=True, metavar="coap://HOST:PORT", help="gateway URI")
+    s.add_argument("--prefix", default="node", help="endpoint names are PREFIX-1.. (default node)")
+    s.add_argument("--dir", metavar="DIR", help="nodes' folders (default ~/.local/state/aiotkit/sim)")
+    s.add_argument(
+        "--signal", action="append", default=[], metavar="FILE.i16",
+        help="replay file; repeat to give nodes different ones (default: the shipped CWRU excerpts)",
+    )
+    s.add_argument("--lifetime", type=_positive_int, default=60, help="LwM2M lifetime s (60)")
+    s.add_argument("--window", type=_positive_int, default=1024, help="window samples (1024)")
+    s.add_argument("--hop", type=_positive_int, help="hop samples (default: the window)")
+    s.add_argument("--report-ms", type=int, default=1000, help="min ms between reports (1000)")
+    s.add_argument("--realtime", action="store_true", help="replay at the recording's own rate")
+    s.add_argument("--heap", default="64K", help="MicroPython heap per node (64K)")
+    s.add_argument("--duration", type=_nonneg_float, help="stop after this many seconds")
+    s.add_argument("--verbose", action="store_true", help="print every report")
+    s.set_defaults(func=cmd_sim)
+
+    d = sub.add_parser(
+        "demo",
+        help="gateway + simulated nodes with a live summary",
+        description="Run a gateway (SQLite, no cloud account) and simulated nodes on this "
+        "machine and show nodes registering and readings arriving.",
+    )
+    d.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (default 3)")
+    d.add_argument("--duration", type=_nonneg_float, help="stop after this many seconds")
+    d.add_argument("--state", metavar="DIR", help="keep the database and node folders here "
+                   "(default: a temporary folder, removed at the end)")
+    d.add_argument("--port", type=int, default=5683, help="CoAP port (5683; another if busy)")
+    d.add_argument("--mqtt", metavar="HOST:PORT", help="also forward to this MQTT broker")
+    d.set_defaults(func=cmd_demo)
+
+    da = sub.add_parser("data", help="prepare recordings for simulated nodes")
+    dsub = da.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    dc = dsub.add_parser(
+        "convert",
+        help="convert CWRU .mat recordings into replay files (.i16)",
+        description="Convert a CWRU .mat recording (or a folder of them) into the int16 replay "
+        "format the unix-sim board reads. 48 kHz files (97..100) are decimated to --rate.",
+    )
+    dc.add_argument("input", nargs="?", metavar="FILE.mat", help="one recording")
+    dc.add_argument("--data", metavar="DIR", help="convert every .mat file in DIR")
+    dc.add_argument("-o", "--out", metavar="PATH", help="output file (or folder with --data)")
+    dc.add_argument("--rate", type=_positive_int, default=12000, help="output rate Hz (12000)")
+    dc.add_argument("--in-rate", type=_positive_int, help="input rate Hz (default: CWRU table)")
+    dc.add_argument("--start", type=_nonneg_float, default=0.0, help="excerpt start s (0)")
+    dc.add_argument("--seconds", type=_nonneg_float, help="excerpt length s (default: all)")
+    dc.add_argument("--channel", default="DE", choices=["DE", "FE", "BA"], help="sensor (DE)")
+    dc.set_defaults(func=cmd_data_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from aiotkit.tools.cwru import DataError
+    from aiotkit.tools.signalfile import SignalFileError
+    from aiotkit.tools.sim import SimError
+
+    try:
+        return args.func(args)
+    except (UsageError, SimError, DataError, SignalFileError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

