@@ -83,7 +83,7 @@ def render(summaries, fleet: Fleet, events, started: float, db: Path) -> str:
         rows.append(
             f"{str(_get(s, 'endpoint')):<10} {str(_get(s, 'state')):<13} "
             f"{_age(_get(s, 'registered_at'), now):>11} {_age(_get(s, 'last_seen'), now):>11} "
-            f"{_get(s, 'send_count', 0):>6} {_get(s, 'reading_count', 0):>9} "
+            f"{_get(s, 'sends', 0):>6} {_get(s, 'readings', 0):>9} "
             f"{'-' if seq is None else int(seq):>7} {'-' if x is None else f'{x:+.5f}':>10}"
         )
     if not summaries:

@@ -146,14 +146,22 @@ class Fleet:
                 asyncio.create_task(self._supervise(node), name=f"sim-{node.endpoint}")
             )
 
-    async def _spawn(self, node: SimNode) -> asyncio.subprocess.Process:
+    def command(self, node: SimNode) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment that boot ``node`` (after :meth:`prepare`)."""
         env = dict(os.environ)
         env["MICROPYPATH"] = os.pathsep.join([".frozen", str(self._firmware)])
-        return await asyncio.create_subprocess_exec(
+        argv = [
             self._micropython,
             "-X",
             f"heapsize={self.cfg.heap}",
             str(self._firmware / "main.py"),
+        ]
+        return argv, env
+
+    async def _spawn(self, node: SimNode) -> asyncio.subprocess.Process:
+        argv, env = self.command(node)
+        return await asyncio.create_subprocess_exec(
+            *argv,
             cwd=node.workdir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,

@@ -1,0 +1,272 @@
+"""The gateway daemon: life cycle (``Gateway.start()`` / ``shutdown()``), ``serve`` and
+``run_cli`` behind ``aiot gateway run --config FILE``.
+
+Start order: store, registry, CoAP server, expiry task, MQTT uplink (if enabled);
+shutdown stops serving first, then the tasks, then closes the store, bounded by a
+timeout. When serving, exactly one line
+``aiot gateway ready coap://HOST:PORT ...`` is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Self
+
+import aiocoap
+
+from .config import GatewayConfig, load_config
+from .errors import ConfigError, GatewayError
+from .lwm2m import LwM2MResource
+from .registry import Registry
+from .store import Store
+from .uplink import TopicScheme, Uplink
+
+__all__ = ["Gateway", "RateLimitFilter", "run_cli", "serve"]
+
+log = logging.getLogger("aiotkit.gateway")
+
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+class RateLimitFilter(logging.Filter):
+    """Let at most ``burst`` records per message template through per ``interval`` s.
+
+    Peers decide how often the CoAP layer logs (aiocoap warns about every unparsable
+    datagram; every refused request is logged): this keeps a flood from filling the log,
+    and says how many records it dropped.
+    """
+
+    def __init__(self, interval: float = 10.0, burst: int = 5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval = interval
+        self._burst = burst
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int, int]] = {}  # start, passed, dropped
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        key = str(record.msg)
+        now = self._clock()
+        start, passed, dropped = self._windows.get(key, (now, 0, 0))
+        if now - start >= self._interval:
+            if dropped:
+                record.msg = f"{record.msg} [{dropped} similar messages suppressed]"
+            start, passed, dropped = now, 0, 0
+        if passed >= self._burst:
+            self._windows[key] = (start, passed, dropped + 1)
+            return False
+        if len(self._windows) > 256:  # bounded whatever the templates
+            self._windows.clear()
+        self._windows[key] = (start, passed + 1, dropped)
+        return True
+
+
+def _limit_peer_noise() -> None:
+    for name in ("aiotkit.gateway.coap", "aiotkit.gateway.lwm2m"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RateLimitFilter) for f in logger.filters):
+            logger.addFilter(RateLimitFilter())
+
+
+class Gateway:
+    """One gateway daemon; construct, ``await start()``, ``await shutdown()``."""
+
+    def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.time):
+        self.config = config
+        self._clock = clock
+        self._store: Store | None = None
+        self._registry: Registry | None = None
+        self._uplink: Uplink | None = None
+        self._coap: aiocoap.Context | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise GatewayError("gateway not started")
+        return self._store
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            raise GatewayError("gateway not started")
+        return self._registry
+
+    @property
+    def uplink(self) -> Uplink | None:
+        return self._uplink
+
+    @property
+    def coap_uri(self) -> str:
+        return self.config.coap_uri
+
+    async def start(self) -> None:
+        """Open the store and start serving; on failure everything started is undone."""
+        cfg = self.config
+        where = cfg.source if cfg.source is not None else "<defaults>"
+        if cfg.gateway.security == "oscore":
+            raise ConfigError(
+                f'{where}: gateway.security: "oscore" is not implemented yet; set'
+                ' security = "nosec" to run without protection (development only)'
+            )
+        try:
+            await self._start()
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        _limit_peer_noise()
+        log.warning("security is nosec: CoAP traffic on %s is neither authenticated nor"
+                    " encrypted (development only)", cfg.coap.host)
+        try:
+            cfg.gateway.db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GatewayError(f"cannot create {cfg.gateway.db.parent}: {e.strerror or e}") from e
+        encoder = TopicScheme(cfg.mqtt.topic_prefix) if cfg.mqtt.enabled else None
+        self._store = Store.open(cfg.gateway.db, encoder=encoder)
+        self._registry = Registry(self._store, clock=self._clock)
+        if cfg.mqtt.enabled:
+            uplink = Uplink(cfg.mqtt, self._store, clock=self._clock)
+            self._uplink = uplink
+            self._registry.add_listener(lambda _event: uplink.kick())
+        site = LwM2MResource(self._registry, max_payload=cfg.coap.max_payload,
+                             max_records=cfg.coap.max_records)
+        try:
+            self._coap = await aiocoap.Context.create_server_context(
+                site, bind=(cfg.coap.host, cfg.coap.port), transports=["udp6"],
+                loggername="aiotkit.gateway.coap",
+            )
+        except OSError as e:
+            raise GatewayError(f"cannot serve CoAP on {cfg.coap_uri}: {e.strerror or e}") from e
+        # Registrations that lapsed while the gateway was down go offline right away.
+        self._registry.expire_due()
+        self._expiry = asyncio.create_task(
+            self._registry.run_expiry(cfg.registry.expiry_check_s), name="aiot-registry-expiry"
+        )
+        if self._uplink is not None:
+            await self._uplink.start()
+        mqtt = (f"mqtt://{cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix}"
+                if cfg.mqtt.enabled else "mqtt disabled")
+        log.info("aiot gateway ready %s (db %s, %s)", cfg.coap_uri, cfg.gateway.db, mqtt)
+
+    async def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop serving and close everything, within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._stop()
+        except TimeoutError:
+            log.error("shutdown took longer than %.1f s; closing the store anyway", timeout)
+        finally:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    async def _stop(self) -> None:
+        if self._coap is not None:
+            ctx, self._coap = self._coap, None
+            await ctx.shutdown()
+        if self._expiry is not None:
+            task, self._expiry = self._expiry, None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._uplink is not None:
+            uplink, self._uplink = self._uplink, None
+            await uplink.shutdown()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+
+async def serve(
+    config: GatewayConfig,
+    ready_cb: Callable[[Gateway], Awaitable[None] | None] | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a gateway until ``stop`` is set (or the task is cancelled)."""
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        if ready_cb is not None:
+            result = ready_cb(gateway)
+            if result is not None:
+                await result
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await gateway.shutdown()
+
+
+def run_cli(config_path: str | None) -> int:
+    """``aiot gateway run [--config FILE]``: serve until SIGTERM/SIGINT; the exit code."""
+    try:
+        config = load_config(config_path) if config_path else GatewayConfig.default()
+    except ConfigError as e:
+        print(f"aiot gateway: error: {e}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    # aiocoap binds with SO_REUSEPORT by default: a second daemon on the same port would
+    # silently get half the traffic. The daemon wants EADDRINUSE instead.
+    os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")
+    try:
+        asyncio.run(_serve_until_signal(config))
+    except ConfigError as e:
+        print(f"aiot gateway: error: {e}", file=sys.stderr)
+        return 2
+    except GatewayError as e:
+        print(f"aiot gateway: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve_until_signal(config: GatewayConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await serve(config, stop=stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("aiot gateway stopped")
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # aiocoap reports retransmissions and similar peer behaviour at INFO; keep warnings.
+    logging.getLogger("aiotkit.gateway.coap").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m aiotkit.gateway.app [CONFIG]`` (the ``aiot`` CLI calls ``run_cli``)."""
+    args = sys.argv[1:] if argv is None else argv
+    return run_cli(args[0] if args else None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

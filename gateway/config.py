@@ -1,0 +1,234 @@
+"""Gateway configuration: a TOML file read into frozen dataclasses.
+
+Every key is optional. Unknown sections or keys, wrong types and out-of-range values
+raise ``ConfigError`` with one line naming the file and the key, so a typo never
+silently falls back to a default. ``GatewayConfig.default()`` is the configuration of
+an empty file read from the current directory.
+
+``security = "oscore"`` (the default) loads but cannot start yet: ``Gateway.start()``
+refuses it with a ``ConfigError`` until OSCORE is implemented; ``"nosec"`` is the
+development-only option.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = [
+    "CoapConfig",
+    "GatewayConfig",
+    "GatewaySection",
+    "MqttConfig",
+    "RegistryConfig",
+    "load_config",
+]
+
+Security = Literal["oscore", "nosec"]
+SECURITY_MODES: tuple[str, ...] = ("oscore", "nosec")
+# Characters that would change the meaning of an MQTT topic built from the value.
+_TOPIC_UNSAFE = frozenset("+#\x00")
+# Keys whose values never appear in a message or log.
+_SECRET_KEYS = frozenset({"mqtt.password"})
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    """``[gateway]``: identity, database and security mode."""
+
+    id: str = "gw"
+    db: Path = Path("aiot-gateway.db")
+    security: Security = "oscore"
+
+
+@dataclass(frozen=True)
+class CoapConfig:
+    """``[coap]``: where the LwM2M server listens and how much one Send may carry."""
+
+    host: str = "127.0.0.1"
+    port: int = 5683
+    max_records: int = 1000
+    max_payload: int = 65536
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """``[registry]``: how often registration lifetimes are checked."""
+
+    expiry_check_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """``[mqtt]``: the cloud uplink; ``topic_prefix``/``client_id`` are resolved."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = ""
+    client_id: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    keepalive: int = 30
+    batch: int = 100
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole configuration; ``source`` is the file it came from (None: defaults)."""
+
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    coap: CoapConfig = field(default_factory=CoapConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    source: Path | None = None
+
+    @classmethod
+    def default(cls) -> GatewayConfig:
+        """The configuration of an empty file in the current directory."""
+        return _build({}, "<defaults>", Path.cwd(), None)
+
+    @property
+    def coap_uri(self) -> str:
+        """``coap://HOST:PORT`` of the configured bind address."""
+        host = self.coap.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"coap://{host}:{self.coap.port}"
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a TOML configuration file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: TOML syntax error: {e}") from e
+    return _build(data, str(p), p.resolve().parent, p)
+
+
+_SECTIONS: dict[str, type] = {
+    "gateway": GatewaySection,
+    "coap": CoapConfig,
+    "registry": RegistryConfig,
+    "mqtt": MqttConfig,
+}
+
+
+def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> GatewayConfig:
+    for key, value in data.items():
+        if key not in _SECTIONS:
+            raise ConfigError(f"{name}: unknown section or key {key!r}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: {key}: must be a table ([{key}])")
+    parsed: dict[str, dict[str, Any]] = {}
+    for section, cls in _SECTIONS.items():
+        table = data.get(section, {})
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"{name}: unknown key {section}.{key}")
+            values[key] = _check(name, f"{section}.{key}", value, known[key].default)
+        parsed[section] = values
+
+    gw = parsed["gateway"]
+    ident = gw.get("id", GatewaySection.id)
+    _require(name, "gateway.id", bool(ident), "must not be empty")
+    _require(name, "gateway.id", not (set(ident) & (_TOPIC_UNSAFE | {"/"})),
+             "must not contain '/', '+', '#' or NUL (it is part of MQTT topics)")
+    security = gw.get("security", GatewaySection.security)
+    _require(name, "gateway.security", security in SECURITY_MODES,
+             f"must be one of {', '.join(SECURITY_MODES)} (got {security!r})")
+    db = Path(gw.get("db", str(GatewaySection.db))).expanduser()
+    _require(name, "gateway.db", str(db) != "", "must not be empty")
+    if not db.is_absolute():
+        db = base / db
+
+    coap = parsed["coap"]
+    _require(name, "coap.host", bool(coap.get("host", "x")), "must not be empty")
+    _port(name, "coap.port", coap.get("port", CoapConfig.port))
+    _positive(name, "coap.max_records", coap.get("max_records", 1))
+    _positive(name, "coap.max_payload", coap.get("max_payload", 1))
+
+    reg = parsed["registry"]
+    _positive(name, "registry.expiry_check_s", reg.get("expiry_check_s", 1.0))
+
+    mq = dict(parsed["mqtt"])
+    _require(name, "mqtt.host", bool(mq.get("host", "x")), "must not be empty")
+    _port(name, "mqtt.port", mq.get("port", MqttConfig.port))
+    _require(name, "mqtt.keepalive", 0 <= mq.get("keepalive", 30) <= 65535,
+             "must be 0..65535 seconds")
+    _require(name, "mqtt.batch", 1 <= mq.get("batch", 100) <= 65535, "must be 1..65535")
+    _positive(name, "mqtt.reconnect_min_s", mq.get("reconnect_min_s", 1.0))
+    _positive(name, "mqtt.reconnect_max_s", mq.get("reconnect_max_s", 1.0))
+    _require(name, "mqtt.reconnect_max_s",
+             mq.get("reconnect_max_s", MqttConfig.reconnect_max_s)
+             >= mq.get("reconnect_min_s", MqttConfig.reconnect_min_s),
+             "must not be less than mqtt.reconnect_min_s")
+    prefix = mq.get("topic_prefix", "") or f"aiot/{ident}"
+    _require(name, "mqtt.topic_prefix",
+             not (set(prefix) & _TOPIC_UNSAFE) and not prefix.endswith("/"),
+             "must not contain '+', '#' or NUL nor end with '/'")
+    mq["topic_prefix"] = prefix
+    mq["client_id"] = mq.get("client_id", "") or f"aiot-{ident}"
+
+    return GatewayConfig(
+        gateway=GatewaySection(id=ident, db=db, security=security),
+        coap=CoapConfig(**coap),
+        registry=RegistryConfig(**reg),
+        mqtt=MqttConfig(**mq),
+        source=source,
+    )
+
+
+def _check(name: str, key: str, value: Any, default: Any) -> Any:
+    """Type-check one value against its default's type (bool is not a number here)."""
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        want = "a number"
+        if ok:
+            value = float(value)
+            ok = math.isfinite(value)
+            want = "a finite number"
+    else:  # str and Path are both written as strings
+        ok, want = isinstance(value, str), "a string"
+    if not ok:
+        shown = "a value of another type" if key in _SECRET_KEYS else _show(value)
+        raise ConfigError(f"{name}: {key}: must be {want} (got {shown})")
+    return value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _require(name: str, key: str, ok: bool, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {key}: {problem}")
+
+
+def _port(name: str, key: str, port: int) -> None:
+    _require(name, key, 1 <= port <= 65535, f"must be 1..65535 (got {port})")
+
+
+def _positive(name: str, key: str, value: float) -> None:
+    _require(name, key, value > 0, f"must be greater than 0 (got {value})")

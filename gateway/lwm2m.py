@@ -1,0 +1,242 @@
+"""The LwM2M server's CoAP face: ``/rd`` (registration interface) and ``/dp`` (Send).
+
+``LwM2MResource`` is the aiocoap root resource. It parses options and payloads, asks the
+``Registry`` to decide and commit, and answers:
+
+=====================  =========  ===========================================================
+request                success    refusals
+=====================  =========  ===========================================================
+POST /rd?ep=&lt=&...   2.01       4.00 missing/bad ep, lt, lwm2m, b, link-format; 4.15 CF
+POST /rd/{id}          2.04       4.04 unknown or expired id; 4.00 bad lt, b, link-format;
+                                  4.15 CF
+DELETE /rd/{id}        2.02       4.04 unknown id
+POST /dp               2.04       4.15 CF not 110/112; 4.04 sender not registered;
+                                  4.13 payload too big; 4.00 bad SenML
+=====================  =========  ===========================================================
+
+Register answers with Location-Path ``rd``, ``{id}``. A Send that repeats an earlier one
+(same endpoint, token and payload within EXCHANGE_LIFETIME) is answered 2.04 again and
+not stored twice. Any other path is 4.04, any other
+method on these paths 4.05. A ``RequestError`` becomes its CoAP code with a short
+diagnostic payload; anything else raised while handling is logged as a bug and answered
+5.00, and the server keeps serving. The message layer (malformed datagrams,
+retransmissions, in-process deduplication) is aiocoap's.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import aiocoap
+from aiocoap import resource
+from aiocoap.numbers.codes import Code
+from aiocoap.util import hostportsplit
+
+from .errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+    RequestError,
+    UnsupportedContentFormat,
+)
+from .registry import Registry
+from .senml import DECODERS
+
+__all__ = [
+    "CF_LINK_FORMAT",
+    "DEFAULT_BINDING",
+    "DEFAULT_LIFETIME",
+    "LwM2MResource",
+    "parse_link_format",
+    "peer_address",
+]
+
+log = logging.getLogger("aiotkit.gateway.lwm2m")
+
+CF_LINK_FORMAT = 40  # RFC 6690
+COAP_PORT = 5683
+DEFAULT_LIFETIME = 86400  # LwM2M TS Core §6.2.1: lt defaults to 86400 s
+DEFAULT_LWM2M_VERSION = "1.0"  # an absent lwm2m parameter means 1.0
+DEFAULT_BINDING = "U"
+_MAX_LIFETIME = 2**32 - 1
+_MAX_ENDPOINT = 255
+_MAX_DIAGNOSTIC = 120
+
+# Endpoint names become MQTT topic levels: no '/', '+', '#', control characters.
+_ENDPOINT = re.compile(rf"[^\x00-\x20\x7f/+#]{{1,{_MAX_ENDPOINT}}}")
+_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
+_BINDING = re.compile(r"[UMHTSNQ]{1,8}")
+_LIFETIME = re.compile(r"[0-9]{1,10}")
+# RFC 6690 link-value, read loosely: <uri> then ;param or ;param=token or ;param="quoted".
+_LINK = re.compile(
+    r"""<(?P<uri>/[^<>"\s,]*)>"""
+    r"""(?:;[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:=(?:"(?:[^"\\]|\\.)*"|[^;,"\s]*))?)*"""
+)
+
+
+def parse_link_format(text: str) -> list[str]:
+    """The target URIs of a CoRE link-format list (``</1/0>,</3/0>;ver=1.1``)."""
+    uris: list[str] = []
+    pos, end = 0, len(text)
+    while True:
+        m = _LINK.match(text, pos)
+        if m is None:
+            raise BadRequest(f"malformed link-format at character {pos}")
+        uris.append(m.group("uri"))
+        pos = m.end()
+        if pos == end:
+            return uris
+        if text[pos] != ",":
+            raise BadRequest(f"malformed link-format at character {pos}")
+        pos += 1
+
+
+def peer_address(remote: aiocoap.interfaces.EndpointAddress) -> tuple[str, int]:
+    """(host, port) of a request's sender, IPv4-mapped addresses shown as IPv4."""
+    host, port = hostportsplit(remote.hostinfo)
+    return host, COAP_PORT if port is None else port
+
+
+class LwM2MResource(resource.Resource, resource.PathCapable):
+    """Root resource of the gateway's CoAP server."""
+
+    def __init__(self, registry: Registry, *, max_payload: int, max_records: int) -> None:
+        super().__init__()
+        self._registry = registry
+        self._max_payload = max_payload
+        self._max_records = max_records
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        path = request.opt.uri_path
+        try:
+            return self._dispatch(request, path)
+        except RequestError as e:
+            log.info("%s /%s from %s refused: %s %s", request.code, "/".join(path),
+                     request.remote.hostinfo, e.code, e.diagnostic)
+            return aiocoap.Message(
+                code=e.code, payload=e.diagnostic.encode("utf-8")[:_MAX_DIAGNOSTIC]
+            )
+        except Exception:
+            log.exception("%s /%s from %s failed with an internal error", request.code,
+                          "/".join(path), request.remote.hostinfo)
+            return aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR)
+
+    def _dispatch(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
+        method = request.code
+        if path == ("rd",):
+            _allow(method, Code.POST)
+            return self._register(request)
+        if len(path) == 2 and path[0] == "rd":
+            if method == Code.POST:
+                return self._update(request, path[1])
+            _allow(method, Code.DELETE)
+            return self._deregister(path[1])
+        if path == ("dp",):
+            _allow(method, Code.POST)
+            return self._send(request)
+        raise NotFound("no such resource")
+
+    def _register(self, request: aiocoap.Message) -> aiocoap.Message:
+        query = _query(request)
+        endpoint = query.get("ep")
+        if endpoint is None:
+            raise BadRequest("missing ep (endpoint client name)")
+        if not _ENDPOINT.fullmatch(endpoint):
+            raise BadRequest("ep must be 1..255 characters without '/', '+', '#' or spaces")
+        lifetime = _lifetime(query.get("lt", str(DEFAULT_LIFETIME)))
+        version = query.get("lwm2m", DEFAULT_LWM2M_VERSION)
+        if not _VERSION.fullmatch(version):
+            raise BadRequest("lwm2m must be a version such as 1.1")
+        binding = _binding(query.get("b", DEFAULT_BINDING))
+        links = _links(request, required=True)
+        assert links is not None
+        host, port = peer_address(request.remote)
+        reg = self._registry.register(
+            endpoint, lifetime=lifetime, lwm2m_version=version, binding=binding,
+            object_links=links, host=host, port=port,
+        )
+        return aiocoap.Message(code=Code.CREATED, location_path=("rd", reg.reg_id))
+
+    def _update(self, request: aiocoap.Message, reg_id: str) -> aiocoap.Message:
+        query = _query(request)
+        lt = query.get("lt")
+        b = query.get("b")
+        links = _links(request, required=False)
+        host, port = peer_address(request.remote)
+        self._registry.update(
+            reg_id, host=host, port=port,
+            lifetime=None if lt is None else _lifetime(lt),
+            binding=None if b is None else _binding(b),
+            object_links=links,
+        )
+        return aiocoap.Message(code=Code.CHANGED)
+
+    def _deregister(self, reg_id: str) -> aiocoap.Message:
+        self._registry.deregister(reg_id)
+        return aiocoap.Message(code=Code.DELETED)
+
+    def _send(self, request: aiocoap.Message) -> aiocoap.Message:
+        cf = request.opt.content_format
+        if cf is None or int(cf) not in DECODERS:
+            raise UnsupportedContentFormat("Send takes SenML-CBOR (112) or SenML-JSON (110)")
+        # Leshan answers a Send from an unknown peer 4.00 "no registration found"
+        # (leshan-server-cf SendResource). We answer 4.04: the LwM2M 1.1 Send response
+        # table lists 4.04 for "not registered to the LwM2M Server", and it is the code
+        # our Update gives for a lost registration, so a client has one rule: on 4.04,
+        # register again.
+        reg = self._registry.sender(*peer_address(request.remote))
+        payload = request.payload
+        if len(payload) > self._max_payload:
+            raise RequestEntityTooLarge(f"payload over {self._max_payload} bytes")
+        records = DECODERS[int(cf)](payload, max_records=self._max_records)
+        self._registry.accept_send(
+            reg, token=request.token, content_format=int(cf), payload=payload,
+            records=records,
+        )
+        return aiocoap.Message(code=Code.CHANGED)
+
+
+def _allow(method: Code, allowed: Code) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"only {allowed} here")
+
+
+def _query(request: aiocoap.Message) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in request.opt.uri_query:
+        key, _, value = item.partition("=")
+        if key in out:
+            raise BadRequest(f"query parameter {key[:20]!r} given twice")
+        out[key] = value
+    return out
+
+
+def _lifetime(text: str) -> int:
+    if not _LIFETIME.fullmatch(text) or not 1 <= int(text) <= _MAX_LIFETIME:
+        raise BadRequest("lt must be a whole number of seconds, 1..4294967295")
+    return int(text)
+
+
+def _binding(text: str) -> str:
+    if not _BINDING.fullmatch(text):
+        raise BadRequest("b must be a binding such as U")
+    return text
+
+
+def _links(request: aiocoap.Message, *, required: bool) -> str | None:
+    """The object-links payload as text (None when optional and absent)."""
+    cf = request.opt.content_format
+    if cf is not None and int(cf) != CF_LINK_FORMAT:
+        raise UnsupportedContentFormat("registration payload must be link-format (40)")
+    if not request.payload:
+        if required:
+            raise BadRequest("missing object links (link-format payload)")
+        return None
+    try:
+        text: str = request.payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest("link-format payload is not UTF-8") from e
+    parse_link_format(text)
+    return text

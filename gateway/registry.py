@@ -1,0 +1,245 @@
+"""The LwM2M registry: what Register, Update, De-register, Send and expiry mean.
+
+Transport-free: the CoAP layer (``lwm2m``) parses requests and calls this; this decides
+and commits to the ``Store`` before returning, so a caller may acknowledge right after.
+Expiry runs by wall clock (``updated_at + lifetime``), also across restarts, and is
+checked lazily on every lookup as well, so a registration past its lifetime is never
+served even between two runs of the periodic check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from .errors import NotFound
+from .senml import Record
+from .store import Registration, SendResult, Store
+
+__all__ = ["Registry", "RegistryEvent", "new_reg_id"]
+
+log = logging.getLogger("aiotkit.gateway.registry")
+
+EventName = Literal["registered", "updated", "deregistered", "expired", "send"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEvent:
+    """Something the registry committed; listeners use it to wake the uplink, a UI..."""
+
+    kind: EventName
+    endpoint: str
+    reg_id: str
+
+
+def new_reg_id() -> str:
+    """A short random registration id (8 URL-safe characters, 48 bits)."""
+    return secrets.token_urlsafe(6)
+
+
+class Registry:
+    """Registrations and Sends, committed to ``store`` before each call returns."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = new_reg_id,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._new_id = new_id
+        self._listeners: list[Callable[[RegistryEvent], None]] = []
+
+    def add_listener(self, listener: Callable[[RegistryEvent], None]) -> None:
+        """Call ``listener`` after each committed change (it must not raise or block)."""
+        self._listeners.append(listener)
+
+    def _emit(self, kind: EventName, reg: Registration) -> None:
+        event = RegistryEvent(kind, reg.endpoint, reg.reg_id)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("registry listener %r failed on %s", listener, kind)
+
+    # -- client registration interface -------------------------------------------------
+
+    def register(
+        self,
+        endpoint: str,
+        *,
+        lifetime: int,
+        lwm2m_version: str,
+        binding: str,
+        object_links: str,
+        host: str,
+        port: int,
+    ) -> Registration:
+        """Register ``endpoint``; a registration it already had is replaced."""
+        now = self._clock()
+        old = self._store.registration(endpoint)
+        reg = Registration(
+            endpoint=endpoint,
+            reg_id=self._fresh_id(),
+            host=host,
+            port=port,
+            lifetime=lifetime,
+            binding=binding,
+            lwm2m_version=lwm2m_version,
+            object_links=object_links,
+            registered_at=now,
+            updated_at=now,
+        )
+        replaced = old.reg_id if old is not None and old.state == "registered" else None
+        self._store.save_registration(
+            reg, "registered", "registered", now,
+            detail=f"replaces {replaced}" if replaced else None,
+        )
+        log.info(
+            "registered ep=%s reg=%s addr=%s lt=%d lwm2m=%s b=%s%s",
+            endpoint, reg.reg_id, _addr(host, port), lifetime, lwm2m_version, binding,
+            f" (replaces reg={replaced})" if replaced else "",
+        )
+        self._emit("registered", reg)
+        return reg
+
+    def update(
+        self,
+        reg_id: str,
+        *,
+        host: str,
+        port: int,
+        lifetime: int | None = None,
+        binding: str | None = None,
+        object_links: str | None = None,
+    ) -> Registration:
+        """Refresh a live registration (and change what the Update carried)."""
+        old = self._live(reg_id)
+        now = self._clock()
+        reg = replace(
+            old,
+            host=host,
+            port=port,
+            lifetime=old.lifetime if lifetime is None else lifetime,
+            binding=old.binding if binding is None else binding,
+            object_links=old.object_links if object_links is None else object_links,
+            updated_at=now,
+        )
+        self._store.save_registration(reg, "updated", "updated", now)
+        changes = [
+            f"{name}={new}"
+            for name, before, new in (
+                ("addr", _addr(old.host, old.port), _addr(host, port)),
+                ("lt", old.lifetime, reg.lifetime),
+                ("b", old.binding, reg.binding),
+            )
+            if before != new
+        ]
+        if object_links is not None and object_links != old.object_links:
+            changes.append("objects")
+        log.info("updated ep=%s reg=%s%s", reg.endpoint, reg_id,
+                 f" ({', '.join(changes)})" if changes else "")
+        self._emit("updated", reg)
+        return reg
+
+    def deregister(self, reg_id: str) -> Registration:
+        """End a live registration."""
+        reg = self._live(reg_id)
+        now = self._clock()
+        if not self._store.set_state(reg, "deregistered", "deregistered", "deregistered", now):
+            raise NotFound(f"no registration {reg_id}")
+        log.info("deregistered ep=%s reg=%s", reg.endpoint, reg_id)
+        self._emit("deregistered", reg)
+        return replace(reg, state="deregistered")
+
+    # -- information reporting interface -----------------------------------------------
+
+    def sender(self, host: str, port: int) -> Registration:
+        """The live registration the request from ``host``/``port`` belongs to."""
+        reg = self._store.by_address(host, port)
+        if reg is None or self._lapsed(reg):
+            raise NotFound(f"no registration for {_addr(host, port)}; register first")
+        return reg
+
+    def accept_send(
+        self,
+        reg: Registration,
+        *,
+        token: bytes,
+        content_format: int,
+        payload: bytes,
+        records: Sequence[Record],
+    ) -> SendResult:
+        """Commit a decoded Send (or recognise it as a duplicate)."""
+        digest = hashlib.sha256(payload).digest()[:16]
+        result = self._store.record_send(
+            reg, token, digest, content_format, records, self._clock()
+        )
+        if result.duplicate:
+            log.info("duplicate Send ep=%s token=%s acknowledged again, not stored twice",
+                     reg.endpoint, token.hex())
+        else:
+            log.debug("Send ep=%s send=%d readings=%d", reg.endpoint, result.send_id,
+                      result.readings)
+            self._emit("send", reg)
+        return result
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def expire_due(self) -> list[Registration]:
+        """Mark every registration past its lifetime offline; returns them."""
+        out = []
+        for reg in self._store.due_for_expiry(self._clock()):
+            if self._expire(reg):
+                out.append(reg)
+        return out
+
+    async def run_expiry(self, period: float) -> None:
+        """Check lifetimes every ``period`` seconds until cancelled."""
+        while True:
+            try:
+                self.expire_due()
+            except Exception:  # a bug or a disk error must not end expiry for good
+                log.exception("lifetime check failed; retrying in %.1f s", period)
+            await asyncio.sleep(period)
+
+    def _expire(self, reg: Registration) -> bool:
+        now = self._clock()
+        if not self._store.set_state(reg, "offline", "expired", "offline", now):
+            return False
+        log.info("expired ep=%s reg=%s (no update for %.0f s, lifetime %d s)",
+                 reg.endpoint, reg.reg_id, now - reg.updated_at, reg.lifetime)
+        self._emit("expired", reg)
+        return True
+
+    def _lapsed(self, reg: Registration) -> bool:
+        """True (and expire it now) if ``reg`` outlived its lifetime."""
+        if reg.state == "registered" and self._clock() > reg.expires_at:
+            self._expire(reg)
+            return True
+        return False
+
+    def _live(self, reg_id: str) -> Registration:
+        reg = self._store.by_reg_id(reg_id)
+        if reg is None or reg.state != "registered" or self._lapsed(reg):
+            raise NotFound(f"no registration {reg_id}")
+        return reg
+
+    def _fresh_id(self) -> str:
+        for _ in range(16):
+            reg_id = self._new_id()
+            if not self._store.reg_id_taken(reg_id):
+                return reg_id
+        raise RuntimeError("could not draw an unused registration id")
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,125 @@
+"""The SQLite store on its own: schema, durability settings, outbox bookkeeping."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from aiotkit.gateway.errors import StoreError
+from aiotkit.gateway.senml import Record
+from aiotkit.gateway.store import SCHEMA_VERSION, Registration, Store
+from aiotkit.gateway.uplink import TopicScheme
+
+T0 = 1_700_000_000.0
+
+
+def reg(endpoint: str = "node-1", reg_id: str = "r1", port: int = 40000) -> Registration:
+    return Registration(endpoint, reg_id, "127.0.0.1", port, 60, "U", "1.1", "</3/0>",
+                        T0, T0)
+
+
+def test_new_database_is_wal_full_sync_at_the_current_schema(tmp_path):
+    store = Store.open(tmp_path / "gw.db")
+    try:
+        db = store._db
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        store.close()
+    Store.open(tmp_path / "gw.db").close()  # reopening does not migrate again
+
+
+def test_database_from_a_newer_gateway_is_refused(tmp_path):
+    path = tmp_path / "gw.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store.open(path)
+
+
+def test_a_file_that_is_not_sqlite_is_a_store_error(tmp_path):
+    path = tmp_path / "gw.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError):
+        Store.open(path)
+
+
+def test_values_keep_their_types_and_outbox_rows_follow_the_data(tmp_path):
+    store = Store.open(tmp_path / "gw.db", encoder=TopicScheme("aiot/t"))
+    try:
+        r = reg()
+        store.save_registration(r, "registered", "registered", T0)
+        records = [Record("/3/0/0", "vs", "acme"), Record("/3/0/9", "v", 87),
+                   Record("/3/0/10", "v", 1.5, 12.0), Record("/1/0/6", "vb", True),
+                   Record("/5/0/0", "vd", b"\x00\x01")]
+        result = store.record_send(r, b"\x01", b"d" * 16, 112, records, T0 + 1)
+        assert not result.duplicate and result.readings == 5
+        got = store.readings(result.send_id)
+        assert [(x.path, x.kind, x.value, x.time) for x in got] == [
+            ("/3/0/0", "vs", "acme", None), ("/3/0/9", "v", 87, None),
+            ("/3/0/10", "v", 1.5, 12.0), ("/1/0/6", "vb", True, None),
+            ("/5/0/0", "vd", b"\x00\x01", None)]
+        pending = store.outbox_pending(0, 100)
+        assert [p.topic for p in pending] == [
+            "aiot/t/node-1/status", "aiot/t/node-1/data/3/0/0", "aiot/t/node-1/data/3/0/9",
+            "aiot/t/node-1/data/3/0/10", "aiot/t/node-1/data/1/0/6",
+            "aiot/t/node-1/data/5/0/0"]
+        assert [p.retain for p in pending] == [True] + [False] * 5
+        (s,) = store.node_summaries()
+        assert s.last_values["/1/0/6"] is True and s.last_values["/5/0/0"] == b"\x00\x01"
+    finally:
+        store.close()
+
+
+def test_a_failing_send_leaves_nothing_behind(tmp_path):
+    class Exploding(TopicScheme):
+        def reading(self, r):  # type: ignore[no-untyped-def]
+            if r.path == "/3/0/2":
+                raise RuntimeError("boom")
+            return super().reading(r)
+
+    store = Store.open(tmp_path / "gw.db", encoder=Exploding("p"))
+    try:
+        r = reg()
+        store.save_registration(r, "registered", "registered", T0)
+        records = [Record("/3/0/1", "v", 1), Record("/3/0/2", "v", 2)]
+        with pytest.raises(RuntimeError):
+            store.record_send(r, b"\x01", b"d" * 16, 112, records, T0)
+        assert store.readings() == []
+        assert store.outbox_counts() == (1, 0)  # the registration's status only
+        assert store.node_summaries()[0].sends == 0
+    finally:
+        store.close()
+
+
+def test_outbox_confirm_and_prune_keep_it_bounded(tmp_path):
+    store = Store.open(tmp_path / "gw.db", encoder=TopicScheme("p"))
+    try:
+        r = reg()
+        store.save_registration(r, "registered", "registered", T0)
+        store.record_send(r, b"", b"d" * 16, 112,
+                          [Record(f"/3/0/{i}", "v", i) for i in range(20)], T0)
+        rows = store.outbox_pending(0, 1000)
+        assert len(rows) == 21
+        store.outbox_mark_published([x.id for x in rows], T0)
+        store.outbox_confirm([x.id for x in rows[:15]], T0)
+        assert store.outbox_counts() == (6, 15)
+        assert [x.id for x in store.outbox_pending(0, 100)] == [x.id for x in rows[15:]]
+        assert store.outbox_prune(keep=5) == 10
+        assert store.outbox_counts() == (6, 5)
+        assert store.outbox_prune(keep=5) == 0
+    finally:
+        store.close()
+
+
+def test_without_an_encoder_nothing_is_written_to_the_outbox(tmp_path):
+    store = Store.open(tmp_path / "gw.db")
+    try:
+        r = reg()
+        store.save_registration(r, "registered", "registered", T0)
+        store.record_send(r, b"\x01", b"d" * 16, 112, [Record("/3/0/1", "v", 1)], T0)
+        assert store.outbox_counts() == (0, 0)
+    finally:
+        store.close()

@@ -1,0 +1,90 @@
+"""The aiot command: help, sim and demo against real processes, and user mistakes."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from plugins.services import ManagedProcess, aiot_cmd
+
+
+def aiot(*args, timeout=60, cwd=None):
+    return subprocess.run(aiot_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
+
+
+def test_help_lists_the_commands():
+    r = aiot("--help")
+    assert r.returncode == 0
+    for cmd in ("gateway", "sim", "demo", "data"):
+        assert re.search(rf"^\s+{cmd}\s", r.stdout, re.M), r.stdout
+
+
+def test_console_script_is_installed():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "aiot"]
+    assert ep.value == "aiotkit.tools.cli:main"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sim", "--gateway", "http://127.0.0.1:5683"], "is not a coap://HOST:PORT URI"),
+        (["sim", "--gateway", "coap://127.0.0.1:99999"], "invalid port"),
+        (["sim", "--gateway", "coap://h:1", "--nodes", "0"], "must be greater than 0"),
+        (["sim", "--gateway", "coap://h:1", "--heap", "lots"], "is not like 64K"),
+        (["sim", "--gateway", "coap://h:1", "--signal", "missing.i16"], "does not exist"),
+        (["gateway", "run", "--config", "missing.toml"], "missing.toml"),
+    ],
+)
+def test_user_mistakes_get_one_line_errors(tmp_path, args, message):
+    r = aiot(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_garbage_gateway_config_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "gw.toml"
+    bad.write_text("[coap\nport = 'x'\n")
+    r = aiot("gateway", "run", "--config", str(bad))
+    assert r.returncode == 2
+    assert str(bad) in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_sim_runs_nodes_that_register_and_deregister(tmp_path, gateway, processes, micropython):
+    sim = ManagedProcess(
+        "sim",
+        aiot_cmd("sim", "--nodes", "2", "--gateway", gateway.uri, "--dir", str(tmp_path),
+                 "--report-ms", "200", "--window", "128"),
+    ).start()
+    processes.append(sim)
+    for ep in ("node-1", "node-2"):
+        sim.wait_for(rf"\[{ep}\] aiot-node {ep} registered /rd/", timeout=30)
+        assert (tmp_path / ep / "config.json").is_file()
+    sim.wait_for(r"\[node-2\] aiot-node node-2 sent 0", timeout=30)
+    mark = gateway.proc.mark()
+    assert sim.stop(signal.SIGTERM, timeout=20) == 0, sim.output
+    for ep in ("node-1", "node-2"):
+        sim.wait_for(rf"\[{ep}\] aiot-node {ep} deregistered", timeout=1)
+        gateway.proc.wait_for(rf"deregist\w* .*{ep}|{ep}.*deregist", timeout=5, start=mark)
+
+
+def test_demo_shows_three_nodes_registered_with_readings(tmp_path, micropython):
+    r = aiot("demo", "--duration", "12", "--state", str(tmp_path), "--port", "0", timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    final = r.stdout.split("aiot demo: stopping")[-1]
+    rows = {m.group(1): m for m in re.finditer(
+        r"^(node-\d)\s+(\S+)\s+.*?\s(\d+)\s+(\d+)\s+(\d+)\s+([+-]\d\.\d+)$", final, re.M)}
+    assert set(rows) == {"node-1", "node-2", "node-3"}, final
+    for ep, m in rows.items():
+        sends, readings = int(m.group(3)), int(m.group(4))
+        assert sends >= 3 and readings == 7 * sends, m.group(0)
+        assert m.group(2) == "deregistered", m.group(0)
+    assert "Traceback" not in r.stdout + r.stderr

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Set up everything aiotkit needs on a Debian/Ubuntu machine, then run the demo or the tests.
+#
+#   tools/bootstrap.sh demo [aiot demo options]   gateway + 3 simulated nodes, live summary
+#   tools/bootstrap.sh test [pytest options]      the full test suite
+#
+# Idempotent: Debian packages are installed only when missing (always under CI=true),
+# the virtual environment (.venv) is created once and re-installed only when
+# pyproject.toml changes.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+mode="${1:-}"
+case "$mode" in
+  demo|test) shift ;;
+  *) echo "usage: tools/bootstrap.sh demo|test [options]" >&2; exit 2 ;;
+esac
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+find_python() {
+  for py in python3.13 python3.12 python3.11 python3; do
+    if command -v "$py" >/dev/null 2>&1 &&
+       "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      command -v "$py"; return 0
+    fi
+  done
+  return 1
+}
+
+apt_install() {
+  # apt_install PKG... : install the Debian packages that are not installed yet.
+  local missing=()
+  for pkg in "$@"; do
+    if [ "${CI:-}" = "true" ] || ! dpkg -s "$pkg" >/dev/null 2>&1; then missing+=("$pkg"); fi
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: please install: ${missing[*]} (no apt-get on this machine)" >&2; exit 1
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "error: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+PY="$(find_python)" || { apt_install python3 python3-venv; PY="$(find_python)" || {
+  echo "error: aiotkit needs Python >= 3.11" >&2; exit 1; }; }
+
+debs=()
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || debs+=("python3-venv")
+if [ "$mode" = test ]; then
+  debs+=(mosquitto libcoap3-bin)   # the real MQTT broker and CoAP peer the tests use
+fi
+[ ${#debs[@]} -gt 0 ] && apt_install "${debs[@]}"
+
+extras="sim"; [ "$mode" = test ] && extras="test"
+stamp=".venv/.aiotkit-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+if [ ! -f "$stamp" ]; then
+  say "installing aiotkit[$extras] into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  rm -f .venv/.aiotkit-*
+  touch "$stamp"
+  # a test install also satisfies the demo
+  [ "$extras" = test ] && touch ".venv/.aiotkit-sim-$(sha256sum pyproject.toml | cut -c1-16)"
+fi
+
+case "$mode" in
+  demo) say "starting the demo: a gateway and 3 simulated nodes (Ctrl-C to stop)"
+        exec .venv/bin/aiot demo "$@" ;;
+  test) exec .venv/bin/python -m pytest "$@" ;;
+esac
