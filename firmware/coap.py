@@ -1,0 +1,151 @@
+# CoAP (RFC 7252) client endpoint for the node, over the codec in coapmsg.py (whose
+# names this module re-exports, so users import only coap).
+#
+# Endpoint runs one confirmable request at a time (NSTART 1, section 4.7) over a
+# transport, retransmitting with exponential back-off (section 4.8) and taking
+# piggybacked and separate responses (section 5.2); its base class coapin.Incoming
+# detects duplicates and answers the server's requests. Transport, clock and
+# randomness are injectable, so tests run the retransmission logic on a simulated
+# lossy link without sleeping.
+#
+# Transport interface: send(buf, n) transmits buf[:n] as one datagram (may raise
+# OSError, treated as a lost datagram); recv(timeout_ms) returns one datagram as a
+# bytes-like object, or None when nothing arrived within timeout_ms.
+# Clock interface: ticks_ms() (time.ticks_ms semantics; differences via ticks_diff).
+from micropython import const
+import time
+from coapmsg import *  # noqa: F401,F403 (the codec is part of this module's API)
+from coapmsg import MessageWriter, CoapTimeout, CoapReset
+from coapdec import Message  # noqa: F401 (re-exported)
+from coapin import Incoming, RESPONSE, EMPTY_ACK, RESET
+
+_CON = const(0)  # RFC 7252 section 3
+
+# Transmission parameters, section 4.8
+_ACK_TIMEOUT_MS = const(2000)
+_MAX_RETRANSMIT = const(4)
+# ACK_RANDOM_FACTOR 1.5: the initial timeout is ACK_TIMEOUT + [0, ACK_TIMEOUT / 2)
+_SEPARATE_TIMEOUT_MS = const(30000)  # wait for a separate response after an empty ACK
+
+_TOKEN_LEN = const(4)  # random token per request, section 5.3.1 (coapin assumes 4)
+_BUF_SIZE = const(512)  # request buffer
+
+
+class Endpoint(Incoming):
+    """A CoAP client endpoint talking to one server over ``transport``.
+
+    Use: w = ep.begin(code); w.option(...) ...; resp = ep.exchange(). The response is a
+    Message over the received datagram, valid until the next call on the endpoint.
+    ep.serve(ms) handles incoming messages while the application is idle.
+    """
+
+    def __init__(self, transport, clock=None, rand=None, bufsize=_BUF_SIZE,
+                 ack_timeout_ms=_ACK_TIMEOUT_MS, separate_timeout_ms=_SEPARATE_TIMEOUT_MS):
+        super().__init__()
+        self.transport = transport
+        self.clock = clock if clock is not None else time
+        if rand is None:
+            import random
+            import os
+
+            try:
+                s = os.urandom(4)
+                random.seed((s[0] << 22) ^ (s[1] << 14) ^ (s[2] << 6) ^ s[3])
+            except (AttributeError, OSError):
+                pass
+            rand = random.getrandbits
+        self.rand = rand
+        self.ack_timeout_ms = ack_timeout_ms
+        self.separate_timeout_ms = separate_timeout_ms
+        self.tx = bytearray(bufsize)
+        self.w = MessageWriter(self.tx)
+        self._mid = rand(16)
+        self._tok = bytearray(_TOKEN_LEN)
+        self._pmid = -1  # message ID of the request in flight, -1 when none
+        self.retransmissions = 0  # for tests and diagnostics
+
+    def _next_mid(self):
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
+
+    def begin(self, code, mtype=_CON):
+        """Start a request with a fresh message ID and random token; returns the writer."""
+        tok = self._tok
+        rand = self.rand
+        for i in range(_TOKEN_LEN):
+            tok[i] = rand(8)
+        self.w.begin(mtype, code, self._next_mid(), tok, _TOKEN_LEN)
+        return self.w
+
+    def _send(self, buf, n):
+        try:
+            self.transport.send(buf, n)
+        except OSError:
+            pass  # a datagram the network refused is a lost datagram
+
+    def exchange(self, deadline_ms=-1):
+        """Send the request built since begin() and wait for its response.
+
+        CON: retransmitted after ACK_TIMEOUT..ACK_TIMEOUT*1.5 ms, doubling, at most
+        MAX_RETRANSMIT times; raises CoapTimeout after the last wait, CoapReset on RST.
+        deadline_ms (if >= 0) bounds the whole exchange. Returns self.rx.
+        """
+        clock = self.clock
+        tx = self.tx
+        n = self.w.pos
+        mid = (tx[2] << 8) | tx[3]
+        con = (tx[0] >> 4) & 3 == _CON
+        start = clock.ticks_ms()
+        half = self.ack_timeout_ms >> 1
+        timeout = self.ack_timeout_ms + ((self.rand(16) * half) >> 16)
+        self._pmid = mid
+        acked = not con  # NON: no ACK to wait for, only the response
+        tries = 0
+        self._send(tx, n)
+        wait_until = time.ticks_add(start, timeout if con else self.separate_timeout_ms)
+        try:
+            while True:
+                now = clock.ticks_ms()
+                left = time.ticks_diff(wait_until, now)
+                if deadline_ms >= 0:
+                    dl = deadline_ms - time.ticks_diff(now, start)
+                    if dl <= 0:
+                        raise CoapTimeout("no response within %d ms" % deadline_ms)
+                    if dl < left:
+                        left = dl
+                if left <= 0:
+                    if acked:
+                        raise CoapTimeout("no separate response")
+                    if tries >= _MAX_RETRANSMIT:
+                        raise CoapTimeout("no response after %d retransmissions" % tries)
+                    tries += 1
+                    self.retransmissions += 1
+                    timeout <<= 1
+                    self._send(tx, n)
+                    wait_until = time.ticks_add(now, timeout)
+                    continue
+                data = self.transport.recv(left)
+                if data is None:
+                    continue
+                r = self.handle(data)
+                if r == RESPONSE:
+                    return self.rx
+                if r == EMPTY_ACK and not acked:
+                    acked = True
+                    wait_until = time.ticks_add(clock.ticks_ms(), self.separate_timeout_ms)
+                elif r == RESET:
+                    raise CoapReset("request reset by peer")
+        finally:
+            self._pmid = -1
+
+    def serve(self, ms):
+        """Handle incoming messages for ``ms`` milliseconds (no request in flight)."""
+        clock = self.clock
+        until = time.ticks_add(clock.ticks_ms(), ms)
+        while True:
+            left = time.ticks_diff(until, clock.ticks_ms())
+            if left <= 0:
+                return
+            data = self.transport.recv(left)
+            if data is not None:
+                self.handle(data)

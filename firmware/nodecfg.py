@@ -1,0 +1,113 @@
+# The node's config file (config.json on its filesystem): load, validate, defaults.
+# node.main() imports this module at boot and drops it once the config is read.
+from micropython import const
+
+_MAX_SCALE_EXP = const(112)  # 32768 * 2**112 = 2**127, the largest float32 exponent
+
+# Integer keys: (key, default or None for "same as window", min, max or None for window).
+# Upper bounds keep millisecond values small ints on 32-bit boards.
+_INTS = (
+    ("lifetime", 60, 10, 1000000),
+    ("window", 1024, 16, 4096),
+    ("hop", None, 1, None),
+    ("report_ms", 1000, 0, 86400000),
+)
+
+
+class ConfigError(ValueError):
+    """The config is missing, not JSON, or has a missing/mistyped/invalid key."""
+
+
+def parse_gateway(uri):
+    """'coap://HOST[:PORT]' -> (host, port); IPv6 literals in brackets."""
+    if not isinstance(uri, str) or not uri.startswith("coap://"):
+        raise ConfigError("'gateway' must be a string coap://HOST[:PORT]")
+    rest = uri[7:]
+    if rest.endswith("/"):
+        rest = rest[:-1]
+    port = "5683"  # RFC 7252 section 6.1 default port
+    if rest.startswith("["):
+        i = rest.find("]")
+        host = rest[1:i]
+        tail = rest[i + 1 :]
+        if i < 0 or tail and tail[0] != ":":
+            raise ConfigError("'gateway' has a bad [IPv6] host")
+    else:
+        i = rest.rfind(":")
+        host = rest if i < 0 else rest[:i]
+        tail = "" if i < 0 else rest[i:]
+    if tail:
+        port = tail[1:]
+    if not host or "/" in host or "@" in host or "?" in host:
+        raise ConfigError("'gateway' must be coap://HOST[:PORT] with a host name")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("'gateway' port must be 1..65535")
+    return host, int(port)
+
+
+def _str(cfg, key, default=None):
+    v = cfg.get(key, default)
+    if v is None:
+        raise ConfigError("missing required key '%s'" % key)
+    if not isinstance(v, str) or not v:
+        raise ConfigError("'%s' must be a non-empty string" % key)
+    return v
+
+
+def check(cfg):
+    """Validate a parsed config; returns a new dict with defaults (and host, port)."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("top level must be a JSON object")
+    ep = _str(cfg, "endpoint")
+    for c in ep:
+        if not 32 < ord(c) < 127 or len(ep) > 64:
+            raise ConfigError("'endpoint' must be 1..64 printable ASCII, no spaces")
+    out = {"endpoint": ep, "gateway": _str(cfg, "gateway")}
+    out["host"], out["port"] = parse_gateway(out["gateway"])
+    out["board"] = _str(cfg, "board", "unix-sim")
+    if out["board"] != "unix-sim":
+        raise ConfigError("'board' %s is not supported (only unix-sim)" % out["board"])
+    out["signal"] = _str(cfg, "signal")
+    for key, default, lo, hi in _INTS:
+        if default is None:
+            default = hi = out["window"]
+        v = cfg.get(key, default)
+        if type(v) is not int or not lo <= v <= hi:
+            raise ConfigError("'%s' must be an integer in %d..%d" % (key, lo, hi))
+        out[key] = v
+    for key in ("realtime", "verbose"):
+        v = cfg.get(key, False)
+        if type(v) is not bool:
+            raise ConfigError("'%s' must be true or false" % key)
+        out[key] = v
+    return out
+
+
+def load(path):
+    """Read and validate the JSON config at ``path``; raises ConfigError."""
+    import json
+
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        raise ConfigError("cannot read %s" % path)
+    try:
+        cfg = json.loads(text)
+    except ValueError:
+        raise ConfigError("%s is not valid JSON" % path)
+    return check(cfg)
+
+
+def open_sensor(cfg):
+    """The board's accelerometer; a signal file it cannot use raises ConfigError."""
+    import replay
+
+    try:
+        s = replay.ReplaySensor(cfg["signal"], cfg["realtime"])
+    except replay.ReplayError as e:
+        raise ConfigError("'signal' %s" % e)
+    if s.scale_exp > _MAX_SCALE_EXP:
+        s.close()
+        raise ConfigError("'signal' scale exponent %d overflows float32" % s.scale_exp)
+    return s

@@ -1,0 +1,103 @@
+# The node's config file (firmware/nodecfg.py) under MicroPython: defaults, gateway
+# forms, and one clear error naming the key for every missing/mistyped/invalid value.
+import json
+
+import nodecfg
+
+_GOOD = {"endpoint": "n1", "gateway": "coap://127.0.0.1", "signal": "s.i16"}
+
+
+def _config_error(cfg_text, word):
+    with open("config.json", "w") as f:
+        f.write(cfg_text)
+    try:
+        nodecfg.load("config.json")
+    except nodecfg.ConfigError as e:
+        if word not in str(e):
+            raise AssertionError("%r does not name %r" % (str(e), word))
+        return
+    raise AssertionError("accepted %s" % cfg_text)
+
+
+def _with(**kw):
+    d = dict(_GOOD)
+    for k, v in kw.items():
+        if v is None:
+            d.pop(k)
+        else:
+            d[k] = v
+    return json.dumps(d)
+
+
+def test_config_defaults_and_gateway_forms():
+    with open("config.json", "w") as f:
+        f.write(json.dumps(_GOOD))
+    c = nodecfg.load("config.json")
+    want = {"lifetime": 60, "board": "unix-sim", "window": 1024, "hop": 1024,
+            "report_ms": 1000, "realtime": False, "verbose": False, "host": "127.0.0.1",
+            "port": 5683}
+    for k, v in want.items():
+        if c[k] != v:
+            raise AssertionError("%s = %r, want %r" % (k, c[k], v))
+    for uri, hp in (("coap://[::1]:1234", ("::1", 1234)),
+                    ("coap://gw.local:5700/", ("gw.local", 5700)),
+                    ("coap://[fe80::1]", ("fe80::1", 5683))):
+        if nodecfg.parse_gateway(uri) != hp:
+            raise AssertionError((uri, nodecfg.parse_gateway(uri)))
+    c = nodecfg.check(dict(_GOOD, window=64, hop=16, lifetime=10, report_ms=0,
+                           realtime=True, verbose=True))
+    got = (c["window"], c["hop"], c["lifetime"], c["report_ms"], c["realtime"], c["verbose"])
+    if got != (64, 16, 10, 0, True, True):
+        raise AssertionError(c)
+
+
+def test_config_errors_name_the_key():
+    for text, word in (
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        (_with(endpoint=None), "'endpoint'"),
+        (_with(endpoint=7), "'endpoint'"),
+        (_with(endpoint="has space"), "'endpoint'"),
+        (_with(endpoint=""), "'endpoint'"),
+        (_with(gateway=None), "'gateway'"),
+        (_with(gateway="http://x:5683"), "'gateway'"),
+        (_with(gateway="coap://"), "'gateway'"),
+        (_with(gateway="coap://h:70000"), "'gateway'"),
+        (_with(gateway="coap://h:x1"), "'gateway'"),
+        (_with(gateway=5683), "'gateway'"),
+        (_with(lifetime=9), "'lifetime'"),
+        (_with(lifetime="60"), "'lifetime'"),
+        (_with(lifetime=60.5), "'lifetime'"),
+        (_with(lifetime=True), "'lifetime'"),
+        (_with(board="esp32"), "'board'"),
+        (_with(window=15), "'window'"),
+        (_with(window=4097), "'window'"),
+        (_with(window=64, hop=65), "'hop'"),
+        (_with(hop=0), "'hop'"),
+        (_with(report_ms=-1), "'report_ms'"),
+        (_with(signal=None), "'signal'"),
+        (_with(signal=3), "'signal'"),
+        (_with(realtime="yes"), "'realtime'"),
+        (_with(verbose=1), "'verbose'"),
+    ):
+        _config_error(text, word)
+    try:
+        nodecfg.load("nonexistent.json")
+    except nodecfg.ConfigError as e:
+        if "nonexistent.json" not in str(e):
+            raise AssertionError(str(e))
+    else:
+        raise AssertionError("missing file accepted")
+
+
+def test_bad_signal_file_is_a_config_error():
+    with open("bad.i16", "wb") as f:
+        f.write(b"NOPE" + bytes(20))
+    for path, word in (("bad.i16", "magic"), ("none.i16", "cannot open")):
+        try:
+            nodecfg.open_sensor(nodecfg.check(dict(_GOOD, signal=path)))
+        except nodecfg.ConfigError as e:
+            if "'signal'" not in str(e) or word not in str(e):
+                raise AssertionError(str(e))
+            continue
+        raise AssertionError("accepted " + path)

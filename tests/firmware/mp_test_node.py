@@ -1,0 +1,294 @@
+# The node application (firmware/node.py, session.py, lwm2m.py) under MicroPython: the
+# window loop against a simulated LwM2M server on a simulated lossy link (no real
+# sleeping). Memory at the board's 64K is checked in mp_test_node_memory.py; this module
+# and its simulated server need more heap to compile than the firmware does.
+import struct
+
+HEAPSIZE = "128K"
+
+import cbor
+import coap
+import lwm2m
+import node
+import nodecfg
+from mp_test_simlink import SimClock, SimLink, Rand, header, msg
+
+SCALE_EXP = -12
+RATE = 12000
+
+
+def code(i):
+    return ((i * 7919 + 123) % 65536) - 32768
+
+
+def write_signal(path, n):
+    with open(path, "wb") as f:
+        f.write(b"AI16" + struct.pack("<BBHIb", 1, 1, 16, RATE, SCALE_EXP) + b"\0\0\0")
+        for i in range(n):
+            f.write(struct.pack("<h", code(i)))
+
+
+def g(c):
+    return c * 2.0**SCALE_EXP
+
+
+_GOOD = {"endpoint": "n1", "gateway": "coap://127.0.0.1", "signal": "s.i16"}
+
+
+# ---- a simulated LwM2M server ----
+
+
+class Server:
+    """Scripted LwM2M server on a SimLink: /rd, /rd/abc, /dp (requests parsed by coap)."""
+
+    def __init__(self):
+        self.log = []  # (time, method, path, queries, content format, payload)
+        self.forget = False  # answer the next Update with 4.04
+        self.forget_dp = False  # answer the next Send with 4.04
+        self.down_until = -1  # drop everything before this time
+        self.drop_dp = 0  # drop this many /dp transmissions
+        self.registrations = 0
+        self.expires = 0  # registration lifetime ends at this time (lt from Register)
+        self.bad_locations = 0  # answer this many Registers with a non-UTF-8 Location-Path
+        self.lt = 0
+
+    def __call__(self, link, data):
+        t = link.clock.t
+        if t < self.down_until:
+            return
+        m = coap.Message().decode(data)
+        opts = [(m.onum[i], m.value(i)) for i in range(m.nopt)]
+        path = "/".join(str(v, "utf-8") for n, v in opts if n == 11)
+        q = [str(v, "utf-8") for n, v in opts if n == 15]
+        i = m.find(12)
+        cf = m.uint(i) if i >= 0 else None
+        if path == "dp" and self.drop_dp:
+            self.drop_dp -= 1
+            return
+        self.log.append((t, m.code, path, q, cf, bytes(m.data[m.pstart : m.n])))
+        opts = b""
+        if m.code == 2 and path == "rd":
+            self.registrations += 1
+            code = 0x41
+            opts = b"\x82rd\x03abc"  # Location-Path "rd", "abc"
+            if self.bad_locations:
+                self.bad_locations -= 1
+                opts = b"\x82rd\x01\xff"  # "rd", b"\xff"
+            self.lt = int([x for x in q if x.startswith("lt=")][0][3:])
+            self.expires = t + 1000 * self.lt
+        elif m.code == 2 and path == "rd/abc":
+            # a forgotten or expired registration is answered 4.04, as a real server does
+            code = 0x84 if self.forget or t > self.expires else 0x44
+            self.forget = False
+            if code == 0x44:
+                self.expires = t + 1000 * self.lt
+        elif m.code == 4 and path == "rd/abc":
+            code = 0x42
+        elif m.code == 2 and path == "dp":
+            code = 0x84 if self.forget_dp else 0x44
+            self.forget_dp = False
+        else:
+            code = 0x84
+        _, _, mid, tok = header(data)
+        link.deliver(msg(2, code, mid, tok, opts), 3)
+
+    def ops(self, code, path):
+        return [e for e in self.log if e[1] == code and e[2] == path]
+
+
+def _node(cfg_extra=None, server=None, signal_len=1000):
+    write_signal("s.i16", signal_len)
+    cfg = dict(_GOOD, lifetime=10, window=16, report_ms=1000)
+    if cfg_extra:
+        cfg.update(cfg_extra)
+    cfg = nodecfg.check(cfg)
+    c = SimClock(1000)
+    srv = server or Server()
+    link = SimLink(c, srv)
+    n = node.Node(cfg, nodecfg.open_sensor(cfg), transport=link, clock=c, rand=Rand(3))
+    return n, srv, link, c
+
+
+def _pack_values(payload):
+    # {path: value} from our pack, resolving bn + n as SenML does
+    pack = cbor.loads(payload)
+    out = {}
+    bn = ""
+    for rec in pack:
+        bn = rec.get(-2, bn)
+        out[bn + rec[0]] = rec[2]
+    return out
+
+
+def _expected(offset, n, L=1000):
+    w = [code((offset + i) % L) for i in range(n)]
+    return g(w[-1]), g(min(w)), g(max(w))
+
+
+def test_register_send_update_on_simulated_server():
+    n, srv, link, c = _node()
+    n.run(windows=25)
+    reg = srv.log[0]
+    if reg[1:5] != (2, "rd", ["ep=n1", "lt=10", "lwm2m=1.1", "b=U"], 40):
+        raise AssertionError(reg)
+    if reg[5] != b"</1/0>,</3/0>,</3313/0>,</33000/0>":
+        raise AssertionError(reg[5])
+    if n.client.location != "/rd/abc":
+        raise AssertionError(n.client.location)
+    sends = srv.ops(2, "dp")
+    if len(sends) != 25:
+        raise AssertionError("%d sends" % len(sends))
+    for k, (t, _, _, _, cf, payload) in enumerate(sends):
+        if cf != 112:
+            raise AssertionError("content format %r" % cf)
+        v = _pack_values(payload)
+        x, lo, hi = _expected(16 * k, 16)
+        want = {"/3313/0/5702": x, "/33000/0/0": k, "/33000/0/1": 16 * k, "/33000/0/2": 16,
+                "/33000/0/3": RATE, "/33000/0/4": lo, "/33000/0/5": hi}
+        if v != want:
+            raise AssertionError("window %d: %r != %r" % (k, v, want))
+        if k and t - sends[k - 1][0] < 1000:
+            raise AssertionError("reports %d ms apart" % (t - sends[k - 1][0]))
+    # registration kept alive: Update every 5 s (lifetime 10 s), never a gap >= lifetime
+    alive = [e[0] for e in srv.log if e[1] == 2 and e[2] in ("rd", "rd/abc")]
+    if len(alive) < 4:
+        raise AssertionError("only %d register/update" % len(alive))
+    for a, b in zip(alive, alive[1:]):
+        if not 5000 <= b - a < 10000:
+            raise AssertionError("update gap %d ms" % (b - a))
+    n.shutdown()
+    if srv.log[-1][1:3] != (4, "rd/abc") or n.client.registered:
+        raise AssertionError(srv.log[-1])
+
+
+def test_hop_smaller_than_window_slides():
+    n, srv, link, c = _node({"window": 32, "hop": 8, "report_ms": 0}, signal_len=50)
+    n.run(windows=12)  # wraps the 50-sample file
+    for k, e in enumerate(srv.ops(2, "dp")):
+        v = _pack_values(e[5])
+        x, lo, hi = _expected(8 * k, 32, 50)
+        if (v["/33000/0/1"], v["/33000/0/2"], v["/3313/0/5702"], v["/33000/0/4"],
+                v["/33000/0/5"]) != (8 * k, 32, x, lo, hi):
+            raise AssertionError("window %d: %r" % (k, v))
+
+
+def test_update_404_registers_again():
+    n, srv, link, c = _node()
+    n.run(windows=3)
+    srv.forget = True
+    n.run(windows=12)
+    if srv.registrations != 2:
+        raise AssertionError("registrations %d" % srv.registrations)
+    # the re-registration directly follows the rejected update; sends go on
+    codes = [(e[1], e[2]) for e in srv.log]
+    i = codes.index((2, "rd/abc"))
+    if codes[i + 1] != (2, "rd") or len(srv.ops(2, "dp")) != 15:
+        raise AssertionError(codes)
+
+
+def test_send_404_registers_again_and_resends_the_report():
+    n, srv, link, c = _node()
+    n.run(windows=3)
+    srv.forget_dp = True  # the gateway lost the registration (e.g. expired while it was down)
+    n.run(windows=3)
+    if srv.registrations != 2:
+        raise AssertionError("registrations %d" % srv.registrations)
+    ops = [(e[1], e[2]) for e in srv.log]
+    if ops[-5:] != [(2, "dp"), (2, "rd"), (2, "dp"), (2, "dp"), (2, "dp")]:
+        raise AssertionError(ops)
+    seqs = [_pack_values(e[5])["/33000/0/0"] for e in srv.ops(2, "dp")]
+    if seqs != [0, 1, 2, 3, 3, 4, 5]:  # window 3 refused once, then delivered
+        raise AssertionError(seqs)
+
+
+def test_gateway_unreachable_at_start_retries_with_bounded_backoff():
+    srv = Server()
+    srv.down_until = 400000  # 400 s of nothing
+    n, srv, link, c = _node(server=srv)
+    n.run(windows=2)
+    if len(srv.ops(2, "dp")) != 2 or srv.registrations != 1:
+        raise AssertionError(srv.log)
+    # first transmissions of each Register attempt (retransmissions are the same bytes)
+    starts = []
+    last = None
+    for t, d in link.sent:
+        if d != last and b"</1/0>" in d:  # a Register (retransmissions repeat the bytes)
+            starts.append(t)
+        last = d
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    if len(gaps) < 3:
+        raise AssertionError("attempts %s" % starts)
+    for gap in gaps:
+        # one attempt (<= 93 s of retransmissions) plus a back-off of at most 75 s
+        if not 45000 <= gap <= 93000 + 75000:
+            raise AssertionError("gap %d ms" % gap)
+
+
+def test_send_timeout_is_survived_and_later_sends_arrive():
+    srv = Server()
+    n, srv, link, c = _node(server=srv)
+    n.run(windows=2)
+    srv.drop_dp = 5  # the next Send is lost completely (1 + 4 retransmissions)
+    n.run(windows=3)
+    seqs = [_pack_values(e[5])["/33000/0/0"] for e in srv.ops(2, "dp")]
+    if seqs != [0, 1, 3, 4]:
+        raise AssertionError(seqs)
+
+
+def test_update_timeout_past_lifetime_registers_again():
+    srv = Server()
+    n, srv, link, c = _node({"report_ms": 2000}, server=srv)
+    n.run(windows=2)
+    srv.down_until = c.t + 100000  # longer than the lifetime
+    n.run(windows=8)
+    if srv.registrations < 2:
+        raise AssertionError("no re-registration: %d" % srv.registrations)
+
+
+def test_shutdown_is_bounded_when_server_is_gone():
+    n, srv, link, c = _node()
+    n.run(windows=1)
+    srv.down_until = c.t + 10**9
+    t0 = c.t
+    n.shutdown()
+    if c.t - t0 > 5000 or n.client.registered:
+        raise AssertionError("shutdown took %d ms" % (c.t - t0))
+
+
+def test_register_message_exact_bytes():
+    c = SimClock(0)
+    link = SimLink(c)
+    ep = coap.Endpoint(link, c, Rand(5))
+    cl = lwm2m.Client(ep, "node-1", 10)
+    try:
+        cl.register(deadline_ms=1)
+    except coap.CoapTimeout:
+        pass
+    d = link.sent[0][1]
+    t, code_, mid, tok = header(d)
+    # header: CON POST, TKL 4; Uri-Path "rd" (delta 11, len 2) b2; Content-Format 40
+    # (delta 1, len 1) 11 28; Uri-Query (delta 3) "ep=node-1" (len 9) 39, then delta 0:
+    # "lt=10" 05, "lwm2m=1.1" 09, "b=U" 03; payload marker; link-format
+    want = (bytes([0x44, 0x02, mid >> 8, mid & 0xFF]) + tok + b"\xb2rd\x11\x28\x39ep=node-1"
+            + b"\x05lt=10\x09lwm2m=1.1\x03b=U\xff</1/0>,</3/0>,</3313/0>,</33000/0>")
+    if d != want or len(tok) != 4:
+        raise AssertionError("%r\n%r" % (d, want))
+
+
+def test_update_interval_is_before_lifetime():
+    # min(lifetime * 0.75, lifetime - 10 s), at least 5 s
+    ep = coap.Endpoint(SimLink(SimClock()), SimClock(), Rand(1))
+    for lt, ms in ((10, 5000), (15, 5000), (20, 10000), (40, 30000), (60, 45000), (100, 75000),
+                   (86400, 64800000)):
+        got = lwm2m.Client(ep, "x", lt).interval_ms
+        if got != ms:
+            raise AssertionError((lt, got))
+
+
+def test_garbage_location_path_is_a_failed_registration_not_a_crash():
+    srv = Server()
+    srv.bad_locations = 2
+    n, srv, link, c = _node(server=srv)
+    n.run(windows=1)
+    if srv.registrations != 3 or n.client.location != "/rd/abc" or len(srv.ops(2, "dp")) != 1:
+        raise AssertionError((srv.registrations, n.client.location))
