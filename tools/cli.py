@@ -115,6 +115,12 @@ def cmd_demo(args) -> int:
     )
 
 
+def cmd_board_check(args) -> int:
+    from aiotkit.tools.boards import check_main
+
+    return check_main(args.boards)
+
+
 def cmd_data_convert(args) -> int:
     from aiotkit.tools import cwru, signalfile
 
@@ -209,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=5683, help="CoAP port (5683; another if busy)")
     d.add_argument("--mqtt", metavar="HOST:PORT", help="also forward to this MQTT broker")
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("board", help="board definitions (boards/)")
+    bsub = b.add_subparsers(dest="board_command", metavar="ACTION")
+    bsub.required = True
+    bc = bsub.add_parser(
+        "check",
+        help="validate board definitions",
+        description="Validate board definitions against the schema (tools/boards.py): types, "
+        "pins, flash layout, sensor settings. Without arguments, every shipped board.",
+    )
+    bc.add_argument("boards", nargs="*", metavar="NAME|FILE", help="board names or JSON files")
+    bc.set_defaults(func=cmd_board_check)
 
     da = sub.add_parser("data", help="prepare recordings for simulated nodes")
     dsub = da.add_subparsers(dest="data_command", metavar="ACTION")
