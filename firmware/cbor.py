@@ -120,14 +120,15 @@ class Writer:
         self._float(">d", _F64, 8, f)
 
     def put_scaled(self, code, exp):
-        """Write the float32 equal to code * 2**exp (int16 code, small int exp).
+        """Write the float32 nearest to code * 2**exp (|code| < 2**30, small int exp).
 
-        Exact whenever the value is a float32 normal (always, for |code| <= 32768,
-        since it has at most 16 significant bits); values in the subnormal range round
-        to nearest, ties to even, like an IEEE conversion. Overflow raises CBORError.
+        Exact whenever the value is a float32 normal and code has at most 24
+        significant bits (always for an int16 sample code); otherwise it rounds to
+        nearest, ties to even, like an IEEE conversion (e.g. a sample code times a
+        sensor's integer scale mantissa). Overflow raises CBORError.
         """
-        if not -32768 <= code <= 32767:
-            raise CBORError("code is not int16")
+        if not -0x40000000 < code < 0x40000000:
+            raise CBORError("code out of range")
         sign = 0
         if code < 0:
             sign = 0x80
@@ -140,6 +141,19 @@ class Writer:
             while m:
                 m >>= 1
                 nb += 1
+            if nb > 24:  # more bits than a float32 significand: round half to even
+                s = nb - 24
+                m = code >> s
+                rest = code - (m << s)
+                half = 1 << (s - 1)
+                if rest > half or (rest == half and m & 1):
+                    m += 1
+                code = m
+                exp += s
+                nb = 24
+                if code >> 24:  # rounded up to 2**24
+                    code >>= 1
+                    exp += 1
             e = exp + nb - 1  # value = 1.f * 2**e
             if e > 127:
                 raise CBORError("value overflows float32")
@@ -150,7 +164,7 @@ class Writer:
                 s = exp + 149
                 if s >= 0:
                     mant = code << s
-                elif s >= -17:  # shift right, round half to even
+                elif s >= -25:  # shift right, round half to even
                     s = -s
                     mant = code >> s
                     rest = code - (mant << s)

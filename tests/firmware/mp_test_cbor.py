@@ -187,6 +187,21 @@ def test_put_scaled_matches_float_conversion():
         raise AssertionError("only %d cases" % n)
 
 
+def test_put_scaled_rounds_wide_codes_like_float_conversion():
+    # sample code * a sensor's integer scale mantissa (up to 30 bits) rounds half to even
+    buf = bytearray(8)
+    w = cbor.Writer(buf)
+    codes = [(1 << 24) + 1, (1 << 24) + 3, (1 << 25) - 1, (1 << 29) + (1 << 5), 0x3FFFFFFF]
+    codes += [c * 23456 + 7 for c in range(-32768, 32768, 331)]
+    for exp in (-40, -30, -24, -1, 0, 3, -149 - 20, -149 - 28, 90):
+        for code in codes:
+            for c in (code, -code):
+                w.pos = 0
+                w.put_scaled(c, exp)
+                if buf[1:5] != struct.pack(">f", c * 2.0 ** exp):
+                    raise AssertionError("code %d exp %d: %s" % (c, exp, _hex(buf[:5])))
+
+
 def test_put_scaled_rounds_subnormals_half_even():
     # 3 * 2**-151 = 0.75 * 2**-149 -> 1; 2**-150 (half the smallest) -> 0 (even);
     # 3 * 2**-150 = 1.5 ulp -> 2 (even); 5 * 2**-151 = 1.25 -> 1
@@ -197,7 +212,8 @@ def test_put_scaled_rounds_subnormals_half_even():
 
 
 def test_put_scaled_overflow_and_range_errors():
-    for code, exp in ((1, 128), (16384, 114), (-2, 127), (-32768, 113), (32768, 0), (-32769, 0)):
+    for code, exp in ((1, 128), (16384, 114), (-2, 127), (-32768, 113), (1 << 30, 0),
+                      (-(1 << 30), 0)):
         try:
             _enc(lambda w: w.put_scaled(code, exp))
         except cbor.CBORError:
