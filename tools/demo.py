@@ -19,6 +19,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from aiotkit.gateway.store import NodeSummary
 from aiotkit.tools.sim import Fleet, FleetConfig, SimNode
 
 X_PATH = "/3313/0/5702"
@@ -54,12 +55,6 @@ def gateway_toml(db: Path, port: int, mqtt: str | None) -> str:
     return text
 
 
-def _get(obj, key, default=None):
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
 def _age(ts, now) -> str:
     if not ts:
         return "-"
@@ -67,7 +62,9 @@ def _age(ts, now) -> str:
     return f"{d:4.0f}s ago" if d < 3600 else f"{d / 3600:4.1f}h ago"
 
 
-def render(summaries, fleet: Fleet, events, started: float, db: Path) -> str:
+def render(
+    summaries: list[NodeSummary], fleet: Fleet, events, started: float, db: Path
+) -> str:
     now = time.time()
     up = time.monotonic() - started
     rows = [
@@ -76,14 +73,13 @@ def render(summaries, fleet: Fleet, events, started: float, db: Path) -> str:
         f"{'endpoint':<10} {'state':<13} {'registered':>11} {'last seen':>11} "
         f"{'sends':>6} {'readings':>9} {'window':>7} {'X (g)':>10}",
     ]
-    for s in sorted(summaries, key=lambda s: str(_get(s, "endpoint"))):
-        last = _get(s, "last_values") or {}
-        x = last.get(X_PATH)
-        seq = last.get(SEQ_PATH)
+    for s in sorted(summaries, key=lambda s: s.endpoint):
+        x = s.last_values.get(X_PATH)
+        seq = s.last_values.get(SEQ_PATH)
         rows.append(
-            f"{str(_get(s, 'endpoint')):<10} {str(_get(s, 'state')):<13} "
-            f"{_age(_get(s, 'registered_at'), now):>11} {_age(_get(s, 'last_seen'), now):>11} "
-            f"{_get(s, 'sends', 0):>6} {_get(s, 'readings', 0):>9} "
+            f"{s.endpoint:<10} {s.state:<13} "
+            f"{_age(s.registered_at, now):>11} {_age(s.last_seen, now):>11} "
+            f"{s.sends:>6} {s.readings:>9} "
             f"{'-' if seq is None else int(seq):>7} {'-' if x is None else f'{x:+.5f}':>10}"
         )
     if not summaries:
