@@ -187,10 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (default 3)")
     s.add_argument("--gateway", required=True, metavar="coap://HOST:PORT", help="gateway URI")
     s.add_argument("--prefix", default="node", help="endpoint names are PREFIX-1.. (default node)")
-    s.add_argument("--dir", metavar="DIR", help="nodes' folders (default ~/.local/state/aiotkit/sim)")
+    s.add_argument(
+        "--dir", metavar="DIR", help="nodes' folders (default ~/.local/state/aiotkit/sim)"
+    )
     s.add_argument(
         "--signal", action="append", default=[], metavar="FILE.i16",
-        help="replay file; repeat to give nodes different ones (default: the shipped CWRU excerpts)",
+        help="replay file; repeat to give nodes different ones "
+        "(default: the shipped CWRU excerpts)",
     )
     s.add_argument("--lifetime", type=_positive_int, default=60, help="LwM2M lifetime s (60)")
     s.add_argument("--window", type=_positive_int, default=1024, help="window samples (1024)")

@@ -100,7 +100,8 @@ class MicroPythonItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, None, f"{self.path.name}::{self.name} [micropython -X heapsize={self.heap}]"
+        where = f"{self.path.name}::{self.name}"
+        return self.path, None, f"{where} [micropython -X heapsize={self.heap}]"
 
 
 def pytest_configure(config):
