@@ -115,6 +115,12 @@ def cmd_demo(args) -> int:
     )
 
 
+def cmd_bench(args) -> int:
+    from aiotkit.tools.bench_features import main as bench_features
+
+    return bench_features(args.rest)
+
+
 def cmd_board_check(args) -> int:
     from aiotkit.tools.boards import check_main
 
@@ -218,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=5683, help="CoAP port (5683; another if busy)")
     d.add_argument("--mqtt", metavar="HOST:PORT", help="also forward to this MQTT broker")
     d.set_defaults(func=cmd_demo)
+
+    be = sub.add_parser(
+        "bench",
+        help="benchmarks that print their figures (last line: JSON)",
+        description="aiot bench features [--windows N ...]: the node's feature extractor on "
+        "the MicroPython unix port against numpy. 'aiot bench features --help' for options.",
+    )
+    be.add_argument("name", choices=["features"], help="which benchmark")
+    be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+    be.set_defaults(func=cmd_bench)
 
     b = sub.add_parser("board", help="board definitions (boards/)")
     bsub = b.add_subparsers(dest="board_command", metavar="ACTION")
