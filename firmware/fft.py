@@ -7,7 +7,8 @@
 #   radix-4 stage  |out| <= 5.25 * max|in| + 1.5   -> shift 0..3 (bits < 2^12 .. 2^15)
 #   radix-2 stage and the split  |out| <= 2.42 * max|in| + 1   -> shift 0..2
 # so outputs stay below 21478 and every product (int16 x Q15 twiddle) below 1.52e9 < 2^31.
-# Twiddles are Q15 cos/sin rounded from 32767*cos (|w| <= 32768), stored biased by +32768
+# Twiddles are Q15 cos/sin rounded from 32768*cos (W^0 = 32768 set in the kernels; the
+# table holds -32768..32767), stored biased by +32768
 # in uint16 arrays (viper ptr16 loads are unsigned on every port; one subtraction undoes
 # the bias); int16 data are sign-extended with (v ^ 0x8000) - 0x8000.
 #
@@ -113,6 +114,10 @@ def _r4(x: ptr16, i: int, e: int, h: int, tw: ptr16, s: int) -> int:
         v2i = tw[t + 3] - 32768
         v3r = tw[t + 4] - 32768
         v3i = tw[t + 5] - 32768
+        if k == 0:  # W^0 = 1 exactly (the table can only hold 32767)
+            v1r = 32768
+            v2r = 32768
+            v3r = 32768
         i = 2 * k
         while i < e:
             br = (x[i + q] ^ 0x8000) - 0x8000
@@ -177,6 +182,8 @@ def _r2(x: ptr16, i: int, e: int, h: int, tw: ptr16, s: int) -> int:
     while k < h:
         wr = tw[2 * k] - 32768
         wi = tw[2 * k + 1] - 32768
+        if k == 0:  # W^0 = 1 exactly
+            wr = 32768
         i = 2 * k
         while i < e:
             br = (x[i + q] ^ 0x8000) - 0x8000
@@ -377,8 +384,10 @@ def _bitrev(n, bits):
 
 
 def _tw(buf, i, angle):
-    buf[i] = round(_Q15 * math.cos(angle)) + _BIAS
-    buf[i + 1] = round(_Q15 * math.sin(angle)) + _BIAS
+    # Q15, 1.0 = 32768; +1.0 does not fit the biased uint16 and is stored as 32767 (the
+    # kernels use an exact 32768 for W^0; elsewhere it is a sub-LSB rounding)
+    buf[i] = min(_Q15, round(32768 * math.cos(angle))) + _BIAS
+    buf[i + 1] = min(_Q15, round(32768 * math.sin(angle))) + _BIAS
 
 
 class Fft:

@@ -1,12 +1,21 @@
 # The sensor-node application: the window loop and its LwM2M reports.
 #
-# Reads `hop` new samples into a window of `window` int16 samples (allocated once; the
-# first window fills completely), then sends one SenML-CBOR report per window over
-# LwM2M Send, at least `report_ms` apart; session.Session keeps the registration
-# alive meanwhile. Network errors are logged and survived; SIGINT (KeyboardInterrupt)
-# de-registers and exits 0. Log lines on stdout (parsed by tools/sim.py and tests):
+# sampler.Sampler cuts the sensor's stream into windows of `window` samples every `hop`
+# samples (flags for overrun, dropped, saturated and bus-error windows); features.Extractor
+# turns each window into the configured feature set (fixed point, no allocation). One
+# SenML-CBOR report goes out over LwM2M Send at least `report_ms` apart: a live sensor
+# (samples on its own clock) has every window processed and the latest reported; a
+# source that waits for the reader (replay not in real time) is read one window per
+# report. session.Session keeps the registration alive meanwhile. Network and sensor
+# errors are logged and survived; SIGINT (KeyboardInterrupt) de-registers and exits 0.
+# Log lines on stdout (parsed by tools/sim.py and tests):
 #   aiot-node EP registered LOCATION | updated | sent SEQ | deregistered | error: MESSAGE
 #   aiot-node: config error: MESSAGE        (then exit status 2)
+#
+# Report (README.md, "For firmware developers"): /3313/0/5702 the window's last sample
+# (g); /33000/0/<r> the window (0 sequence, 1 offset, 2 length, 3 rate, 4 min g, 5 max g,
+# 6 flags, 7 overruns, 8 dropped, 9 saturated, 10 bus errors, 11 windows since the last
+# report); /33001/0/<i> the i-th feature output of the spec (g, g^2, Hz, counts, ratios).
 from micropython import const
 import micropython
 import sys
@@ -15,16 +24,13 @@ from array import array
 from session import Session, PREFIX
 
 _SENT_EVERY = const(10)  # without verbose, log the first sent window and every 10th
-# SenML names in /33000/0/ (aiotkit Vibration Window): 0 sequence, 1 sample offset,
-# 2 window length, 3 sample rate, 4 min (g), 5 max (g)
-_NAMES = (b"0", b"1", b"2", b"3", b"4", b"5")
-
-
-@micropython.viper
-def _slide(buf: ptr16, n: int, h: int):
-    # buf[0:n-h] = buf[h:n]
-    for i in range(n - h):
-        buf[i] = buf[i + h]
+_MAX_FEATURES = const(32)  # feature outputs a report holds (the CoAP buffer is 512 bytes)
+_SMALL = const(0x3FFFFFFF)  # |value| below 2**30: put_scaled's range, a small int everywhere
+_FAIL_LOG = const(1023)  # a sensor that keeps failing is logged every 1024 polls
+_NAMES = (b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9", b"10", b"11",
+          b"12", b"13", b"14", b"15", b"16", b"17", b"18", b"19", b"20", b"21", b"22",
+          b"23", b"24", b"25", b"26", b"27", b"28", b"29", b"30", b"31")
+_UNIT_POW = {"code": 1, "code^2": 2}  # feature units that carry the sensor scale
 
 
 @micropython.viper
@@ -44,68 +50,123 @@ def _minmax(buf: ptr16, n: int, out: ptr16):
     out[1] = hi
 
 
-class Node(Session):
-    """The window loop over ``sensor`` (see session.Session for the other arguments)."""
+def _put(w, v, m, e):
+    # v * m * 2**e as float32, v an int32, m a small positive int (< 2**15): shift v
+    # (rounding) until v * m stays a small int; float32 keeps 24 bits anyway
+    while v > _SMALL // m or v < -(_SMALL // m):
+        v = (v + 1) >> 1
+        e += 1
+    w.put_scaled(v * m, e)
 
-    def __init__(self, cfg, sensor, transport=None, clock=None, rand=None):
+
+def _record(w, i, base):
+    # the head of SenML record i of an object instance: {bn: base (first only), n: "i", v:
+    w.put_map(2 if i else 3)
+    if not i:
+        w.put_int(-2)
+        w.put_text(base)
+    w.put_int(0)
+    w.put_text(_NAMES[i])
+    w.put_int(2)
+
+
+class Node(Session):
+    """The window loop over ``sensor`` (common sensor interface, board.py), with the
+    feature spec ``spec`` (None: no features); see session.Session for the rest."""
+
+    def __init__(self, cfg, sensor, spec=None, transport=None, clock=None, rand=None):
+        from sampler import Sampler
+
         super().__init__(cfg, transport, clock, rand)
         self.sensor = sensor
         n = cfg["window"]
-        h = cfg["hop"]
         self.n = n
-        self.hop = h
-        self.win = array("h", range(n))  # sized from len(range): no temporary copy
-        self._tail = memoryview(self.win)[n - h :] if h < n else self.win
+        self.sampler = Sampler(sensor, n, cfg["hop"])  # SamplerError: a config error
+        self.win = array("h", bytes(2 * n))
+        self.ex = None
+        self.feat = None
+        self._fscale = ()
+        if spec is not None:
+            from features import Extractor
+
+            ex = Extractor(spec)  # FeatureError: a config error
+            k = len(ex.names)
+            if k > _MAX_FEATURES:
+                raise ValueError("'features' gives %d outputs; a report holds at most %d"
+                                 % (k, _MAX_FEATURES))
+            self.ex = ex
+            self.extra_objects = b",</33001/0>"
+            self.feat = array("i", bytes(4 * k))
+            m = sensor.scale_m
+            e = sensor.scale_e
+            # per output: (multiplier, exponent) so value = out * mult * 2**exp
+            self._fscale = tuple((m ** _UNIT_POW.get(u, 0), e * _UNIT_POW.get(u, 0) - frac)
+                                 for frac, u in ex.formats)
         self._mm = array("h", bytes(4))
-        self._vals = [0, 0, n, sensor.rate]  # sequence, offset, length, rate
         self._fill_cb = self._fill  # bound once: fetching a method allocates
-        self.seq = 0
+        self.flags = 0
+        self.windows = 0  # windows processed since the last report
         self.sent = 0
+        self.live = bool(sensor.live)
+        self._wait_ms = cfg["hop"] * 500 // sensor.rate + 1  # half a hop, at least 1 ms
         self.verbose = cfg["verbose"]
         self._report_ms = cfg["report_ms"]
         self._last_report = 0
         self._started = False
 
-    def _next_window(self):
-        n = self.n
-        h = self.hop
-        if h < n:
-            _slide(self.win, n, h)
-        self.sensor.read_into(self._tail, h)
-        self.seq += 1
+    @property
+    def seq(self):
+        # the window's sequence number from 0 (modulo 2**30)
+        return (self.sampler.seq - 1) & _SMALL
 
     def _fill(self, w):
         # SenML-CBOR pack, RFC 8428 section 6 (labels: bn -2, n 0, v 2)
-        e = self.sensor.scale_exp
-        w.put_array(7)
+        sen = self.sensor
+        sm = self.sampler
+        m = sen.scale_m
+        e = sen.scale_e
+        k = len(self._fscale)
+        w.put_array(13 + k)
         w.put_map(3)
         w.put_int(-2)
         w.put_text(b"/3313/0/")
         w.put_int(0)
         w.put_text(b"5702")
         w.put_int(2)
-        w.put_scaled(self.win[self.n - 1], e)
-        w.put_map(3)
-        w.put_int(-2)
-        w.put_text(b"/33000/0/")
-        v = self._vals
-        for i in range(6):
-            if i:
-                w.put_map(2)
-            w.put_int(0)
-            w.put_text(_NAMES[i])
-            w.put_int(2)
-            if i < 4:
-                w.put_uint(v[i])
+        _put(w, self.win[self.n - 1], m, e)
+        for i in range(12):
+            _record(w, i, b"/33000/0/")
+            if i == 0:
+                w.put_uint((sm.seq - 1) & _SMALL)
+            elif i == 1:
+                w.put_uint(sm.offset)
+            elif i == 2:
+                w.put_uint(self.n)
+            elif i == 3:
+                w.put_uint(sen.rate)
+            elif i < 6:
+                _put(w, self._mm[i - 4], m, e)
+            elif i == 6:
+                w.put_uint(self.flags)
+            elif i == 7:
+                w.put_uint(sm.overruns)
+            elif i == 8:
+                w.put_uint(sm.dropped)
+            elif i == 9:
+                w.put_uint(sm.saturated)
+            elif i == 10:
+                w.put_uint(sm.errors)
             else:
-                w.put_scaled(self._mm[i - 4], e)
+                w.put_uint(self.windows)
+        f = self.feat
+        sc = self._fscale
+        for i in range(k):
+            _record(w, i, b"/33001/0/")
+            mi, ei = sc[i]
+            _put(w, f[i], mi, ei)
 
     def _report(self):
         _minmax(self.win, self.n, self._mm)
-        v = self._vals
-        v[0] = self.seq
-        v[1] = self.sensor.offset - self.n  # offset of the window's first sample
-        self.idle_until(time.ticks_add(self._last_report, self._report_ms))
         self._last_report = self.clock.ticks_ms()
         for attempt in range(2):
             self.ensure_registered()
@@ -117,26 +178,52 @@ class Node(Session):
                 # 4.04: the gateway forgot the registration; register and send once more.
                 # Otherwise the report is dropped (a flash log comes with a later issue).
                 if attempt or self.client.registered:
+                    self.windows = 0
                     return
-        if self.verbose or self.sent == 0 or self.seq % _SENT_EVERY == 0:
-            self.log("sent", self.seq)
+        seq = self.seq
+        if self.verbose or self.sent == 0 or seq % _SENT_EVERY == 0:
+            self.log("sent", seq)
         self.sent += 1
+        self.windows = 0
+
+    def _window(self):
+        # wait (serving the network) until the sampler has a window; take it
+        sm = self.sampler
+        while True:
+            sm.poll()
+            if sm.ready():
+                break
+            f = sm.failing
+            if f and (f == 1 or not f & _FAIL_LOG):
+                self.log("error:", "sensor: %d bus errors and no samples" % sm.sensor.errors)
+            self.idle_until(time.ticks_add(self.clock.ticks_ms(), self._wait_ms))
+        self.flags = sm.take(self.win)
+        self.windows += 1
+        if self.ex is not None:
+            self.ex.compute(self.win, self.feat)
+
+    def _due(self):
+        return time.ticks_diff(self.clock.ticks_ms(), self._last_report) >= self._report_ms
 
     def run(self, windows=-1):
-        """The window loop; forever, or for ``windows`` more windows (tests)."""
+        """The window loop; forever, or for ``windows`` more reports (tests)."""
         self.ensure_registered()
         if not self._started:
             self._started = True
             self._last_report = time.ticks_add(self.clock.ticks_ms(), -self._report_ms)
-            self.sensor.read_into(self.win, self.n)  # the first window fills completely
-        else:
-            self._next_window()
+            self.sampler.start()
         while True:
+            if self.live:
+                self._window()
+                while not self._due():
+                    self._window()
+            else:
+                self.idle_until(time.ticks_add(self._last_report, self._report_ms))
+                self._window()
             self._report()
             windows -= 1
             if windows == 0:
                 return
-            self._next_window()
 
 
 def main():
@@ -150,14 +237,18 @@ def main():
         try:
             cfg = nodecfg.load(path)
             sensor = nodecfg.open_sensor(cfg)
+            spec = nodecfg.feature_spec(cfg, sensor.rate)
         except nodecfg.ConfigError as e:
             print("%s: config error: %s" % (PREFIX, e))
             sys.exit(2)
         del nodecfg
         del sys.modules["nodecfg"]  # needed only at boot: give its RAM back
         try:
-            node = Node(cfg, sensor)  # the big buffers first, before compiling the rest
+            node = Node(cfg, sensor, spec)  # the big buffers first, then the network code
             node.load()
+        except ValueError as e:  # SamplerError, FeatureError: the window or the spec
+            print("%s: config error: %s" % (PREFIX, e))
+            sys.exit(2)
         except MemoryError:
             # not a crash to restart from: this window does not fit in this board's heap
             print("%s: config error: 'window' %d does not fit in the heap"

@@ -75,6 +75,9 @@ def check(cfg):
         if type(v) is not int or not lo <= v <= hi:
             raise ConfigError("'%s' must be an integer in %d..%d" % (key, lo, hi))
         out[key] = v
+    f = cfg.get("features", True)
+    if f is not True:
+        out["features"] = f  # checked against the sensor by feature_spec()
     for key in ("realtime", "verbose"):
         v = cfg.get(key, False)
         if type(v) is not bool:
@@ -100,14 +103,54 @@ def load(path):
 
 
 def open_sensor(cfg):
-    """The board's accelerometer; a signal file it cannot use raises ConfigError."""
-    import replay
+    """The board's accelerometer (unix-sim: the replayed signal file), not started; a
+    signal file it cannot use raises ConfigError."""
+    import simsensor
+    from sensorbus import SensorError
 
     try:
-        s = replay.ReplaySensor(cfg["signal"], cfg["realtime"])
-    except replay.ReplayError as e:
+        s = simsensor.ReplayAdapter(cfg["signal"], cfg["realtime"])
+    except SensorError as e:
         raise ConfigError("'signal' %s" % e)
-    if s.scale_exp > _MAX_SCALE_EXP:
+    if s.scale_e > _MAX_SCALE_EXP:
         s.close()
-        raise ConfigError("'signal' scale exponent %d overflows float32" % s.scale_exp)
+        raise ConfigError("'signal' scale exponent %d overflows float32" % s.scale_e)
     return s
+
+
+def feature_spec(cfg, rate):
+    """The feature spec the node runs (see firmware/FEATURES.md), or None for none.
+
+    Config 'features': absent -> the default feature list (featspec.default_spec; at
+    another rate than its 12 kHz without the envelope, bands scaled); false -> none; an
+    object -> a spec whose rate, window and hop may be left out (they come from the
+    sensor and the config; given, they must agree). The extractor checks the rest.
+    """
+    f = cfg.get("features", True)
+    if f is False:
+        return None
+    if f is True:
+        import featspec
+
+        d = featspec.default_spec()
+        feats = d["features"]
+        if rate != d["rate"]:
+            # the default is for 12 kHz (CWRU): elsewhere the time domain, centroid,
+            # dominant and the same bands scaled to the rate (no bearing envelope)
+            edges = [e * rate // d["rate"] for e in feats[11]["edges"]]
+            feats = feats[:11] + [{"name": "bands", "edges": edges}]
+        f = {"features": feats}
+    elif not isinstance(f, dict):
+        raise ConfigError("'features' must be a feature spec object or false")
+    spec = dict(f)
+    spec.setdefault("version", 1)
+    for key, want in (("rate", rate), ("window", cfg["window"]), ("hop", cfg["hop"])):
+        v = spec.setdefault(key, want)
+        if v != want:
+            raise ConfigError("'features' %s %r differs from the node's %d" % (key, v, want))
+    if "fft" not in spec:
+        n = 64
+        while n < 2048 and 2 * n <= cfg["window"]:
+            n *= 2
+        spec["fft"] = n
+    return spec

@@ -30,6 +30,7 @@ class Session:
         self._backoff = _BACKOFF_MIN_MS
         self._next = self.clock.ticks_ms()  # when to Register/Update next
         self._net_errors = OSError  # until load() imports the network modules
+        self.extra_objects = b""  # more registered object links, e.g. b",</33001/0>"
 
     def log(self, what, arg=None):
         if arg is None:
@@ -72,7 +73,8 @@ class Session:
 
                 t = self._transport = udp.UdpTransport(self.cfg["host"], self.cfg["port"])
             self.ep = coap.Endpoint(t, self.clock, self._rand)
-            self.client = lwm2m.Client(self.ep, self.name, self.cfg["lifetime"])
+            self.client = lwm2m.Client(self.ep, self.name, self.cfg["lifetime"],
+                                       lwm2m.OBJECTS + self.extra_objects)
 
     def wait(self, ms):
         """Idle for ms, answering the server meanwhile when there is a connection."""

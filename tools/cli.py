@@ -206,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hop", type=_positive_int, help="hop samples (default: the window)")
     s.add_argument("--report-ms", type=int, default=1000, help="min ms between reports (1000)")
     s.add_argument("--realtime", action="store_true", help="replay at the recording's own rate")
-    s.add_argument("--heap", default="64K", help="MicroPython heap per node (64K)")
+    s.add_argument("--heap", default="128K",
+                   help="MicroPython heap per node (128K: the unix-sim board; the x64 code "
+                   "lives in the heap)")
     s.add_argument("--duration", type=_nonneg_float, help="stop after this many seconds")
     s.add_argument("--verbose", action="store_true", help="print every report")
     s.set_defaults(func=cmd_sim)

@@ -35,8 +35,17 @@ def state_dir() -> Path:
     return Path(base) / "aiotkit"
 
 
+def find_tool(name: str) -> str | None:
+    """A command on PATH or next to this Python (a venv's bin/)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
 def find_micropython() -> str | None:
-    """The MicroPython unix port: on PATH or next to this Python (a venv's bin/)."""
-    return shutil.which("micropython") or shutil.which(
-        "micropython", path=str(Path(sys.executable).parent)
-    )
+    """The MicroPython unix port."""
+    return find_tool("micropython")
+
+
+def cache_dir() -> Path:
+    """Per-user cache (XDG_CACHE_HOME), for things that can be rebuilt."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "aiotkit"

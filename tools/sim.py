@@ -1,7 +1,8 @@
 """Run a fleet of simulated nodes: real MicroPython unix-port processes, one per node.
 
 Each node gets its own folder (its flash filesystem) holding ``config.json``; the process
-runs ``firmware/main.py`` from the installed firmware with the board's heap limit. A node
+runs the installed firmware, precompiled for the unix port with mpy-cross as a board runs
+it (tools/fwbuild.py), with the unix-sim board's heap limit. A node
 that dies is restarted after a growing delay, as a watchdog would reboot a board, except
 after a configuration error (exit status 2), which a reboot cannot fix.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiotkit.tools import paths
+from aiotkit.tools import fwbuild, paths
 
 CONFIG_ERROR_EXIT = 2
 _LINE = re.compile(r"^aiot-node (\S+) (registered|updated|sent|deregistered|error:)\s*(.*)$")
@@ -75,7 +76,7 @@ class FleetConfig:
     hop: int | None = None
     report_ms: int = 1000
     realtime: bool = False
-    heap: str = "64K"
+    heap: str = "128K"  # boards/unix-sim.json: x64 code lives in the heap
     verbose: bool = False
 
 
@@ -90,6 +91,7 @@ class Fleet:
         self._stopping = False
         self._micropython = ""
         self._firmware = paths.firmware_dir()
+        self._code = self._firmware
 
     def prepare(self) -> None:
         """Validate the settings and write every node's config.json (atomically)."""
@@ -115,6 +117,10 @@ class Fleet:
         for s in signals:
             if not s.is_file():
                 raise SimError(f"signal file {s} does not exist")
+        try:
+            self._code = fwbuild.build(self._firmware, "x64")
+        except fwbuild.BuildError as e:
+            raise SimError(f"firmware build: {e}") from None
         self.nodes = []
         for i in range(cfg.nodes):
             ep = f"{cfg.prefix}-{i + 1}"
@@ -149,13 +155,8 @@ class Fleet:
     def command(self, node: SimNode) -> tuple[list[str], dict[str, str]]:
         """The command line and environment that boot ``node`` (after :meth:`prepare`)."""
         env = dict(os.environ)
-        env["MICROPYPATH"] = os.pathsep.join([".frozen", str(self._firmware)])
-        argv = [
-            self._micropython,
-            "-X",
-            f"heapsize={self.cfg.heap}",
-            str(self._firmware / "main.py"),
-        ]
+        env["MICROPYPATH"] = os.pathsep.join([".frozen", str(self._code)])
+        argv = [self._micropython, "-X", f"heapsize={self.cfg.heap}", "-m", "main"]
         return argv, env
 
     async def _spawn(self, node: SimNode) -> asyncio.subprocess.Process:

@@ -67,7 +67,11 @@ class Subscriber:
         self.client.disconnect()
 
 
-REPORT_PATHS = {X, SEQ, OFFSET, N, RATE, MIN, MAX}
+FLAGS = "/33000/0/6"
+RMS, PEAK = "/33001/0/1", "/33001/0/3"  # outputs 1 and 3 of the default feature set
+REPORT_PATHS = ({X, SEQ, OFFSET, N, RATE, MIN, MAX}
+                | {f"/33000/0/{r}" for r in range(6, 12)}
+                | {f"/33001/0/{i}" for i in range(20)})
 
 
 def sends_by_node(messages, since: float = 0.0) -> dict[str, dict[int, dict[str, object]]]:
@@ -93,6 +97,11 @@ def check_window_values(send: dict[str, object], sig) -> None:
     assert send[X] == window[-1]
     assert send[MIN] == window.min()
     assert send[MAX] == window.max()
+    assert send[FLAGS] == 0
+    # features computed on the node (every feature's bound is checked in tests/features)
+    assert send[PEAK] == np.abs(window).max()
+    rms = np.sqrt(np.mean(window**2))
+    assert abs(send[RMS] - rms) <= 1e-4 * rms
 
 
 def test_three_nodes_register_send_survive_gateway_restart_and_deregister(

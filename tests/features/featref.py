@@ -271,7 +271,10 @@ def excerpts() -> dict[str, np.ndarray]:
 REL = {
     "rms": 1e-4, "std": 1e-4, "crest": 1e-4, "kurtosis": 1e-4,
 }
-BANDS_REL = 5e-4  # bands: fraction of the window's total power
+# bands: fraction of the window's total power. Measured worst case 4.2e-4 over 26,000
+# random windows (clipped full-scale tones near rate/4); hypothesis found 5.0e-4 before
+# the twiddle gain fix, so the bound keeps a factor of about 2 over what was seen
+BANDS_REL = 1e-3
 ENV_REL = 5e-3  # envelope: fraction of the window's total power
 MAG_REL = 2e-2  # spectrum: fraction of the largest amplitude (of all bins)
 CENTROID_REL = 1e-3  # fraction of Nyquist

@@ -11,6 +11,7 @@ from array import array
 
 import fakebus
 import board
+import simsensor
 from sensorbus import SensorError
 
 _HERE = __file__.rsplit("/", 1)[0]
@@ -262,7 +263,7 @@ class Clock:
 def test_realtime_replay_delivers_what_is_due_and_never_sleeps():
     write_signal("rec.i16", 5000, rate=3000)
     c = Clock()  # no sleep_ms: a sleep would raise AttributeError
-    s = board.ReplayAdapter("rec.i16", realtime=True, clock=c)
+    s = simsensor.ReplayAdapter("rec.i16", realtime=True, clock=c)
     expect_eq(s.live, True, "live")
     s.start()
     buf = array("h", bytes(8000))

@@ -4,7 +4,8 @@
 # and its simulated server need more heap to compile than the firmware does.
 import struct
 
-HEAPSIZE = "128K"
+HEAPSIZE = "256K"
+FIRMWARE = "mpy"
 
 import cbor
 import coap
@@ -143,8 +144,11 @@ def test_register_send_update_on_simulated_server():
             raise AssertionError("content format %r" % cf)
         v = _pack_values(payload)
         x, lo, hi = _expected(16 * k, 16)
+        # a replay waits for the reader: one window per report, never a flag
         want = {"/3313/0/5702": x, "/33000/0/0": k, "/33000/0/1": 16 * k, "/33000/0/2": 16,
-                "/33000/0/3": RATE, "/33000/0/4": lo, "/33000/0/5": hi}
+                "/33000/0/3": RATE, "/33000/0/4": lo, "/33000/0/5": hi, "/33000/0/6": 0,
+                "/33000/0/7": 0, "/33000/0/8": 0, "/33000/0/9": 0, "/33000/0/10": 0,
+                "/33000/0/11": 1}
         if v != want:
             raise AssertionError("window %d: %r != %r" % (k, v, want))
         if k and t - sends[k - 1][0] < 1000:
@@ -292,3 +296,69 @@ def test_garbage_location_path_is_a_failed_registration_not_a_crash():
     n.run(windows=1)
     if srv.registrations != 3 or n.client.location != "/rd/abc" or len(srv.ops(2, "dp")) != 1:
         raise AssertionError((srv.registrations, n.client.location))
+
+
+def test_features_are_reported_with_the_window():
+    from array import array
+    from features import Extractor
+
+    write_signal("s.i16", 5000)
+    cfg = nodecfg.check(dict(_GOOD, lifetime=10, window=256, report_ms=0))
+    sensor = nodecfg.open_sensor(cfg)
+    spec = nodecfg.feature_spec(cfg, sensor.rate)
+    if (spec["rate"], spec["window"], spec["hop"], spec["fft"]) != (RATE, 256, 256, 256):
+        raise AssertionError(spec)
+    c = SimClock(1000)
+    srv = Server()
+    n = node.Node(cfg, sensor, spec, transport=SimLink(c, srv), clock=c, rand=Rand(3))
+    n.run(windows=4)
+    if srv.log[0][5] != b"</1/0>,</3/0>,</3313/0>,</33000/0>,</33001/0>":
+        raise AssertionError(srv.log[0][5])
+    ex = Extractor(spec)
+    out = array("i", bytes(4 * len(ex.names)))
+    win = array("h", bytes(512))
+    sends = srv.ops(2, "dp")
+    for k, e in enumerate(sends):
+        v = _pack_values(e[5])
+        for i in range(256):
+            win[i] = code((256 * k + i) % 5000)
+        ex.compute(win, out)
+        for i, (frac, unit) in enumerate(ex.formats):
+            p = {"code": 1, "code^2": 2}.get(unit, 0)
+            want = out[i] * 2.0 ** (p * SCALE_EXP - frac)
+            got = v["/33001/0/%d" % i]
+            if abs(got - want) > abs(want) * 2.0**-23:  # float32 on the wire
+                raise AssertionError("window %d %s: %r != %r" % (k, ex.names[i], got, want))
+    if len(sends) != 4 or len(ex.names) != 20:
+        raise AssertionError((len(sends), ex.names))
+
+
+def test_feature_config_errors_name_the_problem():
+    write_signal("s.i16", 500)
+    cases = (
+        ({"features": 3}, "'features' must be a feature spec object or false"),
+        ({"features": {"rate": 8000, "features": ["rms"]}}, "'features' rate 8000 differs"),
+        ({"window": 64, "features": {"window": 128, "features": ["rms"]}},
+         "'features' window 128 differs"),
+    )
+    for extra, msg in cases:
+        cfg = nodecfg.check(dict(_GOOD, **extra))
+        try:
+            nodecfg.feature_spec(cfg, RATE)
+        except nodecfg.ConfigError as e:
+            if not str(e).startswith(msg):
+                raise AssertionError(str(e))
+        else:
+            raise AssertionError("accepted %r" % extra)
+    if nodecfg.feature_spec(nodecfg.check(dict(_GOOD, features=False)), RATE) is not None:
+        raise AssertionError("features false")
+    # the extractor refuses what the spec cannot do, naming the field
+    cfg = nodecfg.check(dict(_GOOD, features={"features": ["rms", "nope"]}))
+    try:
+        node.Node(cfg, nodecfg.open_sensor(cfg), nodecfg.feature_spec(cfg, RATE),
+                  transport=SimLink(SimClock(0), Server()), clock=SimClock(0))
+    except ValueError as e:
+        if "nope" not in str(e):
+            raise AssertionError(str(e))
+    else:
+        raise AssertionError("unknown feature accepted")

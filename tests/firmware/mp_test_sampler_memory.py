@@ -50,11 +50,11 @@ def run(sp, out, windows, step=None):
 
 
 def test_replay_as_fast_as_taken_allocates_nothing_per_window():
-    import board
+    import simsensor
 
     L = 3001  # odd length: chunks end at the file's end at varying offsets
     write_signal("s.i16", L)
-    sen = board.ReplayAdapter("s.i16")
+    sen = simsensor.ReplayAdapter("s.i16")
     sp = Sampler(sen, 1024, 512)
     sp.start()
     out = array("h", bytes(2048))
@@ -77,11 +77,11 @@ class Clock:
 
 
 def test_realtime_replay_allocates_nothing_per_window():
-    import board
+    import simsensor
 
     write_signal("s.i16", 5000, rate=12000)
     clock = Clock()
-    sen = board.ReplayAdapter("s.i16", realtime=True, clock=clock)
+    sen = simsensor.ReplayAdapter("s.i16", realtime=True, clock=clock)
     sp = Sampler(sen, 256, 128)
     sp.start()
     out = array("h", bytes(512))

@@ -1,4 +1,5 @@
-"""The real node (firmware/main.py under ``micropython -X heapsize=64K``) against a small
+"""The real node (the firmware built with mpy-cross, under the unix-sim board's
+``micropython -X heapsize=128K``) against a small
 LwM2M server built here on aiocoap (a CoAP implementation not written by us).
 
 The server implements just /rd (2.01 + Location-Path rd/<id>), /rd/<id> (POST 2.04, or
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -26,13 +26,15 @@ import cbor2
 import numpy as np
 import pytest
 
-from plugins.services import REPO, ManagedProcess, free_port
+from plugins.services import ManagedProcess, free_port
 
-FIRMWARE = REPO / "firmware"
 RATE = 8000
 SCALE_EXP = -12
 N_SAMPLES = 3000
-PACK_HEAD = b"\x87\xa3\x21\x68/3313/0/\x00\x645702\x02\xfa"  # [ {-2: "/3313/0/", 0: "5702", 2: f32
+# [ {-2: "/3313/0/", 0: "5702", 2: f32 ...: 13 window records + 16 features (11 time-domain
+# and spectral + 5 bands: the default set at a rate other than 12 kHz)
+N_FEATURES = 16
+PACK_HEAD = b"\x98\x1d\xa3\x21\x68/3313/0/\x00\x645702\x02\xfa"
 
 
 @dataclass
@@ -193,14 +195,13 @@ def codes(tmp_path: Path) -> np.ndarray:
     return c
 
 
-def start_node(tmp_path: Path, nodes, micropython: str, port: int, **cfg) -> ManagedProcess:
+def start_node(tmp_path: Path, nodes, node_firmware, port: int, **cfg) -> ManagedProcess:
     conf = {"endpoint": "node-a", "gateway": f"coap://127.0.0.1:{port}", "lifetime": 10,
             "window": 256, "report_ms": 100, "signal": "signal.i16"}
     conf.update(cfg)
     (tmp_path / "config.json").write_text(json.dumps(conf))
-    env = dict(os.environ, MICROPYPATH=str(FIRMWARE))
-    p = ManagedProcess("node", [micropython, "-X", "heapsize=64K", str(FIRMWARE / "main.py")],
-                       cwd=tmp_path, env=env).start()
+    p = ManagedProcess("node", node_firmware.argv(), cwd=tmp_path,
+                       env=node_firmware.env()).start()
     nodes.append(p)
     return p
 
@@ -212,7 +213,7 @@ def check_report(payload: bytes, codes: np.ndarray, window: int, hop: int) -> in
     seq = pack[1][2]
     off = pack[2][2]
     x = np.ldexp(codes[(off + np.arange(window)) % len(codes)].astype(np.float64), SCALE_EXP)
-    assert pack == [
+    assert pack[:13] == [
         {-2: "/3313/0/", 0: "5702", 2: x[-1]},
         {-2: "/33000/0/", 0: "0", 2: seq},
         {0: "1", 2: seq * hop},
@@ -220,22 +221,35 @@ def check_report(payload: bytes, codes: np.ndarray, window: int, hop: int) -> in
         {0: "3", 2: RATE},
         {0: "4", 2: x.min()},
         {0: "5", 2: x.max()},
+        {0: "6", 2: 0},  # flags: a replay that waits for the reader never overruns
+        {0: "7", 2: 0},
+        {0: "8", 2: 0},
+        {0: "9", 2: 0},
+        {0: "10", 2: 0},
+        {0: "11", 2: 1},  # one window per report
     ]
-    for i, rec in enumerate(pack):
+    for i, rec in enumerate(pack[:13]):
         want = float if i in (0, 5, 6) else int
         assert type(rec[2]) is want, (i, rec)
+    feats = pack[13:]
+    assert [r[0] for r in feats] == [str(i) for i in range(N_FEATURES)]
+    assert feats[0][-2] == "/33001/0/" and all(type(r[2]) is float for r in feats)
+    # spot checks against numpy (every feature's bound: tests/features): mean, rms, peak
+    assert abs(feats[0][2] - x.mean()) <= 2.0**SCALE_EXP * 2**-14
+    assert abs(feats[1][2] - np.sqrt(np.mean(x * x))) <= 1e-4 * np.sqrt(np.mean(x * x))
+    assert feats[3][2] == np.abs(x).max()
     return seq
 
 
-def test_register_send_update_and_deregister_on_sigint(tmp_path, server, nodes, micropython,
+def test_register_send_update_and_deregister_on_sigint(tmp_path, server, nodes, node_firmware,
                                                        codes):
     server.start()
-    node = start_node(tmp_path, nodes, micropython, server.port)
+    node = start_node(tmp_path, nodes, node_firmware, server.port)
     reg = server.wait(lambda e: e.path == ("rd",), 10, "Register")
     assert reg.method == "POST" and reg.answer.startswith("2.01")
     assert reg.query == ("ep=node-a", "lt=10", "lwm2m=1.1", "b=U")
     assert reg.content_format == 40
-    assert reg.payload == b"</1/0>,</3/0>,</3313/0>,</33000/0>"
+    assert reg.payload == b"</1/0>,</3/0>,</3313/0>,</33000/0>,</33001/0>"
     node.wait_for(r"^aiot-node node-a registered /rd/x1$", 5)
 
     server.wait(lambda e: e.path == ("dp",) and cbor2.loads(e.payload)[1][2] == 11, 15,
@@ -263,9 +277,9 @@ def test_register_send_update_and_deregister_on_sigint(tmp_path, server, nodes, 
     assert not any("Traceback" in ln for ln in node.lines), node.output
 
 
-def test_update_answered_404_registers_again(tmp_path, server, nodes, micropython, codes):
+def test_update_answered_404_registers_again(tmp_path, server, nodes, node_firmware, codes):
     server.start()
-    node = start_node(tmp_path, nodes, micropython, server.port, window=128, hop=32)
+    node = start_node(tmp_path, nodes, node_firmware, server.port, window=128, hop=32)
     server.wait(lambda e: e.path == ("rd",), 10, "Register")
     server.state.forget_next_update = True
     upd = server.wait(lambda e: e.path == ("rd", "x1"), 12, "Update")
@@ -282,9 +296,9 @@ def test_update_answered_404_registers_again(tmp_path, server, nodes, micropytho
 
 
 def test_gateway_unreachable_then_restarting_gateway_is_survived(tmp_path, server, nodes,
-                                                                micropython, codes):
+                                                                node_firmware, codes):
     # 1. no gateway yet: the node keeps trying (CoAP retransmissions) and registers once up
-    node = start_node(tmp_path, nodes, micropython, server.port)
+    node = start_node(tmp_path, nodes, node_firmware, server.port)
     time.sleep(1.0)  # deliberate outage at boot
     server.start()
     server.wait(lambda e: e.path == ("rd",), 15, "Register once the gateway is up")
@@ -324,35 +338,32 @@ def test_gateway_unreachable_then_restarting_gateway_is_survived(tmp_path, serve
           "window": 64, "hop": 65}, "'hop'"),
     ],
 )
-def test_bad_config_prints_one_line_and_exits_2(tmp_path, micropython, codes, config, key):
+def test_bad_config_prints_one_line_and_exits_2(tmp_path, node_firmware, codes, config, key):
     if config is not None:
         text = config if isinstance(config, str) else json.dumps(config)
         (tmp_path / "config.json").write_text(text)
-    env = dict(os.environ, MICROPYPATH=str(FIRMWARE))
-    p = subprocess.run([micropython, "-X", "heapsize=64K", str(FIRMWARE / "main.py")],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=20)
+    p = subprocess.run(node_firmware.argv(), cwd=tmp_path, env=node_firmware.env(),
+                       capture_output=True, text=True, timeout=20)
     assert p.returncode == 2, (p.stdout, p.stderr)
     lines = p.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("aiot-node: config error: "), p.stdout
     assert key in lines[0] and p.stderr == ""
 
 
-def test_config_path_from_argv(tmp_path, micropython, codes):
+def test_config_path_from_argv(tmp_path, node_firmware, codes):
     (tmp_path / "other.json").write_text(json.dumps({"endpoint": "n"}))
-    env = dict(os.environ, MICROPYPATH=str(FIRMWARE))
-    p = subprocess.run([micropython, "-X", "heapsize=64K", str(FIRMWARE / "main.py"),
-                        "other.json"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=20)
+    p = subprocess.run(node_firmware.argv("other.json"), cwd=tmp_path,
+                       env=node_firmware.env(), capture_output=True, text=True, timeout=20)
     assert p.returncode == 2 and "'gateway'" in p.stdout, p.stdout
 
 
-def test_largest_window_runs_or_is_refused_in_one_line(tmp_path, server, nodes, micropython,
+def test_largest_window_runs_or_is_refused_in_one_line(tmp_path, server, nodes, node_firmware,
                                                        codes):
     # Running from source, window 4096 (8 KiB) may not fit next to the compiled firmware
     # in a 64K heap: then the node must say so in one config-error line (exit 2, so a
     # supervisor does not restart it forever), never crash with a traceback.
     server.start()
-    node = start_node(tmp_path, nodes, micropython, server.port, window=4096)
+    node = start_node(tmp_path, nodes, node_firmware, server.port, window=4096)
     m = node.wait_for(r"^aiot-node(: config error: .*| node-a registered .*)$", 20)
     if m.group(1).startswith(":"):
         assert "'window' 4096 does not fit" in m.group(1)

