@@ -254,7 +254,16 @@ def main():
             print("%s: config error: 'window' %d does not fit in the heap"
                   % (PREFIX, cfg["window"]))
             sys.exit(2)
-        node.run()
+        from sensorbus import SensorError
+
+        try:
+            node.run()
+        except SensorError as e:
+            # the chip is missing or not the one the board names (start() checks its ID):
+            # a reboot cannot fix it, so no restart loop
+            print("%s: sensor error: %s" % (PREFIX, e))
+            node.shutdown()
+            sys.exit(2)
     except KeyboardInterrupt:
         pass
     if node is not None:
