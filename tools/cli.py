@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--seconds", type=_nonneg_float, help="excerpt length s (default: all)")
     dc.add_argument("--channel", default="DE", choices=["DE", "FE", "BA"], help="sensor (DE)")
     dc.set_defaults(func=cmd_data_convert)
+
+    from aiotkit.tools import modelcli
+
+    modelcli.register(sub)
     return p
 
 

@@ -1,0 +1,6 @@
+"""The model pipeline's exceptions."""
+
+
+class ModelError(Exception):
+    """Bad input to the model pipeline (missing data, wrong files, a card that does not
+    match its model); the message is one line that says what and where."""

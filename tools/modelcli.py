@@ -1,0 +1,178 @@
+"""``aiot model train`` and ``aiot model evaluate``: the bearing model pipeline (models/).
+
+Hooked into the ``aiot`` parser by ``register(subparsers)``. User mistakes (a missing
+folder, files that are not the CWRU recordings, a folder without a model card) print one
+line on stderr and exit 2; ``evaluate`` exits 1 when the recomputed metrics differ from
+the card's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+PROG = "aiot model"
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return v
+
+
+def _progress(quiet: bool):
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _fail(msg: str) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _check_dirs(data: str) -> Path:
+    from aiotkit.models.errors import ModelError
+
+    p = Path(data)
+    if not p.is_dir():
+        raise ModelError(f"--data {p}: not a folder")
+    return p
+
+
+def cmd_train(args) -> int:
+    from aiotkit.models.errors import ModelError
+
+    try:
+        data = _check_dirs(args.data)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ModelError(f"--out {out}: exists and is not a folder")
+        from aiotkit.models import train
+
+        t0 = time.monotonic()
+        cards = train.train(data, out, limit=args.limit, epochs=args.epochs,
+                            progress=_progress(args.quiet))
+    except ModelError as e:
+        return _fail(str(e))
+    for c in cards:
+        print(f"{out / c['name']}: {_headline(c)}")
+    print(f"trained {len(cards)} models in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def _headline(card: dict) -> str:
+    m = card["metrics"]
+    if card["kind"] == "classifier":
+        s = m["speed_shift"]
+        return (f"macro F1 {m['test']['macro_f1']} on {m['test']['windows']} test windows, "
+                f"{s['file']} inner race {s['fraction_inner_race']:.1%} of {s['windows']}")
+    t = m["test"]
+    s = m["speed_shift"]
+    return (f"threshold {card['output']['threshold']}, false positives "
+            f"{t['false_positive_rate']}, detection {t['detection_rate']}, "
+            f"{s['file']} flagged {s['rate']}")
+
+
+def cmd_evaluate(args) -> int:
+    from aiotkit.models.errors import ModelError
+
+    try:
+        data = _check_dirs(args.data)
+        from aiotkit.models import evaluate
+
+        card, got, diffs = evaluate.evaluate(Path(args.model), data,
+                                             progress=_progress(args.quiet))
+    except ModelError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(got, indent=1))
+    else:
+        print(f"{card['name']} {card['version']} ({card['kind']}), sha256 "
+              f"{card['model']['sha256'][:16]}...: {_headline({**card, 'metrics': got})}")
+        if card["kind"] == "classifier":
+            for name, p in got["test"]["per_class"].items():
+                print(f"  {name:11s} precision {p['precision']:.4f} recall {p['recall']:.4f} "
+                      f"f1 {p['f1']:.4f} ({p['support']} windows)")
+            print("  confusion (rows true, columns predicted): "
+                  + json.dumps(got["test"]["confusion"]["matrix"]))
+        else:
+            for name, p in got["test"]["per_class"].items():
+                print(f"  {name:11s} flagged {p['flagged']}/{p['windows']} "
+                      f"(score {p['score_min']}..{p['score_max']})")
+    if diffs:
+        print(f"{PROG}: the recomputed metrics differ from the card:", file=sys.stderr)
+        for d in diffs:
+            print("  " + d, file=sys.stderr)
+        return 1
+    print("metrics match the card")
+    return 0
+
+
+def register(subparsers):
+    """Add ``model train`` and ``model evaluate`` to the aiot parser; returns the
+    ``model`` sub-command action so other ``aiot model ...`` commands can join it."""
+    m = subparsers.add_parser("model", help="train and evaluate the bearing models (models/)")
+    msub = m.add_subparsers(dest="model_command", metavar="ACTION")
+    msub.required = True
+
+    t = msub.add_parser(
+        "train",
+        help="train the bearing fault classifier and anomaly detector",
+        description="Compute features with the node's own code (MicroPython), train in "
+        "numpy, quantize to int8, write OUT/bearing-fault and OUT/bearing-anomaly "
+        "(model.tflite, card.json, README.md). Deterministic: the same data gives the same "
+        "files.",
+    )
+    t.add_argument("--data", required=True, metavar="DIR",
+                   help="folder with the CWRU .mat files (97, 105, 108, 118, 130, 209, 222, 234)")
+    t.add_argument("--out", required=True, metavar="DIR", help="where the model folders go")
+    t.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="at most N windows per recording and part (quick runs; not for "
+                   "shipped models)")
+    t.add_argument("--epochs", type=_positive_int, metavar="N",
+                   help="override the training epochs (quick runs)")
+    t.add_argument("--quiet", action="store_true", help="no progress lines")
+    t.set_defaults(func=cmd_train)
+
+    e = msub.add_parser(
+        "evaluate",
+        help="recompute a model's metrics and compare them with its card",
+        description="Recompute the time-split test metrics and the 108.mat speed-shift "
+        "result of MODEL_DIR's model.tflite with tflite-micro, print them, and exit 1 if "
+        "they differ from MODEL_DIR/card.json.",
+    )
+    e.add_argument("model", metavar="MODEL_DIR", help="a model folder (card.json, model.tflite)")
+    e.add_argument("--data", required=True, metavar="DIR", help="folder with the CWRU .mat files")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--quiet", action="store_true", help="no progress lines")
+    e.set_defaults(func=cmd_evaluate)
+    return msub
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (``python -m aiotkit.tools.modelcli``) until the aiot CLI hooks it."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="aiot")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    register(sub)
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
