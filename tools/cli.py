@@ -116,6 +116,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.name == "infer":
+        from aiotkit.tools.bench_infer import main as bench_infer
+
+        return bench_infer(args.rest)
     from aiotkit.tools.bench_features import main as bench_features
 
     return bench_features(args.rest)
@@ -231,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmarks that print their figures (last line: JSON)",
         description="aiot bench features [--windows N ...]: the node's feature extractor on "
-        "the MicroPython unix port against numpy. 'aiot bench features --help' for options.",
+        "the MicroPython unix port against numpy. aiot bench infer [--inputs N]: the node's "
+        "int8 interpreter against tflite-micro. 'aiot bench NAME --help' for options.",
     )
-    be.add_argument("name", choices=["features"], help="which benchmark")
+    be.add_argument("name", choices=["features", "infer"], help="which benchmark")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
 

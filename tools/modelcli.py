@@ -159,7 +159,77 @@ def register(subparsers):
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress lines")
     e.set_defaults(func=cmd_evaluate)
+
+    c = msub.add_parser(
+        "check",
+        help="can the node run this model? (ops, types, arena, weights, board fit)",
+        description="Load MODEL.tflite with the node's own interpreter on the MicroPython "
+        "unix port (every op, type and option validated, as on the node) and report its ops, "
+        "tensors, arena and size; with --board, whether it fits that board's heap (after the "
+        "node's own 40 KB) and half an app slot of flash. Exit 1 if it cannot run or fit.",
+    )
+    c.add_argument("model", metavar="MODEL.tflite")
+    c.add_argument("--board", metavar="NAME|FILE", help="a board (boards/NAME.json)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=cmd_check)
+
+    r = msub.add_parser(
+        "run",
+        help="run int8 inputs through the node's interpreter (MicroPython)",
+        description="Run every row of IN.npy (first axis = batch, the model's input dtype) "
+        "through the node's interpreter on the MicroPython unix port and write the outputs "
+        "to OUT.npy (batch first), for comparison with TFLite Micro or anything else.",
+    )
+    r.add_argument("model", metavar="MODEL.tflite")
+    r.add_argument("--inputs", required=True, metavar="IN.npy")
+    r.add_argument("--outputs", required=True, metavar="OUT.npy")
+    r.add_argument("--heap", default="192K",
+                   help="MicroPython heap (192K; the interpreter's x64 code lives in it)")
+    r.set_defaults(func=cmd_run)
     return msub
+
+
+def cmd_check(args) -> int:
+    from aiotkit.tools import modelrun
+
+    try:
+        rep = modelrun.check(Path(args.model), args.board)
+    except modelrun.ModelRunError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(rep))
+    elif "error" in rep:
+        print(f"{args.model}: the node cannot run it: {rep['error']}")
+    else:
+        ops = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in rep["ops"].items())
+        print(f"{args.model}: the node can run it")
+        print(f"  ops       {ops}")
+        for kind in ("inputs", "outputs"):
+            for t in rep[kind]:
+                print(f"  {kind[:-1]:9} {t['type']} {t['shape']} scale {t['scale']} "
+                      f"zero point {t['zp']}")
+        print(f"  arena     {rep['arena']} bytes; interpreter RAM for this model "
+              f"{rep['ram']} bytes (weights stay in the file: {rep['file_bytes']} bytes)")
+        b = rep.get("board")
+        if b:
+            print(f"  board     {b['name']}: heap {b['heap_needed']} of {b['heap_for_model']} "
+                  f"bytes {'OK' if b['fits_heap'] else 'TOO BIG'}; flash {rep['file_bytes']} "
+                  f"of {b['flash_for_model']} bytes {'OK' if b['fits_flash'] else 'TOO BIG'}")
+    b = rep.get("board", {})
+    return 1 if "error" in rep or b.get("fits_heap") is False or b.get("fits_flash") is False \
+        else 0
+
+
+def cmd_run(args) -> int:
+    from aiotkit.tools import modelrun
+
+    try:
+        r = modelrun.run(Path(args.model), Path(args.inputs), Path(args.outputs), args.heap)
+    except modelrun.ModelRunError as e:
+        return _fail(str(e))
+    print(f"{r['n']} inputs -> {args.outputs} {r['dtype']} {r['shape']}; "
+          f"{r['us']:.1f} us per invoke, arena {r['arena']} bytes")
+    return 0
 
 
 def main(argv=None) -> int:

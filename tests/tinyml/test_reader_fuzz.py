@@ -17,7 +17,7 @@ from aiotkit.tools.tflrun import compiled_firmware, micropython_exe
 from cpyfw import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opmodels import CASES
+from aiotkit.models.opmodels import CASES
 
 tflite = load()
 TFLiteError = tflite.TFLiteError

@@ -1,4 +1,5 @@
-"""Single-op (and small multi-op) int8 models built with models/tflbuild.py, no TensorFlow.
+"""Reference int8 models built with models/tflbuild.py, no TensorFlow: single ops and small
+multi-op nets, for the interpreter tests (tests/tinyml) and `aiot bench infer`.
 
 Each builder returns (model bytes, input dtype, input shape without batch). Scales and
 weights come from a seeded generator, so a failing case is reproducible by its id.
