@@ -31,6 +31,8 @@ _NAMES = (b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9", b"10", b"1
           b"12", b"13", b"14", b"15", b"16", b"17", b"18", b"19", b"20", b"21", b"22",
           b"23", b"24", b"25", b"26", b"27", b"28", b"29", b"30", b"31")
 _UNIT_POW = {"code": 1, "code^2": 2}  # feature units that carry the sensor scale
+# SenML value key of each /33002/0 resource: v 2, vs 3 (label), vb 4 (flag), vd 8 (ids, raw)
+_KEYS = (2, 2, 3, 2, 2, 4, 2, 8, 8, 8, 2, 2, 2)
 
 
 @micropython.viper
@@ -50,6 +52,12 @@ def _minmax(buf: ptr16, n: int, out: ptr16):
     out[1] = hi
 
 
+@micropython.viper
+def _copy(dst: ptr8, src: ptr8, n: int):
+    for i in range(n):
+        dst[i] = src[i]
+
+
 def _put(w, v, m, e):
     # v * m * 2**e as float32, v an int32, m a small positive int (< 2**15): shift v
     # (rounding) until v * m stays a small int; float32 keeps 24 bits anyway
@@ -59,15 +67,16 @@ def _put(w, v, m, e):
     w.put_scaled(v * m, e)
 
 
-def _record(w, i, base):
-    # the head of SenML record i of an object instance: {bn: base (first only), n: "i", v:
+def _record(w, i, base, key=2):
+    # the head of SenML record i of an object instance: {bn: base (first only), n: "i",
+    # key: (v 2, vs 3, vb 4, vd 8)
     w.put_map(2 if i else 3)
     if not i:
         w.put_int(-2)
         w.put_text(base)
     w.put_int(0)
     w.put_text(_NAMES[i])
-    w.put_int(2)
+    w.put_int(key)
 
 
 class Node(Session):
@@ -102,6 +111,7 @@ class Node(Session):
             # per output: (multiplier, exponent) so value = out * mult * 2**exp
             self._fscale = tuple((m ** _UNIT_POW.get(u, 0), e * _UNIT_POW.get(u, 0) - frac)
                                  for frac, u in ex.formats)
+        self.decider = None
         self._mm = array("h", bytes(4))
         self._fill_cb = self._fill  # bound once: fetching a method allocates
         self.flags = 0
@@ -113,6 +123,54 @@ class Node(Session):
         self._report_ms = cfg["report_ms"]
         self._last_report = 0
         self._started = False
+
+    def use(self, decider):
+        """Run ``decider`` (infer.Decider) on every window's features and report its
+        decision in /33002/0 (README, "For firmware developers")."""
+        self.decider = decider
+        self.extra_objects += b",</33002/0>"
+        self.bufsize = 1024  # the decision adds about 250 bytes to the report
+        self._fb = bytearray(4 * len(self.feat))  # the raw outputs, for the shadow check
+
+    def _decision_records(self):
+        d = self.decider
+        return 4 + (4 if d.clf is not None else 0) + (5 if d.ae is not None else 0)
+
+    def _fill_decision(self, w):
+        d = self.decider
+        c = d.clf
+        a = d.ae
+        for i in range(13):
+            if c is None and (i in (1, 2, 3, 7)) or a is None and (i in (4, 5, 6, 8, 12)):
+                continue
+            _record(w, i, b"/33002/0/", _KEYS[i])
+            if i == 0:
+                w.put_uint(self.seq)
+            elif i == 1:
+                w.put_uint(d.label)
+            elif i == 2:
+                w.put_text(c.labels[d.label])
+            elif i == 3:
+                w.put_scaled(d.conf, -8)
+            elif i == 4:
+                w.put_uint(d.score)
+            elif i == 5:
+                w.put_bool(d.anomalous)
+            elif i == 6:
+                w.put_uint(a.threshold)
+            elif i == 7:
+                w.put_bytes(c.id)
+            elif i == 8:
+                w.put_bytes(a.id)
+            elif i == 9:
+                _copy(self._fb, self.feat, len(self._fb))
+                w.put_bytes(self._fb)
+            elif i == 10:
+                w.put_int(self.sensor.scale_e)
+            elif i == 11:
+                w.put_uint(d.us)
+            else:
+                w.put_uint(d.anomalies)
 
     @property
     def seq(self):
@@ -126,7 +184,8 @@ class Node(Session):
         m = sen.scale_m
         e = sen.scale_e
         k = len(self._fscale)
-        w.put_array(13 + k)
+        d = self.decider
+        w.put_array(13 + k + (self._decision_records() if d is not None else 0))
         w.put_map(3)
         w.put_int(-2)
         w.put_text(b"/3313/0/")
@@ -164,6 +223,8 @@ class Node(Session):
             _record(w, i, b"/33001/0/")
             mi, ei = sc[i]
             _put(w, f[i], mi, ei)
+        if d is not None:
+            self._fill_decision(w)
 
     def _report(self):
         _minmax(self.win, self.n, self._mm)
@@ -178,13 +239,19 @@ class Node(Session):
                 # 4.04: the gateway forgot the registration; register and send once more.
                 # Otherwise the report is dropped (a flash log comes with a later issue).
                 if attempt or self.client.registered:
-                    self.windows = 0
+                    self._reset()
                     return
         seq = self.seq
         if self.verbose or self.sent == 0 or seq % _SENT_EVERY == 0:
             self.log("sent", seq)
         self.sent += 1
+        self._reset()
+
+    def _reset(self):
+        # the counts "since the last report" start again
         self.windows = 0
+        if self.decider is not None:
+            self.decider.anomalies = 0
 
     def _window(self):
         # wait (serving the network) until the sampler has a window; take it
@@ -201,6 +268,8 @@ class Node(Session):
         self.windows += 1
         if self.ex is not None:
             self.ex.compute(self.win, self.feat)
+            if self.decider is not None:
+                self.decider.decide(self.feat)
 
     def _due(self):
         return time.ticks_diff(self.clock.ticks_ms(), self._last_report) >= self._report_ms
@@ -245,14 +314,19 @@ def main():
         del sys.modules["nodecfg"]  # needed only at boot: give its RAM back
         try:
             node = Node(cfg, sensor, spec)  # the big buffers first, then the network code
+            if "model" in cfg or "anomaly" in cfg:
+                import infer
+
+                node.use(infer.load(cfg, spec, node.ex.formats if node.ex else None,
+                                    sensor.scale_m, sensor.scale_e))
             node.load()
-        except ValueError as e:  # SamplerError, FeatureError: the window or the spec
+        except ValueError as e:  # SamplerError, FeatureError, ModelError: window, spec, model
             print("%s: config error: %s" % (PREFIX, e))
             sys.exit(2)
         except MemoryError:
-            # not a crash to restart from: this window does not fit in this board's heap
-            print("%s: config error: 'window' %d does not fit in the heap"
-                  % (PREFIX, cfg["window"]))
+            # not a crash to restart from: this window or model does not fit in the heap
+            print("%s: config error: 'window' %d%s does not fit in the heap"
+                  % (PREFIX, cfg["window"], " with the models" if node else ""))
             sys.exit(2)
         from sensorbus import SensorError
 

@@ -78,7 +78,10 @@ def check(cfg):
     f = cfg.get("features", True)
     if f is not True:
         out["features"] = f  # checked against the sensor by feature_spec()
-    for key in ("realtime", "verbose"):
+    for key in ("model", "anomaly"):  # .tflite paths, checked by infer.load()
+        if key in cfg:
+            out[key] = _str(cfg, key)
+    for key in ("realtime", "verbose", "model_stream"):
         v = cfg.get(key, False)
         if type(v) is not bool:
             raise ConfigError("'%s' must be true or false" % key)

@@ -31,6 +31,7 @@ class Session:
         self._next = self.clock.ticks_ms()  # when to Register/Update next
         self._net_errors = OSError  # until load() imports the network modules
         self.extra_objects = b""  # more registered object links, e.g. b",</33001/0>"
+        self.bufsize = 512  # the CoAP request buffer: the largest report it must hold
 
     def log(self, what, arg=None):
         if arg is None:
@@ -72,7 +73,7 @@ class Session:
                 import udp
 
                 t = self._transport = udp.UdpTransport(self.cfg["host"], self.cfg["port"])
-            self.ep = coap.Endpoint(t, self.clock, self._rand)
+            self.ep = coap.Endpoint(t, self.clock, self._rand, self.bufsize)
             self.client = lwm2m.Client(self.ep, self.name, self.cfg["lifetime"],
                                        lwm2m.OBJECTS + self.extra_objects)
 

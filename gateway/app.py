@@ -16,7 +16,8 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Self
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
 
 import aiocoap
 
@@ -26,6 +27,9 @@ from .lwm2m import LwM2MResource
 from .registry import Registry
 from .store import Store
 from .uplink import TopicScheme, Uplink
+
+if TYPE_CHECKING:
+    from .shadow import ShadowChecker
 
 __all__ = ["Gateway", "RateLimitFilter", "run_cli", "serve"]
 
@@ -87,6 +91,7 @@ class Gateway:
         self._uplink: Uplink | None = None
         self._coap: aiocoap.Context | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self.shadow: ShadowChecker | None = None  # when numpy and tflite-micro are there
 
     @property
     def store(self) -> Store:
@@ -139,6 +144,7 @@ class Gateway:
             uplink = Uplink(cfg.mqtt, self._store, clock=self._clock)
             self._uplink = uplink
             self._registry.add_listener(lambda _event: uplink.kick())
+        self._start_shadow()
         site = LwM2MResource(self._registry, max_payload=cfg.coap.max_payload,
                              max_records=cfg.coap.max_records)
         try:
@@ -158,6 +164,26 @@ class Gateway:
         mqtt = (f"mqtt://{cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix}"
                 if cfg.mqtt.enabled else "mqtt disabled")
         log.info("aiot gateway ready %s (db %s, %s)", cfg.coap_uri, cfg.gateway.db, mqtt)
+
+    def _start_shadow(self) -> None:
+        sh = self.config.shadow
+        if not sh.enabled:
+            return
+        from .shadow import ShadowChecker, ShadowUnavailable, shipped_model_dirs
+
+        dirs = shipped_model_dirs()
+        if sh.models:
+            if not Path(sh.models).is_dir():
+                raise ConfigError(f"shadow.models: {sh.models} is not a folder")
+            dirs.append(Path(sh.models))
+        try:
+            checker = ShadowChecker(dirs)
+        except ShadowUnavailable as e:
+            log.info("shadow check off: %s", e)
+            return
+        self.shadow = checker
+        self.registry.add_listener(checker.on_event)
+        log.info("shadow check on: %d model(s) known", len(checker.index.models))
 
     async def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Stop serving and close everything, within ``timeout`` seconds."""

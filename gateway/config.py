@@ -81,12 +81,23 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class ShadowConfig:
+    """``[shadow]``: replay the nodes' decisions through tflite-micro (gateway/shadow.py).
+    ``models``: a folder of more .tflite models (besides the shipped ones), relative to
+    the config file."""
+
+    enabled: bool = True
+    models: str = ""
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole configuration; ``source`` is the file it came from (None: defaults)."""
 
     gateway: GatewaySection = field(default_factory=GatewaySection)
     coap: CoapConfig = field(default_factory=CoapConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     source: Path | None = None
 
@@ -125,6 +136,7 @@ _SECTIONS: dict[str, type] = {
     "coap": CoapConfig,
     "registry": RegistryConfig,
     "mqtt": MqttConfig,
+    "shadow": ShadowConfig,
 }
 
 
@@ -186,11 +198,16 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
     mq["topic_prefix"] = prefix
     mq["client_id"] = mq.get("client_id", "") or f"aiot-{ident}"
 
+    sh = dict(parsed["shadow"])
+    if sh.get("models"):
+        sh["models"] = str(base / Path(sh["models"]).expanduser())
+
     return GatewayConfig(
         gateway=GatewaySection(id=ident, db=db, security=security),
         coap=CoapConfig(**coap),
         registry=RegistryConfig(**reg),
         mqtt=MqttConfig(**mq),
+        shadow=ShadowConfig(**sh),
         source=source,
     )
 

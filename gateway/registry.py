@@ -36,6 +36,7 @@ class RegistryEvent:
     kind: EventName
     endpoint: str
     reg_id: str
+    records: Sequence[Record] = ()  # a "send": its decoded records (already committed)
 
 
 def new_reg_id() -> str:
@@ -62,8 +63,8 @@ class Registry:
         """Call ``listener`` after each committed change (it must not raise or block)."""
         self._listeners.append(listener)
 
-    def _emit(self, kind: EventName, reg: Registration) -> None:
-        event = RegistryEvent(kind, reg.endpoint, reg.reg_id)
+    def _emit(self, kind: EventName, reg: Registration, records: Sequence[Record] = ()) -> None:
+        event = RegistryEvent(kind, reg.endpoint, reg.reg_id, records)
         for listener in self._listeners:
             try:
                 listener(event)
@@ -189,7 +190,7 @@ class Registry:
         else:
             log.debug("Send ep=%s send=%d readings=%d", reg.endpoint, result.send_id,
                       result.readings)
-            self._emit("send", reg)
+            self._emit("send", reg, records)
         return result
 
     # -- lifetime ----------------------------------------------------------------------

@@ -59,6 +59,9 @@ def cmd_sim(args) -> int:
         realtime=args.realtime,
         heap=args.heap,
         verbose=args.verbose,
+        model=Path(args.model) if args.model else None,
+        anomaly=Path(args.anomaly) if args.anomaly else None,
+        models=not args.no_models,
     )
     if args.dir:
         cfg.workdir = Path(args.dir)
@@ -210,9 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hop", type=_positive_int, help="hop samples (default: the window)")
     s.add_argument("--report-ms", type=int, default=1000, help="min ms between reports (1000)")
     s.add_argument("--realtime", action="store_true", help="replay at the recording's own rate")
-    s.add_argument("--heap", default="128K",
-                   help="MicroPython heap per node (128K: the unix-sim board; the x64 code "
+    s.add_argument("--heap", default="256K",
+                   help="MicroPython heap per node (256K: the unix-sim board; the x64 code "
                    "lives in the heap)")
+    s.add_argument("--model", metavar="FILE.tflite",
+                   help="classifier every node runs on its windows (default: the shipped "
+                   "bearing-fault model, for 12 kHz signals and --window 1024)")
+    s.add_argument("--anomaly", metavar="FILE.tflite",
+                   help="anomaly detector every node runs (default: the shipped "
+                   "bearing-anomaly model, same conditions)")
+    s.add_argument("--no-models", action="store_true",
+                   help="nodes report features only, no on-node inference")
     s.add_argument("--duration", type=_nonneg_float, help="stop after this many seconds")
     s.add_argument("--verbose", action="store_true", help="print every report")
     s.set_defaults(func=cmd_sim)

@@ -24,6 +24,7 @@ from aiotkit.tools.sim import Fleet, FleetConfig, SimNode
 
 X_PATH = "/3313/0/5702"
 SEQ_PATH = "/33000/0/0"
+LABEL_PATH, CONF_PATH, ANOMALOUS_PATH = "/33002/0/2", "/33002/0/3", "/33002/0/5"
 
 
 def pick_port(preferred: int) -> int:
@@ -62,8 +63,21 @@ def _age(ts, now) -> str:
     return f"{d:4.0f}s ago" if d < 3600 else f"{d / 3600:4.1f}h ago"
 
 
+def _decision(values: dict) -> str:
+    """The node's latest on-device decision: label (confidence), anomaly flag."""
+    label = values.get(LABEL_PATH)
+    anomalous = values.get(ANOMALOUS_PATH)
+    if label is None and anomalous is None:
+        return "-"
+    text = "" if label is None else f"{label} {float(values.get(CONF_PATH, 0)):.2f}"
+    if anomalous is not None:
+        text += (" " if text else "") + ("ANOMALY" if anomalous else "ok")
+    return text
+
+
 def render(
-    summaries: list[NodeSummary], fleet: Fleet, events, started: float, db: Path
+    summaries: list[NodeSummary], fleet: Fleet, events, started: float, db: Path,
+    shadow=None,
 ) -> str:
     now = time.time()
     up = time.monotonic() - started
@@ -71,7 +85,7 @@ def render(
         f"aiotkit demo - gateway up {up:5.0f} s - database {db}",
         "",
         f"{'endpoint':<10} {'state':<13} {'registered':>11} {'last seen':>11} "
-        f"{'sends':>6} {'readings':>9} {'window':>7} {'X (g)':>10}",
+        f"{'sends':>6} {'readings':>9} {'window':>7} {'X (g)':>10}  decision (on the node)",
     ]
     for s in sorted(summaries, key=lambda s: s.endpoint):
         x = s.last_values.get(X_PATH)
@@ -81,6 +95,7 @@ def render(
             f"{_age(s.registered_at, now):>11} {_age(s.last_seen, now):>11} "
             f"{s.sends:>6} {s.readings:>9} "
             f"{'-' if seq is None else int(seq):>7} {'-' if x is None else f'{x:+.5f}':>10}"
+            f"  {_decision(s.last_values)}"
         )
     if not summaries:
         rows.append("(no node has registered yet)")
@@ -90,6 +105,10 @@ def render(
         + ", ".join(f"{n.endpoint} {n.state}" + (f" ({n.restarts} restarts)" if n.restarts else "")
                     for n in fleet.nodes)
     )
+    if shadow is not None:
+        c = shadow.counts
+        rows.append(f"shadow check (gateway replays each decision with tflite-micro): "
+                    f"{c['agree']} agree, {c['disagree']} disagree, {c['unchecked']} not checked")
     rows.append("recent events:")
     rows.extend(f"  {e}" for e in events)
     return "\n".join(rows)
@@ -150,7 +169,7 @@ async def run_demo(
                 break
             now = time.monotonic()
             if tty or now - last_print >= 5.0:
-                text = render(gw.store.node_summaries(), fleet, events, started, db)
+                text = render(gw.store.node_summaries(), fleet, events, started, db, gw.shadow)
                 if tty:
                     sys.stdout.write("\x1b[H\x1b[2J" + text + "\n\n(Ctrl-C to stop)\n")
                 else:
@@ -164,7 +183,7 @@ async def run_demo(
             loop.remove_signal_handler(sig)
         print("aiot demo: stopping nodes (they de-register) and the gateway", flush=True)
         await fleet.stop()
-        final = render(gw.store.node_summaries(), fleet, events, started, db)
+        final = render(gw.store.node_summaries(), fleet, events, started, db, gw.shadow)
         await gw.shutdown()
         print(final, flush=True)
         if tmp:

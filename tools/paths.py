@@ -29,6 +29,16 @@ def replay_files() -> list[Path]:
     return ranked + sorted(files.values())
 
 
+def models_dir() -> Path:
+    return Path(str(resources.files("aiotkit.models")))
+
+
+def shipped_models() -> tuple[Path, Path]:
+    """The bearing fault classifier and anomaly detector (12 kHz, window 1024)."""
+    d = models_dir()
+    return d / "bearing-fault" / "model.tflite", d / "bearing-anomaly" / "model.tflite"
+
+
 def state_dir() -> Path:
     """Per-user state (XDG_STATE_HOME), for things that must survive a restart."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

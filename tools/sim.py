@@ -64,6 +64,24 @@ class SimNode:
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
 
+SHIPPED_MODEL_RATE = 12000
+SHIPPED_MODEL_WINDOW = 1024
+
+
+def _signal_rate(path: Path) -> int | None:
+    """The sample rate in a replay file's header (None if unreadable; the node says why)."""
+    import struct
+
+    from aiotkit.tools.signalfile import HEADER
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER.size)
+        return HEADER.unpack(head)[4]
+    except (OSError, struct.error):
+        return None
+
+
 @dataclass
 class FleetConfig:
     gateway: str
@@ -76,8 +94,13 @@ class FleetConfig:
     hop: int | None = None
     report_ms: int = 1000
     realtime: bool = False
-    heap: str = "128K"  # boards/unix-sim.json: x64 code lives in the heap
+    heap: str = "256K"  # boards/unix-sim.json: x64 code lives in the heap
     verbose: bool = False
+    # on-node models: None -> the shipped bearing models for nodes they fit (12 kHz
+    # signal, window 1024); a path -> that model for every node; models=False -> none
+    model: Path | None = None
+    anomaly: Path | None = None
+    models: bool = True
 
 
 class Fleet:
@@ -139,10 +162,35 @@ class Fleet:
                 "realtime": cfg.realtime,
                 "verbose": cfg.verbose,
             }
+            conf.update(self._models(d, sig))
             tmp = d / "config.json.tmp"
             tmp.write_text(json.dumps(conf, indent=1) + "\n")
             os.replace(tmp, d / "config.json")
             self.nodes.append(SimNode(endpoint=ep, workdir=d, signal=sig))
+
+    def _models(self, d: Path, signal: Path) -> dict[str, str]:
+        """Copy the node's models into its folder (its flash); the config keys for them."""
+        cfg = self.cfg
+        if not cfg.models:
+            return {}
+        clf, ae = cfg.model, cfg.anomaly
+        if clf is None and ae is None:
+            if cfg.window != SHIPPED_MODEL_WINDOW or _signal_rate(signal) != SHIPPED_MODEL_RATE:
+                return {}  # the shipped models are for 12 kHz windows of 1024
+            clf, ae = paths.shipped_models()
+        out = {}
+        for key, src in (("model", clf), ("anomaly", ae)):
+            if src is None:
+                continue
+            try:
+                data = Path(src).read_bytes()
+            except OSError as e:
+                raise SimError(f"--{key} {src}: {e.strerror or e}") from None
+            tmp = d / f"{key}.tflite.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, d / f"{key}.tflite")
+            out[key] = f"{key}.tflite"
+        return out
 
     async def start(self) -> None:
         if not self.nodes:

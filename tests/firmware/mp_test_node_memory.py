@@ -80,12 +80,14 @@ class LeanLink:
         return None
 
 
-def _measure(window, hop, windows=40, features=True):
+def _measure(window, hop, windows=40, features=True, models=None, data_max=_DATA_MAX):
     import gc
 
     write_signal("s.i16", 50000)  # no wrap-around while measuring
     # the code first: on the unix port it lives in the heap; a board freezes it in flash
     import cbor, coap, lwm2m, sampler, simsensor, features  # noqa: F401
+    if models:
+        import infer, tflite, tflk, tflq, tflfb  # noqa: F401
 
     gc.collect()
     code = gc.mem_alloc()
@@ -99,6 +101,12 @@ def _measure(window, hop, windows=40, features=True):
     c = Clock()
     link = LeanLink(c)
     n = node.Node(cfg, sensor, spec, transport=link, clock=c, rand=Rand())
+    if models:
+        gc.collect()
+        m0 = gc.mem_alloc()
+        n.use(infer.load(dict(cfg, **models), spec, n.ex.formats, 1, sensor.scale_e))
+        gc.collect()
+        print("models: %d bytes of data" % (gc.mem_alloc() - m0))
     n.run(windows=3)  # registered, buffers made, first windows sent
     import time
 
@@ -127,8 +135,8 @@ def _measure(window, hop, windows=40, features=True):
     # its received datagram, see mp_test_udp.py)
     if used:
         raise AssertionError("window loop allocated %d bytes" % used)
-    if data > _DATA_MAX:
-        raise AssertionError("node data %d bytes > %d" % (data, _DATA_MAX))
+    if data > data_max:
+        raise AssertionError("node data %d bytes > %d" % (data, data_max))
 
 
 def test_allocation_per_window_default_1024():

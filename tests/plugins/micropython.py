@@ -5,7 +5,8 @@ Every ``mp_test_*.py`` file below ``tests/`` is a MicroPython module. Each top-l
 with a heap limit (``-X heapsize=``), so a test sees exactly the memory a board gives it.
 The module may set ``HEAPSIZE = "128K"`` to change the limit (default 64K, the smallest
 board budget). ``firmware/`` and the test file's folder are on MICROPYPATH; the working
-directory is a fresh temporary directory (the node's filesystem). A module that sets
+directory is a fresh temporary directory (the node's filesystem); ``AIOT_REPO`` in the
+environment is the checkout, for shipped files (models, replay signals). A module that sets
 ``FIRMWARE = "mpy"`` runs the firmware as a board does: the node's modules precompiled
 once per session with mpy-cross (tools/fwbuild.py, ``-march=x64``, the unix port's arch)
 and only those .mpy files (plus the test's folder) on the path (compiling the viper kernels from source in RAM needs
@@ -87,6 +88,7 @@ class MicroPythonItem(pytest.Item):
         env = dict(os.environ)
         code = firmware_mpy(self.config) if self.mpy else FIRMWARE
         env["MICROPYPATH"] = os.pathsep.join([".frozen", str(code), str(self.path.parent)])
+        env["AIOT_REPO"] = str(REPO)  # shipped files (models, replay signals) for the tests
         cmd = [mp, "-X", f"heapsize={self.heap}", str(RUNNER), self.path.stem, self.name]
         try:
             proc = subprocess.run(

@@ -80,11 +80,19 @@ def test_demo_shows_three_nodes_registered_with_readings(tmp_path, micropython):
     assert r.returncode == 0, r.stdout + r.stderr
     final = r.stdout.split("aiot demo: stopping")[-1]
     rows = {m.group(1): m for m in re.finditer(
-        r"^(node-\d)\s+(\S+)\s+.*?\s(\d+)\s+(\d+)\s+(\d+)\s+([+-]\d\.\d+)$", final, re.M)}
+        r"^(node-\d)\s+(\S+)\s+.*?\s(\d+)\s+(\d+)\s+(\d+)\s+([+-]\d\.\d+)  (.*)$", final,
+        re.M)}
     assert set(rows) == {"node-1", "node-2", "node-3"}, final
+    # the shipped replays in order: normal, inner race, outer race; the shipped models
+    want = {"node-1": ("normal", "ok"), "node-2": ("inner_race", "ANOMALY"),
+            "node-3": ("outer_race", "ANOMALY")}
     for ep, m in rows.items():
         sends, readings = int(m.group(3)), int(m.group(4))
-        # 13 window values and the 20 default features (12 kHz replays) per report
-        assert sends >= 3 and readings == 33 * sends, m.group(0)
+        # 13 window values, the 20 default features (12 kHz replays) and the 13 decision
+        # resources per report
+        assert sends >= 3 and readings == 46 * sends, m.group(0)
         assert m.group(2) == "deregistered", m.group(0)
+        label, confidence, flag = m.group(7).split()
+        assert (label, flag) == want[ep] and 0.5 < float(confidence) <= 1, m.group(0)
+    assert re.search(r"shadow check .*: (\d+) agree, 0 disagree, 0 not checked", final), final
     assert "Traceback" not in r.stdout + r.stderr
