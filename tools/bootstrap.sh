@@ -58,7 +58,8 @@ if [ "$mode" = test ]; then
 fi
 [ ${#debs[@]} -gt 0 ] && apt_install "${debs[@]}"
 
-extras="sim"; [ "$mode" = test ] && extras="test"
+# the demo: MicroPython nodes (sim) and tflite-micro for the gateway's shadow check (model)
+extras="model"; [ "$mode" = test ] && extras="test"
 stamp=".venv/.aiotkit-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $PY"
@@ -71,7 +72,7 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.aiotkit-*
   touch "$stamp"
   # a test install also satisfies the demo
-  [ "$extras" = test ] && touch ".venv/.aiotkit-sim-$(sha256sum pyproject.toml | cut -c1-16)"
+  [ "$extras" = test ] && touch ".venv/.aiotkit-model-$(sha256sum pyproject.toml | cut -c1-16)"
 fi
 
 case "$mode" in
