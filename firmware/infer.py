@@ -226,12 +226,12 @@ class Model:
     ``formats`` ((frac, unit) per output) under the feature spec ``spec`` and whose sensor
     has scale exponent ``scale_e``; raises ModelError or TFLiteError with the reason."""
 
-    def __init__(self, path, kind, spec, formats, scale_e, stream=False):
+    def __init__(self, path, kind, spec, formats, scale_e, stream=False, arena_limit=0):
         from tflite import Interpreter
 
         what = "'%s' %s" % ("model" if kind == "classifier" else kind, path)
         try:
-            ip = Interpreter(path, stream=stream)
+            ip = Interpreter(path, arena_limit, stream)
         except OSError:
             raise ModelError("%s: cannot read the file" % what)
         except TFLiteError as e:
@@ -336,9 +336,10 @@ def load(cfg, spec, formats, scale_m, scale_e):
     import gc
 
     stream = cfg.get("model_stream", False)
+    lim = cfg.get("model_arena", 0)
     gc.collect()  # loading parses the flatbuffer and the metadata JSON: room for both
-    clf = Model(c, "classifier", spec, formats, scale_e, stream) if c is not None else None
+    clf = Model(c, "classifier", spec, formats, scale_e, stream, lim) if c is not None else None
     gc.collect()
-    ae = Model(a, "anomaly", spec, formats, scale_e, stream) if a is not None else None
+    ae = Model(a, "anomaly", spec, formats, scale_e, stream, lim) if a is not None else None
     gc.collect()
     return Decider(clf, ae)

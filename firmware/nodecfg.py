@@ -11,6 +11,7 @@ _INTS = (
     ("window", 1024, 16, 4096),
     ("hop", None, 1, None),
     ("report_ms", 1000, 0, 86400000),
+    ("model_arena", 0, 0, 1048576),  # bytes a model's tensor arena may take (0: any)
 )
 
 

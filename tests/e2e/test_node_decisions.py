@@ -110,6 +110,7 @@ def test_four_nodes_decide_on_real_recordings_and_the_gateway_agrees(
     ({"model": "missing.tflite"}, "'model' missing.tflite: cannot read the file"),
     ({"truncate": 3000}, "'model' model.tflite: "),
     ({"features": False}, "'model'/'anomaly' need the feature extractor"),
+    ({"model_arena": 32}, "model.tflite: model needs an arena of 64 bytes, the limit is 32"),
 ])
 def test_node_refuses_models_it_cannot_run_in_one_line(tmp_path, node_firmware, setup, expect):
     clf, ae = paths.shipped_models()
