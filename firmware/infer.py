@@ -24,6 +24,7 @@ from tflfb import TFLiteError
 _P = const(8)  # ints per input in the quantization table
 _BIG = const(1 << 29)  # offsets that keep table entries non-negative (see tflk.py)
 _MAX_INPUTS = const(64)
+_I32_MAX = 0x7FFFFFFF  # not const(): a long int on 32-bit ports, used at load only
 
 
 class ModelError(ValueError):
@@ -36,7 +37,8 @@ def _quantize(f: ptr16, tab: ptr32, k: int, dst: ptr8):
     # a ptr32 load of a negative int is not portable). tab per input, all non-negative:
     # index, multiplier, n + 64, zero_point + 2^30, lo_hi + 32768, lo_lo,
     # hi_hi + 32768, hi_lo, where lo/hi are the first and last feature values (split in
-    # signed high and unsigned low halves) whose input is not saturated.
+    # signed high and unsigned low halves) whose input is not saturated; n + 64 = 0 marks
+    # an input that is the constant q = zero_point field - 128 for every int32 output.
     half = 1
     half <<= 29  # not a constant: 2^29 folds to a long int on 32-bit ports
     for j in range(k):
@@ -50,7 +52,9 @@ def _quantize(f: ptr16, tab: ptr32, k: int, dst: ptr8):
         a_lo = int(tab[b + 5])
         b_hi = int(tab[b + 6]) - 32768
         b_lo = int(tab[b + 7])
-        if hi < a_hi or (hi == a_hi and lo < a_lo):
+        if int(tab[b + 2]) == 0:
+            q = int(tab[b + 3]) - 128  # the same q for every int32 output (saturated)
+        elif hi < a_hi or (hi == a_hi and lo < a_lo):
             q = -128
         elif hi > b_hi or (hi == b_hi and lo > b_lo):
             q = 127
@@ -136,8 +140,6 @@ def _thresholds(mult, n, zp):
         t_hi = r_hi // s
     lo = -((-t_lo) // mult)
     hi = t_hi // mult
-    lo = max(lo, -(1 << 31))
-    hi = min(hi, (1 << 31) - 1)
     return lo, hi
 
 
@@ -178,8 +180,15 @@ def table(inputs, units, scale_e, what="model"):
         if not -64 < n < 1 << 20:
             raise ModelError("%s: input %d shift %d out of range" % (what, j, shift))
         lo, hi = _thresholds(mult, n, zp)
-        n = min(n, 100)  # > 46 rounds everything in range to 0 anyway
-        for c, v in enumerate((i, mult, n + 64, zp + (1 << 30)) + _split(lo) + _split(hi)):
+        if lo > _I32_MAX or hi < -_I32_MAX - 1:
+            # every int32 output saturates to one end: a constant (n + 64 = 0 marks it)
+            row = (i, 0, 0, 0 if lo > _I32_MAX else 255, 0, 0, 0, 0)
+        else:
+            lo = max(lo, -_I32_MAX - 1)
+            hi = min(hi, _I32_MAX)
+            n = min(n, 100)  # > 46 rounds everything in range to 0 anyway
+            row = (i, mult, n + 64, zp + (1 << 30)) + _split(lo) + _split(hi)
+        for c, v in enumerate(row):
             tab[_P * j + c] = v
     return tab
 

