@@ -83,6 +83,73 @@ class Endpoint(Incoming):
         except OSError:
             pass  # a datagram the network refused is a lost datagram
 
+    def _send_to(self, buf, n, peer):
+        if peer is None:
+            return self._send(buf, n)
+        try:
+            self.transport.sendto(buf, n, peer)
+        except OSError:
+            pass
+
+    def _recv(self, timeout_ms):
+        data = self.transport.recv(timeout_ms)
+        if data is None:
+            return 0
+        return self.handle(data, getattr(self.transport, "remote", None))
+
+    def serve_resources(self, handler, max_block=1024, body=1024, block1=1024,
+                        observers=8, cache_slot=64):
+        """Answer incoming requests with handler.handle(req, resp) (see coapsrv).
+
+        max_block: largest block size used (16..1024); body: bytes of the response
+        payload area (a representation written in place must fit, windowed writes
+        need one block); block1: largest request body reassembled from Block1 blocks
+        (4.13 beyond); observers: observer table size (0: no Observe); cache_slot:
+        bytes of each cached answer for duplicate detection. Allocates all buffers now.
+        """
+        import coapsrv
+
+        self._cache(cache_slot)
+        self.server = coapsrv.Server(self, handler, max_block, body, block1, observers)
+        return self.server
+
+    def changed(self, key=-1, con=False):
+        """The resource observed under key (all: -1) changed: notify its observers
+        (confirmable if con) at the next poll()/serve()."""
+        s = self.server
+        if s is not None and s.obs is not None:
+            s.obs.changed(key, con)
+
+    def poll(self):
+        """Send pending notifications and due retransmissions; ms until the next
+        retransmission is due, or -1."""
+        s = self.server
+        if s is None or s.obs is None:
+            return -1
+        return s.obs.poll()
+
+    def exchange_body(self, body, n=-1, deadline_ms=-1, szx=6):
+        """Like exchange(), with body[:n] as the payload of the request begun with
+        begin() (its options must all be below Block1, 27): sent in one message if it
+        fits the buffer, else block-wise (RFC 7959 Block1, blocks of at most
+        16 << szx bytes, following the server's 2.31 Continue and smaller sizes).
+        deadline_ms bounds each block's exchange. Returns the final response."""
+        import coapblk
+
+        return coapblk.send(self, body, len(body) if n < 0 else n, deadline_ms, szx)
+
+    def _renew(self):
+        # a fresh MID and random token for the request in tx (next block of a body)
+        tx = self.tx
+        mid = self._next_mid()
+        tx[2] = mid >> 8
+        tx[3] = mid & 0xFF
+        tok = self._tok
+        rand = self.rand
+        for i in range(_TOKEN_LEN):
+            tok[i] = rand(8)
+            tx[4 + i] = tok[i]
+
     def exchange(self, deadline_ms=-1):
         """Send the request built since begin() and wait for its response.
 
@@ -98,6 +165,9 @@ class Endpoint(Incoming):
         start = clock.ticks_ms()
         half = self.ack_timeout_ms >> 1
         timeout = self.ack_timeout_ms + ((self.rand(16) * half) >> 16)
+        s = self.server
+        if s is not None and s.obs is not None:
+            s.obs.abandon()  # NSTART 1: no CON notification in flight meanwhile
         self._pmid = mid
         acked = not con  # NON: no ACK to wait for, only the response
         tries = 0
@@ -124,10 +194,7 @@ class Endpoint(Incoming):
                     self._send(tx, n)
                     wait_until = time.ticks_add(now, timeout)
                     continue
-                data = self.transport.recv(left)
-                if data is None:
-                    continue
-                r = self.handle(data)
+                r = self._recv(left)
                 if r == RESPONSE:
                     return self.rx
                 if r == EMPTY_ACK and not acked:
@@ -139,13 +206,15 @@ class Endpoint(Incoming):
             self._pmid = -1
 
     def serve(self, ms):
-        """Handle incoming messages for ``ms`` milliseconds (no request in flight)."""
+        """Handle incoming messages for ``ms`` milliseconds (no request in flight),
+        sending notifications and their retransmissions meanwhile."""
         clock = self.clock
         until = time.ticks_add(clock.ticks_ms(), ms)
         while True:
+            nxt = self.poll() if self.server is not None else -1
             left = time.ticks_diff(until, clock.ticks_ms())
             if left <= 0:
                 return
-            data = self.transport.recv(left)
-            if data is not None:
-                self.handle(data)
+            if 0 <= nxt < left:
+                left = nxt
+            self._recv(left)

@@ -2,6 +2,7 @@
 # caller's bytearray). Decoding is coapdec.py, the endpoint coap.py (which re-exports
 # both). The codec is split into small modules so that each compiles in a 64K heap.
 from micropython import const
+import micropython
 
 # Header, RFC 7252 section 3
 _VERSION = const(1)
@@ -22,6 +23,33 @@ DELETE = const(4)
 URI_PATH = const(11)
 CONTENT_FORMAT = const(12)
 URI_QUERY = const(15)
+OBSERVE = const(6)  # RFC 7641 section 2
+LOCATION_PATH = const(8)
+MAX_AGE = const(14)
+ACCEPT = const(17)
+BLOCK2 = const(23)  # RFC 7959 section 2.1
+BLOCK1 = const(27)
+SIZE2 = const(28)
+SIZE1 = const(60)
+
+# Response codes, RFC 7252 section 12.1.2, RFC 7959 section 2.9
+CREATED = const(0x41)
+DELETED = const(0x42)
+VALID = const(0x43)
+CHANGED = const(0x44)
+CONTENT = const(0x45)
+CONTINUE = const(0x5F)  # 2.31
+BAD_REQUEST = const(0x80)
+BAD_OPTION = const(0x82)
+NOT_FOUND = const(0x84)
+METHOD_NOT_ALLOWED = const(0x85)
+NOT_ACCEPTABLE = const(0x86)
+INCOMPLETE = const(0x88)  # 4.08 Request Entity Incomplete
+TOO_LARGE = const(0x8D)  # 4.13 Request Entity Too Large
+UNSUPPORTED_FORMAT = const(0x8F)
+INTERNAL_ERROR = const(0xA0)
+SERVICE_UNAVAILABLE = const(0xA3)
+PROXYING_NOT_SUPPORTED = const(0xA5)
 
 
 class CoapError(Exception):
@@ -34,6 +62,23 @@ class CoapTimeout(CoapError):
 
 class CoapReset(CoapError):
     """The peer answered a request with RST."""
+
+
+@micropython.viper
+def move(dst, d: int, src, s: int, n: int):
+    """dst[d:d+n] = src[s:s+n] without allocating; overlapping ranges are fine."""
+    pd = ptr8(dst)
+    ps = ptr8(src)
+    if d <= s:
+        i = 0
+        while i < n:
+            pd[d + i] = ps[s + i]
+            i += 1
+    else:
+        i = n - 1
+        while i >= 0:
+            pd[d + i] = ps[s + i]
+            i -= 1
 
 
 def code_str(code):
@@ -73,8 +118,9 @@ class MessageWriter:
         if self.pos + n > len(self.buf):
             raise CoapError("message too large")
 
-    def begin(self, mtype, code, mid, token=b"", tkl=-1):
-        """Header and token (tkl = how many bytes of token to use; default all)."""
+    def begin(self, mtype, code, mid, token=b"", tkl=-1, toff=0):
+        """Header and token (tkl = how many bytes of token to use, default all; the
+        token is token[toff:toff + tkl])."""
         if tkl < 0:
             tkl = len(token)
         if tkl > _TKL_MAX:
@@ -88,7 +134,7 @@ class MessageWriter:
         buf[2] = (mid >> 8) & 0xFF
         buf[3] = mid & 0xFF
         for i in range(tkl):
-            buf[4 + i] = token[i]
+            buf[4 + i] = token[toff + i]
         self.pos = 4 + tkl
 
     def _opt_head(self, num, n):
