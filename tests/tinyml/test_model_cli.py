@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,18 @@ def test_bench_infer_prints_a_json_last_line_per_model(capsys):
         assert m["alloc_bytes_after_first"] == 0
     assert "[bench]" in err
     assert bench_infer.main(["--inputs", "0"]) == 2
+
+
+def test_check_reads_a_model_made_by_the_tensorflow_converter():
+    """tflite-micro's wheel ships its sine example (converted by TensorFlow, float32, not
+    written by this project): the reader parses the converter's flatbuffer layout and the
+    check names why the node cannot run it."""
+    import tflite_micro
+
+    model = Path(tflite_micro.__file__).parent / "python" / "tflite_micro" / "sine_float.tflite"
+    if not model.is_file():
+        pytest.skip("this tflite-micro wheel ships no sine_float.tflite")
+    r = aiot("model", "check", str(model))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "op 0 (FULLY_CONNECTED): input 0 is FLOAT32, expected INT8" in r.stdout, r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
