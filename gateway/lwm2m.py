@@ -21,6 +21,10 @@ method on these paths 4.05. A ``RequestError`` becomes its CoAP code with a shor
 diagnostic payload; anything else raised while handling is logged as a bug and answered
 5.00, and the server keeps serving. The message layer (malformed datagrams,
 retransmissions, in-process deduplication) is aiocoap's.
+
+Register and Send are answered once committed: those that arrive together share one
+transaction (``Registry.submit_register``/``submit_send``, group commit), so the 2.01 or
+2.04 still goes out only after the COMMIT that made the change durable.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ class LwM2MResource(resource.Resource, resource.PathCapable):
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         path = request.opt.uri_path
         try:
-            return self._dispatch(request, path)
+            return await self._dispatch(request, path)
         except RequestError as e:
             log.info("%s /%s from %s refused: %s %s", request.code, "/".join(path),
                      request.remote.hostinfo, e.code, e.diagnostic)
@@ -123,11 +127,12 @@ class LwM2MResource(resource.Resource, resource.PathCapable):
                           "/".join(path), request.remote.hostinfo)
             return aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR)
 
-    def _dispatch(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
+    async def _dispatch(self, request: aiocoap.Message,
+                        path: tuple[str, ...]) -> aiocoap.Message:
         method = request.code
         if path == ("rd",):
             _allow(method, Code.POST)
-            return self._register(request)
+            return await self._register(request)
         if len(path) == 2 and path[0] == "rd":
             if method == Code.POST:
                 return self._update(request, path[1])
@@ -135,10 +140,10 @@ class LwM2MResource(resource.Resource, resource.PathCapable):
             return self._deregister(path[1])
         if path == ("dp",):
             _allow(method, Code.POST)
-            return self._send(request)
+            return await self._send(request)
         raise NotFound("no such resource")
 
-    def _register(self, request: aiocoap.Message) -> aiocoap.Message:
+    async def _register(self, request: aiocoap.Message) -> aiocoap.Message:
         query = _query(request)
         endpoint = query.get("ep")
         if endpoint is None:
@@ -153,7 +158,7 @@ class LwM2MResource(resource.Resource, resource.PathCapable):
         links = _links(request, required=True)
         assert links is not None
         host, port = peer_address(request.remote)
-        reg = self._registry.register(
+        reg = await self._registry.submit_register(
             endpoint, lifetime=lifetime, lwm2m_version=version, binding=binding,
             object_links=links, host=host, port=port,
         )
@@ -177,7 +182,7 @@ class LwM2MResource(resource.Resource, resource.PathCapable):
         self._registry.deregister(reg_id)
         return aiocoap.Message(code=Code.DELETED)
 
-    def _send(self, request: aiocoap.Message) -> aiocoap.Message:
+    async def _send(self, request: aiocoap.Message) -> aiocoap.Message:
         cf = request.opt.content_format
         if cf is None or int(cf) not in DECODERS:
             raise UnsupportedContentFormat("Send takes SenML-CBOR (112) or SenML-JSON (110)")
@@ -191,7 +196,7 @@ class LwM2MResource(resource.Resource, resource.PathCapable):
         if len(payload) > self._max_payload:
             raise RequestEntityTooLarge(f"payload over {self._max_payload} bytes")
         records = DECODERS[int(cf)](payload, max_records=self._max_records)
-        self._registry.accept_send(
+        await self._registry.submit_send(
             reg, token=request.token, content_format=int(cf), payload=payload,
             records=records,
         )

@@ -5,6 +5,14 @@ and commits to the ``Store`` before returning, so a caller may acknowledge right
 Expiry runs by wall clock (``updated_at + lifetime``), also across restarts, and is
 checked lazily on every lookup as well, so a registration past its lifetime is never
 served even between two runs of the periodic check.
+
+Registrations and Sends arriving together are committed together (``submit_register``,
+``submit_send``: group commit). The first one queued schedules a flush on the event
+loop, which waits while more keep arriving (a loop iteration at a time, bounded by
+``MAX_BATCH`` and ``MAX_BATCH_WAIT_S``) and then stores them all, in order, in one
+transaction: one COMMIT, one fsync. Each caller's future resolves, and the change is
+logged and announced, only after that COMMIT returned, so an acknowledgement still
+means "on disk"; an operation that fails inside the batch fails alone.
 """
 
 from __future__ import annotations
@@ -16,15 +24,20 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from .errors import NotFound
 from .senml import Record
 from .store import Registration, SendResult, Store
 
-__all__ = ["Registry", "RegistryEvent", "new_reg_id"]
+__all__ = ["MAX_BATCH", "MAX_BATCH_WAIT_S", "Registry", "RegistryEvent", "new_reg_id"]
 
 log = logging.getLogger("aiotkit.gateway.registry")
+
+MAX_BATCH = 256  # operations per group commit at most
+MAX_BATCH_WAIT_S = 0.005  # how long the first Send of a batch may wait for company
+
+_T = TypeVar("_T")
 
 EventName = Literal["registered", "updated", "deregistered", "expired", "send"]
 
@@ -58,6 +71,10 @@ class Registry:
         self._clock = clock
         self._new_id = new_id
         self._listeners: list[Callable[[RegistryEvent], None]] = []
+        self._queue: list[_Queued] = []
+        self._flush: asyncio.Handle | None = None
+        self._queue_seen = 0
+        self._queue_since = 0.0
 
     def add_listener(self, listener: Callable[[RegistryEvent], None]) -> None:
         """Call ``listener`` after each committed change (it must not raise or block)."""
@@ -85,6 +102,40 @@ class Registry:
         port: int,
     ) -> Registration:
         """Register ``endpoint``; a registration it already had is replaced."""
+        return self._registered(self._save_register(
+            endpoint, lifetime=lifetime, lwm2m_version=lwm2m_version, binding=binding,
+            object_links=object_links, host=host, port=port))
+
+    def submit_register(
+        self,
+        endpoint: str,
+        *,
+        lifetime: int,
+        lwm2m_version: str,
+        binding: str,
+        object_links: str,
+        host: str,
+        port: int,
+    ) -> asyncio.Future[Registration]:
+        """``register`` in the next group commit; the future resolves after COMMIT."""
+        return self._submit(
+            lambda: self._save_register(
+                endpoint, lifetime=lifetime, lwm2m_version=lwm2m_version, binding=binding,
+                object_links=object_links, host=host, port=port),
+            self._registered,
+        )
+
+    def _save_register(
+        self,
+        endpoint: str,
+        *,
+        lifetime: int,
+        lwm2m_version: str,
+        binding: str,
+        object_links: str,
+        host: str,
+        port: int,
+    ) -> tuple[Registration, str | None]:
         now = self._clock()
         old = self._store.registration(endpoint)
         reg = Registration(
@@ -104,9 +155,15 @@ class Registry:
             reg, "registered", "registered", now,
             detail=f"replaces {replaced}" if replaced else None,
         )
+        return reg, replaced
+
+    def _registered(self, saved: tuple[Registration, str | None]) -> Registration:
+        """Log and announce a committed registration."""
+        reg, replaced = saved
         log.info(
             "registered ep=%s reg=%s addr=%s lt=%d lwm2m=%s b=%s%s",
-            endpoint, reg.reg_id, _addr(host, port), lifetime, lwm2m_version, binding,
+            reg.endpoint, reg.reg_id, _addr(reg.host, reg.port), reg.lifetime,
+            reg.lwm2m_version, reg.binding,
             f" (replaces reg={replaced})" if replaced else "",
         )
         self._emit("registered", reg)
@@ -180,10 +237,89 @@ class Registry:
         records: Sequence[Record],
     ) -> SendResult:
         """Commit a decoded Send (or recognise it as a duplicate)."""
+        return self._sent(reg, token, records,
+                          self._record_send(reg, token, content_format, payload, records))
+
+    def submit_send(
+        self,
+        reg: Registration,
+        *,
+        token: bytes,
+        content_format: int,
+        payload: bytes,
+        records: Sequence[Record],
+    ) -> asyncio.Future[SendResult]:
+        """Queue a decoded Send for the next group commit (call from the event loop).
+
+        The future resolves once the transaction holding it has committed, or raises what
+        storing it raised (nothing of it is stored then).
+        """
+        return self._submit(
+            lambda: self._record_send(reg, token, content_format, payload, records),
+            lambda result: self._sent(reg, token, records, result),
+        )
+
+    def _submit(self, work: Callable[[], Any], done: Callable[[Any], _T]) -> asyncio.Future[_T]:
+        """Run ``work`` in the next group commit; after COMMIT, ``done(its result)``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._queue.append(_Queued(work, done, future))
+        if self._flush is None:
+            self._queue_seen = 0
+            self._queue_since = loop.time()
+            self._flush = loop.call_soon(self._maybe_flush)
+        return future
+
+    def _maybe_flush(self) -> None:
+        # Wait one more loop iteration while Sends keep arriving, within the bounds.
+        loop = asyncio.get_running_loop()
+        n = len(self._queue)
+        if (self._queue_seen < n < MAX_BATCH
+                and loop.time() - self._queue_since < MAX_BATCH_WAIT_S):
+            self._queue_seen = n
+            self._flush = loop.call_soon(self._maybe_flush)
+            return
+        self._flush = None
+        batch, self._queue = self._queue, []
+        self._commit(batch)
+
+    def _commit(self, batch: list[_Queued]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self._store.batch():
+                for item in batch:
+                    try:
+                        outcomes.append((True, item.work()))
+                    # whatever it raised goes to its caller; it alone is undone (savepoint)
+                    except Exception as e:  # noqa: BLE001
+                        outcomes.append((False, e))
+        # BEGIN or COMMIT failed: nothing of the batch is stored; every caller hears why
+        except Exception as e:  # noqa: BLE001
+            log.error("group commit of %d operation(s) failed: %s", len(batch), e)
+            outcomes = [(False, e)] * len(batch)
+        for item, (ok, outcome) in zip(batch, outcomes, strict=True):
+            if ok:
+                try:
+                    outcome = item.done(outcome)
+                except Exception as e:  # noqa: BLE001 - raised to the caller, as unbatched
+                    ok, outcome = False, e
+            if item.future.done():  # the caller went away (cancelled)
+                continue
+            if ok:
+                item.future.set_result(outcome)
+            else:
+                item.future.set_exception(outcome)
+
+    def _record_send(self, reg: Registration, token: bytes, content_format: int,
+                     payload: bytes, records: Sequence[Record]) -> SendResult:
         digest = hashlib.sha256(payload).digest()[:16]
-        result = self._store.record_send(
+        return self._store.record_send(
             reg, token, digest, content_format, records, self._clock()
         )
+
+    def _sent(self, reg: Registration, token: bytes, records: Sequence[Record],
+              result: SendResult) -> SendResult:
+        """Log and announce a committed Send; returns ``result``."""
         if result.duplicate:
             log.info("duplicate Send ep=%s token=%s acknowledged again, not stored twice",
                      reg.endpoint, token.hex())
@@ -240,6 +376,13 @@ class Registry:
             if not self._store.reg_id_taken(reg_id):
                 return reg_id
         raise RuntimeError("could not draw an unused registration id")
+
+
+@dataclass(slots=True)
+class _Queued:
+    work: Callable[[], Any]
+    done: Callable[[Any], Any]
+    future: asyncio.Future[Any]
 
 
 def _addr(host: str, port: int) -> str:

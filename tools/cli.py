@@ -119,6 +119,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.name == "gateway":
+        from aiotkit.tools.bench_gateway import main as bench_gateway
+
+        return bench_gateway(args.rest)
     if args.name == "infer":
         from aiotkit.tools.bench_infer import main as bench_infer
 
@@ -247,9 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmarks that print their figures (last line: JSON)",
         description="aiot bench features [--windows N ...]: the node's feature extractor on "
         "the MicroPython unix port against numpy. aiot bench infer [--inputs N]: the node's "
-        "int8 interpreter against tflite-micro. 'aiot bench NAME --help' for options.",
+        "int8 interpreter against tflite-micro. aiot bench gateway [--nodes N ...]: the "
+        "gateway under simulated LwM2M clients against bare aiocoap. 'aiot bench NAME "
+        "--help' for options.",
     )
-    be.add_argument("name", choices=["features", "infer"], help="which benchmark")
+    be.add_argument("name", choices=["features", "gateway", "infer"], help="which benchmark")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
 

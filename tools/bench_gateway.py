@@ -1,0 +1,813 @@
+"""``aiot bench gateway``: the gateway under a storm of simulated LwM2M clients, against
+a bare aiocoap server answering the same requests, in the same run.
+
+Two servers run as separate processes on loopback:
+
+* the gateway itself (``python -m aiotkit.gateway.app CONFIG``: a temporary nosec
+  configuration, MQTT disabled, SQLite in a temporary folder or ``--dir``), logging as
+  the daemon does;
+* a bare aiocoap server (same aiocoap, same ``udp6`` transport, a root resource like
+  the gateway's) that answers ``POST /rd`` 2.01 and ``POST /dp`` 2.04 and does no LwM2M
+  or storage work: the ceiling the gateway is measured against.
+
+The load generator (this process) is a light raw-socket client, not aiocoap: one UDP
+socket per simulated node by default (the gateway tells nodes apart by their source
+address, as it would in the field), CON requests with message IDs per socket and unique
+tokens, retransmission with RFC 7252 back-off (ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4),
+empty ACKs and separate responses handled, and at most ``--window`` requests in
+flight. It speaks the node's LwM2M: Register is ``POST /rd?ep=..&lt=..&lwm2m=1.1&b=U``
+with the node's link-format object list (Content-Format 40), Send is ``POST /dp`` with
+a SenML-CBOR pack (112) shaped like the node's report (firmware/node.py ``_fill``:
+3313 X value, 12 window counters, 20 features). Notify is not measured: the gateway
+does not observe nodes yet; it will be once it does.
+
+Phases, each run against both servers one after the other: every node registers, then
+every node registers again (a re-registration storm: the gateway replaces each
+registration), then ``--passes`` passes of ``--messages`` Sends spread round robin over
+the nodes. The gateway's RSS (/proc/PID/status VmRSS) is read once every node has
+registered (``rss_mb_10k_nodes``), again after the storm (aiocoap then holds two
+exchanges per node for EXCHANGE_LIFETIME, 247 s, to deduplicate; the bare server's RSS
+shows that share) and after the Sends. Ingest counts Sends acknowledged (2.04 received)
+and checks them against Sends committed in the gateway's SQLite file. Rates of the Send passes are the best pass
+of each server; latency percentiles are over all of the gateway's Sends. The last line
+is one JSON object (ingest_msgs_per_s, aiocoap_msgs_per_s, ingest_ratio_vs_aiocoap,
+registrations_per_s, p50_ms, p99_ms, rss_mb_10k_nodes, rss_kb_per_node and more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROG = "aiot bench gateway"
+
+# CoAP, RFC 7252 §3 and §12
+_CON, _NON, _ACK, _RST = 0, 1, 2, 3
+_POST = 2
+_CREATED = 0x41  # 2.01
+_CHANGED = 0x44  # 2.04
+_URI_PATH = 11
+_CONTENT_FORMAT = 12
+_URI_QUERY = 15
+_CF_LINK_FORMAT = 40
+_CF_SENML_CBOR = 112
+_ACK_TIMEOUT = 2.0  # §4.8
+_ACK_RANDOM_FACTOR = 1.5
+_MAX_RETRANSMIT = 4
+_SEPARATE_WAIT_S = 60.0  # after an empty ACK, how long the response may take
+_STALL_S = 30.0  # a phase with no answer at all for this long has failed
+
+# What the node registers (firmware/lwm2m.py OBJECTS + the feature object, node.py)
+OBJECT_LINKS = b"</1/0>,</3/0>,</3313/0>,</33000/0>,</33001/0>"
+LIFETIME = 86400  # long enough that nothing expires during the run
+WINDOW_COUNTERS = 12  # /33000/0/0..11 (node.py _fill)
+FEATURES = 20  # /33001/0/0..19: the default feature set (firmware/featspec.py)
+EXCHANGE_LIFETIME_S = 247.0  # RFC 7252 §4.8.2
+NOTIFY_NOTE = "not measured: the gateway does not observe nodes yet"
+
+
+class BenchError(Exception):
+    """The benchmark could not run or a server misbehaved (exit status 1)."""
+
+
+def progress(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# --- what goes on the wire ---------------------------------------------------------------
+
+def _options(opts: list[tuple[int, bytes]]) -> bytes:
+    """CoAP options (RFC 7252 §3.1), delta-encoded, in number order."""
+    out = bytearray()
+    last = 0
+    for num, value in sorted(opts, key=lambda o: o[0]):
+        delta, length = num - last, len(value)
+        last = num
+        ext = b""
+        nibbles = []
+        for n in (delta, length):
+            if n < 13:
+                nibbles.append(n)
+            elif n < 269:
+                nibbles.append(13)
+                ext += bytes([n - 13])
+            else:
+                nibbles.append(14)
+                ext += struct.pack("!H", n - 269)
+        out.append(nibbles[0] << 4 | nibbles[1])
+        out += ext + value
+    return bytes(out)
+
+
+def _uint(n: int) -> bytes:
+    return n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
+def register_body(endpoint: str, lifetime: int = LIFETIME) -> bytes:
+    """Options and payload of the node's Register (everything after the token)."""
+    opts = [
+        (_URI_PATH, b"rd"),
+        (_CONTENT_FORMAT, _uint(_CF_LINK_FORMAT)),
+        (_URI_QUERY, b"ep=" + endpoint.encode()),
+        (_URI_QUERY, b"lt=%d" % lifetime),
+        (_URI_QUERY, b"lwm2m=1.1"),
+        (_URI_QUERY, b"b=U"),
+    ]
+    return _options(opts) + b"\xff" + OBJECT_LINKS
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def senml_report(rng: random.Random, seq: int) -> bytes:
+    """A SenML-CBOR pack shaped like the node's report (labels bn -2, n 0, v 2)."""
+    import cbor2
+
+    def rec(base: str | None, i: int, v: float) -> dict[int, object]:
+        r: dict[int, object] = {0: str(i), 2: v}
+        if base is not None:
+            r[-2] = base
+        return r
+
+    pack: list[dict[int, object]] = [
+        {-2: "/3313/0/", 0: "5702", 2: _f32(rng.uniform(-2.0, 2.0))}]
+    counters = [seq, seq * 512, 1024, 12000, _f32(rng.uniform(-4, 0)),
+                _f32(rng.uniform(0, 4)), 0, 0, 0, 0, 0, 1]
+    pack += [rec("/33000/0/" if i == 0 else None, i, v) for i, v in enumerate(counters)]
+    pack += [rec("/33001/0/" if i == 0 else None, i, _f32(rng.uniform(0.01, 100.0)))
+             for i in range(FEATURES)]
+    # canonical: floats in their shortest exact form (float32 here, as the node writes)
+    return cbor2.dumps(pack, canonical=True)
+
+
+def send_body(payload: bytes) -> bytes:
+    """Options and payload of a Send (everything after the token)."""
+    return _options([(_URI_PATH, b"dp"), (_CONTENT_FORMAT, _uint(_CF_SENML_CBOR))]) + \
+        b"\xff" + payload
+
+
+# --- the load generator --------------------------------------------------------------------
+
+class _Req:
+    __slots__ = ("acked", "data", "deadline", "first", "kind", "mid", "sock", "timeout",
+                 "token", "tries")
+
+    def __init__(self, sock: int, mid: int, token: bytes, data: bytes, kind: int,
+                 now: float) -> None:
+        self.sock = sock
+        self.mid = mid
+        self.token = token
+        self.data = data
+        self.kind = kind  # the success code expected
+        self.first = now
+        self.timeout = _ACK_TIMEOUT * random.uniform(1.0, _ACK_RANDOM_FACTOR)
+        self.deadline = now + self.timeout
+        self.tries = 0
+        self.acked = False
+
+
+class _Proto(asyncio.DatagramProtocol):
+    def __init__(self, gen: LoadGenerator, idx: int) -> None:
+        self.gen = gen
+        self.idx = idx
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.gen._on_datagram(self.idx, data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.gen.socket_errors += 1
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    ok: int = 0
+    failed: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    retransmissions: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
+def _code_str(code: int) -> str:
+    return f"{code >> 5}.{code & 31:02d}"
+
+
+class LoadGenerator:
+    """Many UDP sockets on loopback speaking CoAP CON requests with a bounded window."""
+
+    def __init__(self, sockets: int) -> None:
+        self.nsock = sockets
+        self.transports: list[asyncio.DatagramTransport] = []
+        self.mids: list[int] = []
+        self.pending: dict[bytes, _Req] = {}
+        self.by_mid: dict[int, bytes] = {}
+        self.socket_errors = 0
+        self._token = random.getrandbits(32) << 32
+        self._phase: _Phase | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(self.nsock):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda i=i: _Proto(self, i), local_addr=("127.0.0.1", 0))
+            self.transports.append(transport)  # type: ignore[arg-type]
+            self.mids.append(random.getrandbits(16))
+
+    def close(self) -> None:
+        for t in self.transports:
+            t.close()
+        self.transports.clear()
+
+    async def run(self, name: str, server: tuple[str, int],
+                  items: Iterator[tuple[int, bytes, int]], total: int, window: int,
+                  alive: Callable[[], bool]) -> PhaseResult:
+        """Send every (socket, body, expected code) item, at most ``window`` in flight."""
+        phase = _Phase(self, name, server, items, total)
+        self._phase = phase
+        try:
+            phase.start(window)
+            ticker = 0
+            while not phase.done.done():
+                await asyncio.sleep(0.05)
+                phase.check_timeouts()
+                ticker += 1
+                if ticker % 20 == 0:
+                    if not alive():
+                        raise BenchError(f"{name}: the server process died")
+                    phase.report_progress()
+                    if time.perf_counter() - phase.last_answer > _STALL_S:
+                        raise BenchError(f"{name}: no answer for {_STALL_S:.0f} s")
+            return phase.finish()
+        finally:
+            self._phase = None
+            self.pending.clear()
+            self.by_mid.clear()
+
+    def _on_datagram(self, sock: int, data: bytes) -> None:
+        if len(data) < 4 or data[0] >> 6 != 1:
+            return
+        mtype = (data[0] >> 4) & 3
+        tkl = data[0] & 15
+        code = data[1]
+        mid = data[2] << 8 | data[3]
+        phase = self._phase
+        if phase is None:
+            return
+        if mtype == _CON:  # a separate response: acknowledge it (empty ACK, same MID)
+            self.transports[sock].sendto(bytes((0x60, 0, data[2], data[3])), phase.server)
+        if mtype == _ACK and code == 0:  # empty ACK: the response comes separately
+            token = self.by_mid.get(sock << 16 | mid)
+            if token is not None:
+                self.pending[token].acked = True
+            return
+        if mtype == _RST:
+            token = self.by_mid.get(sock << 16 | mid)
+            if token is not None:
+                phase.complete(self.pending[token], -1)
+            return
+        req = self.pending.get(data[4:4 + tkl])
+        if req is not None and req.sock == sock:
+            phase.complete(req, code)
+
+    def next_token(self) -> bytes:
+        self._token = (self._token + 1) & 0xFFFFFFFFFFFFFFFF
+        return self._token.to_bytes(8, "big")
+
+
+class _Phase:
+    def __init__(self, gen: LoadGenerator, name: str, server: tuple[str, int],
+                 items: Iterator[tuple[int, bytes, int]], total: int) -> None:
+        self.gen = gen
+        self.name = name
+        self.server = server
+        self.items = items
+        self.total = total
+        self.result = PhaseResult(name)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.t0 = self.last_answer = time.perf_counter()
+        self.t_end = 0.0
+        self.issued = 0
+        self._shown = 0
+
+    def start(self, window: int) -> None:
+        self.t0 = self.last_answer = time.perf_counter()
+        for _ in range(window):
+            if not self.issue():
+                break
+        if not self.gen.pending:
+            self._finish_now()
+
+    def issue(self) -> bool:
+        try:
+            sock, body, kind = next(self.items)
+        except StopIteration:
+            return False
+        gen = self.gen
+        mid = gen.mids[sock] = (gen.mids[sock] + 1) & 0xFFFF
+        token = gen.next_token()
+        data = struct.pack("!BBH", 0x48, _POST, mid) + token + body
+        req = _Req(sock, mid, token, data, kind, time.perf_counter())
+        gen.pending[token] = req
+        gen.by_mid[sock << 16 | mid] = token
+        gen.transports[sock].sendto(data, self.server)
+        self.issued += 1
+        return True
+
+    def complete(self, req: _Req, code: int) -> None:
+        gen = self.gen
+        del gen.pending[req.token]
+        gen.by_mid.pop(req.sock << 16 | req.mid, None)
+        now = time.perf_counter()
+        self.last_answer = now
+        r = self.result
+        if code == req.kind:
+            r.ok += 1
+            r.latencies.append(now - req.first)
+        else:
+            r.failed += 1
+            shown = "timeout" if code == -2 else "RST" if code == -1 else _code_str(code)
+            r.codes[shown] = r.codes.get(shown, 0) + 1
+        if not self.issue() and not gen.pending:
+            self._finish_now()
+
+    def _finish_now(self) -> None:
+        self.t_end = time.perf_counter()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def check_timeouts(self) -> None:
+        now = time.perf_counter()
+        gen = self.gen
+        for req in list(gen.pending.values()):
+            if req.acked:
+                if now - req.first > _SEPARATE_WAIT_S:
+                    self.complete(req, -2)
+                continue
+            if now < req.deadline:
+                continue
+            if req.tries >= _MAX_RETRANSMIT:
+                self.complete(req, -2)
+                continue
+            req.tries += 1
+            req.timeout *= 2
+            req.deadline = now + req.timeout
+            self.result.retransmissions += 1
+            gen.transports[req.sock].sendto(req.data, self.server)
+
+    def report_progress(self) -> None:
+        done = self.result.ok + self.result.failed
+        if self.total >= 2000 and done - self._shown >= self.total // 4:
+            self._shown = done
+            dt = time.perf_counter() - self.t0
+            progress(f"  {self.name}: {done}/{self.total} ({done / dt:.0f}/s)")
+
+    def finish(self) -> PhaseResult:
+        self.result.seconds = self.t_end - self.t0
+        return self.result
+
+
+# --- the servers ----------------------------------------------------------------------------
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of a process in kB (Linux /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+class ServerProcess:
+    """A server child process; ``ready`` is a line its log must show once it serves."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, ready: str, cwd: Path) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log = log
+        self.ready = ready
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = dict(os.environ, AIOCOAP_REUSE_PORT="0", PYTHONUNBUFFERED="1")
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=self.cwd, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if self.ready in text:
+                return
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with status {self.proc.returncode}: "
+                                 f"{self._tail(text)}")
+            time.sleep(0.05)
+        raise BenchError(f"{self.name} did not start within {timeout:.0f} s")
+
+    @staticmethod
+    def _tail(text: str) -> str:
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        return lines[-1] if lines else "(no output)"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+
+_BARE_READY = "bare aiocoap server ready"
+
+
+def bare_server_main(argv: list[str]) -> int:
+    """The bare aiocoap server (a child process): HOST PORT."""
+    import aiocoap
+    from aiocoap import resource
+    from aiocoap.numbers.codes import Code
+
+    host, port = argv[0], int(argv[1])
+
+    class Bare(resource.Resource, resource.PathCapable):
+        """Answers like the gateway's root resource, without LwM2M or storage work."""
+
+        async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+            path = request.opt.uri_path
+            if path == ("dp",) and request.code == Code.POST:
+                return aiocoap.Message(code=Code.CHANGED)
+            if path == ("rd",) and request.code == Code.POST:
+                return aiocoap.Message(code=Code.CREATED, location_path=("rd", "bare0000"))
+            return aiocoap.Message(code=Code.NOT_FOUND)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        ctx = await aiocoap.Context.create_server_context(
+            Bare(), bind=(host, port), transports=["udp6"], loggername="bare-coap")
+        print(_BARE_READY, flush=True)
+        await stop.wait()
+        await ctx.shutdown()
+
+    asyncio.run(serve())
+    return 0
+
+
+def gateway_config(dirpath: Path, port: int) -> Path:
+    path = dirpath / "gateway.toml"
+    path.write_text(
+        "# aiot bench gateway: nosec on loopback, no uplink\n"
+        "[gateway]\n"
+        'id = "bench"\n'
+        'db = "gateway.db"\n'
+        'security = "nosec"\n'
+        "[coap]\n"
+        'host = "127.0.0.1"\n'
+        f"port = {port}\n"
+        "[mqtt]\n"
+        "enabled = false\n"
+    )
+    return path
+
+
+def count_sends(db: Path) -> int:
+    """Sends committed in the gateway's SQLite file (read-only, beside the writer)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM sends").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def count_registered(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
+    try:
+        return int(conn.execute(
+            "SELECT COUNT(*) FROM registrations WHERE state = 'registered'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+def _pct(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return 0.0
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def _nofile_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
+
+
+@dataclass
+class _Server:
+    name: str
+    proc: ServerProcess
+    addr: tuple[str, int]
+    phases: dict[str, PhaseResult] = field(default_factory=dict)
+    passes: list[PhaseResult] = field(default_factory=list)
+
+
+async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
+    rng = random.Random(5)
+    nodes, sockets = args.nodes, args.sockets
+    endpoints = [f"bench-{i:05d}" for i in range(nodes)]
+    reg_bodies = [register_body(ep) for ep in endpoints]
+    payloads = [senml_report(rng, seq) for seq in range(32)]
+    send_bodies = [send_body(p) for p in payloads]
+    records = 1 + WINDOW_COUNTERS + FEATURES
+    # The gateway attributes a Send to the latest registration at its source address:
+    # with fewer sockets than nodes only the last node registered on each socket sends.
+    senders = list(range(max(0, nodes - sockets), nodes))
+
+    gw_port, bare_port = free_udp_port(), free_udp_port()
+    cfg = gateway_config(work, gw_port)
+    db = work / "gateway.db"
+    py = sys.executable
+    gw_cmd = [py, "-m", "aiotkit.gateway.app", str(cfg)]
+    if args.profile:
+        gw_cmd = [py, "-m", "cProfile", "-o", str(Path(args.profile).resolve()),
+                  "-m", "aiotkit.gateway.app", str(cfg)]
+    gw = _Server("gateway", ServerProcess("the gateway", gw_cmd, work / "gateway.log",
+                                          "aiot gateway ready", work),
+                 ("127.0.0.1", gw_port))
+    bare_code = ("import sys; from aiotkit.tools.bench_gateway import bare_server_main;"
+                 " sys.exit(bare_server_main(sys.argv[1:]))")
+    bare_cmd = [py, "-c", bare_code, "127.0.0.1", str(bare_port)]
+    bare = _Server("aiocoap", ServerProcess("the bare aiocoap server", bare_cmd,
+                                            work / "bare.log", _BARE_READY, work),
+                   ("127.0.0.1", bare_port))
+    servers = (bare, gw)
+    gen = LoadGenerator(sockets)
+    try:
+        progress(f"starting the gateway (db {db}) and a bare aiocoap server")
+        for s in servers:
+            s.proc.start()
+        rss_idle = rss_kb(gw.proc.pid)
+        bare_rss_idle = rss_kb(bare.proc.pid)
+        progress(f"opening {sockets} client sockets for {nodes} nodes")
+        await gen.open()
+
+        def regs() -> Iterator[tuple[int, bytes, int]]:
+            for i in range(nodes):
+                yield i % sockets, reg_bodies[i], _CREATED
+
+        def sends(count: int, offset: int) -> Iterator[tuple[int, bytes, int]]:
+            for k in range(offset, offset + count):
+                node = senders[k % len(senders)]
+                yield node % sockets, send_bodies[k % len(send_bodies)], _CHANGED
+
+        rss: dict[str, tuple[int, int]] = {}  # after phase: (gateway, bare) kB
+        for phase, label in (("register", "registering"), ("reregister", "re-registering")):
+            for s in servers:
+                progress(f"{s.name}: {nodes} nodes {label} (window {args.window})")
+                r = await gen.run(f"{s.name} {phase}", s.addr, regs(), nodes, args.window,
+                                  s.proc.alive)
+                s.phases[phase] = r
+                progress(f"  {r.ok / max(r.seconds, 1e-9):.0f} registrations/s"
+                         + (f", {r.failed} failed {r.codes}" if r.failed else ""))
+            await asyncio.sleep(0.5)  # let both settle before reading memory
+            rss[phase] = rss_kb(gw.proc.pid), rss_kb(bare.proc.pid)
+        registered = count_registered(db)
+        rss_10k, bare_rss = rss["register"]
+        rss_storm, bare_rss_storm = rss["reregister"]
+        stored_before = count_sends(db)
+        offset = 0
+        for p in range(args.passes):
+            for s in servers:
+                progress(f"{s.name}: Send pass {p + 1}/{args.passes}, {args.messages} "
+                         f"messages from {len(senders)} nodes (window {args.window})")
+                r = await gen.run(f"{s.name} send", s.addr, sends(args.messages, offset),
+                                  args.messages, args.window, s.proc.alive)
+                s.passes.append(r)
+                progress(f"  {r.rate:.0f} msgs/s"
+                         + (f", {r.failed} failed {r.codes}" if r.failed else ""))
+            offset += args.messages
+        stored = count_sends(db) - stored_before
+        rss_after = rss_kb(gw.proc.pid)
+    finally:
+        gen.close()
+        for s in servers:
+            s.proc.stop()
+
+    failures = {f"{s.name} {name}": r.codes for s in servers
+                for name, r in [*s.phases.items(), *((f"send {i + 1}", x)
+                                                       for i, x in enumerate(s.passes))]
+                if r.failed}
+    gw_best = max(gw.passes, key=lambda r: r.rate)
+    bare_best = max(bare.passes, key=lambda r: r.rate)
+    acked = sum(r.ok for r in gw.passes)
+    gw_seconds = sum(r.seconds for r in gw.passes)
+    lat = sorted(x for r in gw.passes for x in r.latencies)
+    bare_lat = sorted(x for r in bare.passes for x in r.latencies)
+    reg_lat = sorted(gw.phases["reregister"].latencies)
+    ms = 1000.0
+    result: dict[str, object] = {
+        "ingest_msgs_per_s": round(gw_best.rate, 1),
+        "aiocoap_msgs_per_s": round(bare_best.rate, 1),
+        "ingest_ratio_vs_aiocoap": round(gw_best.rate / bare_best.rate, 3)
+        if bare_best.rate else 0.0,
+        "ingest_acked_msgs_per_s": round(acked / gw_seconds, 1) if gw_seconds else 0.0,
+        "ingest_stored_msgs_per_s": round(stored / gw_seconds, 1) if gw_seconds else 0.0,
+        "ingest_passes_msgs_per_s": [round(r.rate, 1) for r in gw.passes],
+        "aiocoap_passes_msgs_per_s": [round(r.rate, 1) for r in bare.passes],
+        "sends_acked": acked,
+        "sends_stored": stored,
+        "registrations_per_s": round(gw.phases["reregister"].rate, 1),
+        "initial_registrations_per_s": round(gw.phases["register"].rate, 1),
+        "aiocoap_registrations_per_s": round(bare.phases["reregister"].rate, 1),
+        "registered_nodes": registered,
+        "p50_ms": round(_pct(lat, 50) * ms, 2),
+        "p99_ms": round(_pct(lat, 99) * ms, 2),
+        "aiocoap_p50_ms": round(_pct(bare_lat, 50) * ms, 2),
+        "aiocoap_p99_ms": round(_pct(bare_lat, 99) * ms, 2),
+        "register_p50_ms": round(_pct(reg_lat, 50) * ms, 2),
+        "register_p99_ms": round(_pct(reg_lat, 99) * ms, 2),
+        "rss_mb_10k_nodes": round(rss_10k / 1024, 1),
+        "rss_kb_per_node": round((rss_10k - rss_idle) / nodes, 2),
+        "rss_mb_idle": round(rss_idle / 1024, 1),
+        "rss_mb_after_storm": round(rss_storm / 1024, 1),
+        "rss_mb_after_ingest": round(rss_after / 1024, 1),
+        "aiocoap_rss_mb_10k_nodes": round(bare_rss / 1024, 1),
+        "aiocoap_rss_mb_after_storm": round(bare_rss_storm / 1024, 1),
+        "aiocoap_rss_mb_idle": round(bare_rss_idle / 1024, 1),
+        "nodes": nodes,
+        "sockets": sockets,
+        "senders": len(senders),
+        "messages_per_pass": args.messages,
+        "passes": args.passes,
+        "window": args.window,
+        "records_per_send": records,
+        "send_payload_bytes": round(sum(map(len, payloads)) / len(payloads)),
+        "retransmissions": sum(r.retransmissions for s in servers
+                               for r in [*s.phases.values(), *s.passes]),
+        "failures": failures,
+        "notify": NOTIFY_NOTE,
+    }
+    return result
+
+
+def _print_summary(r: dict[str, object]) -> None:
+    print(f"gateway vs bare aiocoap, {r['nodes']} nodes on {r['sockets']} sockets, window "
+          f"{r['window']}, {r['passes']} x {r['messages_per_pass']} Sends of "
+          f"{r['records_per_send']} records ({r['send_payload_bytes']} bytes SenML-CBOR)")
+    print(f"durable Send ingest   {r['ingest_msgs_per_s']:>9} msgs/s (best pass; acked "
+          f"{r['ingest_acked_msgs_per_s']}/s, stored {r['ingest_stored_msgs_per_s']}/s "
+          f"over all passes)")
+    print(f"bare aiocoap          {r['aiocoap_msgs_per_s']:>9} msgs/s  ratio "
+          f"{r['ingest_ratio_vs_aiocoap']}")
+    print(f"Send latency          p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms "
+          f"(aiocoap p50 {r['aiocoap_p50_ms']} ms, p99 {r['aiocoap_p99_ms']} ms)")
+    print(f"re-registration storm {r['registrations_per_s']:>9} registrations/s "
+          f"(first registration {r['initial_registrations_per_s']}/s; aiocoap "
+          f"{r['aiocoap_registrations_per_s']}/s; p50 {r['register_p50_ms']} ms, "
+          f"p99 {r['register_p99_ms']} ms)")
+    print(f"gateway RSS           {r['rss_mb_10k_nodes']} MB with {r['nodes']} nodes "
+          f"registered ({r['rss_kb_per_node']} kB/node over {r['rss_mb_idle']} MB idle; "
+          f"bare aiocoap {r['aiocoap_rss_mb_10k_nodes']} MB)")
+    print(f"                      {r['rss_mb_after_storm']} MB after the re-registration "
+          f"storm (bare aiocoap {r['aiocoap_rss_mb_after_storm']} MB: aiocoap keeps every "
+          f"exchange {EXCHANGE_LIFETIME_S:.0f} s for deduplication), "
+          f"{r['rss_mb_after_ingest']} MB after the Sends")
+    print(f"Notify                {NOTIFY_NOTE}")
+    if r["failures"]:
+        print(f"failures              {r['failures']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Load the gateway with simulated LwM2M clients on loopback (raw CoAP: "
+            "Register storm, re-registration storm, SenML-CBOR Sends) and, in the same "
+            "run, a bare aiocoap server answering the same requests without LwM2M or "
+            "storage work. Prints registrations/s, durable Send ingest msgs/s (2.04 only "
+            "after the SQLite commit), p50/p99 latency, the gateway's RSS with every node "
+            "registered, and the ingest ratio against aiocoap. Notify is not measured "
+            "until the gateway observes nodes. The last line is a JSON object."
+        ),
+    )
+    p.add_argument("--nodes", type=int, default=10000, metavar="N",
+                   help="simulated nodes (default 10000)")
+    p.add_argument("--messages", type=int, default=20000, metavar="M",
+                   help="Sends per pass and server (default 20000)")
+    p.add_argument("--passes", type=int, default=3, metavar="P",
+                   help="Send passes per server, alternating; the best counts (default 3)")
+    p.add_argument("--window", type=int, default=64, metavar="W",
+                   help="requests in flight at most (default 64)")
+    p.add_argument("--sockets", type=int, metavar="S",
+                   help="client UDP sockets (default: one per node; fewer means several "
+                   "nodes per source address, and only the last registered of each sends)")
+    p.add_argument("--dir", metavar="DIR",
+                   help="work folder for the gateway's database and logs (default: a "
+                   "temporary folder, removed afterwards)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="run the gateway under cProfile and write its stats to FILE")
+    p.add_argument("--json-only", action="store_true",
+                   help="print only the JSON line on stdout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("nodes", "messages", "passes", "window"):
+        if getattr(args, name) < 1:
+            print(f"{PROG}: error: --{name} must be at least 1", file=sys.stderr)
+            return 2
+    limit = _nofile_limit()
+    room = limit - 64
+    if args.sockets is None:
+        args.sockets = min(args.nodes, room)
+    elif args.sockets < 1:
+        print(f"{PROG}: error: --sockets must be at least 1", file=sys.stderr)
+        return 2
+    elif args.sockets > room:
+        print(f"{PROG}: error: --sockets {args.sockets}: the open-file limit allows "
+              f"{room}", file=sys.stderr)
+        return 2
+    args.sockets = min(args.sockets, args.nodes)
+    if args.dir is not None:
+        work = Path(args.dir)
+        if work.exists() and not work.is_dir():
+            print(f"{PROG}: error: --dir {work}: not a folder", file=sys.stderr)
+            return 2
+        if (work / "gateway.db").exists():
+            print(f"{PROG}: error: --dir {work}: holds a gateway.db already",
+                  file=sys.stderr)
+            return 2
+    try:
+        import cbor2  # noqa: F401
+    except ImportError:
+        print(f"{PROG}: error: cbor2 is needed (pip install cbor2)", file=sys.stderr)
+        return 2
+    try:
+        if args.dir is not None:
+            work = Path(args.dir).resolve()
+            work.mkdir(parents=True, exist_ok=True)
+            result = asyncio.run(_bench(args, work))
+        else:
+            with tempfile.TemporaryDirectory(prefix="aiot-bench-gw-") as tmp:
+                result = asyncio.run(_bench(args, Path(tmp)))
+    except BenchError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if not args.json_only:
+        _print_summary(result)
+    print(json.dumps(result))
+    return 1 if result["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
