@@ -123,3 +123,133 @@ def test_without_an_encoder_nothing_is_written_to_the_outbox(tmp_path):
         assert store.outbox_counts() == (0, 0)
     finally:
         store.close()
+
+
+def test_latest_values_merge_across_sends_and_keep_their_types(tmp_path):
+    from aiotkit.gateway import store as store_mod
+
+    store = Store.open(tmp_path / "gw.db")
+    try:
+        r = reg()
+        store.save_registration(r, "registered", "registered", T0)
+        store.record_send(r, b"\x01", b"a" * 16, 112,
+                          [Record("/3/0/9", "v", 87), Record("/1/0/6", "vb", True)], T0 + 1)
+        store.record_send(r, b"\x02", b"b" * 16, 112,
+                          [Record("/3/0/9", "v", 86.5, 7.0), Record("/5/0/0", "vd", b"\x00")],
+                          T0 + 2)
+        latest = store.latest("node-1")
+        assert latest == {
+            "/3/0/9": store_mod.StoredValue("v", 86.5, 7.0, T0 + 2),
+            "/1/0/6": store_mod.StoredValue("vb", True, None, T0 + 1),
+            "/5/0/0": store_mod.StoredValue("vd", b"\x00", None, T0 + 2)}
+        assert store.latest("nobody") == {}
+    finally:
+        store.close()
+
+
+def test_latest_values_keep_the_most_recent_paths_when_a_client_sends_too_many(
+        tmp_path, monkeypatch):
+    from aiotkit.gateway import store as store_mod
+
+    monkeypatch.setattr(store_mod, "LATEST_MAX_PATHS", 3)
+    store = Store.open(tmp_path / "gw.db")
+    try:
+        r = reg()
+        store.save_registration(r, "registered", "registered", T0)
+        for i in range(5):
+            store.record_send(r, bytes([i + 1]), bytes([i]) * 16, 112,
+                              [Record(f"/3/0/{i}", "v", i)], T0 + i)
+        assert sorted(store.latest("node-1")) == ["/3/0/2", "/3/0/3", "/3/0/4"]
+    finally:
+        store.close()
+
+
+def test_a_version_1_database_is_migrated_with_its_last_values(tmp_path):
+    from aiotkit.gateway import store as store_mod
+
+    path = tmp_path / "gw.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(store_mod._SCHEMA_V1)
+    conn.executemany(
+        "INSERT INTO last_values (endpoint, path, kind, value, time, received_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [("a", "/3/0/9", "v", 87, None, T0), ("a", "/1/0/6", "vb", 1, 3.0, T0 + 1),
+         ("b", "/5/0/0", "vd", b"\x01\x02", None, T0 + 2)])
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = Store.open(path)
+    try:
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.latest("a") == {
+            "/3/0/9": store_mod.StoredValue("v", 87, None, T0),
+            "/1/0/6": store_mod.StoredValue("vb", True, 3.0, T0 + 1)}
+        assert store.latest("b") == {"/5/0/0": store_mod.StoredValue("vd", b"\x01\x02", None,
+                                                                     T0 + 2)}
+        tables = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}
+        assert "last_values" not in tables
+    finally:
+        store.close()
+
+
+def test_a_version_1_database_keeps_its_readings_after_migration(tmp_path):
+    from aiotkit.gateway import store as store_mod
+
+    path = tmp_path / "gw.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(store_mod._SCHEMA_V1)
+    conn.executemany(
+        "INSERT INTO sends (id, endpoint, reg_id, received_at, content_format, token, digest,"
+        " records) VALUES (?, ?, 'r', ?, 112, x'01', x'02', ?)",
+        [(1, "a", T0, 2), (2, "a", T0 + 1, 0), (3, "b", T0 + 2, 1)])
+    conn.executemany(
+        "INSERT INTO readings (id, send_id, endpoint, path, kind, value, time)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(1, 1, "a", "/3/0/9", "v", 87, None), (2, 1, "a", "/1/0/6", "vb", 1, 4.0),
+         (3, 3, "b", "/5/0/0", "vd", b"\x01", None)])
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = Store.open(path)
+    try:
+        got = [(r.send_id, r.endpoint, r.path, r.kind, r.value, r.time, r.received_at)
+               for r in store.readings()]
+        assert got == [(1, "a", "/3/0/9", "v", 87, None, T0),
+                       (1, "a", "/1/0/6", "vb", True, 4.0, T0),
+                       (3, "b", "/5/0/0", "vd", b"\x01", None, T0 + 2)]
+        assert store.readings(2) == []
+        # new Sends go on after the migrated ones, with larger reading ids
+        r = reg("a")
+        store.save_registration(r, "registered", "registered", T0)
+        result = store.record_send(r, b"\x09", b"x" * 16, 112, [Record("/3/0/9", "v", 1)],
+                                   T0 + 3)
+        (new,) = store.readings(result.send_id)
+        assert result.send_id == 4 and new.id > max(x.id for x in store.readings()[:-1])
+    finally:
+        store.close()
+
+
+def test_the_readings_view_gives_one_sql_row_per_reading(tmp_path):
+    store = Store.open(tmp_path / "gw.db")
+    try:
+        r = reg()
+        store.save_registration(r, "registered", "registered", T0)
+        result = store.record_send(
+            r, b"\x01", b"a" * 16, 112,
+            [Record("/3/0/9", "v", 2**62 + 1), Record("/3/0/10", "v", 0.1, 5.0),
+             Record("/1/0/6", "vb", False), Record("/3/0/0", "vs", "é"),
+             Record("/5/0/0", "vd", b"\xff\x00")], T0 + 1)
+        rows = store._db.execute(
+            "SELECT id, send_id, endpoint, path, kind, value, time, received_at"
+            " FROM readings ORDER BY id").fetchall()
+        first = result.send_id * 65536
+        assert rows == [
+            (first, 1, "node-1", "/3/0/9", "v", 2**62 + 1, None, T0 + 1),
+            (first + 1, 1, "node-1", "/3/0/10", "v", 0.1, 5.0, T0 + 1),
+            (first + 2, 1, "node-1", "/1/0/6", "vb", 0, None, T0 + 1),
+            (first + 3, 1, "node-1", "/3/0/0", "vs", "é", None, T0 + 1),
+            (first + 4, 1, "node-1", "/5/0/0", "vd", "/wA=", None, T0 + 1)]  # base64
+        assert [x.id for x in store.readings()] == [row[0] for row in rows]
+        assert store.readings()[4].value == b"\xff\x00"
+    finally:
+        store.close()
