@@ -1,10 +1,11 @@
 """The gateway daemon: life cycle (``Gateway.start()`` / ``shutdown()``), ``serve`` and
 ``run_cli`` behind ``aiot gateway run --config FILE``.
 
-Start order: store, registry, CoAP server, expiry task, MQTT uplink (if enabled);
-shutdown stops serving first, then the tasks, then closes the store, bounded by a
-timeout. When serving, exactly one line
-``aiot gateway ready coap://HOST:PORT ...`` is logged.
+Start order: store, registry, device management (``gateway/dm.py``: its tables, then,
+once the CoAP server runs, re-established observations and queues), CoAP server,
+expiry task, MQTT uplink (if enabled); shutdown stops device management and serving
+first, then the tasks, then closes the stores, bounded by a timeout. When serving,
+exactly one line ``aiot gateway ready coap://HOST:PORT ...`` is logged.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from typing import TYPE_CHECKING, Self
 
 import aiocoap
 
+from .bootstrap import BootstrapServer
 from .config import GatewayConfig, load_config
+from .ddf import load_shipped
+from .dm import DeviceManagement
+from .dmstore import DMStore
 from .errors import ConfigError, GatewayError
 from .lwm2m import LwM2MResource
 from .registry import Registry
@@ -29,6 +34,7 @@ from .store import Store
 from .uplink import TopicScheme, Uplink
 
 if TYPE_CHECKING:
+    from .rest import RestApi
     from .shadow import ShadowChecker
 
 __all__ = ["Gateway", "RateLimitFilter", "run_cli", "serve"]
@@ -74,7 +80,7 @@ class RateLimitFilter(logging.Filter):
 
 
 def _limit_peer_noise() -> None:
-    for name in ("aiotkit.gateway.coap", "aiotkit.gateway.lwm2m"):
+    for name in ("aiotkit.gateway.coap", "aiotkit.gateway.lwm2m", "aiotkit.gateway.dm"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RateLimitFilter) for f in logger.filters):
             logger.addFilter(RateLimitFilter())
@@ -90,8 +96,12 @@ class Gateway:
         self._registry: Registry | None = None
         self._uplink: Uplink | None = None
         self._coap: aiocoap.Context | None = None
+        self._dm: DeviceManagement | None = None
+        self._dmstore: DMStore | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.shadow: ShadowChecker | None = None  # when numpy and tflite-micro are there
+        self.rest: RestApi | None = None  # [rest] enabled: the REST API (gateway/rest.py)
+        self.bootstrap: BootstrapServer | None = None  # [bootstrap] enabled: its own socket
 
     @property
     def store(self) -> Store:
@@ -104,6 +114,13 @@ class Gateway:
         if self._registry is None:
             raise GatewayError("gateway not started")
         return self._registry
+
+    @property
+    def dm(self) -> DeviceManagement:
+        """Device management: Read/Write/Execute/Observe... on registered clients."""
+        if self._dm is None:
+            raise GatewayError("gateway not started")
+        return self._dm
 
     @property
     def uplink(self) -> Uplink | None:
@@ -145,8 +162,13 @@ class Gateway:
             self._uplink = uplink
             self._registry.add_listener(lambda _event: uplink.kick())
         self._start_shadow()
+        objects = load_shipped()
+        self._dmstore = DMStore.open(cfg.gateway.db)
+        self._dm = DeviceManagement(self._store, self._registry, self._dmstore, cfg.dm,
+                                    objects=objects, clock=self._clock)
+        self._registry.add_listener(self._dm.on_event)
         site = LwM2MResource(self._registry, max_payload=cfg.coap.max_payload,
-                             max_records=cfg.coap.max_records)
+                             max_records=cfg.coap.max_records, objects=objects)
         try:
             self._coap = await aiocoap.Context.create_server_context(
                 site, bind=(cfg.coap.host, cfg.coap.port), transports=["udp6"],
@@ -156,14 +178,30 @@ class Gateway:
             raise GatewayError(f"cannot serve CoAP on {cfg.coap_uri}: {e.strerror or e}") from e
         # Registrations that lapsed while the gateway was down go offline right away.
         self._registry.expire_due()
+        await self._dm.start(self._coap)
         self._expiry = asyncio.create_task(
             self._registry.run_expiry(cfg.registry.expiry_check_s), name="aiot-registry-expiry"
         )
         if self._uplink is not None:
             await self._uplink.start()
+        if cfg.bootstrap.enabled:
+            bs = BootstrapServer(cfg.bootstrap, server_uri=cfg.coap_uri)
+            try:
+                await bs.start()
+            except OSError as e:
+                raise GatewayError(f"cannot serve LwM2M bootstrap on coap://{cfg.bootstrap.host}"
+                                   f":{cfg.bootstrap.port}: {e.strerror or e}") from e
+            self.bootstrap = bs
+        if cfg.rest.enabled:
+            from .rest import RestApi
+
+            self.rest = RestApi(self, cfg.rest)
+            await self.rest.start()
         mqtt = (f"mqtt://{cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix}"
                 if cfg.mqtt.enabled else "mqtt disabled")
-        log.info("aiot gateway ready %s (db %s, %s)", cfg.coap_uri, cfg.gateway.db, mqtt)
+        rest = f", rest {self.rest.url}" if self.rest is not None else ""
+        log.info("aiot gateway ready %s (db %s, %s%s)", cfg.coap_uri, cfg.gateway.db, mqtt,
+                 rest)
 
     def _start_shadow(self) -> None:
         sh = self.config.shadow
@@ -193,11 +231,20 @@ class Gateway:
         except TimeoutError:
             log.error("shutdown took longer than %.1f s; closing the store anyway", timeout)
         finally:
+            if self._dmstore is not None:
+                self._dmstore.close()
+                self._dmstore = None
             if self._store is not None:
                 self._store.close()
                 self._store = None
 
     async def _stop(self) -> None:
+        if self.rest is not None:
+            api, self.rest = self.rest, None
+            await api.shutdown()
+        if self.bootstrap is not None:
+            bs, self.bootstrap = self.bootstrap, None
+            await bs.shutdown()
         if self._coap is not None:
             ctx, self._coap = self._coap, None
             await ctx.shutdown()

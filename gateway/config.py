@@ -18,14 +18,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from .bootstrap import BootstrapConfig, parse_bootstrap
 from .errors import ConfigError
+from .paths import PathError, format_path, parse_path
 
 __all__ = [
     "CoapConfig",
+    "DMConfig",
     "GatewayConfig",
     "GatewaySection",
     "MqttConfig",
     "RegistryConfig",
+    "RestConfig",
     "load_config",
 ]
 
@@ -64,6 +68,20 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class DMConfig:
+    """``[dm]``: device management (``gateway/dm.py``). ``request_timeout_s``: how long
+    a node has to answer a request; ``queue_awake_s``: how long a queue-mode node
+    counts as awake after a Register/Update (TS Transport: MAX_TRANSMIT_WAIT, 93 s);
+    ``max_queued``: requests waiting per endpoint at most; ``observe``: paths observed on
+    every node that registers their object instance, at each Register (auto-observe)."""
+
+    request_timeout_s: float = 30.0
+    queue_awake_s: float = 93.0
+    max_queued: int = 100
+    observe: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     """``[mqtt]``: the cloud uplink; ``topic_prefix``/``client_id`` are resolved."""
 
@@ -91,14 +109,29 @@ class ShadowConfig:
 
 
 @dataclass(frozen=True)
+class RestConfig:
+    """``[rest]``: the HTTP REST API (gateway/rest.py). Every request needs a bearer token;
+    ``tokens_file`` (relative to the config file) lists them with their roles. ``port = 0``
+    lets the kernel pick a free port (logged in the ready line)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tokens_file: str = ""
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole configuration; ``source`` is the file it came from (None: defaults)."""
 
     gateway: GatewaySection = field(default_factory=GatewaySection)
     coap: CoapConfig = field(default_factory=CoapConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    dm: DMConfig = field(default_factory=DMConfig)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    rest: RestConfig = field(default_factory=RestConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # gateway/bootstrap.py
     source: Path | None = None
 
     @classmethod
@@ -135,12 +168,16 @@ _SECTIONS: dict[str, type] = {
     "gateway": GatewaySection,
     "coap": CoapConfig,
     "registry": RegistryConfig,
+    "dm": DMConfig,
     "mqtt": MqttConfig,
     "shadow": ShadowConfig,
+    "rest": RestConfig,
 }
 
 
 def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> GatewayConfig:
+    data = dict(data)
+    bootstrap = parse_bootstrap(data.pop("bootstrap", {}), name)  # its own parser
     for key, value in data.items():
         if key not in _SECTIONS:
             raise ConfigError(f"{name}: unknown section or key {key!r}")
@@ -174,10 +211,19 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
     _require(name, "coap.host", bool(coap.get("host", "x")), "must not be empty")
     _port(name, "coap.port", coap.get("port", CoapConfig.port))
     _positive(name, "coap.max_records", coap.get("max_records", 1))
+    _require(name, "coap.max_records", coap.get("max_records", 1) <= 65536,
+             f"must be at most 65536 (got {coap.get('max_records')})")
     _positive(name, "coap.max_payload", coap.get("max_payload", 1))
 
     reg = parsed["registry"]
     _positive(name, "registry.expiry_check_s", reg.get("expiry_check_s", 1.0))
+
+    dm = parsed["dm"]
+    _positive(name, "dm.request_timeout_s", dm.get("request_timeout_s", 1.0))
+    _require(name, "dm.queue_awake_s", dm.get("queue_awake_s", 0.0) >= 0,
+             "must not be negative")
+    _positive(name, "dm.max_queued", dm.get("max_queued", 1))
+    dm["observe"] = tuple(_lwm2m_path(name, "dm.observe", p) for p in dm.get("observe", ()))
 
     mq = dict(parsed["mqtt"])
     _require(name, "mqtt.host", bool(mq.get("host", "x")), "must not be empty")
@@ -202,12 +248,24 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
     if sh.get("models"):
         sh["models"] = str(base / Path(sh["models"]).expanduser())
 
+    rest = dict(parsed["rest"])
+    _require(name, "rest.host", bool(rest.get("host", "x")), "must not be empty")
+    _require(name, "rest.port", 0 <= rest.get("port", RestConfig.port) <= 65535,
+             f"must be 0..65535 (got {rest.get('port')})")
+    if rest.get("tokens_file"):
+        rest["tokens_file"] = str(base / Path(rest["tokens_file"]).expanduser())
+    _require(name, "rest.tokens_file", bool(rest.get("tokens_file")) or not rest.get("enabled"),
+             "required when rest.enabled (every REST request needs a token)")
+
     return GatewayConfig(
         gateway=GatewaySection(id=ident, db=db, security=security),
         coap=CoapConfig(**coap),
         registry=RegistryConfig(**reg),
+        dm=DMConfig(**dm),
         mqtt=MqttConfig(**mq),
         shadow=ShadowConfig(**sh),
+        rest=RestConfig(**rest),
+        bootstrap=bootstrap,
         source=source,
     )
 
@@ -218,6 +276,9 @@ def _check(name: str, key: str, value: Any, default: Any) -> Any:
         ok, want = isinstance(value, bool), "true or false"
     elif isinstance(default, int):
         ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, tuple):  # a list of strings
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        want = "a list of strings"
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         want = "a number"
@@ -241,6 +302,16 @@ def _show(value: Any) -> str:
 def _require(name: str, key: str, ok: bool, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {key}: {problem}")
+
+
+def _lwm2m_path(name: str, key: str, text: str) -> str:
+    """An object, instance, resource or resource-instance path, normalised."""
+    try:
+        ids = parse_path(text)
+    except PathError as e:
+        raise ConfigError(f"{name}: {key}: {e}") from e
+    _require(name, key, bool(ids), "the root / cannot be observed")
+    return format_path(ids)
 
 
 def _port(name: str, key: str, port: int) -> None:

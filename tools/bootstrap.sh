@@ -55,6 +55,8 @@ debs=()
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || debs+=("python3-venv")
 if [ "$mode" = test ]; then
   debs+=(mosquitto libcoap3-bin)   # the real MQTT broker and CoAP peer the tests use
+  # Node.js runs the third-party LwM2M peer (lwm2m-node-lib) of tests/interop
+  command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)
 fi
 [ ${#debs[@]} -gt 0 ] && apt_install "${debs[@]}"
 
@@ -73,6 +75,23 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
   # a test install also satisfies the demo
   [ "$extras" = test ] && touch ".venv/.aiotkit-model-$(sha256sum pyproject.toml | cut -c1-16)"
+fi
+
+# third-party LwM2M peers for the interop tests (tests/interop, from package-lock.json)
+if [ "$mode" = test ]; then
+  if command -v npm >/dev/null 2>&1; then
+    lock_hash="$(sha256sum tests/interop/package-lock.json | cut -c1-16)"
+    lock="tests/interop/node_modules/.aiotkit-$lock_hash"
+    if [ ! -f "$lock" ]; then
+      say "installing the interop peers (npm ci in tests/interop)"
+      (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+      touch "$lock"
+    fi
+  elif [ "${CI:-}" = "true" ]; then
+    echo "error: npm is needed for the interop tests and could not be installed" >&2; exit 1
+  else
+    say "npm not found: the interop tests with lwm2m-node-lib will be skipped"
+  fi
 fi
 
 case "$mode" in

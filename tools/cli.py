@@ -90,7 +90,7 @@ def cmd_sim(args) -> int:
             else:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=args.duration)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             print("aiot sim: stopping nodes", flush=True)
@@ -290,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--channel", default="DE", choices=["DE", "FE", "BA"], help="sensor (DE)")
     dc.set_defaults(func=cmd_data_convert)
 
-    from aiotkit.tools import modelcli
+    from aiotkit.tools import lwm2mcli, modelcli
 
     modelcli.register(sub)
+    lwm2mcli.register(sub)
     return p
 
 

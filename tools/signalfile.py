@@ -59,12 +59,20 @@ class Signal:
 
 
 def scale_exponent(peak: float) -> int:
-    """Smallest E with ``peak / 2**E <= 32767`` (finest step that does not clip)."""
+    """Smallest E with ``peak / 2**E <= 32767`` (finest step that does not clip), but at
+    least -128, the finest step the file format holds."""
     if not math.isfinite(peak):
         raise SignalFileError("signal contains a non-finite value")
     if peak == 0.0:
         return -15
-    return math.ceil(math.log2(peak / 32767.0))
+    # log2 of the ratio first (peak / 32767 underflows to 0 for subnormal peaks), then
+    # exact steps with ldexp, which neither rounds nor underflows here
+    e = math.ceil(math.log2(peak) - math.log2(32767.0))
+    while math.ldexp(peak, -e) > 32767.0:
+        e += 1
+    while math.ldexp(peak, 1 - e) <= 32767.0:
+        e -= 1
+    return max(e, -128)
 
 
 def quantize(values, scale_exp: int | None = None) -> Signal:

@@ -82,7 +82,9 @@ def test_quantize_is_exact_minimal_and_within_half_a_step(values):
     assert np.all(np.abs(back - x) <= step / 2 + 1e-15)
     peak = np.abs(x).max()
     if peak > 0:
-        assert peak / step <= 32767 and peak / (step / 2) > 32767  # finest step, no clipping
+        assert peak / step <= 32767  # no clipping
+        if q.scale_exp > -128:  # the finest step the format holds
+            assert peak / (step / 2) > 32767  # and no finer step would do
 
 
 def _fake_cwru(tmp_path: Path, name: str, n: int, rate_note: int) -> np.ndarray:
@@ -158,3 +160,13 @@ def test_shipped_excerpts_match_the_full_recordings(stem):
         x = scipy.signal.decimate(x, 4, ftype="fir", zero_phase=True)
     sig = signalfile.read(paths.replay_dir() / f"{stem}.i16")
     assert np.max(np.abs(sig.values - x[: len(sig.codes)])) <= 2.0**sig.scale_exp / 2
+
+
+@pytest.mark.parametrize("peak", [5e-324, 1e-310, 2.0**-20, 1.0, 32767.0, 32767.5, 65534.0])
+def test_scale_exponent_is_the_finest_that_does_not_clip_even_for_subnormal_peaks(peak):
+    import math
+
+    e = signalfile.scale_exponent(peak)
+    assert math.ldexp(peak, -e) <= 32767
+    assert e == -128 or 32767 < math.ldexp(peak, 1 - e)
+    assert e > -128 or peak < 2.0**-113  # 32767 * 2**-128

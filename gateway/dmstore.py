@@ -1,0 +1,323 @@
+"""Durable device-management state: queued requests with their results, observations,
+Write-Attributes, and which stored Send each Notification became.
+
+Its own tables in the gateway's database file (``dm_*``), through its own connection
+(WAL lets it and the ``Store`` share the file; every call here is one short transaction
+on the event loop's thread, so neither waits for the other). The tables are created on
+open if missing; their version is kept in ``dm_meta`` so a later change can migrate.
+
+``dm_requests`` holds every request the gateway sent or queued: ``queued`` ones (queue
+mode) start ``pending``, become ``sending`` while on the wire and end ``done`` (any CoAP
+answer, success or not) or ``failed`` (no answer, or an error on the gateway side); the
+answer is kept as the result's JSON. After a restart a queued request left ``sending``
+goes back to ``pending`` (the node may or may not have executed it: at least once), and
+a direct one left ``sending`` is marked ``failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import StoreError
+
+__all__ = ["DMStore", "ObservationRow", "RequestRow", "RequestState"]
+
+RequestState = Literal["pending", "sending", "done", "failed"]
+
+DM_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dm_requests (
+    id       INTEGER PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    op       TEXT NOT NULL,
+    spec     TEXT NOT NULL,          -- the wire request, JSON
+    queued   INTEGER NOT NULL,       -- 1: queue mode, delivered when the node wakes
+    state    TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'done', 'failed')),
+    created  REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    finished REAL,
+    result   TEXT                    -- DMResult JSON, or the failure
+);
+CREATE INDEX IF NOT EXISTS dm_requests_open ON dm_requests (endpoint, id)
+    WHERE state IN ('pending', 'sending');
+CREATE TABLE IF NOT EXISTS dm_observations (
+    id          INTEGER PRIMARY KEY,
+    endpoint    TEXT NOT NULL,
+    key         TEXT NOT NULL,       -- the observed path(s), comma-separated
+    spec        TEXT NOT NULL,       -- the Observe request, JSON
+    token       BLOB,                -- of the live CoAP observation, when there is one
+    reg_id      TEXT,                -- registration it was last established in
+    created     REAL NOT NULL,
+    established REAL,
+    UNIQUE (endpoint, key)
+);
+CREATE TABLE IF NOT EXISTS dm_attributes (
+    endpoint   TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    attributes TEXT NOT NULL,        -- the Write-Attributes query, JSON list
+    t          REAL NOT NULL,
+    PRIMARY KEY (endpoint, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dm_notifications (
+    id             INTEGER PRIMARY KEY,
+    observation_id INTEGER NOT NULL,
+    send_id        INTEGER,          -- the Send row its readings were stored under
+    observe_seq    INTEGER,
+    content_format INTEGER,
+    received       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dm_notifications_obs ON dm_notifications (observation_id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """One row of ``dm_requests``."""
+
+    id: int
+    endpoint: str
+    op: str
+    spec: dict[str, Any]
+    queued: bool
+    state: RequestState
+    created: float
+    attempts: int
+    finished: float | None
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationRow:
+    """One persisted observation."""
+
+    id: int
+    endpoint: str
+    key: str
+    spec: dict[str, Any]
+    token: bytes | None
+    reg_id: str | None
+    created: float
+    established: float | None
+
+
+_REQ_COLS = "id, endpoint, op, spec, queued, state, created, attempts, finished, result"
+_OBS_COLS = "id, endpoint, key, spec, token, reg_id, created, established"
+
+
+class DMStore:
+    """Device-management tables; open with ``DMStore.open(path)``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._db = conn
+
+    @classmethod
+    def open(cls, path: str | Path) -> DMStore:
+        """Open the gateway database at ``path`` and create the ``dm_*`` tables."""
+        try:
+            conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open database: {e}") from e
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM dm_meta WHERE key = 'version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO dm_meta VALUES ('version', ?)",
+                             (str(DM_SCHEMA_VERSION),))
+            elif int(row[0]) > DM_SCHEMA_VERSION:
+                raise StoreError(f"{path}: device-management tables are version {row[0]},"
+                                 f" newer than this gateway's ({DM_SCHEMA_VERSION})")
+        except sqlite3.Error as e:
+            conn.close()
+            raise StoreError(f"{path}: {e}") from e
+        except StoreError:
+            conn.close()
+            raise
+        return cls(conn)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def add_request(self, endpoint: str, op: str, spec: dict[str, Any], *, queued: bool,
+                    now: float) -> int:
+        """Record a request (``pending`` when queued, else ``sending``); its id."""
+        with self._db:
+            cur = self._db.execute(
+                "INSERT INTO dm_requests (endpoint, op, spec, queued, state, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (endpoint, op, json.dumps(spec), int(queued),
+                 "pending" if queued else "sending", now),
+            )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def mark_sending(self, request_id: int) -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE dm_requests SET state = 'sending', attempts = attempts + 1"
+                " WHERE id = ?", (request_id,))
+
+    def mark_pending(self, request_id: int) -> None:
+        """Back in the queue (the node did not answer; try again when it wakes)."""
+        with self._db:
+            self._db.execute("UPDATE dm_requests SET state = 'pending' WHERE id = ?",
+                             (request_id,))
+
+    def finish(self, request_id: int, state: RequestState, result: dict[str, Any],
+               now: float) -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE dm_requests SET state = ?, result = ?, finished = ? WHERE id = ?",
+                (state, json.dumps(result), now, request_id))
+
+    def request(self, request_id: int) -> RequestRow | None:
+        row = self._db.execute(f"SELECT {_REQ_COLS} FROM dm_requests WHERE id = ?",
+                               (request_id,)).fetchone()
+        return _request(row) if row else None
+
+    def requests(self, endpoint: str | None = None, *, open_only: bool = False,
+                 limit: int = 100) -> list[RequestRow]:
+        """Requests, oldest first (of one endpoint; only pending/sending ones)."""
+        where, args = [], []
+        if endpoint is not None:
+            where.append("endpoint = ?")
+            args.append(endpoint)
+        if open_only:
+            where.append("state IN ('pending', 'sending')")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._db.execute(
+            f"SELECT {_REQ_COLS} FROM dm_requests {clause} ORDER BY id DESC LIMIT ?",
+            (*args, limit)).fetchall()
+        return [_request(r) for r in reversed(rows)]
+
+    def next_pending(self, endpoint: str) -> RequestRow | None:
+        row = self._db.execute(
+            f"SELECT {_REQ_COLS} FROM dm_requests WHERE endpoint = ? AND state = 'pending'"
+            " ORDER BY id LIMIT 1", (endpoint,)).fetchone()
+        return _request(row) if row else None
+
+    def count_open(self, endpoint: str) -> int:
+        return int(self._db.execute(
+            "SELECT COUNT(*) FROM dm_requests WHERE endpoint = ?"
+            " AND state IN ('pending', 'sending')", (endpoint,)).fetchone()[0])
+
+    def queued_endpoints(self) -> set[str]:
+        return {r[0] for r in self._db.execute(
+            "SELECT DISTINCT endpoint FROM dm_requests WHERE state = 'pending'")}
+
+    def recover(self, now: float) -> None:
+        """After a restart: queued requests left on the wire are pending again, direct
+        ones failed (nobody waits for them any more)."""
+        with self._db:
+            self._db.execute("UPDATE dm_requests SET state = 'pending'"
+                             " WHERE state = 'sending' AND queued = 1")
+            self._db.execute(
+                "UPDATE dm_requests SET state = 'failed', finished = ?, result = ?"
+                " WHERE state = 'sending' AND queued = 0",
+                (now, json.dumps({"error": "gateway restarted before the answer"})))
+
+    # -- observations ------------------------------------------------------------------
+
+    def save_observation(self, endpoint: str, key: str, spec: dict[str, Any],
+                         now: float) -> int:
+        """Persist (or keep) the observation of ``key``; its id."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO dm_observations (endpoint, key, spec, created) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (endpoint, key) DO UPDATE SET spec = excluded.spec",
+                (endpoint, key, json.dumps(spec), now))
+        row = self._db.execute("SELECT id FROM dm_observations WHERE endpoint = ? AND key = ?",
+                               (endpoint, key)).fetchone()
+        return int(row[0])
+
+    def established(self, obs_id: int, token: bytes | None, reg_id: str | None,
+                    now: float | None) -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE dm_observations SET token = ?, reg_id = ?, established = ?"
+                " WHERE id = ?", (token, reg_id, now, obs_id))
+
+    def observation(self, endpoint: str, key: str) -> ObservationRow | None:
+        row = self._db.execute(
+            f"SELECT {_OBS_COLS} FROM dm_observations WHERE endpoint = ? AND key = ?",
+            (endpoint, key)).fetchone()
+        return _observation(row) if row else None
+
+    def observations(self, endpoint: str | None = None) -> list[ObservationRow]:
+        where, args = ("WHERE endpoint = ?", (endpoint,)) if endpoint else ("", ())
+        rows = self._db.execute(
+            f"SELECT {_OBS_COLS} FROM dm_observations {where} ORDER BY id", args).fetchall()
+        return [_observation(r) for r in rows]
+
+    def delete_observation(self, obs_id: int) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM dm_observations WHERE id = ?", (obs_id,))
+
+    def delete_observations(self, endpoint: str) -> int:
+        with self._db:
+            return self._db.execute("DELETE FROM dm_observations WHERE endpoint = ?",
+                                    (endpoint,)).rowcount
+
+    def observed_endpoints(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT DISTINCT endpoint FROM dm_observations")}
+
+    def add_notification(self, obs_id: int, send_id: int | None, seq: int | None,
+                         content_format: int | None, now: float) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO dm_notifications (observation_id, send_id, observe_seq,"
+                " content_format, received) VALUES (?, ?, ?, ?, ?)",
+                (obs_id, send_id, seq, content_format, now))
+
+    def notifications(self, obs_id: int) -> list[tuple[int | None, int | None, float]]:
+        """(send id, Observe sequence number, time) of an observation's Notifications."""
+        return [(r[0], r[1], r[2]) for r in self._db.execute(
+            "SELECT send_id, observe_seq, received FROM dm_notifications"
+            " WHERE observation_id = ? ORDER BY id", (obs_id,))]
+
+    # -- attributes --------------------------------------------------------------------
+
+    def save_attributes(self, endpoint: str, path: str, query: list[str], now: float) -> None:
+        """Remember what Write-Attributes set on ``path`` (merged by name)."""
+        row = self._db.execute(
+            "SELECT attributes FROM dm_attributes WHERE endpoint = ? AND path = ?",
+            (endpoint, path)).fetchone()
+        merged: dict[str, str] = {}
+        for item in (json.loads(row[0]) if row else []) + query:
+            name, eq, _ = item.partition("=")
+            if eq:
+                merged[name] = item
+            else:  # a bare name removes the attribute
+                merged.pop(name, None)
+        with self._db:
+            self._db.execute(
+                "INSERT INTO dm_attributes VALUES (?, ?, ?, ?) ON CONFLICT (endpoint, path)"
+                " DO UPDATE SET attributes = excluded.attributes, t = excluded.t",
+                (endpoint, path, json.dumps(sorted(merged.values())), now))
+
+    def attributes(self, endpoint: str) -> dict[str, list[str]]:
+        """Path -> Write-Attributes query items last set there."""
+        return {r[0]: json.loads(r[1]) for r in self._db.execute(
+            "SELECT path, attributes FROM dm_attributes WHERE endpoint = ? ORDER BY path",
+            (endpoint,))}
+
+
+def _request(row: Any) -> RequestRow:
+    return RequestRow(row[0], row[1], row[2], json.loads(row[3]), bool(row[4]), row[5],
+                      row[6], row[7], row[8], json.loads(row[9]) if row[9] else None)
+
+
+def _observation(row: Any) -> ObservationRow:
+    return ObservationRow(row[0], row[1], row[2], json.loads(row[3]),
+                          bytes(row[4]) if row[4] is not None else None, row[5], row[6],
+                          row[7])

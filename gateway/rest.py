@@ -1,0 +1,773 @@
+"""The gateway's REST API: HTTP + JSON over the registry, the store and ``Gateway.dm``.
+
+Served with aiohttp on ``[rest] host:port`` (loopback by default). Every request carries
+``Authorization: Bearer TOKEN``; the tokens file (``[rest] tokens_file``) gives each token
+a role, and each role may do what the roles below it may:
+
+========  ======================================================================
+role      may
+========  ======================================================================
+viewer    list endpoints, registration details, events, latest readings,
+          observations, queued requests and their results
+operator  Read, Write, Execute, Create, Delete, Discover, Write-Attributes,
+          Observe / Cancel, composite Read / Observe
+admin     also end a registration (``DELETE /api/v1/endpoints/{ep}``)
+========  ======================================================================
+
+Tokens file: one ``ROLE TOKEN [NAME]`` per line (``#`` starts a comment). ``TOKEN`` is the
+token itself (16 characters at least) or ``sha256:HEX``, the SHA-256 of the token, so the
+file need not hold the secret. Logs name a token by ``NAME`` (default ``ROLE#LINE``), never
+by its value.
+
+Errors are JSON ``{"error": KIND, "message": TEXT}``, plus ``"coap": "4.04"`` when the node
+answered with an error code: 400 bad path or value, 401 missing or unknown token, 403 the
+role may not, 404 unknown endpoint (or route), 409 the endpoint is not registered, 502 the
+node refused (its CoAP code in ``coap``), 504 the node did not answer in time. The routes
+are described in ``gateway/openapi.json`` (also served at ``/api/v1/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import importlib.resources
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import RestConfig
+from .errors import ConfigError, GatewayError, RequestError
+from .lwm2m import parse_link_format
+from .paths import PathError, format_path, parse_path
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .app import Gateway
+    from .dm import DeviceManagement
+    from .registry import RegistryEvent
+    from .store import Registration
+
+__all__ = ["ApiError", "RestApi", "Role", "Token", "load_tokens", "parse_tokens"]
+
+log = logging.getLogger("aiotkit.gateway.rest")
+
+API = "/api/v1"
+MIN_TOKEN_CHARS = 16
+MAX_BODY_BYTES = 1 << 20
+DEFAULT_QUEUE_WAIT_S = 10.0  # how long a request to a queue-mode node waits before 202
+MAX_TIMEOUT_S = 300.0
+STREAM_QUEUE = 256  # reports a slow notification reader may fall behind by
+_TOKEN_LINE = re.compile(r"(\S+)\s+(\S+)(?:\s+(\S+))?")
+_SHA256 = re.compile(r"sha256:([0-9a-fA-F]{64})")
+_OPS = ("execute", "discover", "observe", "attributes")
+
+
+class Role(IntEnum):
+    """What a token may do; a higher role may do everything a lower one may."""
+
+    viewer = 1
+    operator = 2
+    admin = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One accepted token: the SHA-256 of its value, its role and a name for logs."""
+
+    digest: bytes
+    role: Role
+    name: str
+
+    def __repr__(self) -> str:  # never show even the digest
+        return f"Token({self.role.name}, {self.name!r})"
+
+
+def parse_tokens(text: str, source: str = "<tokens>") -> list[Token]:
+    """Parse a tokens file (see the module docstring); ``ConfigError`` names the line."""
+    tokens: list[Token] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = _TOKEN_LINE.fullmatch(line)
+        if m is None:
+            raise ConfigError(f"{source}:{n}: expected ROLE TOKEN [NAME]")
+        role_name, secret, name = m.group(1), m.group(2), m.group(3)
+        if role_name not in Role.__members__:
+            raise ConfigError(f"{source}:{n}: role must be one of"
+                              f" {', '.join(Role.__members__)} (got {role_name!r})")
+        hashed = _SHA256.fullmatch(secret)
+        if hashed:
+            digest = bytes.fromhex(hashed.group(1))
+        elif len(secret) < MIN_TOKEN_CHARS:
+            raise ConfigError(f"{source}:{n}: a token needs {MIN_TOKEN_CHARS} characters"
+                              " at least (or give sha256:HEX)")
+        else:
+            digest = _digest(secret)
+        if any(hmac.compare_digest(t.digest, digest) for t in tokens):
+            raise ConfigError(f"{source}:{n}: the same token is listed twice")
+        tokens.append(Token(digest, Role[role_name], name or f"{role_name}#{n}"))
+    if not tokens:
+        raise ConfigError(f"{source}: no tokens (lines ROLE TOKEN [NAME])")
+    return tokens
+
+
+def load_tokens(path: str | Path) -> list[Token]:
+    """Read the tokens file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"rest.tokens_file: {p}: cannot read ({why or e})") from e
+    try:
+        if p.stat().st_mode & 0o077:
+            log.warning("%s can be read by other users; chmod 600 it", p)
+    except OSError:
+        pass
+    return parse_tokens(text, str(p))
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+class ApiError(Exception):
+    """An HTTP error answer: status, a short kind, a message, the node's CoAP code."""
+
+    def __init__(self, status: int, kind: str, message: str, coap: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.coap = coap
+        self.headers = dict(headers or {})
+
+        self.result: dict[str, Any] | None = None  # the node's answer, when there is one
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.kind, "message": self.message}
+        if self.coap is not None:
+            out["coap"] = self.coap
+        if self.result is not None:
+            out["result"] = self.result
+        return out
+
+
+def json_value(value: Any) -> Any:
+    """A stored or decoded value as JSON: opaque bytes as ``{"base64": ...}``."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _registration_json(reg: Registration) -> dict[str, Any]:
+    try:
+        objects = parse_link_format(reg.object_links) if reg.object_links else []
+    except GatewayError:
+        objects = []
+    return {
+        "endpoint": reg.endpoint,
+        "state": reg.state,
+        "reg_id": reg.reg_id,
+        "address": f"[{reg.host}]:{reg.port}" if ":" in reg.host else f"{reg.host}:{reg.port}",
+        "lifetime": reg.lifetime,
+        "binding": reg.binding,
+        "lwm2m_version": reg.lwm2m_version,
+        "registered_at": reg.registered_at,
+        "updated_at": reg.updated_at,
+        "expires_at": reg.expires_at,
+        "object_links": reg.object_links,
+        "objects": objects,
+    }
+
+
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+class RestApi:
+    """The REST API of one gateway: ``await start()``, ``url``, ``await shutdown()``."""
+
+    def __init__(self, gateway: Gateway, config: RestConfig,
+                 tokens: list[Token] | None = None) -> None:
+        self._gateway = gateway
+        self._config = config
+        self._tokens = tokens
+        self._runner: web.AppRunner | None = None
+        self._streams: set[tuple[str, asyncio.Queue[RegistryEvent | None]]] = set()
+        self._clock = time.time
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` where the API is served (after ``start``)."""
+        host = self._config.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Read the tokens and start serving; ``GatewayError`` if the port is taken."""
+        from aiohttp import web
+
+        if self._tokens is None:
+            self._tokens = load_tokens(self._config.tokens_file)
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                               shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self._config.host, self._config.port)
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise GatewayError(f"cannot serve the REST API on {self._config.host}:"
+                               f"{self._config.port}: {e.strerror or e}") from e
+        self._runner = runner
+        self._gateway.registry.add_listener(self._on_event)
+        server = site._server  # aiohttp exposes the bound port only through the server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._config.port
+        if self._config.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("REST API on %s: reachable from the network, and plain HTTP (put"
+                        " a TLS proxy in front)", self._config.host)
+
+    async def shutdown(self) -> None:
+        for _ep, queue in list(self._streams):  # end the notification streams first
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    # -- application -------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        from aiohttp import web
+
+        app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY_BYTES)
+        r = app.router
+        v, o, a = Role.viewer, Role.operator, Role.admin
+        r.add_get(API, self._guard(v, self._whoami))
+        r.add_get(f"{API}/openapi.json", self._guard(v, self._openapi))
+        r.add_get(f"{API}/endpoints", self._guard(v, self._endpoints))
+        r.add_get(f"{API}/endpoints/{{ep}}", self._guard(v, self._endpoint))
+        r.add_delete(f"{API}/endpoints/{{ep}}", self._guard(a, self._delete_registration))
+        r.add_get(f"{API}/endpoints/{{ep}}/events", self._guard(v, self._events))
+        r.add_get(f"{API}/endpoints/{{ep}}/readings", self._guard(v, self._readings))
+        r.add_get(f"{API}/endpoints/{{ep}}/observations", self._guard(v, self._observations))
+        r.add_get(f"{API}/endpoints/{{ep}}/notifications", self._guard(v, self._notifications))
+        r.add_get(f"{API}/endpoints/{{ep}}/requests", self._guard(v, self._requests))
+        r.add_get(f"{API}/endpoints/{{ep}}/requests/{{id}}", self._guard(v, self._request))
+        r.add_post(f"{API}/endpoints/{{ep}}/composite/{{op}}", self._guard(o, self._composite))
+        tail = f"{API}/endpoints/{{ep}}/lwm2m{{tail:(/.*)?}}"
+        for method in ("GET", "PUT", "POST", "DELETE"):
+            r.add_route(method, tail, self._guard(o, self._lwm2m))
+        return app
+
+    @staticmethod
+    def _web() -> Any:
+        from aiohttp import web
+
+        return web
+
+    def _guard(self, role: Role, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            token = self._authenticate(request)
+            if token.role < role:
+                raise ApiError(403, "forbidden",
+                               f"this needs the {role.name} role; the token has"
+                               f" {token.role.name}")
+            request["token"] = token
+            return await handler(request)
+
+        return guarded
+
+    def _authenticate(self, request: web.Request) -> Token:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        challenge = {"WWW-Authenticate": 'Bearer realm="aiot"'}
+        if scheme.lower() != "bearer" or not value.strip():
+            raise ApiError(401, "unauthorized", "missing token (Authorization: Bearer TOKEN)",
+                           headers=challenge)
+        digest = _digest(value.strip())
+        found = None
+        for t in self._tokens or ():  # compare with every token: no early exit on a match
+            if hmac.compare_digest(t.digest, digest):
+                found = t
+        if found is None:
+            raise ApiError(401, "unauthorized", "unknown token", headers=challenge)
+        return found
+
+    async def _errors_impl(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        web = self._web()
+        try:
+            return await handler(request)
+        except ApiError as e:
+            return web.json_response(e.body(), status=e.status, headers=e.headers)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            kind = {404: "not_found", 405: "method_not_allowed",
+                    413: "too_large"}.get(e.status, "http_error")
+            return web.json_response({"error": kind, "message": e.reason}, status=e.status)
+        except GatewayError as e:
+            mapped = _map_gateway_error(e)
+            return web.json_response(mapped.body(), status=mapped.status)
+        except Exception:
+            log.exception("%s %s failed with an internal error", request.method, request.path)
+            return web.json_response({"error": "internal", "message": "internal error"},
+                                     status=500)
+
+    @property
+    def _errors(self) -> Any:
+        web = self._web()
+
+        @web.middleware
+        async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self._errors_impl(request, handler)
+
+        return errors
+
+    # -- viewer ------------------------------------------------------------------------
+
+    async def _whoami(self, request: web.Request) -> web.StreamResponse:
+        token: Token = request["token"]
+        return self._web().json_response({
+            "gateway": self._gateway.config.gateway.id,
+            "coap": self._gateway.coap_uri,
+            "role": token.role.name,
+            "token": token.name,
+        })
+
+    async def _openapi(self, request: web.Request) -> web.StreamResponse:
+        text = (importlib.resources.files(__package__ or "aiotkit.gateway")
+                / "openapi.json").read_text("utf-8")
+        return self._web().Response(text=text, content_type="application/json")
+
+    async def _endpoints(self, request: web.Request) -> web.StreamResponse:
+        store = self._gateway.store
+        regs = {r.endpoint: r for r in store.registrations()}
+        out = []
+        for s in store.node_summaries():
+            reg = regs.get(s.endpoint)
+            out.append({
+                "endpoint": s.endpoint,
+                "state": s.state,
+                "reg_id": s.reg_id,
+                "address": s.address,
+                "lifetime": s.lifetime,
+                "binding": reg.binding if reg else None,
+                "lwm2m_version": reg.lwm2m_version if reg else None,
+                "registered_at": s.registered_at,
+                "updated_at": s.updated_at,
+                "last_seen": s.last_seen,
+                "sends": s.sends,
+                "readings": s.readings,
+            })
+        return self._web().json_response({"endpoints": out})
+
+    async def _endpoint(self, request: web.Request) -> web.StreamResponse:
+        reg = self._registration(request)
+        body = _registration_json(reg)
+        summary = next((s for s in self._gateway.store.node_summaries()
+                        if s.endpoint == reg.endpoint), None)
+        if summary is not None:
+            body.update(last_seen=summary.last_seen, sends=summary.sends,
+                        readings=summary.readings)
+        return self._web().json_response(body)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        reg = self._registration(request)
+        limit = _int_query(request, "limit", 100, 1, 10000)
+        events = [{"id": e.id, "t": e.t, "kind": e.kind, "reg_id": e.reg_id,
+                   "detail": e.detail}
+                  for e in self._gateway.store.events(reg.endpoint, limit=limit)]
+        return self._web().json_response({"endpoint": reg.endpoint, "events": events})
+
+    async def _readings(self, request: web.Request) -> web.StreamResponse:
+        """The latest value of every path the node sent (Send or Notify)."""
+        reg = self._registration(request)
+        prefix = request.query.get("path")
+        base = parse_path(prefix) if prefix else ()
+        summary = next((s for s in self._gateway.store.node_summaries()
+                        if s.endpoint == reg.endpoint), None)
+        values = summary.last_values if summary else {}
+        out = [{"path": p, "value": json_value(v)} for p, v in sorted(values.items())
+               if _under(p, base)]
+        return self._web().json_response({"endpoint": reg.endpoint, "readings": out})
+
+    async def _observations(self, request: web.Request) -> web.StreamResponse:
+        reg = self._registration(request)
+        items = self._dm().observations(reg.endpoint)
+        return self._web().json_response({"endpoint": reg.endpoint, "observations": items})
+
+    async def _notifications(self, request: web.Request) -> web.StreamResponse:
+        """Follow what the node reports (Notify and Send) as JSON lines, until the client
+        goes away, the registration ends (a last ``{"event": "gone"}``) or shutdown."""
+        reg = self._registration(request)
+        base = _path(request.query.get("path", "/"))
+        queue: asyncio.Queue[RegistryEvent | None] = asyncio.Queue(STREAM_QUEUE)
+        sub = (reg.endpoint, queue)
+        self._streams.add(sub)
+        web = self._web()
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                           "Cache-Control": "no-store"})
+        try:
+            await resp.prepare(request)
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                if event.kind in ("deregistered", "expired"):
+                    line = {"event": "gone", "state": event.kind, "t": self._clock()}
+                    await resp.write(json.dumps(line).encode() + b"\n")
+                    break
+                if event.kind != "send":
+                    continue
+                records = [{"path": r.path, "value": json_value(r.value), "t": r.time}
+                           for r in event.records if _under(r.path, base)]
+                if records:
+                    line = {"event": "report", "t": self._clock(), "records": records}
+                    await resp.write(json.dumps(line).encode() + b"\n")
+        except ConnectionResetError:  # the client went away
+            pass
+        finally:
+            self._streams.discard(sub)
+        return resp
+
+    def _on_event(self, event: RegistryEvent) -> None:
+        for ep, queue in list(self._streams):
+            if ep != event.endpoint:
+                continue
+            if queue.full():  # a client that does not read: it loses the oldest
+                queue.get_nowait()
+            queue.put_nowait(event)
+
+    async def _requests(self, request: web.Request) -> web.StreamResponse:
+        reg = self._registration(request)
+        open_only = request.query.get("open", "") in ("1", "true")
+        limit = _int_query(request, "limit", 100, 1, 10000)
+        items = self._dm().requests(reg.endpoint, open_only=open_only, limit=limit)
+        return self._web().json_response({"endpoint": reg.endpoint, "requests": items})
+
+    # -- admin -------------------------------------------------------------------------
+
+    async def _delete_registration(self, request: web.Request) -> web.StreamResponse:
+        reg = self._registration(request)
+        if reg.state != "registered":
+            raise ApiError(409, "not_registered",
+                           f"{reg.endpoint} is {reg.state}, not registered")
+        ended = self._gateway.registry.deregister(reg.reg_id)
+        log.info("registration of ep=%s ended by %s", reg.endpoint, request["token"].name)
+        return self._web().json_response(_registration_json(ended))
+
+    # -- operator ----------------------------------------------------------------------
+
+    async def _lwm2m(self, request: web.Request) -> web.StreamResponse:
+        reg = self._registration(request)
+        ids, op = _split_tail(request.match_info.get("tail", ""))
+        path = format_path(ids)
+        method = request.method
+        ep = reg.endpoint
+        kwargs: dict[str, Any] = {}
+        if op is None and method == "GET":
+            name = "read"
+        elif op is None and method == "PUT":
+            name = "write"
+            kwargs["value"] = _write_value(await _json_body(request))
+            kwargs["replace"] = _write_mode(request)
+        elif op is None and method == "POST":
+            body = await _json_body(request)
+            if len(ids) != 1:
+                raise ApiError(400, "bad_path", "create takes an object path (/O); use PUT"
+                               " to write and .../execute to execute")
+            name = "create"
+            kwargs.update(_create_args(body))
+        elif op is None:  # DELETE
+            name = "delete"
+        elif op == "execute":
+            _only(method, "POST", op)
+            body = await _json_body(request, required=False)
+            args = body.get("args") if isinstance(body, dict) else None
+            if args is not None and not isinstance(args, str):
+                raise ApiError(400, "bad_value", "args must be a string")
+            name, kwargs["args"] = "execute", args
+        elif op == "discover":
+            _only(method, "GET", op)
+            name = "discover"
+        elif op == "attributes":
+            _only(method, "PUT", op)
+            name = "write_attributes"
+            kwargs.update(_attribute_args(await _json_body(request)))
+        elif method == "POST":  # observe
+            name = "observe"
+        elif method == "DELETE":
+            name = "cancel_observe"
+        else:
+            raise ApiError(405, "method_not_allowed", "observe takes POST or DELETE")
+        if name not in ("read", "discover"):
+            log.info("%s %s on ep=%s by %s", name, path, ep, request["token"].name)
+        return await self._operate(request, reg, name, path, kwargs)
+
+    async def _composite(self, request: web.Request) -> web.StreamResponse:
+        reg = self._registration(request)
+        op = request.match_info["op"]
+        names = {"read": "read_composite", "observe": "observe_composite",
+                 "cancel": "cancel_observe_composite"}
+        if op not in names:
+            raise ApiError(404, "not_found", "composite takes read, observe or cancel")
+        body = await _json_body(request)
+        paths = body.get("paths") if isinstance(body, dict) else None
+        if not isinstance(paths, list) or not paths:
+            raise ApiError(400, "bad_value", 'give {"paths": ["/3/0/0", ...]}')
+        parsed = [format_path(_path(p)) for p in paths]
+        return await self._operate(request, reg, names[op], parsed, {})
+
+    async def _operate(self, request: web.Request, reg: Registration, name: str,
+                       path: str | list[str], kwargs: dict[str, Any]) -> web.StreamResponse:
+        """Run one DM operation: directly, or through the queue for a queue-mode node
+        (answered 202 with the request id if the node has not answered within the
+        timeout; the request stays queued)."""
+        dm = self._dm()
+        timeout = _timeout(request)
+        web = self._web()
+        if "Q" in reg.binding:
+            request_id = dm.enqueue(reg.endpoint, name, path, **kwargs)
+            wait = timeout if timeout is not None else DEFAULT_QUEUE_WAIT_S
+            try:
+                async with asyncio.timeout(wait):
+                    result = await dm.wait(request_id)
+            except TimeoutError:
+                return web.json_response(
+                    {"queued": True, "request_id": request_id, "endpoint": reg.endpoint,
+                     "operation": name, "path": path, "state": dm.request_state(request_id)},
+                    status=202)
+        elif name in ("read_composite", "observe_composite", "cancel_observe_composite"):
+            result = await getattr(dm, name)(reg.endpoint, path, timeout=timeout, **kwargs)
+        elif name == "create":
+            obj = int(str(path).strip("/"))
+            result = await dm.create(reg.endpoint, obj, timeout=timeout, **kwargs)
+        else:
+            result = await getattr(dm, name)(reg.endpoint, path, timeout=timeout, **kwargs)
+        if not result.ok:  # a queued request's outcome: the node answered with an error
+            raise _node_error(result.code, f"{name} {result.path} on {reg.endpoint}: "
+                              f"{result.code}", result.to_json())
+        return web.json_response(result.to_json(), status=201 if name == "create" else 200)
+
+    async def _request(self, request: web.Request) -> web.StreamResponse:
+        reg = self._registration(request)
+        request_id = _int_match(request, "id")
+        dm = self._dm()
+        rows = [r for r in dm.requests(reg.endpoint, limit=100000) if r["id"] == request_id]
+        if not rows:
+            raise ApiError(404, "not_found", f"no request {request_id} for {reg.endpoint}")
+        return self._web().json_response(rows[0])
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _registration(self, request: web.Request) -> Registration:
+        ep = request.match_info["ep"]
+        reg = self._gateway.store.registration(ep)
+        if reg is None:
+            raise ApiError(404, "unknown_endpoint", f"no endpoint {ep!r}")
+        return reg
+
+    def _dm(self) -> DeviceManagement:
+        return self._gateway.dm
+
+
+# CoAP error answers from the node as HTTP statuses, as an HTTP-CoAP proxy maps them
+# (RFC 8075 §7): 4.01 is 403 here (401 is about the API token); anything else 502.
+_COAP_TO_HTTP = {"4.00": 400, "4.01": 403, "4.02": 400, "4.03": 403, "4.04": 404,
+                 "4.05": 405, "4.06": 406, "4.08": 400, "4.12": 412, "4.13": 413,
+                 "4.15": 415, "5.01": 501, "5.03": 503, "5.04": 504}
+
+
+def _node_error(code: str, message: str, result: dict[str, Any] | None = None) -> ApiError:
+    err = ApiError(_COAP_TO_HTTP.get(code, 502), "node_error", message, coap=code)
+    err.result = result
+    return err
+
+
+def _map_gateway_error(e: GatewayError) -> ApiError:
+    """An error from device management or the codecs as an HTTP answer."""
+    from .dm import (
+        DeviceTimeout,
+        DeviceUnreachable,
+        DMError,
+        NotRegistered,
+        OperationFailed,
+        QueueFull,
+    )
+
+    if isinstance(e, OperationFailed):
+        return _node_error(e.result.code, str(e), e.result.to_json())
+    if isinstance(e, DeviceTimeout):
+        return ApiError(504, "node_timeout", str(e))
+    if isinstance(e, DeviceUnreachable):
+        return ApiError(502, "node_unreachable", str(e))
+    if isinstance(e, NotRegistered):
+        return ApiError(409, "not_registered", str(e))
+    if isinstance(e, QueueFull):
+        return ApiError(429, "queue_full", str(e))
+    if isinstance(e, PathError):
+        return ApiError(400, "bad_path", str(e))
+    if isinstance(e, (DMError, RequestError)):  # bad arguments, a value of the wrong type
+        return ApiError(400, "bad_request", str(e))
+    return ApiError(500, "internal", str(e))
+
+
+def _split_tail(tail: str) -> tuple[tuple[int, ...], str | None]:
+    parts = [p for p in tail.split("/") if p]
+    op = None
+    if parts and parts[-1] in _OPS:
+        op = parts.pop()
+    return _path("/" + "/".join(parts) if parts else "/"), op
+
+
+def _path(text: Any) -> tuple[int, ...]:
+    if not isinstance(text, str):
+        raise ApiError(400, "bad_path", f"{text!r} is not an LwM2M path")
+    try:
+        return parse_path(text)
+    except PathError as e:
+        raise ApiError(400, "bad_path", str(e)) from e
+
+
+def _under(path: str, base: tuple[int, ...]) -> bool:
+    try:
+        ids = parse_path(path)
+    except PathError:
+        return False
+    return ids[: len(base)] == base
+
+
+def _only(method: str, allowed: str, op: str) -> None:
+    if method != allowed:
+        raise ApiError(405, "method_not_allowed", f"{op} takes {allowed}")
+
+
+def _int_match(request: web.Request, name: str) -> int:
+    text = request.match_info[name]
+    if not text.isdigit():
+        raise ApiError(404, "not_found", f"{text!r} is not a request id")
+    return int(text)
+
+
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        v = int(text)
+    except ValueError:
+        raise ApiError(400, "bad_query", f"{name} must be a whole number") from None
+    if not lo <= v <= hi:
+        raise ApiError(400, "bad_query", f"{name} must be {lo}..{hi}")
+    return v
+
+
+def _timeout(request: web.Request) -> float | None:
+    text = request.query.get("timeout")
+    if text is None:
+        return None  # the gateway's [dm] request_timeout_s
+    try:
+        v = float(text)
+    except ValueError:
+        raise ApiError(400, "bad_query", "timeout must be a number of seconds") from None
+    if not 0 < v <= MAX_TIMEOUT_S:
+        raise ApiError(400, "bad_query", f"timeout must be over 0 and at most {MAX_TIMEOUT_S}")
+    return v
+
+
+async def _json_body(request: web.Request, *, required: bool = True) -> Any:
+    raw = await request.read()
+    if not raw:
+        if required:
+            raise ApiError(400, "bad_value", "a JSON body is required")
+        return {}
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, "bad_value", f"body is not JSON: {e}") from None
+
+
+def _write_value(body: Any) -> Any:
+    """``{"value": V}``: V is a value for a resource (instance), ``{"RI": V}`` for a
+    multiple resource, ``{"RID": V or {"RI": V}}`` for an object instance."""
+    if not isinstance(body, dict) or "value" not in body:
+        raise ApiError(400, "bad_value", 'give {"value": V}')
+    return _from_json(body["value"])
+
+
+def _write_mode(request: web.Request) -> bool:
+    mode = request.query.get("mode", "replace")
+    if mode not in ("replace", "update"):
+        raise ApiError(400, "bad_query", "mode is replace or update")
+    return mode == "replace"
+
+
+def _create_args(body: Any) -> dict[str, Any]:
+    """``{"values": {"RID": V, ...}, "instance": I}`` (instance optional)."""
+    if not isinstance(body, dict) or not isinstance(body.get("values"), dict):
+        raise ApiError(400, "bad_value", 'give {"values": {"RID": V, ...}, "instance": I}')
+    values = {}
+    for key, v in body["values"].items():
+        if not str(key).isdigit():
+            raise ApiError(400, "bad_value", f"resource id {key!r} is not a number")
+        values[int(key)] = _from_json(v)
+    out: dict[str, Any] = {"values": values}
+    instance = body.get("instance")
+    if instance is not None:
+        if isinstance(instance, bool) or not isinstance(instance, int):
+            raise ApiError(400, "bad_value", "instance must be a whole number")
+        out["instance"] = instance
+    return out
+
+
+def _attribute_args(body: Any) -> dict[str, Any]:
+    """``{"pmin": 1, "pmax": 10, "gt": 2.5, "unset": ["st"]}``."""
+    from .dm import ATTRIBUTES
+
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_value", "attributes must be a JSON object")
+    out: dict[str, Any] = {}
+    for name, value in body.items():
+        if name == "unset":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ApiError(400, "bad_value", "unset is a list of attribute names")
+            out["unset"] = value
+        elif name in ATTRIBUTES:
+            out[name] = value
+        else:
+            raise ApiError(400, "bad_value", f"unknown attribute {name!r} (one of"
+                           f" {', '.join(ATTRIBUTES)}, unset)")
+    return out
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"base64"}:
+        try:
+            return base64.b64decode(value["base64"], validate=True)
+        except (ValueError, TypeError) as e:
+            raise ApiError(400, "bad_value", "base64 value is not valid base64") from e
+    if isinstance(value, dict):
+        return {str(k): _from_json(v) for k, v in value.items()}
+    if value is None or isinstance(value, list):
+        raise ApiError(400, "bad_value", "a value is a string, number, boolean,"
+                       ' {"base64": ...} or an object of those by id')
+    return value

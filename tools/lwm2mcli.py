@@ -1,0 +1,449 @@
+"""``aiot lwm2m``: the operator's view of a running gateway, through its REST API.
+
+``aiot lwm2m list`` lists the endpoints; ``read|write|exec|observe|discover ENDPOINT PATH``
+run one device-management operation. Output is a table (path, the resource's name and
+units from the DDF definitions, value), or the API's JSON with ``--json``. ``observe``
+prints each notification as it arrives until Ctrl-C or ``--count N`` (and cancels the
+observation on the way out unless ``--keep``).
+
+Every failure is one line on stderr and a non-zero exit: 1 for what went wrong at the
+gateway or the node (gateway not running, bad token, unknown endpoint, node timeout, a
+CoAP error from the node), 2 for a usage mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+PROG = "aiot lwm2m"
+
+
+class CliError(Exception):
+    """A failure shown as one line; ``status`` is the exit code."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Api:
+    """A tiny client of the gateway's REST API (stdlib only)."""
+
+    def __init__(self, url: str, token: str, timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise CliError(f"--url {url!r} is not an http://HOST:PORT URL", 2)
+        self.base = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: Any = None,
+             query: dict[str, str] | None = None, stream: bool = False) -> Any:
+        url = self.base + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        # the HTTP wait covers the node's own timeout plus a margin
+        wait = None if stream else self.timeout + 5
+        try:
+            resp = urllib.request.urlopen(req, timeout=wait)
+        except urllib.error.HTTPError as e:
+            raise CliError(_http_error(e)) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise CliError(f"cannot reach the gateway's REST API at {self.base}: {reason}"
+                           " (is the gateway running with [rest] enabled?)") from None
+        if stream:
+            return resp
+        with resp:
+            raw = resp.read()
+        try:
+            return json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            raise CliError(f"{self.base} answered something that is not JSON;"
+                           " is --url the gateway's REST API?") from None
+
+
+def _http_error(e: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(e.read() or b"{}")
+    except (json.JSONDecodeError, OSError):
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    coap = body.get("coap") if isinstance(body, dict) else None
+    if e.code == 401:
+        return f"the gateway refused the token: {message or 'unauthorized'} (--token/AIOT_TOKEN)"
+    if e.code == 403:
+        return f"not allowed: {message or 'forbidden'}"
+    if e.code == 504:
+        return f"node timeout: {message or 'the node did not answer'}"
+    text = message or e.reason or f"HTTP {e.code}"
+    if coap and coap not in text:
+        text = f"{text} (CoAP {coap})"
+    return text
+
+
+# -- presentation ------------------------------------------------------------------------
+
+
+class Names:
+    """Resource names and units from the shipped DDF definitions."""
+
+    def __init__(self) -> None:
+        try:
+            from aiotkit.gateway.ddf import load_shipped
+
+            self._objects = load_shipped()
+        except Exception:  # noqa: BLE001 - names are a nicety; never fail a command on them
+            self._objects = {}
+
+    def describe(self, path: str) -> tuple[str, str]:
+        ids = [int(p) for p in path.strip("/").split("/") if p.isdigit()]
+        if not ids:
+            return "", ""
+        obj = self._objects.get(ids[0])
+        if obj is None:
+            return "", ""
+        if len(ids) < 3:
+            return obj.name, ""
+        res = obj.resources.get(ids[2])
+        return (res.name, res.units) if res else ("", "")
+
+    def type_of(self, path: str) -> str | None:
+        ids = [int(p) for p in path.strip("/").split("/") if p.isdigit()]
+        if len(ids) < 3 or ids[0] not in self._objects:
+            return None
+        res = self._objects[ids[0]].resources.get(ids[2])
+        return res.type if res else None
+
+
+def show_value(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"base64"}:
+        raw = base64.b64decode(value["base64"])
+        return "0x" + raw.hex() if len(raw) <= 32 else f"0x{raw[:32].hex()}... ({len(raw)} B)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return str(value)
+
+
+def records_of(result: Any) -> list[tuple[str, Any]]:
+    """(path, value) pairs of a result, whatever shape the API used."""
+    if not isinstance(result, dict):
+        return []
+    for key in ("records", "values", "readings"):
+        items = result.get(key)
+        if isinstance(items, list):
+            return [(str(r.get("path", "")), r.get("value", r.get("v")))
+                    for r in items if isinstance(r, dict)]
+        if isinstance(items, dict):
+            return [(str(p), v) for p, v in items.items()]
+    if "value" in result and "path" in result:
+        return [(str(result["path"]), result["value"])]
+    return []
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def value_table(pairs: list[tuple[str, Any]], names: Names) -> str:
+    rows = []
+    for path, value in pairs:
+        name, units = names.describe(path)
+        rows.append([path, name, show_value(value), units])
+    return table(rows, ["PATH", "NAME", "VALUE", "UNITS"])
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _ep(endpoint: str) -> str:
+    return urllib.parse.quote(endpoint, safe="")
+
+
+def _lwm2m_path(path: str) -> str:
+    text = path if path.startswith("/") else "/" + path
+    parts = text.strip("/").split("/") if text.strip("/") else []
+    if len(parts) > 4 or not all(p.isdigit() for p in parts):
+        raise CliError(f"{path!r} is not an LwM2M path like /3/0/0", 2)
+    return "/" + "/".join(str(int(p)) for p in parts) if parts else ""
+
+
+def cmd_list(api: Api, args: argparse.Namespace) -> int:
+    result = api.call("GET", "/api/v1/endpoints")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = [[e["endpoint"], e["state"], e.get("address") or "", str(e.get("lifetime", "")),
+             e.get("binding") or "", str(e.get("readings", ""))]
+            for e in result.get("endpoints", [])]
+    if not rows:
+        print("no endpoints")
+        return 0
+    print(table(rows, ["ENDPOINT", "STATE", "ADDRESS", "LIFETIME", "BINDING", "READINGS"]))
+    return 0
+
+
+def _print_result(result: Any, args: argparse.Namespace, what: str) -> int:
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if isinstance(result, dict) and result.get("queued"):
+        print(f"{what} queued for {args.endpoint} (request {result.get('request', '?')}):"
+              " delivered when the node wakes")
+        return 0
+    pairs = records_of(result)
+    if pairs:
+        print(value_table(pairs, args.names))
+    else:
+        code = result.get("code", "") if isinstance(result, dict) else ""
+        print(f"{what} {args.endpoint} {args.path}: {code or 'done'}".rstrip())
+    return 0
+
+
+def cmd_read(api: Api, args: argparse.Namespace) -> int:
+    path = _lwm2m_path(args.path)
+    result = api.call("GET", f"/api/v1/endpoints/{_ep(args.endpoint)}/lwm2m{path}",
+                      query={"timeout": str(args.timeout)})
+    return _print_result(result, args, "read")
+
+
+def _typed(text: str, rtype: str | None) -> Any:
+    """A command-line value as the JSON value the resource's DDF type wants."""
+    try:
+        if rtype in ("integer", "unsigned", "time"):
+            return int(text, 0)
+        if rtype == "float":
+            return float(text)
+    except ValueError:
+        raise CliError(f"{text!r} is not a valid {rtype} value", 2) from None
+    if rtype == "boolean":
+        low = text.lower()
+        if low not in ("true", "false", "1", "0"):
+            raise CliError(f"{text!r} is not a boolean (true/false)", 2)
+        return low in ("true", "1")
+    if rtype == "opaque":
+        hexdigits = text.removeprefix("0x")
+        try:
+            return {"base64": base64.b64encode(bytes.fromhex(hexdigits)).decode()}
+        except ValueError:
+            raise CliError(f"{text!r} is not hex bytes (opaque)", 2) from None
+    return text
+
+
+def cmd_write(api: Api, args: argparse.Namespace) -> int:
+    path = _lwm2m_path(args.path)
+    value = _typed(args.value, args.names.type_of(path))
+    query = {"timeout": str(args.timeout)}
+    if args.update:
+        query["mode"] = "update"
+    result = api.call("PUT", f"/api/v1/endpoints/{_ep(args.endpoint)}/lwm2m{path}",
+                      body={"value": value}, query=query)
+    return _print_result(result, args, "write")
+
+
+def cmd_exec(api: Api, args: argparse.Namespace) -> int:
+    path = _lwm2m_path(args.path)
+    body = {"args": args.args} if args.args is not None else {}
+    result = api.call("POST", f"/api/v1/endpoints/{_ep(args.endpoint)}/lwm2m{path}/execute",
+                      body=body, query={"timeout": str(args.timeout)})
+    return _print_result(result, args, "execute")
+
+
+def cmd_discover(api: Api, args: argparse.Namespace) -> int:
+    path = _lwm2m_path(args.path)
+    result = api.call("GET", f"/api/v1/endpoints/{_ep(args.endpoint)}/lwm2m{path}/discover",
+                      query={"timeout": str(args.timeout)})
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    links = result.get("links") if isinstance(result, dict) else None
+    if not isinstance(links, str):
+        return _print_result(result, args, "discover")
+    rows = []
+    for lpath, attrs in parse_links(links):
+        name, units = args.names.describe(lpath)
+        rows.append([lpath, name, ";".join(attrs), units])
+    print(table(rows, ["PATH", "NAME", "ATTRIBUTES", "UNITS"]))
+    return 0
+
+
+_LINK = re.compile(r'<([^>]*)>((?:;[^;,"]+(?:="[^"]*"|=[^;,]*)?)*)')
+
+
+def parse_links(text: str) -> list[tuple[str, list[str]]]:
+    """CoRE link-format (``</3/0>,</3/0/1>;dim=2``) as (path, ["dim=2"]) pairs."""
+    out = []
+    for m in _LINK.finditer(text):
+        attrs = [a for a in m.group(2).split(";") if a]
+        out.append((m.group(1), attrs))
+    return out
+
+
+def _lines(resp: Any) -> Iterator[dict[str, Any]]:
+    with resp:
+        for raw in resp:
+            line = raw.strip()
+            if line:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+
+
+def cmd_observe(api: Api, args: argparse.Namespace) -> int:
+    """Observe PATH and print what the node reports under it. The first report is the
+    value the Observe answer carried (RFC 7641: it counts as a notification)."""
+    path = _lwm2m_path(args.path)
+    ep = _ep(args.endpoint)
+    if args.count is not None and args.count < 1:
+        raise CliError("--count must be 1 or more", 2)
+    # Follow first, so no report between the Observe and the stream is missed.
+    stream = api.call("GET", f"/api/v1/endpoints/{ep}/notifications",
+                      query={"path": path or "/"}, stream=True)
+    observed = False
+    try:
+        first = api.call("POST", f"/api/v1/endpoints/{ep}/lwm2m{path}/observe",
+                         query={"timeout": str(args.timeout)})
+        observed = True
+        if args.json:
+            print(json.dumps(first), flush=True)
+        else:
+            print(f"observing {args.endpoint} {path or '/'} (Ctrl-C to stop)", flush=True)
+        for seen, note in enumerate(_lines(stream), 1):
+            if note.get("event") == "gone":
+                raise CliError(f"{args.endpoint} is no longer registered ({note.get('state')})")
+            if args.json:
+                print(json.dumps(note), flush=True)
+            else:
+                for p, v in records_of(note):
+                    name, units = args.names.describe(p)
+                    print(f"{_clock(note.get('t'))}  {p}  {name}  {show_value(v)}"
+                          f"{' ' + units if units else ''}", flush=True)
+            if args.count is not None and seen >= args.count:
+                return 0
+        raise CliError("the gateway closed the notification stream")
+    finally:
+        stream.close()
+        if observed and not args.keep:
+            try:
+                api.call("DELETE", f"/api/v1/endpoints/{ep}/lwm2m{path}/observe",
+                         query={"timeout": str(args.timeout)})
+            except CliError as e:
+                print(f"{PROG}: warning: cancelling the observation failed: {e}",
+                      file=sys.stderr)
+
+
+def _clock(t: Any) -> str:
+    import time
+
+    if not isinstance(t, (int, float)):
+        return "--:--:--"
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "read": cmd_read,
+    "write": cmd_write,
+    "exec": cmd_exec,
+    "observe": cmd_observe,
+    "discover": cmd_discover,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point from ``aiot lwm2m``; never raises for an expected failure."""
+    token = args.token or os.environ.get("AIOT_TOKEN", "")
+    try:
+        if not token:
+            raise CliError("no token: give --token or set AIOT_TOKEN", 2)
+        url = args.url or os.environ.get("AIOT_URL") or DEFAULT_URL
+        api = Api(url, token, args.timeout)
+        args.names = Names()
+        return COMMANDS[args.lwm2m_command](api, args)
+    except CliError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def register(subparsers: Any) -> None:
+    """Add ``aiot lwm2m ...`` to the aiot parser."""
+    lw = subparsers.add_parser(
+        "lwm2m",
+        help="read, write, execute, observe and discover node resources via a gateway",
+        description="Device management through a running gateway's REST API ([rest] in its "
+        "config). The token comes from --token or AIOT_TOKEN, the URL from --url or AIOT_URL "
+        f"(default {DEFAULT_URL}).",
+    )
+    # The options go before or after ACTION; after it they win (SUPPRESS: no default there
+    # that would overwrite one given before).
+    for parser, default in ((lw, None), (common := argparse.ArgumentParser(add_help=False),
+                                         argparse.SUPPRESS)):
+        parser.add_argument("--url", metavar="URL", default=default,
+                            help=f"REST API (default $AIOT_URL or {DEFAULT_URL})")
+        parser.add_argument("--token", metavar="TOKEN", default=default,
+                            help="API token (default $AIOT_TOKEN)")
+        parser.add_argument("--json", action="store_true",
+                            default=False if default is None else default,
+                            help="print the API's JSON")
+        parser.add_argument("--timeout", type=_timeout,
+                            default=10.0 if default is None else default,
+                            help="seconds to wait for the node (10)")
+    sub = lw.add_subparsers(dest="lwm2m_command", metavar="ACTION")
+    sub.required = True
+    sub.add_parser("list", parents=[common], help="list the endpoints the gateway knows")
+
+    def op(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("endpoint", metavar="ENDPOINT", help="the node's endpoint name")
+        p.add_argument("path", metavar="PATH", help="LwM2M path: /O, /O/I, /O/I/R or /O/I/R/RI")
+        return p
+
+    op("read", "read an object, instance or resource")
+    w = op("write", "write a resource (typed by its DDF definition)")
+    w.add_argument("value", metavar="VALUE", help="the new value (hex for opaque)")
+    w.add_argument("--update", action="store_true", help="partial update instead of replace")
+    e = op("exec", "execute a resource")
+    e.add_argument("args", nargs="?", metavar="ARGS", help="execute arguments, e.g. 0='x'")
+    ob = op("observe", "observe and print notifications until Ctrl-C")
+    ob.add_argument("--count", type=int, metavar="N",
+                    help="stop after N notifications (the first is the current value)")
+    ob.add_argument("--keep", action="store_true", help="leave the observation on at exit")
+    op("discover", "list the resources and attributes under PATH")
+    lw.set_defaults(func=run)
+
+
+def _timeout(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 300:
+        raise argparse.ArgumentTypeError("must be over 0 and at most 300 seconds")
+    return v
