@@ -63,6 +63,7 @@ class Endpoint(Incoming):
         self._tok = bytearray(_TOKEN_LEN)
         self._pmid = -1  # message ID of the request in flight, -1 when none
         self.retransmissions = 0  # for tests and diagnostics
+        self.woken = False  # set (by a handler) to make serve() return early
 
     def _next_mid(self):
         self._mid = (self._mid + 1) & 0xFFFF
@@ -207,10 +208,14 @@ class Endpoint(Incoming):
 
     def serve(self, ms):
         """Handle incoming messages for ``ms`` milliseconds (no request in flight),
-        sending notifications and their retransmissions meanwhile."""
+        sending notifications and their retransmissions meanwhile; returns early
+        once ``woken`` is set (and clears it)."""
         clock = self.clock
         until = time.ticks_add(clock.ticks_ms(), ms)
         while True:
+            if self.woken:
+                self.woken = False
+                return
             nxt = self.poll() if self.server is not None else -1
             left = time.ticks_diff(until, clock.ticks_ms())
             if left <= 0:

@@ -38,25 +38,26 @@ class LwM2MError(Exception):
 class Client:
     """Registration state of one LwM2M client (endpoint name ``name``) on one server."""
 
-    def __init__(self, ep, name, lifetime, objects=OBJECTS):
+    def __init__(self, ep, name, lifetime, objects=OBJECTS, binding=b"U"):
         self.ep = ep
         self.clock = ep.clock
         self.name = name
-        self.lifetime = lifetime
         self.objects = objects
-        # next Update due after min(lifetime * 0.75, lifetime - 10 s), at least 5 s
-        self.interval_ms = max(min(lifetime * 750, (lifetime - 10) * 1000), _MIN_UPDATE_MS)
+        self.binding = binding
         self.registered = False
         self.location = ""  # e.g. "/rd/abc"
         self._loc = []  # Location-Path segments (bytes)
         self._ok_at = 0  # ticks of the last successful Register/Update
         self._cw = cbor.Writer(ep.tx)
-        self._queries = (
-            b"ep=" + name.encode(),
-            ("lt=%d" % lifetime).encode(),
-            b"lwm2m=1.1",
-            b"b=U",
-        )
+        self._ep = b"ep=" + name.encode()
+        self.set_lifetime(lifetime)
+
+    def set_lifetime(self, lifetime):
+        """A new lifetime (the next Update should carry it: update(UPDATE_LIFETIME))."""
+        self.lifetime = lifetime
+        self._lt = ("lt=%d" % lifetime).encode()
+        # next Update due after min(lifetime * 0.75, lifetime - 10 s), at least 5 s
+        self.interval_ms = max(min(lifetime * 750, (lifetime - 10) * 1000), _MIN_UPDATE_MS)
 
     def expired(self, now=None):
         """True once the lifetime has run out since the last successful Register/Update."""
@@ -72,8 +73,10 @@ class Client:
         w = ep.begin(_POST)
         w.option(_URI_PATH, b"rd")
         w.option_uint(_CONTENT_FORMAT, _CF_LINK_FORMAT)
-        for q in self._queries:
-            w.option(_URI_QUERY, q)
+        w.option(_URI_QUERY, self._ep)
+        w.option(_URI_QUERY, self._lt)
+        w.option(_URI_QUERY, b"lwm2m=1.1")
+        w.option(_URI_QUERY, b"b=" + self.binding)
         w.payload(self.objects)
         r = ep.exchange(deadline_ms)
         if r.code != _CREATED:
@@ -100,10 +103,26 @@ class Client:
             w.option(_URI_PATH, seg)
         return self.ep.exchange(deadline_ms).code
 
-    def update(self, deadline_ms=-1):
-        """Update the registration. True on 2.04; False on 4.04 (the server forgot us:
-        register again). Raises CoapError on timeout/reset, LwM2MError otherwise."""
-        code = self._at_location(_POST, deadline_ms)
+    def update(self, deadline_ms=-1, what=0):
+        """Update the registration (Core section 6.2.2), with lt (what & 1), b (& 2)
+        and the object links (& 4) when they changed. True on 2.04; False on 4.04 (the
+        server forgot us: register again). Raises CoapError on timeout/reset,
+        LwM2MError otherwise."""
+        if what:
+            w = self.ep.begin(_POST)
+            for seg in self._loc:
+                w.option(_URI_PATH, seg)
+            if what & 4:
+                w.option_uint(_CONTENT_FORMAT, _CF_LINK_FORMAT)
+            if what & 1:
+                w.option(_URI_QUERY, self._lt)
+            if what & 2:
+                w.option(_URI_QUERY, b"b=" + self.binding)
+            if what & 4:
+                w.payload(self.objects)
+            code = self.ep.exchange(deadline_ms).code
+        else:
+            code = self._at_location(_POST, deadline_ms)
         if code == _CHANGED:
             self._ok_at = self.clock.ticks_ms()
             return True

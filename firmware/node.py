@@ -104,7 +104,6 @@ class Node(Session):
                 raise ValueError("'features' gives %d outputs; a report holds at most %d"
                                  % (k, _MAX_FEATURES))
             self.ex = ex
-            self.extra_objects = b",</33001/0>"
             self.feat = array("i", bytes(4 * k))
             m = sensor.scale_m
             e = sensor.scale_e
@@ -128,9 +127,13 @@ class Node(Session):
         """Run ``decider`` (infer.Decider) on every window's features and report its
         decision in /33002/0 (README, "For firmware developers")."""
         self.decider = decider
-        self.extra_objects += b",</33002/0>"
         self.bufsize = 1024  # the decision adds about 250 bytes to the report
         self._fb = bytearray(4 * len(self.feat))  # the raw outputs, for the shadow check
+
+    def objects(self):
+        import nodeobj
+
+        return nodeobj.objects(self)
 
     def _decision_records(self):
         d = self.decider
@@ -233,6 +236,7 @@ class Node(Session):
             self.ensure_registered()
             try:
                 self.client.send(self._fill_cb)
+                self._awake()
                 break
             except self._net_errors as e:
                 self.error("send %d" % self.seq, e)
@@ -270,6 +274,8 @@ class Node(Session):
             self.ex.compute(self.win, self.feat)
             if self.decider is not None:
                 self.decider.decide(self.feat)
+        if self.tree is not None:
+            self.tree.watch.changed()  # observations of the window's objects
 
     def _due(self):
         return time.ticks_diff(self.clock.ticks_ms(), self._last_report) >= self._report_ms

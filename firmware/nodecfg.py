@@ -12,6 +12,7 @@ _INTS = (
     ("hop", None, 1, None),
     ("report_ms", 1000, 0, 86400000),
     ("model_arena", 0, 0, 1048576),  # bytes a model's tensor arena may take (0: any)
+    ("awake_ms", 5000, 100, 86400000),  # queue mode: listening time after each message
 )
 
 
@@ -82,7 +83,7 @@ def check(cfg):
     for key in ("model", "anomaly"):  # .tflite paths, checked by infer.load()
         if key in cfg:
             out[key] = _str(cfg, key)
-    for key in ("realtime", "verbose", "model_stream"):
+    for key in ("realtime", "verbose", "model_stream", "queue"):
         v = cfg.get(key, False)
         if type(v) is not bool:
             raise ConfigError("'%s' must be true or false" % key)

@@ -5,6 +5,16 @@
 # serving the endpoint. Network errors are logged, never raised: the node survives
 # gateway restarts. The network modules are imported by load() (node.main calls it at
 # boot, after allocating the window; otherwise the first connect does).
+#
+# The session also serves the node's LwM2M object tree (lwsrv.Tree) on the same
+# endpoint while idle, and is the tree's event sink: a lifetime or binding write, an
+# object instance created or deleted and the Registration Update Trigger (/1/0/8) send
+# an Update (with lt, b or the object links) as soon as the answer is out; Reboot
+# (/3/0/4) logs "rebooting" and exits with status 3 (the supervisor or watchdog starts
+# the node again). Queue mode (config "queue", b=UQ, Core section 6.5): the node
+# listens for "awake_ms" after each message it sends to the server (Register, Update,
+# Send) and sleeps otherwise: what arrives meanwhile is dropped, as by a radio that is
+# off; notifications wait for the next wake-up.
 from micropython import const
 import time
 
@@ -12,6 +22,14 @@ _BACKOFF_MIN_MS = const(2000)  # registration retry back-off: 2 s doubling ...
 _BACKOFF_MAX_MS = const(60000)  # ... up to 60 s, plus up to 25 % jitter
 _UPDATE_RETRY_MS = const(5000)  # a failed Update (timeout) is retried after this
 _DEREGISTER_MS = const(5000)  # bound on the De-register at shutdown
+_REBOOT_STATUS = const(3)  # exit status of a Reboot (/3/0/4) on the unix port
+# The CoAP server's buffers (coap.Endpoint.serve_resources): 256-byte blocks, body and
+# Block1 body (a Read of a whole instance goes block-wise, RFC 7959), 4 observers,
+# 32-byte cached answers (every answer but a Read's fits; a duplicate Read is answered
+# again, which is idempotent)
+_MAX_BLOCK = const(256)
+_OBSERVERS = const(4)
+_CACHE_SLOT = const(32)
 
 PREFIX = "aiot-node"
 
@@ -30,8 +48,14 @@ class Session:
         self._backoff = _BACKOFF_MIN_MS
         self._next = self.clock.ticks_ms()  # when to Register/Update next
         self._net_errors = OSError  # until load() imports the network modules
-        self.extra_objects = b""  # more registered object links, e.g. b",</33001/0>"
         self.bufsize = 512  # the CoAP request buffer: the largest report it must hold
+        self.tree = None  # lwsrv.Tree, served once connected
+        self._what = 0  # Update parameters asked for by the tree (lwm2m.Client.update)
+        self._upd = False  # an Update was asked for
+        self._reboot = False
+        self.queue = bool(cfg.get("queue", False))
+        self._awake_ms = cfg.get("awake_ms", 5000)
+        self._awake_until = self.clock.ticks_ms()
 
     def log(self, what, arg=None):
         if arg is None:
@@ -58,6 +82,21 @@ class Session:
             import lwm2m
 
             gc.collect()
+            import coapsrv  # noqa: F401
+
+            gc.collect()
+            import coapobs  # noqa: F401
+
+            gc.collect()
+            import lwsrv  # noqa: F401
+
+            gc.collect()
+            import lwobj  # noqa: F401
+
+            gc.collect()
+            import lwattr  # noqa: F401
+
+            gc.collect()
             if self._transport is None:
                 import udp  # noqa: F401
             self._net_errors = (coap.CoapError, lwm2m.LwM2MError, OSError)
@@ -74,22 +113,90 @@ class Session:
 
                 t = self._transport = udp.UdpTransport(self.cfg["host"], self.cfg["port"])
             self.ep = coap.Endpoint(t, self.clock, self._rand, self.bufsize)
-            self.client = lwm2m.Client(self.ep, self.name, self.cfg["lifetime"],
-                                       lwm2m.OBJECTS + self.extra_objects)
+            self.tree = self._tree()
+            self.ep.serve_resources(self.tree, _MAX_BLOCK, _MAX_BLOCK, _MAX_BLOCK, _OBSERVERS,
+                                    _CACHE_SLOT)
+            self.tree.attach(self.ep, _OBSERVERS)
+            srv = self.tree.obj(1)
+            self.client = lwm2m.Client(self.ep, self.name, srv.lifetime, self.tree.links(),
+                                       srv.binding)
+
+    def objects(self):
+        """The objects of the application (node.Node adds its own)."""
+        return []
+
+    def _tree(self):
+        import lwobj
+        import lwsrv
+
+        cfg = self.cfg
+        objs = [lwobj.Security(cfg), lwobj.Server(cfg, self), lwobj.Device(cfg, self, self.clock),
+                lwobj.Connectivity(cfg), lwobj.Firmware(), lwobj.Portfolio(self)]
+        objs += self.objects()
+        return lwsrv.Tree(objs, self)
+
+    # -- events from the object tree (lwsrv.Tree) --
+
+    def update(self, what):
+        """Send an Update (with lwm2m.Client.update's ``what``) once the answer is out."""
+        self._what |= what
+        self._upd = True
+        self.ep.woken = True
+
+    def reboot(self):
+        self._reboot = True
+        self.ep.woken = True
+
+    def attributes_changed(self):
+        self.tree.watch.refresh()
+
+    def _awake(self):
+        # queue mode: listen for awake_ms after a message to the server
+        self._awake_until = time.ticks_add(self.clock.ticks_ms(), self._awake_ms)
 
     def wait(self, ms):
-        """Idle for ms, answering the server meanwhile when there is a connection."""
+        """Idle for ms, answering the server meanwhile when there is a connection (in
+        queue mode only while awake), triggering due notifications; returns early when
+        the tree asked for an Update or a reboot."""
         if ms <= 0:
             return
-        if self.ep is not None:
-            self.ep.serve(ms)
-        else:
-            self.clock.sleep_ms(ms)
+        ep = self.ep
+        clock = self.clock
+        if ep is None:
+            clock.sleep_ms(ms)
+            return
+        until = time.ticks_add(clock.ticks_ms(), ms)
+        watch = self.tree.watch
+        while not (self._upd or self._reboot):
+            left = time.ticks_diff(until, clock.ticks_ms())
+            if left <= 0:
+                return
+            if self.queue:
+                a = time.ticks_diff(self._awake_until, clock.ticks_ms())
+                if a <= 0:
+                    clock.sleep_ms(left)  # the radio is off: what arrives is lost
+                    while ep.transport.recv(0) is not None:
+                        pass
+                    return
+                if a < left:
+                    left = a
+            d = watch.poll()
+            if 0 <= d < left:
+                left = d
+            ep.serve(left)
 
     def _register(self):
+        self._upd = False  # a Register carries lifetime, binding and links anyway
+        self._what = 0
         try:
             self.connect()
-            loc = self.client.register()
+            c = self.client
+            srv = self.tree.obj(1)
+            if c.lifetime != srv.lifetime:
+                c.set_lifetime(srv.lifetime)
+            c.binding = srv.binding
+            c.objects = self.tree.links()
+            loc = c.register()
         except self._net_errors as e:
             self.error("register", e)
             d = self._backoff
@@ -98,20 +205,37 @@ class Session:
             self._next = time.ticks_add(self.clock.ticks_ms(), d + j)
             return
         self.log("registered", loc)
+        self._awake()
         self._backoff = _BACKOFF_MIN_MS
         self._next = time.ticks_add(self.clock.ticks_ms(), self.client.interval_ms)
 
     def maintain(self):
-        """Register or Update if due now."""
-        if time.ticks_diff(self._next, self.clock.ticks_ms()) > 0:
+        """Register or Update if due now (or asked for by the tree); reboot if asked."""
+        if self._reboot:
+            self.log("rebooting")
+            import sys
+
+            sys.exit(_REBOOT_STATUS)
+        if not self._upd and time.ticks_diff(self._next, self.clock.ticks_ms()) > 0:
             return
         c = self.client
         if c is None or not c.registered:
             return self._register()
+        what = self._what
+        if what & 1:
+            c.set_lifetime(self.tree.obj(1).lifetime)
+        if what & 2:
+            c.binding = self.tree.obj(1).binding
+            self.queue = c.binding == b"UQ"
+        if what & 4:
+            c.objects = self.tree.links()
+        self._upd = False
+        self._what = 0
         try:
-            ok = c.update()
+            ok = c.update(-1, what)
         except self._net_errors as e:
             self.error("update", e)
+            self._what |= what  # carried by the retry
             now = self.clock.ticks_ms()
             if c.expired(now):
                 c.registered = False  # the server has dropped us by now
@@ -121,6 +245,7 @@ class Session:
             return
         if ok:
             self.log("updated")
+            self._awake()
             self._next = time.ticks_add(self.clock.ticks_ms(), c.interval_ms)
         else:
             print(PREFIX, self.name, "error: update: 4.04, registering again")

@@ -249,7 +249,8 @@ def test_register_send_update_and_deregister_on_sigint(tmp_path, server, nodes, 
     assert reg.method == "POST" and reg.answer.startswith("2.01")
     assert reg.query == ("ep=node-a", "lt=10", "lwm2m=1.1", "b=U")
     assert reg.content_format == 40
-    assert reg.payload == b"</1/0>,</3/0>,</3313/0>,</33000/0>,</33001/0>"
+    assert reg.payload == (b'</>;rt="oma.lwm2m";ct=112,</1/0>,</3/0>,</4/0>,</5/0>,</16>,'
+                           b"</3313/0>,</33000/0>,</33001/0>")
     node.wait_for(r"^aiot-node node-a registered /rd/x1$", 5)
 
     server.wait(lambda e: e.path == ("dp",) and cbor2.loads(e.payload)[1][2] == 11, 15,
