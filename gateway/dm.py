@@ -772,9 +772,11 @@ class DeviceManagement:
         cancel observations on De-register."""
         ep = event.endpoint
         if event.kind == "deregistered":
+            self._auto.discard(ep)
             self._end_observations(ep, forget=True)
             return
         if event.kind == "expired":
+            self._auto.discard(ep)
             self._end_observations(ep, forget=False)
             return
         if event.kind == "registered" and ep in self._observed_eps:
@@ -785,7 +787,7 @@ class DeviceManagement:
             self._auto.add(ep)
         if event.kind in self.WAKE_EVENTS and (ep in self._queued_eps or ep in self._auto
                                                or ep in self._observed_eps):
-            if event.kind == "send" and ep not in self._queued_eps | self._auto:
+            if event.kind == "send" and ep not in self._queued_eps and ep not in self._auto:
                 return
             self._wake(ep)
 
@@ -821,7 +823,9 @@ class DeviceManagement:
     async def _session(self, endpoint: str) -> None:
         """The node is awake: re-observe what is missing, auto-observe, then deliver its
         queue."""
-        await asyncio.sleep(0)  # started by a Register's commit: let its answer go first
+        # Started from a Register's commit, before the Register's render resumes: one
+        # yield lets that answer go out before any request of ours reaches the node.
+        await asyncio.sleep(0)
         while True:
             self._again.discard(endpoint)
             reg = self._live_registration(endpoint)

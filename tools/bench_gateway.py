@@ -18,8 +18,10 @@ empty ACKs and separate responses handled, and at most ``--window`` requests in
 flight. It speaks the node's LwM2M: Register is ``POST /rd?ep=..&lt=..&lwm2m=1.1&b=U``
 with the node's link-format object list (Content-Format 40), Send is ``POST /dp`` with
 a SenML-CBOR pack (112) shaped like the node's report (firmware/node.py ``_fill``:
-3313 X value, 12 window counters, 20 features). Notify is not measured: the gateway
-does not observe nodes yet; it will be once it does.
+3313 X value, 12 window counters, 20 features). Each node also serves ``GET /33002/0``
+with Observe (2.05, Observe option, the token echoed, a SenML-CBOR decision pack shaped
+like the node's /33002/0) and, while observed, sends CON Notifications (2.05, Observe
+sequence numbers counting up) with the same window, done when the empty ACK comes.
 
 Phases, each run against both servers one after the other: every node registers, then
 every node registers again (a re-registration storm: the gateway replaces each
@@ -28,10 +30,24 @@ the nodes. The gateway's RSS (/proc/PID/status VmRSS) is read once every node ha
 registered (``rss_mb_10k_nodes``), again after the storm (aiocoap then holds two
 exchanges per node for EXCHANGE_LIFETIME, 247 s, to deduplicate; the bare server's RSS
 shows that share) and after the Sends. Ingest counts Sends acknowledged (2.04 received)
-and checks them against Sends committed in the gateway's SQLite file. Rates of the Send passes are the best pass
-of each server; latency percentiles are over all of the gateway's Sends. The last line
-is one JSON object (ingest_msgs_per_s, aiocoap_msgs_per_s, ingest_ratio_vs_aiocoap,
-registrations_per_s, p50_ms, p99_ms, rss_mb_10k_nodes, rss_kb_per_node and more).
+and checks them against Sends committed in the gateway's SQLite file. Rates of the Send
+passes are the best pass of each server; latency percentiles are over all of the
+gateway's Sends.
+
+Notify: ``--observers`` of the sending nodes re-register with the decision object
+(``</33002/0>``, as a node running the models does); the gateway observes it through its
+auto-observe (``[dm] observe``), the bare server through a plain aiocoap observation
+from its own context, acknowledging and dropping the Notifications. Then ``--passes``
+passes of ``--messages`` CON Notifications per server. aiocoap ACKs a CON Notification
+as soon as it matches an observation, before the gateway has stored it (the group commit
+comes later), so the gateway's rate is not its ACK rate but Notifications committed to
+SQLite (new ``sends`` rows: their count over the time from the pass's start to the
+latest ``received_at``, stamped inside the committing transaction); the bare server's
+rate is its ACK rate. ``notify_ratio_vs_aiocoap`` compares the two.
+
+The last line is one JSON object (ingest_msgs_per_s, aiocoap_msgs_per_s,
+ingest_ratio_vs_aiocoap, registrations_per_s, p50_ms, p99_ms, rss_mb_10k_nodes,
+rss_kb_per_node, notify_msgs_per_s, notify_ratio_vs_aiocoap and more).
 """
 
 from __future__ import annotations
@@ -58,9 +74,12 @@ PROG = "aiot bench gateway"
 
 # CoAP, RFC 7252 §3 and §12
 _CON, _NON, _ACK, _RST = 0, 1, 2, 3
-_POST = 2
+_EMPTY, _GET, _POST = 0, 1, 2
 _CREATED = 0x41  # 2.01
 _CHANGED = 0x44  # 2.04
+_CONTENT = 0x45  # 2.05
+_NOT_FOUND = 0x84  # 4.04
+_OBSERVE = 6  # RFC 7641 §2
 _URI_PATH = 11
 _CONTENT_FORMAT = 12
 _URI_QUERY = 15
@@ -74,11 +93,20 @@ _STALL_S = 30.0  # a phase with no answer at all for this long has failed
 
 # What the node registers (firmware/lwm2m.py OBJECTS + the feature object, node.py)
 OBJECT_LINKS = b"</1/0>,</3/0>,</3313/0>,</33000/0>,</33001/0>"
+# A node running the models also has the decision object, which the gateway observes
+NOTIFY_PATH = "/33002/0"
+OBJECT_LINKS_MODEL = OBJECT_LINKS + b",</33002/0>"
 LIFETIME = 86400  # long enough that nothing expires during the run
 WINDOW_COUNTERS = 12  # /33000/0/0..11 (node.py _fill)
 FEATURES = 20  # /33001/0/0..19: the default feature set (firmware/featspec.py)
 EXCHANGE_LIFETIME_S = 247.0  # RFC 7252 §4.8.2
-NOTIFY_NOTE = "not measured: the gateway does not observe nodes yet"
+_OBSERVE_WAIT_S = 120.0  # every observer node must be observed within this
+_STORE_WAIT_S = 30.0  # acknowledged Notifications must be committed within this
+NOTIFY_NOTE = ("aiocoap ACKs a CON Notification as soon as it matches an observation, "
+               "before the gateway commits it: notify_msgs_per_s counts Notifications "
+               "committed to SQLite (rows / (last received_at - pass start)); the "
+               "baseline is the bare aiocoap server observing the same nodes "
+               "(Notifications ACKed/s)")
 
 
 class BenchError(Exception):
@@ -118,7 +146,8 @@ def _uint(n: int) -> bytes:
     return n.to_bytes((n.bit_length() + 7) // 8, "big")
 
 
-def register_body(endpoint: str, lifetime: int = LIFETIME) -> bytes:
+def register_body(endpoint: str, lifetime: int = LIFETIME,
+                  links: bytes = OBJECT_LINKS) -> bytes:
     """Options and payload of the node's Register (everything after the token)."""
     opts = [
         (_URI_PATH, b"rd"),
@@ -128,7 +157,7 @@ def register_body(endpoint: str, lifetime: int = LIFETIME) -> bytes:
         (_URI_QUERY, b"lwm2m=1.1"),
         (_URI_QUERY, b"b=U"),
     ]
-    return _options(opts) + b"\xff" + OBJECT_LINKS
+    return _options(opts) + b"\xff" + links
 
 
 def _f32(x: float) -> float:
@@ -154,6 +183,52 @@ def senml_report(rng: random.Random, seq: int) -> bytes:
              for i in range(FEATURES)]
     # canonical: floats in their shortest exact form (float32 here, as the node writes)
     return cbor2.dumps(pack, canonical=True)
+
+
+def decision_report(rng: random.Random, window: int) -> bytes:
+    """A SenML-CBOR pack shaped like the node's /33002/0 decision (README table)."""
+    import cbor2
+
+    label = rng.randrange(4)
+    values: list[tuple[int, int, object]] = [
+        (0, 2, window), (1, 2, label), (2, 3, ("normal", "ball", "inner", "outer")[label]),
+        (3, 2, (rng.randrange(256)) / 256), (4, 2, rng.randrange(1, 50000)),
+        (5, 4, rng.random() < 0.1), (6, 2, 20000), (7, 8, rng.randbytes(8)),
+        (8, 8, rng.randbytes(8)), (9, 8, rng.randbytes(4 * FEATURES)), (10, 2, -14),
+        (11, 2, rng.randrange(2000, 9000)), (12, 2, 0)]
+    pack = [{**({-2: NOTIFY_PATH + "/"} if i == 0 else {}), 0: str(i), key: v}
+            for i, key, v in values]
+    return cbor2.dumps(pack, canonical=True)
+
+
+def notify_body(seq: int, payload: bytes) -> bytes:
+    """Options and payload of a Notification (2.05, Observe ``seq``, SenML-CBOR)."""
+    return _options([(_OBSERVE, _uint(seq & 0xFFFFFF)),
+                     (_CONTENT_FORMAT, _uint(_CF_SENML_CBOR))]) + b"\xff" + payload
+
+
+def parse_options(data: bytes, pos: int) -> tuple[list[tuple[int, bytes]], bytes]:
+    """CoAP options from ``pos`` on (RFC 7252 §3.1) and the payload; ValueError if bad."""
+    opts: list[tuple[int, bytes]] = []
+    num = 0
+    while pos < len(data) and data[pos] != 0xFF:
+        head = data[pos]
+        pos += 1
+        fields = []
+        for n in (head >> 4, head & 15):
+            if n == 13:
+                n, pos = data[pos] + 13, pos + 1
+            elif n == 14:
+                n, pos = (data[pos] << 8 | data[pos + 1]) + 269, pos + 2
+            elif n == 15:
+                raise ValueError("option nibble 15")
+            fields.append(n)
+        num += fields[0]
+        if pos + fields[1] > len(data):
+            raise ValueError("option past the end")
+        opts.append((num, data[pos:pos + fields[1]]))
+        pos += fields[1]
+    return opts, data[pos + 1:] if pos < len(data) else b""
 
 
 def send_body(payload: bytes) -> bytes:
@@ -187,8 +262,8 @@ class _Proto(asyncio.DatagramProtocol):
         self.gen = gen
         self.idx = idx
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        self.gen._on_datagram(self.idx, data)
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.gen._on_datagram(self.idx, data, addr)
 
     def error_received(self, exc: Exception) -> None:
         self.gen.socket_errors += 1
@@ -225,6 +300,11 @@ class LoadGenerator:
         self.socket_errors = 0
         self._token = random.getrandbits(32) << 32
         self._phase: _Phase | None = None
+        # Observations of NOTIFY_PATH: (socket, server address) -> token, last Observe seq
+        self.observers: dict[tuple[int, tuple[str, int]], bytes] = {}
+        self.obs_seq: dict[tuple[int, tuple[str, int]], int] = {}
+        self.observe_requests = 0
+        self.decision = b""  # what a node answers and notifies (set by the benchmark)
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -264,13 +344,16 @@ class LoadGenerator:
             self.pending.clear()
             self.by_mid.clear()
 
-    def _on_datagram(self, sock: int, data: bytes) -> None:
+    def _on_datagram(self, sock: int, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) < 4 or data[0] >> 6 != 1:
             return
         mtype = (data[0] >> 4) & 3
         tkl = data[0] & 15
         code = data[1]
         mid = data[2] << 8 | data[3]
+        if 1 <= code < 32 and mtype in (_CON, _NON) and tkl <= 8:
+            self._serve(sock, data, addr)
+            return
         phase = self._phase
         if phase is None:
             return
@@ -279,7 +362,11 @@ class LoadGenerator:
         if mtype == _ACK and code == 0:  # empty ACK: the response comes separately
             token = self.by_mid.get(sock << 16 | mid)
             if token is not None:
-                self.pending[token].acked = True
+                req = self.pending[token]
+                if req.kind == _EMPTY:  # a Notification acknowledged
+                    phase.complete(req, _EMPTY)
+                else:
+                    req.acked = True
             return
         if mtype == _RST:
             token = self.by_mid.get(sock << 16 | mid)
@@ -289,6 +376,42 @@ class LoadGenerator:
         req = self.pending.get(data[4:4 + tkl])
         if req is not None and req.sock == sock:
             phase.complete(req, code)
+
+    def _serve(self, sock: int, data: bytes, addr: tuple[str, int]) -> None:
+        """The node's server side: GET NOTIFY_PATH with Observe 0 starts an observation
+        (2.05, Observe 0, the decision); Observe 1 ends it; anything else is 4.04."""
+        tkl = data[0] & 15
+        token = data[4:4 + tkl]
+        try:
+            opts, _payload = parse_options(data, 4 + tkl)
+        except (ValueError, IndexError):
+            return
+        path = "/" + "/".join(v.decode("ascii", "replace") for n, v in opts if n == _URI_PATH)
+        observe = next((int.from_bytes(v, "big") for n, v in opts if n == _OBSERVE), None)
+        code, body = _NOT_FOUND, b""
+        if data[1] == _GET and path == NOTIFY_PATH:
+            code = _CONTENT
+            key = (sock, addr)
+            if observe == 0:
+                self.observe_requests += 1
+                self.observers[key] = token
+                self.obs_seq[key] = 0
+                body = notify_body(0, self.decision)
+            else:
+                if observe == 1:
+                    self.observers.pop(key, None)
+                body = _options([(_CONTENT_FORMAT, _uint(_CF_SENML_CBOR))]) + b"\xff" + \
+                    self.decision
+        if data[0] >> 4 & 3 == _CON:  # piggybacked on the ACK
+            head = struct.pack("!BBBB", 0x60 | tkl, code, data[2], data[3])
+        else:
+            mid = self.mids[sock] = (self.mids[sock] + 1) & 0xFFFF
+            head = struct.pack("!BBH", 0x50 | tkl, code, mid)
+        self.transports[sock].sendto(head + token + body, addr)
+
+    def observed(self, server: tuple[str, int]) -> list[int]:
+        """The sockets whose NOTIFY_PATH ``server`` observes."""
+        return [sock for sock, addr in self.observers if addr == server]
 
     def next_token(self) -> bytes:
         self._token = (self._token + 1) & 0xFFFFFFFFFFFFFFFF
@@ -325,11 +448,18 @@ class _Phase:
             return False
         gen = self.gen
         mid = gen.mids[sock] = (gen.mids[sock] + 1) & 0xFFFF
-        token = gen.next_token()
-        data = struct.pack("!BBH", 0x48, _POST, mid) + token + body
-        req = _Req(sock, mid, token, data, kind, time.perf_counter())
-        gen.pending[token] = req
-        gen.by_mid[sock << 16 | mid] = token
+        if kind == _EMPTY:  # a CON Notification: body is the payload; done when ACKed
+            token = gen.observers[(sock, self.server)]
+            seq = gen.obs_seq[(sock, self.server)] = gen.obs_seq[(sock, self.server)] + 1
+            data = struct.pack("!BBH", 0x40 | len(token), _CONTENT, mid) + token + \
+                notify_body(seq, body)
+            key = struct.pack("!BIH", 0xFF, sock, mid)  # not an 8-byte request token
+        else:
+            key = token = gen.next_token()
+            data = struct.pack("!BBH", 0x48, _POST, mid) + token + body
+        req = _Req(sock, mid, key, data, kind, time.perf_counter())
+        gen.pending[key] = req
+        gen.by_mid[sock << 16 | mid] = key
         gen.transports[sock].sendto(data, self.server)
         self.issued += 1
         return True
@@ -469,23 +599,44 @@ def bare_server_main(argv: list[str]) -> int:
 
     host, port = argv[0], int(argv[1])
 
+    observations: dict[object, object] = {}  # remote -> its Observe request
+    decision_links = OBJECT_LINKS_MODEL.rsplit(b",", 1)[1]
+
     class Bare(resource.Resource, resource.PathCapable):
-        """Answers like the gateway's root resource, without LwM2M or storage work."""
+        """Answers like the gateway's root resource, without LwM2M or storage work; a
+        node that registers the decision object is observed, its Notifications
+        acknowledged and dropped (what aiocoap does for any client observation)."""
+
+        ctx: aiocoap.Context
 
         async def render(self, request: aiocoap.Message) -> aiocoap.Message:
             path = request.opt.uri_path
             if path == ("dp",) and request.code == Code.POST:
                 return aiocoap.Message(code=Code.CHANGED)
             if path == ("rd",) and request.code == Code.POST:
+                if decision_links in request.payload:
+                    asyncio.get_running_loop().call_soon(self.observe, request.remote)
                 return aiocoap.Message(code=Code.CREATED, location_path=("rd", "bare0000"))
             return aiocoap.Message(code=Code.NOT_FOUND)
+
+        def observe(self, remote: object) -> None:
+            msg = aiocoap.Message(code=Code.GET, uri_path=tuple(NOTIFY_PATH[1:].split("/")),
+                                  observe=0)
+            msg.remote = remote
+            req = self.ctx.request(msg)
+            req.observation.register_callback(lambda _msg: None, _suppress_deprecation=True)
+            old = observations.pop(remote, None)
+            if old is not None:
+                old.observation.cancel()  # type: ignore[attr-defined]
+            observations[remote] = req
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        ctx = await aiocoap.Context.create_server_context(
-            Bare(), bind=(host, port), transports=["udp6"], loggername="bare-coap")
+        site = Bare()
+        ctx = site.ctx = await aiocoap.Context.create_server_context(
+            site, bind=(host, port), transports=["udp6"], loggername="bare-coap")
         print(_BARE_READY, flush=True)
         await stop.wait()
         await ctx.shutdown()
@@ -505,6 +656,8 @@ def gateway_config(dirpath: Path, port: int) -> Path:
         "[coap]\n"
         'host = "127.0.0.1"\n'
         f"port = {port}\n"
+        "[dm]\n"
+        f'observe = ["{NOTIFY_PATH}"]\n'
         "[mqtt]\n"
         "enabled = false\n"
     )
@@ -518,6 +671,36 @@ def count_sends(db: Path) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM sends").fetchone()[0])
     finally:
         conn.close()
+
+
+def stored_since(db: Path, after_id: int) -> tuple[int, float]:
+    """Sends (and Notifications) committed with an id above ``after_id``: how many, and
+    the latest ``received_at`` (taken inside the committing transaction)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
+    try:
+        n, last = conn.execute("SELECT COUNT(*), MAX(received_at) FROM sends WHERE id > ?",
+                               (after_id,)).fetchone()
+        return int(n), float(last or 0.0)
+    finally:
+        conn.close()
+
+
+def last_send_id(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
+    try:
+        return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM sends").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def wait_stored(db: Path, after_id: int, want: int, timeout: float) -> tuple[int, float]:
+    """Poll until ``want`` rows above ``after_id`` are committed (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n, last = stored_since(db, after_id)
+        if n >= want or time.monotonic() > deadline:
+            return n, last
+        await asyncio.sleep(0.02)
 
 
 def count_registered(db: Path) -> int:
@@ -549,6 +732,64 @@ def _nofile_limit() -> int:
     return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
 
 
+async def _notify(args: argparse.Namespace, gen: LoadGenerator, servers: tuple[_Server, ...],
+                  gw: _Server, db: Path, observers: list[int], model_bodies: dict[int, bytes],
+                  decisions: list[bytes]) -> None:
+    """The Notify phases: ``observers`` nodes re-register with the decision object, each
+    server observes it on every one of them, then ``--passes`` passes of ``--messages``
+    CON Notifications go out round robin over the observed nodes."""
+    sockets = args.sockets
+    first_id = last_send_id(db)
+
+    def regs() -> Iterator[tuple[int, bytes, int]]:
+        for i in observers:
+            yield i % sockets, model_bodies[i], _CREATED
+
+    for s in servers:
+        progress(f"{s.name}: {len(observers)} nodes re-register with {NOTIFY_PATH}, to be "
+                 "observed")
+        s.phases["notify register"] = await gen.run(
+            f"{s.name} notify register", s.addr, regs(), len(observers), args.window,
+            s.proc.alive)
+        deadline = time.monotonic() + _OBSERVE_WAIT_S
+        while len(gen.observed(s.addr)) < len(observers):
+            if not s.proc.alive():
+                raise BenchError(f"{s.name}: the server process died")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{s.name}: observed {len(gen.observed(s.addr))} of "
+                                 f"{len(observers)} nodes within {_OBSERVE_WAIT_S:.0f} s")
+            await asyncio.sleep(0.05)
+    # the first answers to Observe are stored too: let them land before measuring
+    await wait_stored(db, first_id, len(observers), _STORE_WAIT_S)
+
+    def notes(socks: list[int], count: int, offset: int) -> Iterator[tuple[int, bytes, int]]:
+        for k in range(offset, offset + count):
+            yield socks[k % len(socks)], decisions[k % len(decisions)], _EMPTY
+
+    offset = 0
+    for p in range(args.passes):
+        for s in servers:
+            progress(f"{s.name}: Notify pass {p + 1}/{args.passes}, {args.messages} CON "
+                     f"Notifications from {len(observers)} nodes (window {args.window})")
+            socks = sorted(gen.observed(s.addr))
+            before = last_send_id(db)
+            t0 = time.time()
+            r = await gen.run(f"{s.name} notify", s.addr, notes(socks, args.messages, offset),
+                              args.messages, args.window, s.proc.alive)
+            s.notify.append(r)
+            if s is gw:
+                n, last = await wait_stored(db, before, r.ok, _STORE_WAIT_S)
+                rate = n / (last - t0) if n and last > t0 else 0.0
+                s.stored.append(rate)
+                s.stored_counts.append(n)
+                progress(f"  {r.rate:.0f} acked/s, {rate:.0f} stored/s"
+                         + (f", {r.failed} failed {r.codes}" if r.failed else ""))
+            else:
+                progress(f"  {r.rate:.0f} acked/s"
+                         + (f", {r.failed} failed {r.codes}" if r.failed else ""))
+        offset += args.messages
+
+
 @dataclass
 class _Server:
     name: str
@@ -556,6 +797,9 @@ class _Server:
     addr: tuple[str, int]
     phases: dict[str, PhaseResult] = field(default_factory=dict)
     passes: list[PhaseResult] = field(default_factory=list)
+    notify: list[PhaseResult] = field(default_factory=list)
+    stored: list[float] = field(default_factory=list)  # Notify passes: stored msgs/s
+    stored_counts: list[int] = field(default_factory=list)  # and how many were stored
 
 
 async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
@@ -564,6 +808,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     endpoints = [f"bench-{i:05d}" for i in range(nodes)]
     reg_bodies = [register_body(ep) for ep in endpoints]
     payloads = [senml_report(rng, seq) for seq in range(32)]
+    decisions = [decision_report(rng, seq) for seq in range(32)]
     send_bodies = [send_body(p) for p in payloads]
     records = 1 + WINDOW_COUNTERS + FEATURES
     # The gateway attributes a Send to the latest registration at its source address:
@@ -589,6 +834,9 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
                    ("127.0.0.1", bare_port))
     servers = (bare, gw)
     gen = LoadGenerator(sockets)
+    gen.decision = decisions[0]
+    observers = senders[:args.observers]
+    model_bodies = {i: register_body(endpoints[i], links=OBJECT_LINKS_MODEL) for i in observers}
     try:
         progress(f"starting the gateway (db {db}) and a bare aiocoap server")
         for s in servers:
@@ -635,15 +883,24 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
             offset += args.messages
         stored = count_sends(db) - stored_before
         rss_after = rss_kb(gw.proc.pid)
+        await _notify(args, gen, servers, gw, db, observers, model_bodies, decisions)
+        rss_notify = rss_kb(gw.proc.pid)
     finally:
         gen.close()
         for s in servers:
             s.proc.stop()
 
     failures = {f"{s.name} {name}": r.codes for s in servers
-                for name, r in [*s.phases.items(), *((f"send {i + 1}", x)
-                                                       for i, x in enumerate(s.passes))]
+                for name, r in [*s.phases.items(),
+                                *((f"send {i + 1}", x) for i, x in enumerate(s.passes)),
+                                *((f"notify {i + 1}", x) for i, x in enumerate(s.notify))]
                 if r.failed}
+    for i, (r, n) in enumerate(zip(gw.notify, gw.stored_counts, strict=True)):
+        if n < r.ok:  # acknowledged but not committed within _STORE_WAIT_S
+            failures[f"gateway notify {i + 1}"] = {"not stored": r.ok - n}
+    notify_best = max(gw.stored)
+    notify_bare = max(r.rate for r in bare.notify)
+    notify_lat = sorted(x for r in gw.notify for x in r.latencies)
     gw_best = max(gw.passes, key=lambda r: r.rate)
     bare_best = max(bare.passes, key=lambda r: r.rate)
     acked = sum(r.ok for r in gw.passes)
@@ -691,6 +948,19 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "send_payload_bytes": round(sum(map(len, payloads)) / len(payloads)),
         "retransmissions": sum(r.retransmissions for s in servers
                                for r in [*s.phases.values(), *s.passes]),
+        "notify_msgs_per_s": round(notify_best, 1),
+        "notify_ratio_vs_aiocoap": round(notify_best / notify_bare, 3) if notify_bare else 0.0,
+        "notify_acked_msgs_per_s": round(max(r.rate for r in gw.notify), 1),
+        "aiocoap_notify_msgs_per_s": round(notify_bare, 1),
+        "notify_passes_msgs_per_s": [round(x, 1) for x in gw.stored],
+        "aiocoap_notify_passes_msgs_per_s": [round(r.rate, 1) for r in bare.notify],
+        "notify_ack_p50_ms": round(_pct(notify_lat, 50) * ms, 2),
+        "notify_ack_p99_ms": round(_pct(notify_lat, 99) * ms, 2),
+        "notifications_acked": sum(r.ok for r in gw.notify),
+        "notifications_stored": sum(gw.stored_counts),
+        "observed_nodes": len(observers),
+        "notify_payload_bytes": round(sum(map(len, decisions)) / len(decisions)),
+        "rss_mb_after_notify": round(rss_notify / 1024, 1),
         "failures": failures,
         "notify": NOTIFY_NOTE,
     }
@@ -719,7 +989,13 @@ def _print_summary(r: dict[str, object]) -> None:
           f"storm (bare aiocoap {r['aiocoap_rss_mb_after_storm']} MB: aiocoap keeps every "
           f"exchange {EXCHANGE_LIFETIME_S:.0f} s for deduplication), "
           f"{r['rss_mb_after_ingest']} MB after the Sends")
-    print(f"Notify                {NOTIFY_NOTE}")
+    print(f"durable Notify ingest {r['notify_msgs_per_s']:>9} msgs/s stored (best pass; "
+          f"acked {r['notify_acked_msgs_per_s']}/s; {r['observed_nodes']} observed nodes, "
+          f"{r['notify_payload_bytes']} bytes SenML-CBOR)")
+    print(f"bare aiocoap observer {r['aiocoap_notify_msgs_per_s']:>9} msgs/s  ratio "
+          f"{r['notify_ratio_vs_aiocoap']}; ACK p50 {r['notify_ack_p50_ms']} ms, "
+          f"p99 {r['notify_ack_p99_ms']} ms; RSS after {r['rss_mb_after_notify']} MB")
+    print(f"                      ({NOTIFY_NOTE})")
     if r["failures"]:
         print(f"failures              {r['failures']}")
 
@@ -729,12 +1005,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=(
             "Load the gateway with simulated LwM2M clients on loopback (raw CoAP: "
-            "Register storm, re-registration storm, SenML-CBOR Sends) and, in the same "
-            "run, a bare aiocoap server answering the same requests without LwM2M or "
-            "storage work. Prints registrations/s, durable Send ingest msgs/s (2.04 only "
-            "after the SQLite commit), p50/p99 latency, the gateway's RSS with every node "
-            "registered, and the ingest ratio against aiocoap. Notify is not measured "
-            "until the gateway observes nodes. The last line is a JSON object."
+            "Register storm, re-registration storm, SenML-CBOR Sends, Observe and CON "
+            "Notify) and, in the same run, a bare aiocoap server answering the same "
+            "requests and observing the same nodes without LwM2M or storage work. Prints "
+            "registrations/s, durable Send ingest msgs/s (2.04 only after the SQLite "
+            "commit), durable Notify ingest (Notifications committed/s), p50/p99 latency, "
+            "the gateway's RSS with every node registered, and the ratios against "
+            "aiocoap. The last line is a JSON object."
         ),
     )
     p.add_argument("--nodes", type=int, default=10000, metavar="N",
@@ -743,6 +1020,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Sends per pass and server (default 20000)")
     p.add_argument("--passes", type=int, default=3, metavar="P",
                    help="Send passes per server, alternating; the best counts (default 3)")
+    p.add_argument("--observers", type=int, default=1000, metavar="O",
+                   help="nodes the servers observe for the Notify passes (default 1000; "
+                   "at most the nodes that send)")
     p.add_argument("--window", type=int, default=64, metavar="W",
                    help="requests in flight at most (default 64)")
     p.add_argument("--sockets", type=int, metavar="S",
@@ -760,7 +1040,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("nodes", "messages", "passes", "window"):
+    for name in ("nodes", "messages", "passes", "window", "observers"):
         if getattr(args, name) < 1:
             print(f"{PROG}: error: --{name} must be at least 1", file=sys.stderr)
             return 2

@@ -15,7 +15,9 @@ KEYS = {
     "ingest_acked_msgs_per_s", "ingest_stored_msgs_per_s", "registrations_per_s",
     "initial_registrations_per_s", "aiocoap_registrations_per_s", "p50_ms", "p99_ms",
     "rss_mb_10k_nodes", "rss_kb_per_node", "rss_mb_idle", "sends_acked", "sends_stored",
-    "registered_nodes", "nodes", "window", "failures", "notify",
+    "registered_nodes", "nodes", "window", "failures", "notify", "notify_msgs_per_s",
+    "notify_ratio_vs_aiocoap", "notify_acked_msgs_per_s", "aiocoap_notify_msgs_per_s",
+    "notifications_acked", "notifications_stored", "observed_nodes", "rss_mb_after_notify",
 }
 
 
@@ -26,7 +28,7 @@ def aiot(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
 
 def test_small_run_prints_a_complete_consistent_json_line():
     r = aiot("bench", "gateway", "--nodes", "50", "--messages", "200", "--passes", "2",
-             "--window", "16")
+             "--window", "16", "--observers", "20")
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
     out = json.loads(lines[-1])
@@ -36,7 +38,8 @@ def test_small_run_prints_a_complete_consistent_json_line():
     for key in ("ingest_msgs_per_s", "aiocoap_msgs_per_s", "ingest_ratio_vs_aiocoap",
                 "registrations_per_s", "initial_registrations_per_s",
                 "aiocoap_registrations_per_s", "p50_ms", "p99_ms", "rss_mb_10k_nodes",
-                "rss_mb_idle"):
+                "rss_mb_idle", "notify_msgs_per_s", "aiocoap_notify_msgs_per_s",
+                "notify_ratio_vs_aiocoap"):
         assert out[key] > 0, key
     # every node registered; every Send acknowledged was committed, and only once
     assert out["registered_nodes"] == 50
@@ -47,8 +50,14 @@ def test_small_run_prints_a_complete_consistent_json_line():
     assert out["ingest_ratio_vs_aiocoap"] == pytest.approx(
         out["ingest_msgs_per_s"] / out["aiocoap_msgs_per_s"], abs=0.002)
     assert out["rss_mb_10k_nodes"] >= out["rss_mb_idle"] * 0.9
-    assert "not measured" in out["notify"]  # Notify: the gateway does not observe yet
-    assert "Notify" in r.stdout
+    # every node observed; every Notification acknowledged was committed, once
+    assert out["observed_nodes"] == 20
+    assert out["notifications_acked"] == out["notifications_stored"] == 2 * 200
+    assert out["notify_msgs_per_s"] in out["notify_passes_msgs_per_s"]
+    assert out["notify_ratio_vs_aiocoap"] == pytest.approx(
+        out["notify_msgs_per_s"] / out["aiocoap_notify_msgs_per_s"], abs=0.002)
+    assert "not measured" not in r.stdout
+    assert "durable Notify ingest" in r.stdout and "before the gateway commits" in r.stdout
 
 
 def test_json_only_prints_just_the_json_line():
@@ -65,6 +74,7 @@ def test_json_only_prints_just_the_json_line():
         (["--nodes", "0"], "--nodes must be at least 1"),
         (["--messages", "-3"], "--messages must be at least 1"),
         (["--window", "0"], "--window must be at least 1"),
+        (["--observers", "0"], "--observers must be at least 1"),
         (["--sockets", "0"], "--sockets must be at least 1"),
         (["--sockets", "99999999"], "open-file limit"),
         (["--nodes", "many"], "invalid int value"),
