@@ -353,7 +353,7 @@ class Firmware(Obj):
 
 class Portfolio(Obj):
     """Object 16 Portfolio (OMA registry; the object OMA's interoperability tests
-    create and delete, int-228): up to NMAX instances, each an Identity (0) of up to
+    create and delete, int-1630/1635): up to NMAX instances, each an Identity (0) of up to
     NID strings. The node's only object a server may Create/Delete instances of."""
 
     oid = 16

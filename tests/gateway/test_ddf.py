@@ -19,7 +19,7 @@ OMA_FILES = ["0.xml", "1.xml", "2.xml", "3.xml", "4.xml", "5.xml", "21.xml", "33
 
 def test_every_shipped_definition_loads():
     objects = load_shipped()
-    assert sorted(objects) == [0, 1, 2, 3, 4, 5, 21, 3303, 3313, 33000, 33001, 33002]
+    assert sorted(objects) == [0, 1, 2, 3, 4, 5, 16, 21, 3303, 3313, 33000, 33001, 33002]
     from_dir = load_dir(OBJECTS_DIR)
     assert {i: o.resources for i, o in from_dir.items()} == \
         {i: o.resources for i, o in objects.items()}

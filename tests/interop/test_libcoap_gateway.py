@@ -38,7 +38,7 @@ async def _coap(binary: str, *args: str) -> str:
     return out.decode(errors="replace")
 
 
-async def test_int101_int102_int401_int103_libcoap_client_through_a_registration(
+async def test_int101_int102_int306_int103_libcoap_client_through_a_registration(
         tmp_path: Path, coap_client: str):
     assert shutil.which(coap_client)
     (tmp_path / "tokens").write_text(f"viewer {TOKEN}\n")
@@ -69,7 +69,7 @@ async def test_int101_int102_int401_int103_libcoap_client_through_a_registration
         assert "c:2.04" in out, out
         assert gw.store.registration("libcoap-1").lifetime == 300  # type: ignore[union-attr]
 
-        # int-401 (Send): SenML-JSON (110) on the command line, SenML-CBOR (112) from a file
+        # int-306 (Send): SenML-JSON (110) on the command line, SenML-CBOR (112) from a file
         senml_json = json.dumps([{"bn": "/3303/0/", "n": "5700", "v": 24.5},
                                  {"n": "5701", "vs": "Cel"}])
         out = await _coap(coap_client, "-p", me, "-m", "post", "-t", "110", "-e", senml_json,
