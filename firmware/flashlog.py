@@ -93,7 +93,9 @@ class Log:
     LogError.
 
     count: records in the log; dropped: records lost (overwritten when full, or failing
-    their CRC), persisted; capacity: records it holds; max_record: largest record."""
+    their CRC), persisted; capacity: records it holds; max_record: largest record;
+    seq: sequence number of the next record (the oldest's is seq - count, mod 2**30);
+    boot_seq: seq when the log was opened."""
 
     def __init__(self, path, capacity_bytes, slot_bytes, reformat=True):
         if not _HDR < slot_bytes <= _MAX_SLOT:
@@ -106,8 +108,7 @@ class Log:
         self.nslots = n
         self.capacity = n
         self.max_record = slot_bytes - _HDR
-        self._h = bytearray(_HDR)
-        self._p = bytearray(1)  # the state byte a pop writes
+        self._h = bytearray(_HDR)  # a slot header; its first byte the state a pop writes
         self._f = None
         self.head = 0  # slot of the oldest live record
         self.count = 0
@@ -115,6 +116,7 @@ class Log:
         self.seq = 0  # sequence number of the next record
         self.reformatted = False
         self._open(reformat)
+        self.boot_seq = self.seq  # records from boot_seq on were appended since opening
 
     # -- opening --
 
@@ -306,9 +308,10 @@ class Log:
         i = self.head
         # the head's lap from its sequence number (count records end before self.seq)
         q = (self.seq - self.count) & _SEQ_MASK
-        self._p[0] = (q // ns) & _LAP
+        h = self._h
+        h[0] = (q // ns) & _LAP
         f.seek(_FHDR + i * self.slot + 1)
-        f.write(self._p)
+        f.write(h, 1)
         f.flush()
         self.head = (i + 1) % ns
         self.count -= 1

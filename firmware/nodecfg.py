@@ -13,6 +13,7 @@ _INTS = (
     ("report_ms", 1000, 0, 86400000),
     ("model_arena", 0, 0, 1048576),  # bytes a model's tensor arena may take (0: any)
     ("awake_ms", 5000, 100, 86400000),  # queue mode: listening time after each message
+    ("log_slots", 64, 0, 4096),  # reports the flash log holds (0: no log, drop them)
 )
 
 
@@ -20,10 +21,10 @@ class ConfigError(ValueError):
     """The config is missing, not JSON, or has a missing/mistyped/invalid key."""
 
 
-def parse_gateway(uri):
+def parse_gateway(uri, key="gateway"):
     """'coap://HOST[:PORT]' -> (host, port); IPv6 literals in brackets."""
     if not isinstance(uri, str) or not uri.startswith("coap://"):
-        raise ConfigError("'gateway' must be a string coap://HOST[:PORT]")
+        raise ConfigError("'%s' must be a string coap://HOST[:PORT]" % key)
     rest = uri[7:]
     if rest.endswith("/"):
         rest = rest[:-1]
@@ -33,7 +34,7 @@ def parse_gateway(uri):
         host = rest[1:i]
         tail = rest[i + 1 :]
         if i < 0 or tail and tail[0] != ":":
-            raise ConfigError("'gateway' has a bad [IPv6] host")
+            raise ConfigError("'%s' has a bad [IPv6] host" % key)
     else:
         i = rest.rfind(":")
         host = rest if i < 0 else rest[:i]
@@ -41,9 +42,9 @@ def parse_gateway(uri):
     if tail:
         port = tail[1:]
     if not host or "/" in host or "@" in host or "?" in host:
-        raise ConfigError("'gateway' must be coap://HOST[:PORT] with a host name")
+        raise ConfigError("'%s' must be coap://HOST[:PORT] with a host name" % key)
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("'gateway' port must be 1..65535")
+        raise ConfigError("'%s' port must be 1..65535" % key)
     return host, int(port)
 
 
@@ -64,8 +65,16 @@ def check(cfg):
     for c in ep:
         if not 32 < ord(c) < 127 or len(ep) > 64:
             raise ConfigError("'endpoint' must be 1..64 printable ASCII, no spaces")
-    out = {"endpoint": ep, "gateway": _str(cfg, "gateway")}
-    out["host"], out["port"] = parse_gateway(out["gateway"])
+    out = {"endpoint": ep}
+    if "bootstrap" in cfg:  # client-initiated bootstrap (session.py): the server it gives
+        parse_gateway(cfg["bootstrap"], "bootstrap")
+        out["bootstrap"] = cfg["bootstrap"]
+    gw = ""  # with only 'bootstrap': set once bootstrapped
+    if "gateway" in cfg or "bootstrap" not in cfg:
+        gw = _str(cfg, "gateway")
+        out["host"], out["port"] = parse_gateway(gw)
+    out["gateway"] = gw
+    out["log"] = _str(cfg, "log", "unsent.log")
     out["board"] = _str(cfg, "board", "unix-sim")
     if out["board"] != "unix-sim":
         raise ConfigError("'board' %s is not supported (only unix-sim)" % out["board"])

@@ -1,8 +1,9 @@
 # The node's own LwM2M objects over node.Node's state (README "For firmware
 # developers"): 3313/0 IPSO accelerometer (5702 the window's last sample, 5701 units),
-# 33000/0 the window, 33001/0 its features, 33002/0 the decision. Values are fixed
-# point (code * 2**e), the same numbers the node's Send reports carry; nothing here
-# allocates. The unix-sim board has no temperature sensor, so there is no 3303.
+# 33000/0 the window (and the flash log's counters, 12 and 13), 33001/0 its features,
+# 33002/0 the decision. Values are fixed point (code * 2**e), the same numbers the
+# node's Send reports carry; nothing here allocates. The unix-sim board has no
+# temperature sensor, so there is no 3303.
 from micropython import const
 from lwobj import Obj, T_INT, T_FLOAT, T_STR, T_BOOL, T_OPQ, R
 
@@ -10,7 +11,7 @@ _SMALL = const(0x3FFFFFFF)
 
 
 def _scaled(v, x, m, e):
-    # x * m * 2**e with x * m kept a small int (as node._put does)
+    # x * m * 2**e with x * m kept a small int (as node._scaled does)
     while x > _SMALL // m or x < -(_SMALL // m):
         x = (x + 1) >> 1
         e += 1
@@ -35,7 +36,7 @@ class Accel(Obj):
 
 class Window(Obj):
     oid = 33000
-    res = tuple(i << 8 | (T_FLOAT if i in (4, 5) else T_INT) | R for i in range(12))
+    res = tuple(i << 8 | (T_FLOAT if i in (4, 5) else T_INT) | R for i in range(14))
 
     def __init__(self, node):
         self.node = node
@@ -64,8 +65,13 @@ class Window(Obj):
             v.int(sm.saturated)
         elif rid == 10:
             v.int(sm.errors)
-        else:
+        elif rid == 11:
             v.int(nd.windows)
+        elif rid == 12:  # reports lost: overwritten in the full log, or with no log
+            lg = nd.flog
+            v.int(nd.lost + (lg.dropped if lg is not None else 0))
+        else:  # reports waiting in the log
+            v.int(nd.flog.count if nd.flog is not None else 0)
 
 
 class Features(Obj):
@@ -73,12 +79,12 @@ class Features(Obj):
 
     def __init__(self, node):
         self.node = node
-        self.res = tuple(i << 8 | T_FLOAT | R for i in range(len(node._fscale)))
+        self.res = tuple(i << 8 | T_FLOAT | R for i in range(len(node._fscale) >> 1))
 
     def get(self, iid, rid, ri, v):
         nd = self.node
-        m, e = nd._fscale[rid]
-        _scaled(v, nd.feat[rid], m, e)
+        sc = nd._fscale
+        _scaled(v, nd.feat[rid], sc[2 * rid], sc[2 * rid + 1])
 
 
 _DTYPES = (T_INT, T_INT, T_STR, T_FLOAT, T_INT, T_BOOL, T_INT, T_OPQ, T_OPQ, T_OPQ,

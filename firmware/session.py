@@ -15,6 +15,12 @@
 # listens for "awake_ms" after each message it sends to the server (Register, Update,
 # Send) and sleeps otherwise: what arrives meanwhile is dropped, as by a radio that is
 # off; notifications wait for the next wake-up.
+#
+# Client-initiated bootstrap (Core section 6.1.2; config "bootstrap" = coap://HOST:PORT of
+# the bootstrap server): before the first Register the session takes the server account
+# from server.json (an earlier bootstrap), else the config's "gateway", else it runs
+# bootstrap.py; after _BS_AFTER Registers in a row failed it bootstraps again. The
+# bootstrap module is imported only for that and dropped from sys.modules afterwards.
 from micropython import const
 import time
 
@@ -30,6 +36,7 @@ _REBOOT_STATUS = const(3)  # exit status of a Reboot (/3/0/4) on the unix port
 _MAX_BLOCK = const(256)
 _OBSERVERS = const(4)
 _CACHE_SLOT = const(32)
+_BS_AFTER = const(3)  # Registers failed in a row before bootstrapping again
 
 PREFIX = "aiot-node"
 
@@ -56,6 +63,9 @@ class Session:
         self.queue = bool(cfg.get("queue", False))
         self._awake_ms = cfg.get("awake_ms", 5000)
         self._awake_until = self.clock.ticks_ms()
+        self.deadline_ms = -1  # bound on Register/Update/Send (-1: CoAP's whole schedule)
+        self._fails = 0  # Registers failed in a row
+        self._bs = "bootstrap" in cfg  # look for a stored account before connecting
 
     def log(self, what, arg=None):
         if arg is None:
@@ -101,7 +111,57 @@ class Session:
                 import udp  # noqa: F401
             self._net_errors = (coap.CoapError, lwm2m.LwM2MError, OSError)
 
+    def _bootstrap(self):
+        # the server account: server.json if an earlier bootstrap left one (once per
+        # boot), else a new bootstrap when there is no gateway or Registers keep failing
+        import sys
+
+        cfg = self.cfg
+        stored = self._bs
+        self._bs = False
+        import bootstrap
+
+        try:
+            acct = bootstrap.load() if stored else None
+            if acct is None and (not cfg["gateway"] or self._fails >= _BS_AFTER):
+                self._fails = 0
+                self.log("bootstrapping from", cfg["bootstrap"])
+                try:
+                    acct = bootstrap.run(cfg["bootstrap"], self.name)
+                except (bootstrap.BootstrapError, ValueError) + self._net_errors as e:
+                    self.error("bootstrap", e)
+                    return
+            if acct is None or acct["uri"] == cfg["gateway"]:
+                return
+            import nodecfg
+
+            try:
+                host, port = nodecfg.parse_gateway(acct["uri"])
+            except ValueError as e:
+                self.error("bootstrap", e)
+                return
+        finally:
+            del bootstrap
+            sys.modules.pop("bootstrap", None)  # boot-time code: give its RAM back
+            sys.modules.pop("nodecfg", None)
+        self.log("server", acct["uri"])
+        cfg["gateway"] = acct["uri"]
+        cfg["host"] = host
+        cfg["port"] = port
+        cfg["lifetime"] = acct["lifetime"]
+        cfg["queue"] = acct["binding"] == "UQ"
+        self.queue = cfg["queue"]
+        if self.client is not None:  # another server: a new endpoint and object tree
+            self.ep.transport.close()
+            self.client = self.ep = self.tree = self._transport = None
+
     def connect(self):
+        if "bootstrap" in self.cfg and (self._bs or self._fails >= _BS_AFTER
+                                        or not self.cfg["gateway"]):
+            self.load()
+            self._bootstrap()
+            if not self.cfg["gateway"]:
+                raise OSError("no server account (bootstrap failed)")
         if self.client is None:
             self.load()
             import coap
@@ -196,15 +256,17 @@ class Session:
                 c.set_lifetime(srv.lifetime)
             c.binding = srv.binding
             c.objects = self.tree.links()
-            loc = c.register()
+            loc = c.register(self.deadline_ms)
         except self._net_errors as e:
             self.error("register", e)
+            self._fails += 1
             d = self._backoff
             self._backoff = min(d * 2, _BACKOFF_MAX_MS)
             j = ((self.ep.rand(8) if self.ep else 0) * (d >> 2)) >> 8
             self._next = time.ticks_add(self.clock.ticks_ms(), d + j)
             return
         self.log("registered", loc)
+        self._fails = 0
         self._awake()
         self._backoff = _BACKOFF_MIN_MS
         self._next = time.ticks_add(self.clock.ticks_ms(), self.client.interval_ms)
@@ -232,7 +294,7 @@ class Session:
         self._upd = False
         self._what = 0
         try:
-            ok = c.update(-1, what)
+            ok = c.update(self.deadline_ms, what)
         except self._net_errors as e:
             self.error("update", e)
             self._what |= what  # carried by the retry

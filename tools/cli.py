@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hop", type=_positive_int, help="hop samples (default: the window)")
     s.add_argument("--report-ms", type=int, default=1000, help="min ms between reports (1000)")
     s.add_argument("--realtime", action="store_true", help="replay at the recording's own rate")
-    s.add_argument("--heap", default="256K",
-                   help="MicroPython heap per node (256K: the unix-sim board; the x64 code "
+    s.add_argument("--heap", default="320K",
+                   help="MicroPython heap per node (320K: the unix-sim board; the x64 code "
                    "lives in the heap)")
     s.add_argument("--model", metavar="FILE.tflite",
                    help="classifier every node runs on its windows (default: the shipped "

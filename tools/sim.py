@@ -94,7 +94,7 @@ class FleetConfig:
     hop: int | None = None
     report_ms: int = 1000
     realtime: bool = False
-    heap: str = "256K"  # boards/unix-sim.json: x64 code lives in the heap
+    heap: str = "320K"  # boards/unix-sim.json: x64 code lives in the heap
     verbose: bool = False
     # on-node models: None -> the shipped bearing models for nodes they fit (12 kHz
     # signal, window 1024); a path -> that model for every node; models=False -> none

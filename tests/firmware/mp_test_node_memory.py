@@ -88,7 +88,7 @@ def _measure(window, hop, windows=40, features=True, models=None, data_max=_DATA
     write_signal("s.i16", 50000)  # no wrap-around while measuring
     # the code first: on the unix port it lives in the heap; a board freezes it in flash
     import cbor, coap, lwm2m, sampler, simsensor, features  # noqa: F401
-    import coapsrv, coapobs, lwsrv, lwobj, lwattr, nodeobj  # noqa: F401
+    import coapsrv, coapobs, lwsrv, lwobj, lwattr, nodeobj, flashlog  # noqa: F401
     if models:
         import infer, tflite, tflk, tflq, tflfb  # noqa: F401
 
