@@ -29,7 +29,8 @@
 # (negative) to now for a record of this boot, else none. Reports lost (log full or off)
 # are counted in /33000/0/12, records waiting in /33000/0/13. With a log, Register,
 # Update and Send give up after _NET_DEADLINE_MS and the window loop never waits for
-# the gateway. Appending, sending and popping allocate a few objects (the time stamp's
+# the gateway; a Send with no answer at all makes the node register again (back-off),
+# logging the reports meanwhile. Appending, sending and popping allocate a few objects (the time stamp's
 # integers and float); the steady state (log empty, gateway reachable) nothing.
 from micropython import const
 import micropython
@@ -284,10 +285,19 @@ class Node(Session):
                 return self._sent()
             except self._net_errors as e:
                 self.error("send %d" % self.seq, e)
-                if not self.client.registered:
-                    self._next = self._last_report  # 4.04: register at once
+                self._lost_contact(e)
         self._keep()
         self._reset()
+
+    def _lost_contact(self, e):
+        # no answer at all (a timeout, a reset, an ICMP error), not a CoAP error code:
+        # the gateway is away. Register again (with back-off) and log the reports
+        # meanwhile, rather than spend the Send deadline on every report; after a
+        # 4.04 (the gateway forgot the registration) register at once
+        if not isinstance(e, self._net_errors[1]):
+            self.client.registered = False
+        if not self.client.registered:
+            self._next = self._last_report
 
     def _report_now(self):
         # without a log: wait until registered; a report the gateway refuses is dropped
@@ -414,6 +424,7 @@ class Node(Session):
                 self.error("send logged", e)
                 c = self.ep.rx.code
                 if not (isinstance(e, self._net_errors[1]) and c >> 5 == 4 and c != 0x84):
+                    self._lost_contact(e)
                     break
                 self.lost += 1  # refused for good (4.xx): it would block the log forever
             self._awake()

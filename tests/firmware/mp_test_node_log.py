@@ -225,3 +225,48 @@ def test_no_log_drops_and_counts():
     n.run(windows=1)
     if n.flog is not None or n.lost != 1 or _window_res(n, 12) != 1 or _window_res(n, 13):
         raise AssertionError((n.lost, _window_res(n, 12)))
+
+
+class _CountSends:
+    """Passes datagrams to the server; records the MID of every /dp transmission, also
+    those the server drops while it is down."""
+
+    def __init__(self, srv):
+        self.srv = srv
+        self.mids = []
+
+    def __call__(self, link, data):
+        import coap
+        from mp_test_simlink import header
+
+        m = coap.Message().decode(data)
+        path = "/".join(str(m.value(i), "utf-8") for i in range(m.nopt) if m.onum[i] == 11)
+        if path == "dp":
+            self.mids.append(header(data)[2])
+        return self.srv(link, data)
+
+
+def test_after_a_send_timeout_reports_go_to_the_log_without_waiting():
+    # one Send times out (the gateway went away): the node registers again with back-off
+    # and logs the next reports at once instead of spending the Send deadline on each
+    write_signal("s.i16", 4000)
+    c = WallClock()
+    srv = Server()
+    counter = _CountSends(srv)
+    cfg = nodecfg.check(dict(_GOOD, lifetime=30, window=16, report_ms=1000))
+    n = node.Node(cfg, nodecfg.open_sensor(cfg), transport=SimLink(c, counter), clock=c,
+                  rand=Rand(3))
+    n.run(windows=2)
+    if n.sent != 2 or not n.registered():
+        raise AssertionError("sent %d" % n.sent)
+    before = len(counter.mids)
+    _offline(n, srv, c, 6)
+    mids = counter.mids[before:]
+    if len(set(mids)) != 1 or len(mids) < 2:  # one Send, retransmitted, then no other
+        raise AssertionError(mids)
+    if n.flog.count != 6 or n.lost:
+        raise AssertionError((n.flog.count, n.lost))
+    _online(n)
+    seqs = [s for s, _, _ in _sends(srv)]
+    if seqs != list(range(len(seqs))) or len(seqs) < 9:
+        raise AssertionError(seqs)
