@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Self
 
 import aiocoap
 
+from . import coapmsg
 from .bootstrap import BootstrapServer
 from .config import GatewayConfig, load_config
 from .ddf import load_shipped
@@ -96,6 +97,7 @@ class Gateway:
         self._registry: Registry | None = None
         self._uplink: Uplink | None = None
         self._coap: aiocoap.Context | None = None
+        self._coap_layers: list[coapmsg.MessageLayer] = []
         self._dm: DeviceManagement | None = None
         self._dmstore: DMStore | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -163,7 +165,9 @@ class Gateway:
             self._registry.add_listener(lambda _event: uplink.kick())
         self._start_shadow()
         objects = load_shipped()
-        self._dmstore = DMStore.open(cfg.gateway.db)
+        self._dmstore = DMStore.open(cfg.gateway.db,
+                                     keep_finished_s=cfg.dm.keep_finished_days * 86400.0,
+                                     keep_finished_max=cfg.dm.keep_finished_max)
         self._dm = DeviceManagement(self._store, self._registry, self._dmstore, cfg.dm,
                                     objects=objects, clock=self._clock)
         self._registry.add_listener(self._dm.on_event)
@@ -176,6 +180,7 @@ class Gateway:
             )
         except OSError as e:
             raise GatewayError(f"cannot serve CoAP on {cfg.coap_uri}: {e.strerror or e}") from e
+        self._coap_layers = coapmsg.install(self._coap, compact_dedup=cfg.coap.compact_dedup)
         # Registrations that lapsed while the gateway was down go offline right away.
         self._registry.expire_due()
         await self._dm.start(self._coap)
@@ -247,7 +252,12 @@ class Gateway:
             await bs.shutdown()
         if self._coap is not None:
             ctx, self._coap = self._coap, None
-            await ctx.shutdown()
+            layers, self._coap_layers = self._coap_layers, []
+            try:
+                await ctx.shutdown()
+            finally:
+                for layer in layers:
+                    layer.close()
         if self._expiry is not None:
             task, self._expiry = self._expiry, None
             task.cancel()

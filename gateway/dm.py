@@ -625,6 +625,9 @@ class DeviceManagement:
             async with asyncio.timeout(limit):
                 response = await request.response
         except TimeoutError as e:
+            # Lose interest explicitly: gateway/coapmsg.py then stops the CON's
+            # retransmissions, which with NSTART = 1 would hold every later request.
+            request.response.cancel()
             raise DeviceTimeout(f"{wire.op} {wire.key}: {reg.endpoint} did not answer"
                                 f" within {limit:g} s") from e
         except aiocoap.error.Error as e:
@@ -730,22 +733,16 @@ class DeviceManagement:
         if not records:
             return
         seq = response.opt.observe
+        # its dm_notifications row commits with its readings (one group commit)
         future = self._registry.submit_send(
             reg, token=b"", content_format=cf_int if cf_int is not None else codecs.CF_TEXT,
-            payload=payload, records=records)
-        now = self._clock()
+            payload=payload, records=records,
+            also=self.db.notification_writer(live_id, seq, cf_int, self._clock()))
 
         def stored(fut: asyncio.Future[Any]) -> None:
-            if fut.cancelled():
-                return
-            exc = fut.exception()
-            if exc is not None:
-                log.error("Notification from ep=%s not stored: %s", reg.endpoint, exc)
-                return
-            try:
-                self.db.add_notification(live_id, fut.result().send_id, seq, cf_int, now)
-            except Exception:  # a listener must not raise
-                log.exception("recording a Notification of ep=%s failed", reg.endpoint)
+            if not fut.cancelled() and fut.exception() is not None:
+                log.error("Notification from ep=%s not stored: %s", reg.endpoint,
+                          fut.exception())
 
         future.add_done_callback(stored)
 

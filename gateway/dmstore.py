@@ -11,24 +11,41 @@ mode) start ``pending``, become ``sending`` while on the wire and end ``done`` (
 answer, success or not) or ``failed`` (no answer, or an error on the gateway side); the
 answer is kept as the result's JSON. After a restart a queued request left ``sending``
 goes back to ``pending`` (the node may or may not have executed it: at least once), and
-a direct one left ``sending`` is marked ``failed``.
+a direct one left ``sending`` is marked ``failed``. Finished requests (``done``,
+``failed``) are kept for ``keep_finished_s`` and at most ``keep_finished_max`` of them
+(``[dm]`` config): the others are deleted at start (``recover``) and every
+``PRUNE_EVERY`` finishes. Open requests are never deleted.
+
+A Notification's ``dm_notifications`` row is written through the ``Store``'s connection,
+in the transaction (group commit) that stores its readings (``notification_writer``).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import StoreError
 
-__all__ = ["DMStore", "ObservationRow", "RequestRow", "RequestState"]
+__all__ = [
+    "KEEP_FINISHED_MAX",
+    "KEEP_FINISHED_S",
+    "DMStore",
+    "ObservationRow",
+    "RequestRow",
+    "RequestState",
+]
 
 RequestState = Literal["pending", "sending", "done", "failed"]
 
 DM_SCHEMA_VERSION = 1
+KEEP_FINISHED_S = 7 * 86400.0  # finished requests are kept a week by default
+KEEP_FINISHED_MAX = 10000  # and at most this many of them
+PRUNE_EVERY = 256  # finishes between two prunings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,6 +63,8 @@ CREATE TABLE IF NOT EXISTS dm_requests (
 );
 CREATE INDEX IF NOT EXISTS dm_requests_open ON dm_requests (endpoint, id)
     WHERE state IN ('pending', 'sending');
+CREATE INDEX IF NOT EXISTS dm_requests_finished ON dm_requests (finished)
+    WHERE state IN ('done', 'failed');
 CREATE TABLE IF NOT EXISTS dm_observations (
     id          INTEGER PRIMARY KEY,
     endpoint    TEXT NOT NULL,
@@ -113,11 +132,16 @@ _OBS_COLS = "id, endpoint, key, spec, token, reg_id, created, established"
 class DMStore:
     """Device-management tables; open with ``DMStore.open(path)``."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, keep_finished_s: float = KEEP_FINISHED_S,
+                 keep_finished_max: int = KEEP_FINISHED_MAX) -> None:
         self._db = conn
+        self._keep_s = keep_finished_s
+        self._keep_max = keep_finished_max
+        self._finished = 0  # since the last pruning
 
     @classmethod
-    def open(cls, path: str | Path) -> DMStore:
+    def open(cls, path: str | Path, *, keep_finished_s: float = KEEP_FINISHED_S,
+             keep_finished_max: int = KEEP_FINISHED_MAX) -> DMStore:
         """Open the gateway database at ``path`` and create the ``dm_*`` tables."""
         try:
             conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
@@ -141,7 +165,7 @@ class DMStore:
         except StoreError:
             conn.close()
             raise
-        return cls(conn)
+        return cls(conn, keep_finished_s=keep_finished_s, keep_finished_max=keep_finished_max)
 
     def close(self) -> None:
         self._db.close()
@@ -179,6 +203,26 @@ class DMStore:
             self._db.execute(
                 "UPDATE dm_requests SET state = ?, result = ?, finished = ? WHERE id = ?",
                 (state, json.dumps(result), now, request_id))
+        self._finished += 1
+        if self._finished >= PRUNE_EVERY:
+            self.prune(now)
+
+    def prune(self, now: float) -> int:
+        """Delete finished requests older than the retention or beyond the newest
+        ``keep_finished_max``; how many went. Open ones are never touched."""
+        self._finished = 0
+        with self._db:
+            gone = self._db.execute(
+                "DELETE FROM dm_requests WHERE state IN ('done', 'failed') AND finished < ?",
+                (now - self._keep_s,)).rowcount
+            row = self._db.execute(
+                "SELECT id FROM dm_requests WHERE state IN ('done', 'failed')"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?", (self._keep_max,)).fetchone()
+            if row is not None:
+                gone += self._db.execute(
+                    "DELETE FROM dm_requests WHERE state IN ('done', 'failed') AND id <= ?",
+                    (row[0],)).rowcount
+        return gone
 
     def request(self, request_id: int) -> RequestRow | None:
         row = self._db.execute(f"SELECT {_REQ_COLS} FROM dm_requests WHERE id = ?",
@@ -225,6 +269,7 @@ class DMStore:
                 "UPDATE dm_requests SET state = 'failed', finished = ?, result = ?"
                 " WHERE state = 'sending' AND queued = 0",
                 (now, json.dumps({"error": "gateway restarted before the answer"})))
+        self.prune(now)
 
     # -- observations ------------------------------------------------------------------
 
@@ -273,11 +318,24 @@ class DMStore:
 
     def add_notification(self, obs_id: int, send_id: int | None, seq: int | None,
                          content_format: int | None, now: float) -> None:
+        """Record a Notification in a transaction of its own (one commit, one fsync)."""
         with self._db:
-            self._db.execute(
+            self.notification_writer(obs_id, seq, content_format, now)(self._db, send_id)
+
+    @staticmethod
+    def notification_writer(obs_id: int, seq: int | None, content_format: int | None,
+                            now: float) -> Callable[[sqlite3.Connection, int | None], None]:
+        """What records a Notification on a connection inside the caller's transaction,
+        given the id of the Send its readings went to: ``Store.record_send``'s ``also``,
+        so the row joins the group commit of those readings."""
+
+        def write(db: sqlite3.Connection, send_id: int | None) -> None:
+            db.execute(
                 "INSERT INTO dm_notifications (observation_id, send_id, observe_seq,"
                 " content_format, received) VALUES (?, ?, ?, ?, ?)",
                 (obs_id, send_id, seq, content_format, now))
+
+        return write
 
     def notifications(self, obs_id: int) -> list[tuple[int | None, int | None, float]]:
         """(send id, Observe sequence number, time) of an observation's Notifications."""

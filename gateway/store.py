@@ -11,7 +11,10 @@ and is migrated forward on open; a newer file is refused.
 Times are wall-clock epoch seconds (floats). The store is synchronous and meant to be
 called from the event loop's thread only; every call is one short transaction, or, inside
 ``batch()``, a savepoint of one shared transaction (group commit: many Sends, one
-COMMIT and one fsync; a call that fails inside is undone alone).
+COMMIT and one fsync; a call that fails inside is undone alone). ``begin_batch()`` and
+``commit_later()`` do the same, with the COMMIT (its fsync, milliseconds on a busy disk)
+on a writer thread: the event loop goes on receiving and decoding the next requests
+meanwhile, and any use of the store first waits for that COMMIT to end (``settle()``).
 
 What goes into the outbox is decided by an ``OutboxEncoder`` (the uplink's topic
 scheme); with none (MQTT disabled) nothing is written there.
@@ -19,9 +22,12 @@ scheme); with none (MQTT disabled) nothing is written there.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import json
 import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,7 +55,7 @@ __all__ = [
     "StoredValue",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EXCHANGE_LIFETIME_S = 247.0  # RFC 7252 §4.8.2: how long a retransmission can still arrive
 
 RegState = Literal["registered", "offline", "deregistered"]
@@ -147,6 +153,8 @@ FROM sends AS s, json_each(s.data) AS j
 """
 _KINDS = frozenset(("v", "vs", "vb", "vd"))
 LATEST_MAX_PATHS = 4096  # paths kept per endpoint; beyond, the least recently sent go
+_CACHE_MAX = 1 << 16  # registrations (and latest path sets) kept in memory at most
+LATEST_MAX_SENDS = 8  # Sends latest.sends names at most (schema v3)
 READING_ID_SPAN = 1 << 16  # readings per Send at most (config coap.max_records)
 
 
@@ -171,10 +179,13 @@ def _v2_from_v1(conn: sqlite3.Connection) -> None:
     conn.execute(_READINGS_VIEW)
 
 
+_to_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
 def _readings_json(records: Sequence[Record]) -> str:
-    return json.dumps([[r.path, r.kind, r.value, r.time] if r.kind != "vd" else
-                       [r.path, "vd", base64.b64encode(r.value).decode(), r.time]
-                       for r in records], separators=(",", ":"))
+    return _to_json([r[:4] if r.kind != "vd" else
+                     (r.path, "vd", base64.b64encode(r.value).decode(), r.time)
+                     for r in records])
 
 
 def _readings_from_json(data: str) -> Iterator[tuple[str, ValueKind, Value, float | None]]:
@@ -182,10 +193,21 @@ def _readings_from_json(data: str) -> Iterator[tuple[str, ValueKind, Value, floa
         yield path, kind, base64.b64decode(value) if kind == "vd" else value, t
 
 
+# Version 3 lets an endpoint's latest values point at its latest Sends instead of holding
+# a copy: latest.sends is a JSON array of Send ids, oldest first, whose readings (received
+# at their received_at) go on top of latest.paths. A node sends the same paths each time
+# (its report; its Notifications of an observed object), so a Send usually only rewrites
+# that short array, dropping the Sends it covers, instead of reading, CBOR-decoding and
+# re-encoding the whole map (about 150 us of a 33-record Send on the development VM).
+# Beyond LATEST_MAX_SENDS, or LATEST_MAX_PATHS, everything is folded into latest.paths
+# again. Sends are never deleted, so what latest.sends names is always there.
+_SCHEMA_V3 = "ALTER TABLE latest ADD COLUMN sends TEXT"
+
 # user_version -> (script, then a function) that bring the file to user_version + 1
 _MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None] | None]] = {
     0: (_SCHEMA_V1, None),
     1: (_SCHEMA_V2, _v2_from_v1),
+    2: (_SCHEMA_V3, None),
 }
 
 
@@ -319,9 +341,20 @@ class Store:
     """The gateway's SQLite database; open with ``Store.open()``."""
 
     def __init__(self, conn: sqlite3.Connection, encoder: OutboxEncoder | None) -> None:
-        self._db = conn
+        self._conn = conn
         self._encoder = encoder
         self._in_batch = False
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # on first use
+        self._committing: concurrent.futures.Future[None] | None = None
+        # Read caches, so a Send or a Notification costs no lookup (and no wait for a
+        # COMMIT on its way): registrations by endpoint and the endpoint of the live one
+        # at an address (filled only from committed state, dropped whenever an
+        # endpoint's registration is written), and per endpoint the shape of its latest
+        # row (_Top: set after each write that went through). All are emptied whenever
+        # a transaction fails.
+        self._by_ep: dict[str, Registration] = {}
+        self._by_addr: dict[tuple[str, int], str] = {}
+        self._tops: dict[str, _Top] = {}
 
     @classmethod
     def open(
@@ -335,7 +368,10 @@ class Store:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise StoreError(f"unknown synchronous mode {synchronous!r}")
         try:
-            conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+            # check_same_thread off: only the COMMIT of commit_later() runs on the writer
+            # thread, and nothing else touches the connection until it ended (settle())
+            conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0,
+                                   check_same_thread=False)
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot open database: {e}") from e
         try:
@@ -355,7 +391,29 @@ class Store:
         return cls(conn, encoder)
 
     def close(self) -> None:
-        self._db.close()
+        self.settle()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
+        self._conn.close()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, once no COMMIT runs on it any more."""
+        if self._committing is not None:
+            self.settle()
+        return self._conn
+
+    def settle(self) -> None:
+        """Wait for the COMMIT ``commit_later()`` started, if it still runs."""
+        committing, self._committing = self._committing, None
+        if committing is None:
+            return
+        concurrent.futures.wait([committing])
+        if committing.cancelled() or committing.exception() is not None:
+            self._forget_cached()  # nothing of that batch is stored
+            if self._conn.in_transaction:  # cancelled before it ran
+                self._conn.execute("ROLLBACK")
 
     @property
     def outbox_enabled(self) -> bool:
@@ -369,24 +427,58 @@ class Store:
         others still commit; if the block itself raises (or COMMIT fails) nothing of it
         is stored. Nothing inside is durable before the block has returned.
         """
-        if self._in_batch:
-            raise StoreError("batch() does not nest")
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        self._in_batch = True
+        self.begin_batch()
         try:
             yield
         except BaseException:
-            self._in_batch = False
-            db.execute("ROLLBACK")
+            self.rollback_batch()
             raise
         self._in_batch = False
+        try:
+            self._commit()
+        except BaseException:
+            self._forget_cached()
+            raise
+
+    def begin_batch(self) -> None:
+        """Start a group commit: what follows runs in one transaction, until
+        ``commit_later()`` (or ``rollback_batch()``)."""
+        if self._in_batch:
+            raise StoreError("batch() does not nest")
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_batch = True
+
+    def rollback_batch(self) -> None:
+        """Undo everything since ``begin_batch()``."""
+        self._in_batch = False
+        self._forget_cached()
+        self._conn.execute("ROLLBACK")
+
+    def commit_later(self) -> asyncio.Future[None]:
+        """COMMIT the batch on the writer thread; the future resolves once it is durable
+        (or raises, and then nothing of the batch is stored)."""
+        if not self._in_batch:
+            raise StoreError("no batch to commit")
+        self._in_batch = False
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="aiot-store-commit")
+        self._committing = self._writer.submit(self._commit)
+        return asyncio.wrap_future(self._committing)
+
+    def _commit(self) -> None:
+        db = self._conn
         try:
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _forget_cached(self) -> None:
+        self._by_ep.clear()
+        self._by_addr.clear()
+        self._tops.clear()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -405,16 +497,24 @@ class Store:
         try:
             yield db
         except BaseException:
+            self._forget_cached()
             db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
+        try:
+            db.execute("COMMIT")
+        except BaseException:
+            self._forget_cached()
+            raise
 
     # -- registrations ---------------------------------------------------------------
 
     def registration(self, endpoint: str) -> Registration | None:
         """The registration of ``endpoint`` in whatever state it is."""
+        cached = self._by_ep.get(endpoint)
+        if cached is not None:
+            return cached
         row = self._db.execute(_SELECT_REG + " WHERE endpoint = ?", (endpoint,)).fetchone()
-        return _registration(row) if row else None
+        return self._cached(row) if row else None
 
     def by_reg_id(self, reg_id: str) -> Registration | None:
         """The registration with id ``reg_id`` in whatever state it is."""
@@ -423,12 +523,42 @@ class Store:
 
     def by_address(self, host: str, port: int) -> Registration | None:
         """The most recently updated live registration at ``host``/``port``."""
+        addr = (host, port)
+        ep = self._by_addr.get(addr)
+        if ep is not None:
+            reg = self._by_ep.get(ep)
+            if reg is not None and (reg.host, reg.port, reg.state) == (host, port,
+                                                                       "registered"):
+                return reg
         row = self._db.execute(
             _SELECT_REG + " WHERE host = ? AND port = ? AND state = 'registered'"
             " ORDER BY updated_at DESC LIMIT 1",
-            (host, port),
+            addr,
         ).fetchone()
-        return _registration(row) if row else None
+        if row is None:
+            return None
+        reg = self._cached(row)
+        if not self._conn.in_transaction:
+            self._by_addr[addr] = reg.endpoint
+        return reg
+
+    def _cached(self, row: Sequence[Any]) -> Registration:
+        """The registration of a row just read; kept if committed (not in a batch)."""
+        reg = _registration(row)
+        if not self._conn.in_transaction:  # _db waited for any COMMIT on its way
+            if len(self._by_ep) >= _CACHE_MAX:
+                self._by_ep.clear()
+                self._by_addr.clear()
+            self._by_ep[reg.endpoint] = reg
+        return reg
+
+    def _uncache(self, reg: Registration) -> None:
+        """``reg`` is about to be written: forget its endpoint, and who lives at its
+        address and at the address it had."""
+        old = self._by_ep.pop(reg.endpoint, None)
+        self._by_addr.pop((reg.host, reg.port), None)
+        if old is not None:
+            self._by_addr.pop((old.host, old.port), None)
 
     def registrations(self) -> list[Registration]:
         """Every registration, by endpoint name."""
@@ -445,6 +575,7 @@ class Store:
         detail: str | None = None,
     ) -> None:
         """Insert or replace ``reg`` (keeping the endpoint's counters), log and announce."""
+        self._uncache(reg)
         with self._tx() as db:
             db.execute(
                 "INSERT INTO registrations (endpoint, reg_id, host, port, lifetime, binding,"
@@ -468,6 +599,7 @@ class Store:
         now: float,
     ) -> bool:
         """Move ``reg`` to ``state`` if it is still that registration and registered."""
+        self._uncache(reg)
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE registrations SET state = ? WHERE endpoint = ? AND reg_id = ?"
@@ -526,13 +658,19 @@ class Store:
         content_format: int,
         records: Sequence[Record],
         now: float,
+        also: Callable[[sqlite3.Connection, int], None] | None = None,
     ) -> SendResult:
         """Commit a Send's readings and outbox rows in one transaction, unless duplicate.
 
         A Send is a duplicate when the same endpoint sent the same non-empty token with
         the same payload digest within EXCHANGE_LIFETIME (a retransmission that outlived
         the CoAP layer's own deduplication, e.g. across a gateway restart).
+
+        ``also(connection, send id)``, for a new Send, writes rows of another module's
+        tables in the same file (``dm_notifications``) inside the same transaction: they
+        commit, or are undone, with the Send.
         """
+        top: _Top | None = None
         with self._tx() as db:
             if token:
                 row = db.execute(
@@ -566,32 +704,68 @@ class Store:
                                              rec.value, rec.time, now))
                         for i, rec in enumerate(records))],
                 )
-            self._merge_latest(db, ep, records, now)
+            top = self._merge_latest(db, ep, send_id, records, now)
             db.execute(
                 "UPDATE registrations SET send_count = send_count + 1,"
                 " reading_count = reading_count + ?, last_seen = ? WHERE endpoint = ?",
                 (len(records), now, reg.endpoint),
             )
+            if also is not None:
+                also(db, send_id)
+        assert top is not None  # set by every way through that did not return
+        if len(self._tops) >= _CACHE_MAX:
+            self._tops.clear()
+        self._tops[ep] = top  # committed, or part of a batch that fails as a whole
         return SendResult(send_id, len(records), duplicate=False)
 
-    @staticmethod
-    def _merge_latest(db: sqlite3.Connection, ep: str, records: Sequence[Record],
-                      now: float) -> None:
-        row = db.execute("SELECT paths FROM latest WHERE endpoint = ?", (ep,)).fetchone()
-        latest: dict[str, list[Any]] = cbor2.loads(row[0]) if row is not None else {}
+    def _merge_latest(self, db: sqlite3.Connection, ep: str, send_id: int,
+                      records: Sequence[Record], now: float) -> _Top:
+        """Put Send ``send_id`` on top of ``ep``'s latest values (schema v3 note)."""
+        paths = frozenset([r.path for r in records])
+        paths = _PATHSETS.setdefault(paths, paths)  # nodes send the same paths: share them
+        if len(_PATHSETS) > _CACHE_MAX:
+            _PATHSETS.clear()
+        top = self._tops.get(ep)
+        if top is None:  # not cached (the first Send since start): read the row's shape
+            rows = db.execute(_SELECT_LATEST + " WHERE l.endpoint = ? ORDER BY j.key",
+                              (ep,)).fetchall()
+            if not rows and len(paths) <= LATEST_MAX_PATHS:
+                db.execute("INSERT INTO latest (endpoint, paths, sends) VALUES (?, ?, ?)",
+                           (ep, _EMPTY_MAP, f"[{send_id}]"))
+                return _EMPTY, ((send_id, paths),)
+            top = _top(rows) if rows else None
+        if top is not None:
+            base, tops = top
+            tops = (*(t for t in tops if not t[1] <= paths), (send_id, paths))
+            union = paths.union(*(t[1] for t in tops[:-1]))
+            covered = base <= union
+            if len(tops) <= LATEST_MAX_SENDS and len(union if covered else union | base) \
+                    <= LATEST_MAX_PATHS:
+                sends = "[" + ",".join([str(t[0]) for t in tops]) + "]"
+                if covered and base:
+                    db.execute("UPDATE latest SET paths = ?, sends = ? WHERE endpoint = ?",
+                               (_EMPTY_MAP, sends, ep))
+                else:
+                    db.execute("UPDATE latest SET sends = ? WHERE endpoint = ?", (sends, ep))
+                return (_EMPTY if covered else base), tops
+        # fold everything into latest.paths
+        latest = _merged(db.execute(_SELECT_LATEST + " WHERE l.endpoint = ? ORDER BY j.key",
+                                    (ep,)).fetchall())
         for rec in records:
             latest[rec.path] = [rec.kind, rec.value, rec.time, now]
         if len(latest) > LATEST_MAX_PATHS:
             keep = sorted(latest.items(), key=lambda kv: kv[1][3])[-LATEST_MAX_PATHS:]
             latest = dict(keep)
-        db.execute("INSERT INTO latest (endpoint, paths) VALUES (?, ?) ON CONFLICT (endpoint)"
-                   " DO UPDATE SET paths = excluded.paths", (ep, cbor2.dumps(latest)))
+        db.execute("INSERT INTO latest (endpoint, paths, sends) VALUES (?, ?, NULL)"
+                   " ON CONFLICT (endpoint) DO UPDATE SET paths = excluded.paths,"
+                   " sends = NULL", (ep, cbor2.dumps(latest)))
+        return frozenset(latest), ()
 
     def latest(self, endpoint: str) -> dict[str, StoredValue]:
         """The latest value of each path ``endpoint`` sent (by path)."""
-        row = self._db.execute("SELECT paths FROM latest WHERE endpoint = ?",
-                               (endpoint,)).fetchone()
-        return _latest(row[0]) if row is not None else {}
+        rows = self._db.execute(_SELECT_LATEST + " WHERE l.endpoint = ? ORDER BY j.key",
+                                (endpoint,)).fetchall()
+        return {path: StoredValue(*v) for path, v in _merged(rows).items()}
 
     def readings(self, send_id: int | None = None) -> list[StoredReading]:
         """Stored readings (of one Send, or all), in id order; for tests and tools."""
@@ -664,9 +838,15 @@ class Store:
         Two reads of small tables (registrations, latest: one row per endpoint); it
         never scans readings, so calling it every second is cheap whatever the history.
         """
+        by_ep: dict[str, list[Any]] = {}
+        for ep, *row in self._db.execute(
+            _SELECT_LATEST.replace("SELECT", "SELECT l.endpoint,", 1)
+            + " ORDER BY l.endpoint, j.key"
+        ):
+            by_ep.setdefault(ep, []).append(row)
         last: dict[str, dict[str, Value]] = {
-            ep: {path: v.value for path, v in sorted(_latest(paths).items())}
-            for ep, paths in self._db.execute("SELECT endpoint, paths FROM latest")
+            ep: {path: v[1] for path, v in sorted(_merged(rows).items())}
+            for ep, rows in by_ep.items()
         }
         out = []
         for (ep, state, reg_id, host, port, lifetime, registered_at, updated_at, last_seen,
@@ -683,8 +863,38 @@ class Store:
 
 
 
-def _latest(blob: bytes) -> dict[str, StoredValue]:
-    return {path: StoredValue(*v) for path, v in cbor2.loads(blob).items()}
+# latest.paths, then each Send latest.sends names, oldest first (ORDER BY j.key)
+_SELECT_LATEST = ("SELECT l.paths, j.value, s.data, s.received_at FROM latest AS l"
+                  " LEFT JOIN json_each(l.sends) AS j LEFT JOIN sends AS s ON s.id = j.value")
+_EMPTY_MAP = b"\xa0"  # CBOR {}
+_EMPTY: frozenset[str] = frozenset()
+_PATHSETS: dict[frozenset[str], frozenset[str]] = {}  # interned path sets (_merge_latest)
+# An endpoint's latest row in short: the paths latest.paths holds, and (Send id, its
+# paths) for each Send latest.sends names
+_Top = tuple[frozenset[str], tuple[tuple[int, frozenset[str]], ...]]
+
+
+def _merged(rows: Sequence[Sequence[Any]]) -> dict[str, list[Any]]:
+    """Path -> [kind, value, time, received_at] from _SELECT_LATEST rows of one endpoint."""
+    if not rows:
+        return {}
+    latest: dict[str, list[Any]] = cbor2.loads(rows[0][0])
+    for _blob, _send_id, data, received_at in rows:
+        if data is not None:
+            for path, kind, value, t in _readings_from_json(data):
+                latest[path] = [kind, value, t, received_at]
+    return latest
+
+
+def _top(rows: Sequence[Sequence[Any]]) -> _Top:
+    base = frozenset(cbor2.loads(rows[0][0]))
+    tops = []
+    for _blob, send_id, data, _t in rows:
+        if data is not None:
+            paths = frozenset([r[0] for r in _readings_from_json(data)])
+            tops.append((int(send_id), _PATHSETS.setdefault(paths, paths)))
+    return base, tuple(tops)
+
 
 _SELECT_REG = (
     "SELECT endpoint, reg_id, host, port, lifetime, binding, lwm2m_version, object_links,"
@@ -693,7 +903,10 @@ _SELECT_REG = (
 
 
 def _registration(row: Sequence[Any]) -> Registration:
-    return Registration(*row)
+    ep, reg_id, host, port, lifetime, binding, version, links, *rest = row
+    # strings many registrations share: one copy each (RSS with 10k nodes cached)
+    return Registration(ep, reg_id, sys.intern(host), port, lifetime, sys.intern(binding),
+                        sys.intern(version), sys.intern(links), *rest)
 
 
 def _from_db(kind: str, value: Any) -> Value:

@@ -83,6 +83,8 @@ def test_relative_db_is_relative_to_the_config_folder(tmp_path, monkeypatch):
     ("[mqtt]\nenabled = 1\n", "mqtt.enabled: must be true or false"),
     ("[mqtt]\nport = true\n", "mqtt.port: must be an integer"),
     ("[mqtt]\nbatch = 0\n", "mqtt.batch: must be 1..65535"),
+    ("[dm]\nkeep_finished_days = 0\n", "dm.keep_finished_days: must be greater than 0"),
+    ("[dm]\nkeep_finished_max = -1\n", "dm.keep_finished_max: must be greater than 0"),
     ("[mqtt]\ntopic_prefix = \"a/#\"\n", "mqtt.topic_prefix"),
     ("[registry]\nexpiry_check_s = 0\n", "registry.expiry_check_s: must be greater than 0"),
     ("[registry]\nexpiry_check_s = nan\n", "must be a finite number"),

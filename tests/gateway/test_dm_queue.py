@@ -94,3 +94,36 @@ async def test_queue_limits_and_errors(gateway_config, running_gateway, clock):
         assert (await waiting).values == {"/3/0/1": "fake-node"}
         with pytest.raises(DMError, match="no request"):
             await gw.dm.wait(12345)
+
+
+def test_finished_requests_are_pruned_after_their_retention_open_ones_kept(tmp_path):
+    from aiotkit.gateway import dmstore
+    from aiotkit.gateway.dmstore import DMStore
+
+    db = DMStore.open(tmp_path / "gw.db", keep_finished_s=100.0, keep_finished_max=2)
+    try:
+        t0 = 1_700_000_000.0
+        ids = [db.add_request("dev", "read", {"path": f"/3/0/{i}"}, queued=True, now=t0 + i)
+               for i in range(6)]
+        for i in ids[:4]:
+            db.finish(i, "done" if i % 2 else "failed", {"code": "2.05"}, t0 + i)
+        assert db.prune(t0 + 50) == 2  # beyond the newest two finished
+        assert [r.id for r in db.requests("dev")] == ids[2:]
+        assert db.prune(t0 + 103.5) == 1  # older than 100 s
+        assert [r.id for r in db.requests("dev")] == ids[3:]
+        assert [r.state for r in db.requests("dev", open_only=True)] == ["pending"] * 2
+        assert db.prune(t0 + 10_000) == 1 and db.prune(t0 + 10_000) == 0
+        assert [r.id for r in db.requests("dev")] == ids[4:]  # open requests stay
+    finally:
+        db.close()
+    # pruned on open (recover) and every PRUNE_EVERY finishes, with the configured limits
+    db = DMStore.open(tmp_path / "gw.db", keep_finished_s=1.0, keep_finished_max=1000)
+    try:
+        db.recover(t0 + 10_000)
+        rid = ids[4]
+        db.finish(rid, "done", {}, t0)
+        for _ in range(dmstore.PRUNE_EVERY - 1):
+            db.finish(ids[5], "done", {}, t0 + 20_000)
+        assert [r.id for r in db.requests("dev")] == [ids[5]]
+    finally:
+        db.close()

@@ -21,6 +21,12 @@ def reg(endpoint: str, port: int) -> Registration:
                         "</3303/0>", T0, T0)
 
 
+def register(registry: Registry, count: int) -> list[Registration]:
+    return [registry.register(f"node-{i}", lifetime=60, lwm2m_version="1.1", binding="U",
+                              object_links="</3303/0>", host="127.0.0.1", port=1000 + i)
+            for i in range(count)]
+
+
 def committed_sends(path) -> int:
     """What another connection sees: only committed rows."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -74,9 +80,7 @@ async def test_sends_arriving_together_share_one_commit_and_resolve_after_it(tmp
     store._db.set_trace_callback(statements.append)
     try:
         registry = Registry(store, clock=lambda: T0)
-        regs = [registry.register(f"node-{i}", lifetime=60, lwm2m_version="1.1",
-                                  binding="U", object_links="</3303/0>", host="127.0.0.1",
-                                  port=1000 + i) for i in range(20)]
+        regs = register(registry, 20)
         statements.clear()
         seen_when_resolved: list[int] = []
 
@@ -126,5 +130,72 @@ async def test_a_failing_send_in_a_batch_fails_alone(tmp_path, monkeypatch):
             "good", lifetime=60, lwm2m_version="1.1", binding="U", object_links="</3/0>",
             host="127.0.0.1", port=3)
         assert store.by_address("127.0.0.1", 3) == again
+    finally:
+        store.close()
+
+
+async def test_notifications_are_recorded_in_the_group_commit_of_their_readings(tmp_path):
+    from aiotkit.gateway.dmstore import DMStore
+
+    path = tmp_path / "gw.db"
+    dm = DMStore.open(path)
+    store = Store.open(path)
+    commits: list[str] = []
+    store._db.set_trace_callback(commits.append)
+    dm._db.set_trace_callback(commits.append)
+    try:
+        registry = Registry(store, clock=lambda: T0)
+        regs = register(registry, 10)
+        obs = dm.save_observation("node-0", "/3303/0", {}, T0)
+        commits.clear()
+        futures = [registry.submit_send(
+            r, token=b"", content_format=112, payload=bytes([i]), records=RECORDS,
+            also=dm.notification_writer(obs, i, 112, T0 + i)) for i, r in enumerate(regs)]
+        # one that fails inside the batch takes its Notification row with it
+        broken = registry.submit_send(
+            regs[0], token=b"", content_format=112, payload=b"x", records=RECORDS,
+            also=lambda db, send_id: db.execute("INSERT INTO no_such_table VALUES (1)"))
+        results = await asyncio.gather(*futures)
+        with pytest.raises(sqlite3.OperationalError):
+            await broken
+        assert commits.count("COMMIT") == 1  # readings and Notifications: one fsync
+        notes = dm.notifications(obs)
+        assert notes == [(r.send_id, i, T0 + i) for i, r in enumerate(results)]
+        assert committed_sends(path) == 10
+    finally:
+        store.close()
+        dm.close()
+
+
+async def test_a_commit_that_fails_on_the_writer_thread_fails_every_caller(
+        tmp_path, monkeypatch):
+    path = tmp_path / "gw.db"
+    store = Store.open(path)
+    try:
+        registry = Registry(store, clock=lambda: T0)
+        [node] = register(registry, 1)
+        report = [Record("/3303/0/5700", "v", 1.0)]
+        await registry.submit_send(node, token=b"\x01", content_format=112, payload=b"1",
+                                   records=report)
+        real = store._commit
+
+        def disk_full() -> None:
+            store._conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(store, "_commit", disk_full)
+        lost = [registry.submit_send(node, token=bytes([i]), content_format=112,
+                                     payload=bytes([i]), records=report) for i in (2, 3)]
+        for future in lost:
+            with pytest.raises(sqlite3.OperationalError, match="full"):
+                await future
+        assert committed_sends(path) == 1
+        monkeypatch.setattr(store, "_commit", real)
+        other = [Record("/3/0/9", "v", 87)]
+        await registry.submit_send(node, token=b"\x04", content_format=112, payload=b"4",
+                                   records=other)
+        # the latest values name no Send of the lost batch
+        assert {p: v.value for p, v in store.latest("node-0").items()} == {
+            "/3303/0/5700": 1.0, "/3/0/9": 87}
     finally:
         store.close()

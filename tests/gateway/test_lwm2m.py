@@ -575,3 +575,20 @@ async def test_libcoap_client_registers_and_deregisters(gateway_config, running_
                                  f"coap://127.0.0.1:{cfg.coap.port}/rd/{reg.reg_id}")
         assert "c:2.02" in out, out
         assert gw.store.registration("x").state == "deregistered"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("host,port", [
+    ("127.0.0.1", 40000), ("10.0.0.254", 5683), ("224.0.1.187", 5683), ("::1", 40000),
+    ("2001:db8::7", 5683), ("::ffff:0:1", 1234),
+])
+def test_peer_address_reads_a_socket_address_as_aiocoap_hostinfo_does(host, port):
+    from aiocoap.transports.udp6 import UDP6EndpointAddress
+    from aiocoap.util import hostportsplit
+    from aiotkit.gateway.lwm2m import peer_address
+
+    sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, family=socket.AF_INET6,
+                                  flags=socket.AI_V4MAPPED)[0][-1]
+    interface = type("FakeMessageInterface", (), {})()  # as aiocoap's own doctest does
+    remote = UDP6EndpointAddress(sockaddr, interface)
+    want_host, want_port = hostportsplit(remote.hostinfo)
+    assert peer_address(remote) == (want_host, want_port or 5683)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiotkit.gateway.errors import StoreError
@@ -180,7 +183,7 @@ def test_a_version_1_database_is_migrated_with_its_last_values(tmp_path):
     conn.close()
     store = Store.open(path)
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert store.latest("a") == {
             "/3/0/9": store_mod.StoredValue("v", 87, None, T0),
             "/1/0/6": store_mod.StoredValue("vb", True, 3.0, T0 + 1)}
@@ -251,5 +254,115 @@ def test_the_readings_view_gives_one_sql_row_per_reading(tmp_path):
             (first + 4, 1, "node-1", "/5/0/0", "vd", "/wA=", None, T0 + 1)]  # base64
         assert [x.id for x in store.readings()] == [row[0] for row in rows]
         assert store.readings()[4].value == b"\xff\x00"
+    finally:
+        store.close()
+
+
+REPORT = [Record("/3313/0/5702", "v", 0.5), Record("/33000/0/0", "v", 7)]
+DECISION = [Record("/33002/0/0", "v", 7), Record("/33002/0/2", "vs", "ball")]
+
+
+@contextlib.contextmanager
+def registered(path: Path) -> Iterator[tuple[Store, Registration]]:
+    """A store at ``path`` with node-1 registered; closed afterwards."""
+    store = Store.open(path)
+    try:
+        r = reg()
+        store.save_registration(r, "registered", "registered", T0)
+        yield store, r
+    finally:
+        store.close()
+
+
+def latest_row(store: Store, ep: str = "node-1") -> tuple[bytes, str | None]:
+    row = store._db.execute("SELECT paths, sends FROM latest WHERE endpoint = ?",
+                            (ep,)).fetchone()
+    return bytes(row[0]), row[1]
+
+
+def test_latest_values_of_reports_and_notifications_only_name_their_sends(tmp_path):
+    from aiotkit.gateway import store as store_mod
+
+    with registered(tmp_path / "gw.db") as (store, r):
+        ids = [store.record_send(r, bytes([i + 1]), bytes([i]) * 16, 112,
+                                 REPORT if i % 2 == 0 else DECISION, T0 + i).send_id
+               for i in range(5)]
+        # the last report and the last decision, no copy of their values
+        assert latest_row(store) == (b"\xa0", f"[{ids[3]},{ids[4]}]")
+        want = {"/3313/0/5702": store_mod.StoredValue("v", 0.5, None, T0 + 4),
+                "/33000/0/0": store_mod.StoredValue("v", 7, None, T0 + 4),
+                "/33002/0/0": store_mod.StoredValue("v", 7, None, T0 + 3),
+                "/33002/0/2": store_mod.StoredValue("vs", "ball", None, T0 + 3)}
+        assert store.latest("node-1") == want
+        # a Send of one path does not cover the report: both stay named
+        one = store.record_send(r, b"\x09", b"9" * 16, 112,
+                                [Record("/3313/0/5702", "v", -1.5)], T0 + 9).send_id
+        assert latest_row(store)[1] == f"[{ids[3]},{ids[4]},{one}]"
+        want["/3313/0/5702"] = store_mod.StoredValue("v", -1.5, None, T0 + 9)
+        assert store.latest("node-1") == want
+        assert store.node_summaries()[0].last_values == {p: v.value for p, v in want.items()}
+    cold = Store.open(tmp_path / "gw.db")  # no cached shape: read back from the file
+    try:
+        assert cold.latest("node-1") == want
+        last = cold.record_send(reg(), b"\x0a", b"a" * 16, 112, REPORT, T0 + 10).send_id
+        assert latest_row(cold)[1] == f"[{ids[3]},{last}]"
+    finally:
+        cold.close()
+
+
+def test_latest_values_fold_back_into_one_map_beyond_the_named_sends(tmp_path, monkeypatch):
+    from aiotkit.gateway import store as store_mod
+
+    monkeypatch.setattr(store_mod, "LATEST_MAX_SENDS", 2)
+    with registered(tmp_path / "gw.db") as (store, r):
+        for i in range(3):  # three disjoint path sets: the third folds
+            store.record_send(r, bytes([i + 1]), bytes([i]) * 16, 112,
+                              [Record(f"/3/0/{i}", "v", i)], T0 + i)
+        blob, sends = latest_row(store)
+        assert sends is None and len(blob) > 1
+        assert {p: v.value for p, v in store.latest("node-1").items()} == {
+            "/3/0/0": 0, "/3/0/1": 1, "/3/0/2": 2}
+        # a Send that covers every path empties the map again
+        covering = [Record(f"/3/0/{i}", "v", 10 + i) for i in range(3)]
+        sid = store.record_send(r, b"\x07", b"7" * 16, 112, covering, T0 + 7).send_id
+        assert latest_row(store) == (b"\xa0", f"[{sid}]")
+        assert {p: v.value for p, v in store.latest("node-1").items()} == {
+            "/3/0/0": 10, "/3/0/1": 11, "/3/0/2": 12}
+
+
+def test_power_cut_in_a_batch_leaves_latest_values_and_lookups_as_committed(tmp_path):
+    with registered(tmp_path / "gw.db") as (store, a):
+        first = store.record_send(a, b"\x01", b"1" * 16, 112, REPORT, T0 + 1).send_id
+        assert store.by_address("127.0.0.1", 40000) == a
+        with pytest.raises(RuntimeError), store.batch():
+            store.record_send(a, b"\x02", b"2" * 16, 112, REPORT, T0 + 2)
+            store.save_registration(reg("node-2", "r2"), "registered", "registered", T0 + 2)
+            raise RuntimeError("power cut")
+        assert store.by_address("127.0.0.1", 40000) == a  # not node-2's lost registration
+        assert latest_row(store)[1] == f"[{first}]"
+        later = store.record_send(a, b"\x03", b"3" * 16, 112, DECISION, T0 + 3).send_id
+        assert latest_row(store)[1] == f"[{first},{later}]"  # not the lost Send's id
+        assert set(store.latest("node-1")) == {r.path for r in REPORT + DECISION}
+
+
+def test_address_lookups_follow_registration_changes(tmp_path):
+    store = Store.open(tmp_path / "gw.db")
+    try:
+        a = reg("node-a", "ra")
+        store.save_registration(a, "registered", "registered", T0)
+        assert store.by_address("127.0.0.1", 40000) == a
+        b = Registration("node-b", "rb", "127.0.0.1", 40000, 60, "U", "1.1", "</3/0>",
+                         T0 + 1, T0 + 1)  # another node, later, at the same address
+        store.save_registration(b, "registered", "registered", T0 + 1)
+        assert store.by_address("127.0.0.1", 40000) == b
+        moved = Registration("node-b", "rb", "127.0.0.1", 40001, 60, "U", "1.1", "</3/0>",
+                             T0, T0 + 2)
+        store.save_registration(moved, "updated", "updated", T0 + 2)
+        assert store.by_address("127.0.0.1", 40001) == moved
+        assert store.by_address("127.0.0.1", 40000) == a  # the older one is still there
+        assert store.registration("node-b") == moved
+        assert store.set_state(moved, "offline", "expired", "offline", T0 + 3)
+        assert store.by_address("127.0.0.1", 40001) is None
+        assert store.registration("node-b").state == "offline"
     finally:
         store.close()
