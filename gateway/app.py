@@ -26,6 +26,7 @@ from . import coapmsg
 from .bootstrap import BootstrapServer
 from .config import GatewayConfig, load_config
 from .ddf import load_shipped
+from .fastsend import FastSend
 from .dm import DeviceManagement
 from .dmstore import DMStore
 from .errors import ConfigError, GatewayError
@@ -98,6 +99,7 @@ class Gateway:
         self._uplink: Uplink | None = None
         self._coap: aiocoap.Context | None = None
         self._coap_layers: list[coapmsg.MessageLayer] = []
+        self.fast_sends: list[FastSend] = []  # gateway/fastsend.py, one per UDP interface
         self._dm: DeviceManagement | None = None
         self._dmstore: DMStore | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -181,6 +183,10 @@ class Gateway:
         except OSError as e:
             raise GatewayError(f"cannot serve CoAP on {cfg.coap_uri}: {e.strerror or e}") from e
         self._coap_layers = coapmsg.install(self._coap, compact_dedup=cfg.coap.compact_dedup)
+        if cfg.coap.fast_send and cfg.gateway.security == "nosec":
+            self.fast_sends = [FastSend(layer.interface, site, self._registry, layer.dedup,
+                                        layer.admit)
+                               for layer in self._coap_layers if layer.dedup is not None]
         # Registrations that lapsed while the gateway was down go offline right away.
         self._registry.expire_due()
         await self._dm.start(self._coap)
@@ -253,6 +259,9 @@ class Gateway:
         if self._coap is not None:
             ctx, self._coap = self._coap, None
             layers, self._coap_layers = self._coap_layers, []
+            for fast in self.fast_sends:
+                fast.close()
+            self.fast_sends = []
             try:
                 await ctx.shutdown()
             finally:

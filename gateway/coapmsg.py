@@ -43,7 +43,7 @@ from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.types import CON
 from aiocoap.transports.udp6 import UDP6EndpointAddress
 
-__all__ = ["DedupCache", "MessageLayer", "install", "supported"]
+__all__ = ["DedupCache", "MessageLayer", "install", "supported", "udp_key"]
 
 log = logging.getLogger("aiotkit.gateway.coap")
 
@@ -127,9 +127,14 @@ def _key(message: aiocoap.Message) -> Hashable:
     (``UDP6EndpointAddress`` docs), so those stand for it, the host string shared."""
     remote = message.remote
     if type(remote) is UDP6EndpointAddress:
-        host, port, flowinfo = remote.sockaddr[:3]
-        return sys.intern(host), flowinfo, port << 16 | message.mid
+        return udp_key(remote.sockaddr, message.mid)
     return remote, message.mid
+
+
+def udp_key(sockaddr: tuple[Any, ...], mid: int) -> Hashable:
+    """The deduplication key of message ID ``mid`` from the UDP peer ``sockaddr``."""
+    host, port, flowinfo = sockaddr[:3]
+    return sys.intern(host), flowinfo, port << 16 | mid
 
 
 class _Dedup:
@@ -150,9 +155,7 @@ class _Dedup:
         key = _key(message)
         found = cache.get(key, _NEW)
         if found is _NEW:
-            cache.add(key)
-            if self._sweep is None:
-                self._sweep = self._loop.call_later(cache.step, self._swept)
+            self.admit(key)
             return False
         if message.mtype is not CON:
             log.info("Duplicate NON, ACK or RST received")
@@ -162,6 +165,12 @@ class _Dedup:
             log.info("Duplicate CON received, sending old response again")
             self._mman.message_interface.send(_outgoing(found, message.remote))
         return True
+
+    def admit(self, key: Hashable) -> None:
+        """Remember a new exchange ``key`` (no response yet); keeps expiry running."""
+        self.cache.add(key)
+        if self._sweep is None:
+            self._sweep = self._loop.call_later(self.cache.step, self._swept)
 
     def store_response(self, message: aiocoap.Message) -> None:
         """aiocoap's ``_store_response_for_duplicates``: keep the bytes, not the Message."""
@@ -194,6 +203,18 @@ class MessageLayer:
     def dedup(self) -> DedupCache | None:
         """The deduplication cache (None: aiocoap's own is in use)."""
         return self._dedup.cache if self._dedup is not None else None
+
+    @property
+    def interface(self) -> Any:
+        """The message interface (for UDP: aiocoap's ``MessageInterfaceUDP6``)."""
+        return self._mman.message_interface
+
+    def admit(self, key: Hashable) -> None:
+        """Record a new exchange key in the compact cache, as a received request does
+        (for a request served below aiocoap, ``gateway/fastsend.py``)."""
+        if self._dedup is None:
+            raise RuntimeError("no compact deduplication cache")
+        self._dedup.admit(key)
 
     def close(self) -> None:
         if self._dedup is not None:

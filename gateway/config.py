@@ -55,13 +55,16 @@ class CoapConfig:
     """``[coap]``: where the LwM2M server listens and how much one Send may carry.
     ``compact_dedup``: remember each exchange for duplicate detection (RFC 7252 §4.5) as
     its key and encoded response only, about 0.4 kB instead of aiocoap's 3.4 kB for
-    247 s (``gateway/coapmsg.py``); false keeps aiocoap's own."""
+    247 s (``gateway/coapmsg.py``); false keeps aiocoap's own. ``fast_send``: serve the
+    common LwM2M Send (CON POST /dp, SenML, one datagram, from a registered IPv4 peer)
+    below aiocoap's request layers (``gateway/fastsend.py``; needs compact_dedup)."""
 
     host: str = "127.0.0.1"
     port: int = 5683
     max_records: int = 1000
     max_payload: int = 65536
     compact_dedup: bool = True
+    fast_send: bool = True
 
 
 @dataclass(frozen=True)

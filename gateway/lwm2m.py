@@ -20,7 +20,10 @@ not stored twice. Any other path is 4.04, any other
 method on these paths 4.05. A ``RequestError`` becomes its CoAP code with a short
 diagnostic payload; anything else raised while handling is logged as a bug and answered
 5.00, and the server keeps serving. The message layer (malformed datagrams,
-retransmissions, in-process deduplication) is aiocoap's.
+retransmissions, in-process deduplication) is aiocoap's, with a compact deduplication
+cache (``coapmsg.py``); the common Send (CON POST /dp, SenML, one datagram, from a
+registered IPv4 peer) is served below it by ``fastsend.py`` through ``decode_send`` and
+the same group commit.
 
 Register and Send are answered once committed: those that arrive together share one
 transaction (``Registry.submit_register``/``submit_send``, group commit), so the 2.01 or
@@ -49,7 +52,8 @@ from .errors import (
     UnsupportedContentFormat,
 )
 from .registry import Registry
-from .senml import DECODERS
+from .senml import DECODERS, Record
+from .store import Registration
 
 __all__ = [
     "CF_LINK_FORMAT",
@@ -58,6 +62,7 @@ __all__ = [
     "LwM2MResource",
     "parse_link_format",
     "peer_address",
+    "sockaddr_peer",
 ]
 
 log = logging.getLogger("aiotkit.gateway.lwm2m")
@@ -105,16 +110,24 @@ def parse_link_format(text: str) -> list[str]:
 _V4_MAPPED = re.compile(r"::ffff:([0-9]{1,3}(?:\.[0-9]{1,3}){3})")  # as the kernel writes it
 
 
+def sockaddr_peer(sockaddr: object) -> tuple[str, int] | None:
+    """(host, port) of an IPv4 peer's IPv6 socket address (``::ffff:a.b.c.d``, no scope)
+    as ``peer_address`` gives it; None for any other address."""
+    if type(sockaddr) is tuple and len(sockaddr) == 4 and not sockaddr[3]:
+        m = _V4_MAPPED.fullmatch(sockaddr[0])
+        if m is not None:
+            return m[1], sockaddr[1]
+    return None
+
+
 def peer_address(remote: aiocoap.interfaces.EndpointAddress) -> tuple[str, int]:
     """(host, port) of a request's sender, IPv4-mapped addresses shown as IPv4.
 
     An IPv4 peer's socket address is read directly: aiocoap's ``hostinfo`` parses it
     with ``ipaddress`` each time (about 40 us, on every Send) to say the same."""
-    sockaddr = getattr(remote, "sockaddr", None)
-    if type(sockaddr) is tuple and len(sockaddr) == 4 and not sockaddr[3]:
-        m = _V4_MAPPED.fullmatch(sockaddr[0])
-        if m is not None:
-            return m[1], sockaddr[1]
+    peer = sockaddr_peer(getattr(remote, "sockaddr", None))
+    if peer is not None:
+        return peer
     host, port = hostportsplit(remote.hostinfo)
     return host, COAP_PORT if port is None else port
 
@@ -210,20 +223,25 @@ class LwM2MResource(resource.Resource, resource.PathCapable):
         # table lists 4.04 for "not registered to the LwM2M Server", and it is the code
         # our Update gives for a lost registration, so a client has one rule: on 4.04,
         # register again.
-        reg = self._registry.sender(*peer_address(request.remote))
         payload = request.payload
-        if len(payload) > self._max_payload:
-            raise RequestEntityTooLarge(f"payload over {self._max_payload} bytes")
-        if int(cf) in DECODERS:  # SenML: the hot path, straight to the decoder
-            records = DECODERS[int(cf)](payload, max_records=self._max_records)
-        else:
-            records = codecs.decode(int(cf), payload, "/", self._objects,
-                                    max_records=self._max_records)
+        reg, records = self.decode_send(peer_address(request.remote), int(cf), payload)
         await self._registry.submit_send(
             reg, token=request.token, content_format=int(cf), payload=payload,
             records=records,
         )
         return aiocoap.Message(code=Code.CHANGED)
+
+    def decode_send(self, peer: tuple[str, int], cf: int,
+                    payload: bytes) -> tuple[Registration, list[Record]]:
+        """The registration of the Send's sender and its records (Content-Format ``cf``,
+        one the Send takes); raises the ``RequestError`` to answer with."""
+        reg = self._registry.sender(*peer)
+        if len(payload) > self._max_payload:
+            raise RequestEntityTooLarge(f"payload over {self._max_payload} bytes")
+        if cf in DECODERS:  # SenML: the hot path, straight to the decoder
+            return reg, DECODERS[cf](payload, max_records=self._max_records)
+        return reg, codecs.decode(cf, payload, "/", self._objects,
+                                  max_records=self._max_records)
 
 
 def _allow(method: Code, allowed: Code) -> None:
