@@ -26,10 +26,11 @@ from . import coapmsg
 from .bootstrap import BootstrapServer
 from .config import GatewayConfig, load_config
 from .ddf import load_shipped
-from .fastsend import FastSend
 from .dm import DeviceManagement
 from .dmstore import DMStore
 from .errors import ConfigError, GatewayError
+from .fastnotify import FastNotify
+from .fastsend import FastSend
 from .lwm2m import LwM2MResource
 from .registry import Registry
 from .store import Store
@@ -100,6 +101,7 @@ class Gateway:
         self._coap: aiocoap.Context | None = None
         self._coap_layers: list[coapmsg.MessageLayer] = []
         self.fast_sends: list[FastSend] = []  # gateway/fastsend.py, one per UDP interface
+        self.fast_notifies: list[FastNotify] = []  # gateway/fastnotify.py, the same
         self._dm: DeviceManagement | None = None
         self._dmstore: DMStore | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -187,6 +189,10 @@ class Gateway:
             self.fast_sends = [FastSend(layer.interface, site, self._registry, layer.dedup,
                                         layer.admit)
                                for layer in self._coap_layers if layer.dedup is not None]
+        if cfg.coap.fast_notify and cfg.gateway.security == "nosec":
+            self.fast_notifies = [FastNotify(layer.interface, self._dm, layer.dedup,
+                                             layer.admit)
+                                  for layer in self._coap_layers if layer.dedup is not None]
         # Registrations that lapsed while the gateway was down go offline right away.
         self._registry.expire_due()
         await self._dm.start(self._coap)
@@ -259,6 +265,9 @@ class Gateway:
         if self._coap is not None:
             ctx, self._coap = self._coap, None
             layers, self._coap_layers = self._coap_layers, []
+            for notify in self.fast_notifies:  # installed last: unhooked first
+                notify.close()
+            self.fast_notifies = []
             for fast in self.fast_sends:
                 fast.close()
             self.fast_sends = []

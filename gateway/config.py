@@ -57,7 +57,10 @@ class CoapConfig:
     its key and encoded response only, about 0.4 kB instead of aiocoap's 3.4 kB for
     247 s (``gateway/coapmsg.py``); false keeps aiocoap's own. ``fast_send``: serve the
     common LwM2M Send (CON POST /dp, SenML, one datagram, from a registered IPv4 peer)
-    below aiocoap's request layers (``gateway/fastsend.py``; needs compact_dedup)."""
+    below aiocoap's request layers (``gateway/fastsend.py``; needs compact_dedup).
+    ``fast_notify``: the same for plain Notifications of live observations
+    (``gateway/fastnotify.py``; needs compact_dedup); a CON one is ACKed after its
+    COMMIT, not on arrival as aiocoap does."""
 
     host: str = "127.0.0.1"
     port: int = 5683
@@ -65,6 +68,7 @@ class CoapConfig:
     max_payload: int = 65536
     compact_dedup: bool = True
     fast_send: bool = True
+    fast_notify: bool = True
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,10 @@ request the node does not answer stays queued for its next wake-up.
 Observations are persisted (endpoint, paths, the Observe request, token, registration).
 Each Notification is decoded and stored like a Send (``Registry.submit_send``: readings,
 last values, uplink outbox, listeners), and linked to its observation in
-``dm_notifications``; the first answer to Observe is stored the same way. After a
+``dm_notifications``; the first answer to Observe is stored the same way. One older
+than the last seen for its observation (RFC 7641 §3.4) is dropped. A plain one-datagram
+Notification may be served below aiocoap (``gateway/fastnotify.py``, which finds its
+observation with ``take_notification``); aiocoap hands the others to ``_on_notify``. After a
 gateway restart every persisted observation of a live registration is re-established
 at once (queue-mode clients: when they next wake); a new Register (which ends the
 client's observations) re-applies the endpoint's Write-Attributes and re-observes; a
@@ -101,6 +104,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("aiotkit.gateway.dm")
+
+_SEQ_MOD, _SEQ_HALF = 1 << 24, 1 << 23  # Observe values are 24-bit (RFC 7641 §3.4)
+_OBSERVE_RESET_S = 128.0  # after this a Notification counts as newer whatever its value
 
 Operation = Literal[
     "read", "discover", "write", "write_attributes", "execute", "create", "delete",
@@ -243,6 +249,10 @@ class _Live:
     key: str
     request: Any  # aiocoap Request with .observation
     reg_id: str
+    wire: WireRequest
+    peer: tuple[str, int, bytes] | None  # (host, port, token) the Notifications carry
+    seq: int | None = None  # the last fresh Observe value and when it came (RFC 7641 §3.4)
+    seen: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +283,7 @@ class DeviceManagement:
         self._clock = clock
         self._ctx: aiocoap.Context | None = None
         self._live: dict[int, _Live] = {}  # observation id -> live observation
+        self._peers: dict[tuple[str, int, bytes], _Live] = {}  # (host, port, token) -> it
         self._waiters: dict[int, list[asyncio.Future[DMResult]]] = {}
         self._queued_eps: set[str] = set()  # endpoints with pending requests
         self._observed_eps: set[str] = set()  # endpoints with persisted observations
@@ -684,8 +695,14 @@ class DeviceManagement:
             old = self._live.pop(obs_id, None)
             if old is not None:
                 self._drop_live(old)
-            live = _Live(obs_id, reg.endpoint, wire.key, request, reg.reg_id)
+            sockaddr = getattr(response.remote, "sockaddr", None)
+            peer = (sockaddr[0], sockaddr[1], bytes(response.token)) \
+                if type(sockaddr) is tuple else None
+            live = _Live(obs_id, reg.endpoint, wire.key, request, reg.reg_id, wire, peer,
+                         response.opt.observe, self._clock())
             self._live[obs_id] = live
+            if peer is not None:
+                self._peers[peer] = live
             self.db.established(obs_id, response.token, reg.reg_id, now)
             observation = request.observation
             observation.register_callback(
@@ -695,7 +712,8 @@ class DeviceManagement:
             log.info("observing %s on ep=%s (observation %d, token %s)", wire.key,
                      reg.endpoint, obs_id, response.token.hex())
         if result.values:
-            self._store_values(live_id=obs_id, reg=reg, wire=wire, response=response)
+            self._store_values(obs_id, reg, wire, response.opt.content_format,
+                               bytes(response.payload), response.opt.observe)
         return DMResult(result.endpoint, result.operation, result.path, result.code,
                         result.content_format, result.values, result.payload, result.t,
                         result.request_id, None, None, obs_id, result.diagnostic)
@@ -711,28 +729,66 @@ class DeviceManagement:
         reg = self._live_registration(live.endpoint)
         if reg is None:
             return
-        self._store_values(live_id=live.obs_id, reg=reg, wire=wire, response=msg)
+        seq = msg.opt.observe  # None: the last one (aiocoap then ends the observation)
+        if seq is not None and not self._fresh(live, seq):
+            return
+        self._store_values(live.obs_id, reg, wire, msg.opt.content_format,
+                           bytes(msg.payload), seq)
+
+    def take_notification(self, peer: tuple[str, int, bytes], cf: int | None,
+                          payload: bytes, seq: int, *,
+                          ordered: bool = True) -> asyncio.Future[Any] | None:
+        """A 2.xx Notification with Observe ``seq`` from ``peer`` (host and port of the
+        socket address, token), received below aiocoap: stored as ``_on_notify`` does.
+
+        None if it is no live observation's here (aiocoap is to answer it); else a
+        future done once it is stored (or at once: older than the last one, unless not
+        ``ordered``; not decodable; no values), failed if storing failed."""
+        live = self._peers.get(peer)
+        if live is None or self._live.get(live.obs_id) is not live:
+            return None
+        reg = self._live_registration(live.endpoint)
+        if reg is None:
+            return None
+        future = None
+        if not ordered or self._fresh(live, seq):
+            future = self._store_values(live.obs_id, reg, live.wire, cf, payload, seq)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+        return future
+
+    def _fresh(self, live: _Live, seq: int) -> bool:
+        """Whether Observe ``seq`` is newer than the last one of ``live`` (RFC 7641 §3.4:
+        within 2^23 ahead, modulo 2^24, or 128 s later); if so it becomes the last."""
+        now = self._clock()
+        last = live.seq
+        if (last is None or 0 < (seq - last) % _SEQ_MOD < _SEQ_HALF
+                or now > live.seen + _OBSERVE_RESET_S):
+            live.seq, live.seen = seq, now
+            return True
+        return False
 
     def _on_observe_end(self, live: _Live, exc: BaseException) -> None:
         if self._live.get(live.obs_id) is live:
             log.info("observation of %s on ep=%s ended: %s", live.key, live.endpoint,
                      type(exc).__name__)
-            del self._live[live.obs_id]
+            self._unlive(live)
 
-    def _store_values(self, *, live_id: int, reg: Registration, wire: WireRequest,
-                      response: aiocoap.Message) -> None:
-        cf = response.opt.content_format
+    def _store_values(self, live_id: int, reg: Registration, wire: WireRequest,
+                      cf: int | None, payload: bytes,
+                      seq: int | None) -> asyncio.Future[Any] | None:
+        """Decode and submit a Notification (or the first answer to Observe); the commit
+        future, or None when there is nothing to store (logged)."""
         cf_int = int(cf) if cf is not None else None
-        payload = bytes(response.payload)
         try:
             records = self._decode(cf_int, payload, wire)
         except (BadRequest, codecs.UnknownContentFormat) as e:
             log.info("Notification from ep=%s for %s not stored: %s", reg.endpoint,
                      wire.key, e)
-            return
+            return None
         if not records:
-            return
-        seq = response.opt.observe
+            return None
         # its dm_notifications row commits with its readings (one group commit)
         future = self._registry.submit_send(
             reg, token=b"", content_format=cf_int if cf_int is not None else codecs.CF_TEXT,
@@ -745,10 +801,19 @@ class DeviceManagement:
                           fut.exception())
 
         future.add_done_callback(stored)
+        return future
+
+    def _unlive(self, live: _Live) -> None:
+        """Forget ``live`` as established (both maps), if it still is."""
+        if self._live.get(live.obs_id) is live:
+            del self._live[live.obs_id]
+        if live.peer is not None and self._peers.get(live.peer) is live:
+            del self._peers[live.peer]
 
     def _drop_live(self, live: _Live) -> None:
-        """Stop following an observation here (the next Notification gets a RST)."""
-        self._live.pop(live.obs_id, None)
+        """Stop following an observation here: Notifications go to aiocoap, which ACKs
+        the next one (its observation then stops listening) and answers later ones RST."""
+        self._unlive(live)
         with contextlib.suppress(Exception):
             live.request.observation.cancel()
 

@@ -70,7 +70,7 @@ async def test_int303_cancel_observation_with_observe_1(gateway_config, running_
         assert dev.seen[-1].code == Code.GET and dev.seen[-1].opt.observe == 1
         assert gw.dm.observations("dev-1") == []
         before = len(gw.store.readings())
-        dev.set((3303, 0, 5700), 30.0)  # the gateway answers this Notification with RST
+        dev.set((3303, 0, 5700), 30.0)  # ACKed, not stored (RST from the next)
         await gw.dm.read("dev-1", "/3/0/9")
         assert len(gw.store.readings()) == before
 
