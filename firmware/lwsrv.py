@@ -14,6 +14,8 @@
 #   DELETE /o/i                     Delete (same objects), 2.02
 #   FETCH  /  (SenML-CBOR paths)    Read-Composite (Core section 6.3.8); paths that do
 #                                   not exist are left out (Observe-Composite: not yet)
+#   iPATCH /  (SenML-CBOR records)  Write-Composite: resources and resource instances of
+#                                   any objects, all checked before any is written
 #
 # Errors: unknown path 4.04, operation the resource does not allow 4.05, payload that
 # does not decode or has the wrong type 4.00, Content-Format not offered 4.15, Security
@@ -30,6 +32,7 @@ _POST = const(2)
 _PUT = const(3)
 _DELETE = const(4)
 _FETCH = const(5)
+_IPATCH = const(7)
 
 _CREATED = const(0x41)
 _DELETED = const(0x42)
@@ -127,6 +130,8 @@ class Tree:
         p = self.p
         if n == 0 and req.method == _FETCH:
             return self.composite(req, resp)
+        if n == 0 and req.method == _IPATCH:
+            return self.write_composite(req)
         if n > 4 or n == 0:
             return _NOT_FOUND
         for i in range(4):
@@ -376,18 +381,29 @@ class Tree:
         if isinstance(recs, int):
             return recs
         if replace:  # a replaced multi-instance resource loses the instances not written
-            for iid, rid, ri, x in recs:
+            for _, iid, rid, ri, x in recs:
                 if ri >= 0 and o.count(iid, rid):
                     o.put(iid, rid, -1, None)
-        for iid, rid, ri, x in recs:
-            code = o.put(iid, rid, ri, x)
-            if code >> 5 != 2:
-                return code
-        return _CHANGED
+        return _apply(recs)
+
+    def write_composite(self, req):
+        """Write-Composite (iPATCH / with Content-Format 112): SenML-CBOR records of
+        resources or resource instances of any objects but Security, each written as by
+        a partial update; nothing is written unless every record checks."""
+        if req.format != _CF_SENML_CBOR:
+            return _UNSUPPORTED_CF if req.format >= 0 else _BAD_REQUEST
+        p = self.p
+        for i in range(4):
+            p[i] = -1
+        recs = self._records(req, None)
+        if isinstance(recs, int):
+            return recs
+        return _apply(recs)
 
     def _records(self, req, o, new=-1):
-        # SenML-CBOR records under the request path: [(iid, rid, ri, value)], all
-        # checked before any is applied; an int is the error code
+        # SenML-CBOR records under the request path: [(obj, iid, rid, ri, value)], all
+        # checked before any is applied; an int is the error code. o None: records of
+        # any objects (Write-Composite)
         p = self.p
         try:
             pack = cbor.loads(req.payload())
@@ -405,15 +421,20 @@ class Tree:
             if not isinstance(bn, str) or not isinstance(name, str):
                 return _BAD_REQUEST
             q = _parse_path(bn + name)
-            if q is None or q[0] != o.oid or len(q) < 3:
+            if q is None or len(q) < 3 or o is not None and q[0] != o.oid:
                 return _BAD_REQUEST
+            ob = o if o is not None else self.obj(q[0])
+            if ob is None:
+                return _NOT_FOUND
+            if q[0] == 0:
+                return _UNAUTHORIZED
             iid = q[1]
             for i in range(1, 4):
                 if p[i] >= 0 and (i >= len(q) or q[i] != p[i]):
                     return _BAD_REQUEST  # outside the path written (Core section 6.3.3)
-            if new >= 0 and iid != new or new < 0 and not o.has(iid):
+            if new >= 0 and iid != new or new < 0 and not ob.has(iid):
                 return _BAD_REQUEST if new >= 0 else _NOT_FOUND
-            f = o.flags(q[2])
+            f = ob.flags(q[2])
             if f < 0:
                 return _NOT_FOUND
             if not f & W:
@@ -424,7 +445,7 @@ class Tree:
             x = _value(rec, f & 0xF)
             if x is _BAD:
                 return _BAD_REQUEST
-            out.append((iid, q[2], ri, x))
+            out.append((ob, iid, q[2], ri, x))
         return out
 
     def create(self, req, resp, o):
@@ -450,11 +471,20 @@ class Tree:
         if iid < 0 or iid > 65535:
             return _BAD_REQUEST
         if req.pend > req.pstart:
-            for i, rid, ri, x in recs:
+            for _, i, rid, ri, x in recs:
                 o.put(i, rid, ri, x)
         resp.option(_LOCATION_PATH, str(o.oid))
         resp.option(_LOCATION_PATH, str(iid))
         return _CREATED
+
+
+def _apply(recs):
+    # write checked records in order; the first refusal's code, else 2.04
+    for o, iid, rid, ri, x in recs:
+        code = o.put(iid, rid, ri, x)
+        if code >> 5 != 2:
+            return code
+    return _CHANGED
 
 
 def _parse_path(s):

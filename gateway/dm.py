@@ -20,6 +20,7 @@ observe             GET     Observe 0                                       2.05
 cancel_observe      GET     Observe 1 (and the old token is forgotten)      2.05
 read_composite      FETCH   /, SenML-CBOR list of paths, Accept 112         2.05
 observe_composite   FETCH   as read_composite, Observe 0                    2.05
+write_composite     iPATCH  /, SenML-CBOR records of resources (instances)  2.04
 ==================  ======  ==============================================  ==========
 
 A CoAP error answer raises ``OperationFailed`` (its ``code``, e.g. 4.04 unknown path,
@@ -111,12 +112,12 @@ _OBSERVE_RESET_S = 128.0  # after this a Notification counts as newer whatever i
 Operation = Literal[
     "read", "discover", "write", "write_attributes", "execute", "create", "delete",
     "observe", "cancel_observe", "read_composite", "observe_composite",
-    "cancel_observe_composite",
+    "cancel_observe_composite", "write_composite",
 ]
 OPERATIONS: tuple[str, ...] = (
     "read", "discover", "write", "write_attributes", "execute", "create", "delete",
     "observe", "cancel_observe", "read_composite", "observe_composite",
-    "cancel_observe_composite",
+    "cancel_observe_composite", "write_composite",
 )
 # Write-Attributes names and value types (TS Core 1.1 §5.1.2: <NOTIFICATION> class)
 ATTRIBUTES: dict[str, type] = {"pmin": int, "pmax": int, "gt": float, "lt": float,
@@ -161,7 +162,7 @@ class WireRequest:
     """A DM request as it goes on the wire (and into the queue, as JSON)."""
 
     op: str
-    method: str  # GET, PUT, POST, DELETE, FETCH
+    method: str  # GET, PUT, POST, DELETE, FETCH, iPATCH
     path: str  # the Uri-Path, "/" for composite operations
     paths: tuple[str, ...] = ()  # composite: the paths named in the payload
     query: tuple[str, ...] = ()
@@ -417,6 +418,15 @@ class DeviceManagement:
         wire = self.build("read_composite", reg, "/", paths=paths, accept=accept)
         return await self._run(reg, wire, timeout)
 
+    async def write_composite(self, endpoint: str, values: Mapping[str, Any], *,
+                              timeout: float | None = None) -> DMResult:
+        """Write-Composite: iPATCH / with SenML-CBOR records; ``values`` is ``{path:
+        value}`` for resources and resource instances (a ``{ri: value}`` dict for a
+        multiple resource), typed by the DDF definitions like ``write``."""
+        reg = self._registration(endpoint)
+        wire = self.build("write_composite", reg, "/", value=dict(values))
+        return await self._run(reg, wire, timeout)
+
     async def observe_composite(self, endpoint: str, paths: Sequence[str], *,
                                 accept: int | None = None,
                                 timeout: float | None = None) -> DMResult:
@@ -523,6 +533,20 @@ class DeviceManagement:
             return WireRequest(op, "FETCH", "/", names, (), codecs.CF_SENML_CBOR,
                                accept if accept is not None else codecs.CF_SENML_CBOR,
                                body, observe)
+        if op == "write_composite":
+            if not isinstance(value, Mapping) or not value:
+                raise DMError("write_composite takes {path: value}, at least one")
+            records: list[Record] = []
+            for where, v in value.items():
+                pids = parse_path(where)
+                if len(pids) < 3:
+                    raise DMError("write_composite takes resource (instance) paths, not "
+                                  f"{format_path(pids)}")
+                records += _records(pids, v, self.objects)
+            payload = codecs.encode(codecs.CF_SENML_CBOR, records, "/", self.objects)
+            return WireRequest(op, "iPATCH", "/", tuple(format_path(parse_path(w))
+                                                        for w in value), (),
+                               codecs.CF_SENML_CBOR, None, payload)
         if op in ("read", "observe", "cancel_observe"):
             _need(ids, 1, op)
             observe = {"observe": 0, "cancel_observe": 1}.get(op)

@@ -11,9 +11,9 @@ instance, resource, resource instance, 226 Write (partial update), 227 Write (re
 228 Write on a resource instance, 229/280 Read-Composite, 232 querying basic information
 in SenML-CBOR, 241 Execute: rebooting the device, 256 Write failure, 260 Discover, 281
 partially successful Read-Composite, 301 Observe and Notify, 303 cancel with Observe=1,
-306 Send, 1630/1635 Create/Delete a Portfolio (16) instance. The node offers neither TLV
-nor SenML-JSON (203/204/215/220/231/234), nor Observe-/Write-Composite (230, 257,
-304-310); the gateway's side of those is tested against a fake client in tests/gateway.
+306 Send, 230 Write-Composite, 1630/1635 Create/Delete a Portfolio (16) instance. The
+node offers neither TLV nor SenML-JSON (203/204/215/220/231/234), nor Observe-Composite
+(304-310); the gateway's side of those is tested against a fake client in tests/gateway.
 """
 
 from __future__ import annotations
@@ -112,6 +112,15 @@ async def node_and_gateway(tmp_path: Path, node_firmware, **node_cfg: object
         await proc.wait()
         await pumping
         await gw.shutdown()
+
+
+async def links_until(gw: Gateway, events: Events, mark: int, ok) -> None:
+    """Wait for the node's Updates from event ``mark`` on until ``ok(its links)``."""
+    while True:
+        e = await events.wait("updated", mark, timeout=15)
+        mark = events.seen.index(e) + 1
+        if ok(gw.store.registration(EP).object_links):
+            return
 
 
 def run(test) -> None:
@@ -213,8 +222,8 @@ def test_int102_int104_int107_int226_int227_int256_updates_and_writes(tmp_path,
     run(main())
 
 
-def test_int1630_int228_int1635_portfolio_create_write_instance_delete(tmp_path,
-                                                                       node_firmware):
+def test_int1630_int228_int230_int1635_portfolio_create_write_delete(tmp_path,
+                                                                     node_firmware):
     async def main() -> None:
         async with node_and_gateway(tmp_path, node_firmware) as (gw, events, _):
             await events.wait("registered")
@@ -223,22 +232,33 @@ def test_int1630_int228_int1635_portfolio_create_write_instance_delete(tmp_path,
             mark = len(events.seen)
             res = await gw.dm.create(EP, 16, {0: {0: "a", 1: "b"}}, instance=0)
             assert res.code == "2.01"
-            await events.wait("updated", mark, timeout=15)
-            assert "</16/0>" in gw.store.registration(EP).object_links
+            await links_until(gw, events, mark, lambda links: "</16/0>" in links)
             got = await gw.dm.read(EP, "/16/0/0")
             assert got.values == {"/16/0/0/0": "a", "/16/0/0/1": "b"}
             # int-228: Write on a resource instance
             assert (await gw.dm.write(EP, "/16/0/0/0", "test")).code == "2.04"
             assert (await gw.dm.read(EP, "/16/0/0/0")).values == {"/16/0/0/0": "test"}
+            # int-230: Write-Composite across objects, a Portfolio resource instance too
+            res = await gw.dm.write_composite(EP, {"/1/0/2": 102, "/1/0/6": True,
+                                                   "/16/0/0/1": "bb"})
+            assert res.code == "2.04"
+            got = await gw.dm.read_composite(EP, ["/1/0/2", "/1/0/6", "/16/0/0"])
+            assert got.values == {"/1/0/2": 102, "/1/0/6": True, "/16/0/0/0": "test",
+                                  "/16/0/0/1": "bb"}
+            with pytest.raises(OperationFailed) as info:  # one read-only record: nothing
+                await gw.dm.write_composite(EP, {"/1/0/2": 7, "/3/0/0": "x"})
+            assert info.value.result.code == "4.05"
+            assert (await gw.dm.read(EP, "/1/0/2")).values == {"/1/0/2": 102}
             # a second instance with the id the gateway picks
+            mark = len(events.seen)
             res = await gw.dm.create(EP, 16, {0: {0: "c"}})
             assert res.code == "2.01" and res.location == "/16/1"
+            await links_until(gw, events, mark, lambda links: "</16/1>" in links)
             # int-1635: Delete; the node Updates without it, a second Delete is 4.04
             mark = len(events.seen)
             assert (await gw.dm.delete(EP, "/16/0")).code == "2.02"
-            await events.wait("updated", mark, timeout=15)
-            links = gw.store.registration(EP).object_links
-            assert "</16/0>" not in links and "</16/1>" in links
+            await links_until(gw, events, mark, lambda links: "</16/0>" not in links)
+            assert "</16/1>" in gw.store.registration(EP).object_links
             with pytest.raises(OperationFailed) as info:
                 await gw.dm.delete(EP, "/16/0")
             assert info.value.result.code == "4.04"

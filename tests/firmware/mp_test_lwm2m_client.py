@@ -460,3 +460,43 @@ def test_int_280_281_read_composite():
                 "/1/0/3": 0, "/1/0/6": False, "/1/0/7": "U"}, v)
     check(ask(n, dm, link, 5, "", cf=60, payload=b"\x80").code == 0x8F, "format")
     check(ask(n, dm, link, 5, "", cf=112, payload=b"\xff").code == 0x80, "not CBOR")
+
+
+def _pack(recs):
+    # SenML-CBOR records [{0: path, key: value}]
+    w = cbor.Writer(bytearray(200))
+    w.put_array(len(recs))
+    for path, key, v in recs:
+        w.put_map(2)
+        w.put_int(0)
+        w.put_text(path)
+        w.put_int(key)
+        if key == 4:
+            w.put_bool(v)
+        elif key == 3:
+            w.put_text(v)
+        else:
+            w.put_int(v)
+    return bytes(w.buf[: w.pos])
+
+
+def test_int_257_write_composite():
+    n, dm, link, c = _start()
+    good = [("/1/0/2", 2, 102), ("/1/0/3", 2, 1010), ("/1/0/6", 4, True)]
+    m = ask(n, dm, link, 7, "", cf=112, payload=_pack(good))
+    check(m.code == 0x44, hex(m.code))
+    m = ask(n, dm, link, 1, "/1/0")
+    v = senml(m)
+    check(v["/1/0/2"] == 102 and v["/1/0/3"] == 1010 and v["/1/0/6"] is True, v)
+    # every record is checked before any is written: nothing changes on a refusal
+    for bad, code in (([("/1/0/2", 2, 7), ("/3/0/0", 3, "x")], 0x85),  # read-only
+                      ([("/1/0/2", 2, 7), ("/0/0/0", 3, "coap://x")], 0x81),  # Security
+                      ([("/1/0/2", 2, 7), ("/999/0/1", 2, 1)], 0x84),  # no such object
+                      ([("/1/0/2", 2, 7), ("/1/0/6", 2, 1)], 0x80),  # wrong type
+                      ([("/1/0", 2, 7)], 0x80)):  # not a resource
+        m = ask(n, dm, link, 7, "", cf=112, payload=_pack(bad))
+        check(m.code == code, (bad, hex(m.code)))
+    m = ask(n, dm, link, 1, "/1/0/2", accept=0)
+    check(body(m) == b"102", body(m))
+    check(ask(n, dm, link, 7, "", cf=60, payload=b"\x80").code == 0x8F, "format")
+    check(ask(n, dm, link, 7, "", cf=112, payload=b"\xff").code == 0x80, "not CBOR")

@@ -163,6 +163,8 @@ class FakeClient(resource.ObservableResource, resource.PathCapable):
             names = [rec[0] for rec in cbor2.loads(request.payload)]
             paths = [tuple(int(p) for p in n.strip("/").split("/")) for n in names]
             return self._content(paths, SENML_CBOR)
+        if code == Code.iPATCH and not path:  # Write-Composite
+            return self._write(path, request)
         if code == Code.GET:
             if request.opt.accept == LINK:
                 return self._discover(path)

@@ -5,7 +5,7 @@ Names follow OMA's interoperability cases (OMA-ETS-LightweightM2M_INT 1.2,
 in text/TLV, 223/232 read instance (SenML-CBOR), 226 partial update, 227 write replace,
 241 execute (reboot), 256 write failure, 260 discover + write-attributes, 270/290
 create/delete (the ETS delegates them to its Portfolio cases 1630/1635), 280
-Read-Composite; observe/Send cases are in ``test_dm_observe.py``.
+Read-Composite, 257 Write-Composite; observe/Send cases are in ``test_dm_observe.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from aiocoap.numbers.codes import Code
 from aiotkit.gateway.codecs import CodecError
 from aiotkit.gateway.dm import (
     DeviceTimeout,
+    DMError,
     DMResult,
     NotRegistered,
     OperationFailed,
@@ -184,6 +185,26 @@ async def test_int280_read_composite(gateway_config, running_gateway):
         assert res.values == {"/3/0/0": "aiotkit", "/3303/0/5700": 21.5,
                               "/3303/0/5701": "Cel", "/3303/0/5750": "room"}
         assert res.path == "/3/0/0,/3303/0"
+
+
+async def test_int257_write_composite_typed_by_ddf(gateway_config, running_gateway):
+    cfg = gateway_config(FAST)
+    async with running_gateway(cfg) as gw, FakeClient("dev-1", cfg.coap_uri) as dev:
+        await dev.register()
+        res = await gw.dm.write_composite("dev-1", {"/3303/0/5750": "hall",
+                                                    "/1/0/1": 120})
+        patch = dev.seen[-1]
+        assert res.code == "2.04"
+        assert patch.code == Code.iPATCH and patch.opt.content_format == SENML_CBOR
+        assert patch.opt.uri_path == ()
+        assert dev.values[(3303, 0, 5750)] == "hall" and dev.values[(1, 0, 1)] == 120
+        with pytest.raises(CodecError):  # the DDF says integer: nothing is sent
+            await gw.dm.write_composite("dev-1", {"/1/0/1": "long"})
+        with pytest.raises(DMError):
+            await gw.dm.write_composite("dev-1", {"/1/0": 5})
+        with pytest.raises(DMError):
+            await gw.dm.write_composite("dev-1", {})
+        assert dev.seen[-1] is patch
 
 
 async def test_enqueue_on_an_awake_endpoint_runs_in_background(gateway_config,
