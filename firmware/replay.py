@@ -1,6 +1,6 @@
 # The unix-sim board's accelerometer: replays a recorded int16 signal file.
 #
-# File format (all fields little-endian; host side: tools/signalfile.py):
+# File format (all fields little-endian; host side: boards/replay/signalfile.py):
 #   0   4  magic b"AI16"
 #   4   1  version (1)
 #   5   1  channels (1)
@@ -20,7 +20,7 @@ import time
 _MAGIC = b"AI16"
 _VERSION = const(1)
 _HEADER_SIZE = const(16)
-_MAX_RATE = const(1000000)  # same bound as tools/signalfile.py
+_MAX_RATE = const(1000000)  # same bound as boards/replay/signalfile.py
 _RESYNC_MS = const(1000)  # realtime: a consumer this late restarts the pacing clock
 _host_order = sys.byteorder  # a module global so the big-endian refusal can be tested
 

@@ -1,6 +1,6 @@
 """The CWRU bearing recordings as training and test windows, split by time.
 
-Every recording is read with ``tools/cwru.py`` exactly as ``aiot data convert`` makes a
+Every recording is read with ``boards/replay/cwru.py`` exactly as ``aiot data convert`` makes a
 replay file: the 48 kHz normal baseline (97) is decimated to 12 kHz with a zero-phase
 anti-aliasing FIR, and each recording is quantised to int16 codes with its own
 power-of-two step (value in g = code * 2**E). Those codes are what a simulated node reads,
@@ -74,7 +74,7 @@ class Windows:
 
 def load(data_dir: Path, numbers=None, *, progress=None) -> list[Recording]:
     """Read the recordings (default: all of RECORDINGS) from a folder of CWRU .mat files."""
-    from aiotkit.tools import cwru
+    from aiotkit.boards.replay import cwru
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

@@ -50,13 +50,13 @@ TIMEOUT_S = 600
 
 
 def _firmware_dir() -> Path:
-    from aiotkit.tools.paths import firmware_dir
+    from aiotkit.boards.paths import firmware_dir
 
     return firmware_dir()
 
 
 def micropython() -> str:
-    from aiotkit.tools.paths import find_micropython
+    from aiotkit.boards.paths import find_micropython
 
     mp = find_micropython()
     if mp is None:

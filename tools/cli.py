@@ -139,7 +139,7 @@ def cmd_board_check(args) -> int:
 
 
 def cmd_data_convert(args) -> int:
-    from aiotkit.tools import cwru, signalfile
+    from aiotkit.boards.replay import cwru, signalfile
 
     if bool(args.input) == bool(args.data):
         raise UsageError("give either one FILE.mat or --data DIR")
@@ -300,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from aiotkit.tools.cwru import DataError
-    from aiotkit.tools.signalfile import SignalFileError
+    from aiotkit.boards.replay.cwru import DataError
+    from aiotkit.boards.replay.signalfile import SignalFileError
     from aiotkit.tools.sim import SimError
 
     try:

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from aiotkit.tools import paths
+from aiotkit.boards import paths
 
 
 class BuildError(Exception):

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from aiotkit.tools import paths
+from aiotkit.boards import paths
 
 # The interpreter's code as x64 .mpy on the unix port (measured: about 50 KB); on a board
 # it is frozen in flash and only the arena and the model's RAM copies use the heap.

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiotkit.tools import fwbuild, paths
+from aiotkit.boards import paths
+from aiotkit.tools import fwbuild
 
 CONFIG_ERROR_EXIT = 2
 _LINE = re.compile(r"^aiot-node (\S+) (registered|updated|sent|deregistered|error:)\s*(.*)$")
@@ -72,7 +73,7 @@ def _signal_rate(path: Path) -> int | None:
     """The sample rate in a replay file's header (None if unreadable; the node says why)."""
     import struct
 
-    from aiotkit.tools.signalfile import HEADER
+    from aiotkit.boards.replay.signalfile import HEADER
 
     try:
         with open(path, "rb") as f:

@@ -27,13 +27,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
+from aiotkit.boards import paths
 from aiotkit.gateway.app import Gateway
 from aiotkit.gateway.codecs import CodecError
 from aiotkit.gateway.config import load_config
 from aiotkit.gateway.dm import OperationFailed
 from aiotkit.gateway.registry import RegistryEvent
-from aiotkit.tools import paths
 from plugins.services import free_port
 
 pytestmark = pytest.mark.e2e

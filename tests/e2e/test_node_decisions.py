@@ -22,12 +22,10 @@ import aiocoap
 import cbor2
 import numpy as np
 import pytest
-
+from aiotkit.boards import paths
 from aiotkit.models import inputq, tflm, tflmeta
-from aiotkit.tools import paths
 from aiotkit.tools.sim import Fleet, FleetConfig
 from plugins.services import ManagedProcess
-
 from test_walking_skeleton import Subscriber
 
 pytestmark = pytest.mark.e2e

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+from aiotkit.boards import paths
 from aiotkit.gateway.app import Gateway
 from aiotkit.gateway.config import load_config
-from aiotkit.tools import paths
 from plugins.services import free_port
 
 pytestmark = pytest.mark.e2e

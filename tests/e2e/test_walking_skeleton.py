@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-
-from aiotkit.tools import signalfile
+from aiotkit.boards.replay import signalfile
 from aiotkit.tools.sim import Fleet, FleetConfig
-from plugins.services import ManagedProcess, aiot_cmd
+from plugins.services import ManagedProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -261,7 +261,7 @@ def cwru_signal(path: Path) -> tuple[np.ndarray, int]:
 
 
 def excerpts() -> dict[str, np.ndarray]:
-    from aiotkit.tools import signalfile
+    from aiotkit.boards.replay import signalfile
 
     return {p.stem: signalfile.read(p).codes for p in sorted(EXCERPTS.glob("*.i16"))}
 

@@ -1,16 +1,12 @@
-"""Gateway test wiring: ``async def`` tests, in-process gateways and a CoAP client peer.
+"""Gateway test wiring: in-process gateways and a CoAP client peer.
 
-An ``async def test_*`` runs in its own event loop (``asyncio.run``) and fails if it
-leaves a task behind. ``gateway_config`` builds a real config file on a free UDP port
-with its own database; ``running_gateway`` starts a ``Gateway`` in the test's loop;
+``gateway_config`` builds a real config file on a free UDP port with its own database; ``running_gateway`` starts a ``Gateway`` in the test's loop;
 ``coap_peer`` is an aiocoap client context (one UDP socket, so one source address).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,36 +16,6 @@ import pytest
 from aiotkit.gateway.app import Gateway
 from aiotkit.gateway.config import GatewayConfig, load_config
 from plugins.services import free_port
-
-TEST_TIMEOUT_S = 30.0
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    asyncio.run(_guarded(pyfuncitem.obj(**kwargs)))
-    return True
-
-
-async def _guarded(coro: Any) -> None:
-    async with asyncio.timeout(TEST_TIMEOUT_S):
-        await coro
-    me = asyncio.current_task()
-    # Libraries schedule some cancellations with call_soon (aiomqtt's misc task): let
-    # already-scheduled callbacks run, without waiting for anything new.
-    for _ in range(5):
-        left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-        if not left:
-            break
-        await asyncio.sleep(0)
-    if left:
-        for t in left:
-            t.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
-        names = ", ".join(sorted(f"{t.get_name()} ({t.get_coro()!r})" for t in left))
-        pytest.fail(f"test left tasks running: {names}", pytrace=False)
 
 
 @pytest.fixture

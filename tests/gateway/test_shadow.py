@@ -8,16 +8,15 @@ import hashlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
+from aiotkit.boards import paths
 from aiotkit.gateway.config import load_config
 from aiotkit.gateway.errors import ConfigError
+from aiotkit.gateway.registry import RegistryEvent
 from aiotkit.gateway.senml import Record
 from aiotkit.gateway.shadow import ModelIndex, ShadowChecker, check, shipped_model_dirs
-from aiotkit.gateway.registry import RegistryEvent
 from aiotkit.models import inputq, tflm, tflmeta
-from aiotkit.tools import paths
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("tflite_micro")
 

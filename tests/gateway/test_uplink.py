@@ -157,6 +157,8 @@ class Collector:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # paho keeps its wake-up channel (a loopback socket pair) until the client is freed
+        self.client._reset_sockets()
 
     def wait_for(self, done: Callable[[list[tuple[str, dict[str, Any]]]], bool],
                  timeout: float = 15.0) -> list[tuple[str, dict[str, Any]]]:

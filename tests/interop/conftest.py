@@ -3,14 +3,13 @@ by Node.js scripts in this folder that speak JSON lines on stdin/stdout.
 
 ``tools/bootstrap.sh test`` installs them (``npm ci`` here, from package-lock.json).
 Without node or the installed package a test is skipped, except under ``CI=true`` where
-it fails (as for every real part, ``plugins/services.py``). ``async def`` tests run in
-their own event loop (``tests/gateway/conftest.py`` does the same for the gateway tests).
+it fails (as for every real part, ``plugins/services.py``). ``async def`` tests run
+under ``tests/plugins/asyncrun.py``, with a longer timeout here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import shutil
@@ -24,18 +23,10 @@ HERE = Path(__file__).resolve().parent
 TEST_TIMEOUT_S = 60.0
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-
-    async def guarded() -> None:
-        async with asyncio.timeout(TEST_TIMEOUT_S):
-            await pyfuncitem.obj(**kwargs)
-
-    asyncio.run(guarded())
-    return True
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent == HERE:
+            item.add_marker(pytest.mark.timeout_s(TEST_TIMEOUT_S))
 
 
 def _missing(msg: str) -> None:

@@ -8,8 +8,8 @@ import os
 import subprocess
 
 import numpy as np
+from aiotkit.boards.replay import signalfile
 from aiotkit.models import dataset, featurize
-from aiotkit.tools import signalfile
 from conftest import REPO
 
 ONE = r"""

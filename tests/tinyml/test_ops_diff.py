@@ -14,8 +14,8 @@ import zlib
 
 import numpy as np
 import pytest
-from aiotkit.tools.tflrun import run_model_info, tflm_arena, tflm_run
 from aiotkit.models.opmodels import CASES, inputs_for
+from aiotkit.tools.tflrun import run_model_info, tflm_arena, tflm_run
 
 FLOAT_IO = {"quantize_float", "dequantize"}
 # the unix port keeps the interpreter's code (about 50 KB of x64 .mpy) in the heap; a

@@ -12,12 +12,12 @@ import subprocess
 
 import numpy as np
 import pytest
+from aiotkit.models.opmodels import CASES
 from aiotkit.models.tflbuild import ModelBuilder
 from aiotkit.tools.tflrun import compiled_firmware, micropython_exe
 from cpyfw import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from aiotkit.models.opmodels import CASES
 
 tflite = load()
 TFLiteError = tflite.TFLiteError

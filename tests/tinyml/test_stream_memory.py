@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from aiotkit.models.opmodels import inputs_for
 from aiotkit.models.tflbuild import ModelBuilder
 from aiotkit.tools.tflrun import NodeRunError, run_model_info, tflm_run
-from aiotkit.models.opmodels import inputs_for
 
 
 def big_fc(k=640, n=320, seed=3):

@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from aiotkit.tools import boards, paths
+from aiotkit.boards import paths
+from aiotkit.tools import boards
 from aiotkit.tools.boards import BoardError, check_main, load_board
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,6 @@ import signal
 import subprocess
 
 import pytest
-
 from plugins.services import ManagedProcess, aiot_cmd
 
 
@@ -20,7 +19,7 @@ def test_help_lists_the_commands():
     r = aiot("--help")
     assert r.returncode == 0
     for cmd in ("gateway", "sim", "demo", "data"):
-        assert re.search(rf"^\s+{cmd}\s", r.stdout, re.M), r.stdout
+        assert re.search(rf"^\s+{cmd}\s", r.stdout, re.MULTILINE), r.stdout
 
 
 def test_console_script_is_installed():
@@ -81,7 +80,7 @@ def test_demo_shows_three_nodes_registered_with_readings(tmp_path, micropython):
     final = r.stdout.split("aiot demo: stopping")[-1]
     rows = {m.group(1): m for m in re.finditer(
         r"^(node-\d)\s+(\S+)\s+.*?\s(\d+)\s+(\d+)\s+(\d+)\s+([+-]\d\.\d+)  (.*)$", final,
-        re.M)}
+        re.MULTILINE)}
     assert set(rows) == {"node-1", "node-2", "node-3"}, final
     # the shipped replays in order: normal, inner race, outer race; the shipped models
     want = {"node-1": ("normal", "ok"), "node-2": ("inner_race", "ANOMALY"),

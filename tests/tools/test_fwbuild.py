@@ -6,9 +6,8 @@ import json
 import shutil
 
 import pytest
-from plugins.services import REPO, require_tool
-
 from aiotkit.tools import fwbuild
+from plugins.services import REPO, require_tool
 
 FIRMWARE = REPO / "firmware"
 

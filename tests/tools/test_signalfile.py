@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.signal
+from aiotkit.boards import paths
+from aiotkit.boards.replay import signalfile
+from aiotkit.boards.replay.signalfile import Signal, SignalFileError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from aiotkit.tools import paths, signalfile
-from aiotkit.tools.signalfile import Signal, SignalFileError
 
 REPO = Path(__file__).resolve().parents[2]
 CWRU = REPO.parent / "shared" / "data" / "cwru"

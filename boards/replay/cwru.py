@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from aiotkit.tools.signalfile import Signal, SignalFileError, quantize
+from aiotkit.boards.replay.signalfile import Signal, SignalFileError, quantize
 
 CWRU_48K = {97, 98, 99, 100}  # normal baseline recorded at 48 kHz (CWRU data center)
 DEFAULT_RATE = 12_000
