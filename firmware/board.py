@@ -4,9 +4,9 @@ by name. Drivers are imported only when a board uses them.
 
 The full schema is checked on the host (tools/boards.py, ``aiot board check``); here a
 malformed file raises BoardError naming the field, and a driver refuses settings it
-cannot run with SensorError (sensorbus.py).
+cannot run with SensorError (drivers/bus.py).
 
-Common sensor interface (adxl345.ADXL345, lis3dh.LIS3DH, adcsensor.ADCSensor,
+Common sensor interface (drivers/: adxl345.ADXL345, lis3dh.LIS3DH, adc.ADCSensor,
 simsensor.ReplayAdapter):
 
   rate        int, Hz: the output data rate actually configured
@@ -33,7 +33,7 @@ simsensor.ReplayAdapter):
               Unit per driver: FIFO accelerometers count overrun events (a poll found
               the FIFO full), the ADC and the real-time replay count lost samples.
   errors      cumulative (modulo 2**30) bus errors seen by read(); the sampler
-              reports the increase with each window (sampler.py).
+              reports the increase with each window (dsp/sampler.py).
 """
 
 _DRIVERS = ("adxl345", "lis3dh", "adc", "replay")
@@ -135,16 +135,16 @@ def open_sensor(b, name=None, signal=None, realtime=None):
         if not isinstance(path, str):
             raise BoardError("sensor %s: no replay file" % s["name"])
         rt = realtime if realtime is not None else cfg.get("realtime", False)
-        import simsensor
+        from drivers.simsensor import ReplayAdapter
 
-        return simsensor.ReplayAdapter(path, rt)
+        return ReplayAdapter(path, rt)
     import machine
 
     mcu = b["mcu"]
     pins = s["pins"]
     bus_id = s["bus_id"]
     if drv == "adc":
-        import adcsensor
+        from drivers.adc import ADCSensor
 
         p = machine.Pin(pins["adc"])
         if mcu == "esp32":
@@ -152,7 +152,7 @@ def open_sensor(b, name=None, signal=None, realtime=None):
         else:
             adc = machine.ADC(p)
         tick = 1000 if mcu in _FIXED_PINS else 1000000  # ms soft timers on stm32
-        return adcsensor.ADCSensor(
+        return ADCSensor(
             adc, machine.Timer(cfg.get("timer", -1)), cfg.get("odr"),
             zero=cfg.get("zero", 32768), mv_per_g=cfg.get("mv_per_g", 300),
             vref_mv=cfg.get("vref_mv", 3300), tick_hz=tick, size=cfg.get("buffer", 256))
@@ -183,9 +183,9 @@ def open_sensor(b, name=None, signal=None, realtime=None):
         kw["cs"] = machine.Pin(pins["cs"], machine.Pin.OUT, value=1)
         kw["label"] = "spi%d cs %s" % (bus_id, pins["cs"])
     if drv == "adxl345":
-        import adxl345
+        from drivers.adxl345 import ADXL345
 
-        return adxl345.ADXL345(**kw)
-    import lis3dh
+        return ADXL345(**kw)
+    from drivers.lis3dh import LIS3DH
 
-    return lis3dh.LIS3DH(**kw)
+    return LIS3DH(**kw)

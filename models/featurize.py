@@ -1,6 +1,6 @@
 """Training features computed by the node's own feature code, on the MicroPython unix port.
 
-DESIGN.md: the firmware's features.py is the only feature implementation. This module
+The firmware's dsp/features.py is the only feature implementation. This module
 cuts int16 windows out of recordings, writes them to a temporary file, and runs one
 ``micropython`` process per batch with a small driver (``_DRIVER``) that reads a window
 at a time with ``readinto``, calls ``Extractor.compute`` exactly as the node does, and
@@ -22,7 +22,7 @@ from aiotkit.models.errors import ModelError
 # MicroPython side. argv: spec.json windows.i16 rows.i32 count
 _DRIVER = r"""
 import sys, json
-import features
+from dsp import features
 f = open(sys.argv[1])
 spec = json.load(f)
 f.close()
@@ -69,7 +69,7 @@ def micropython() -> str:
 
 def extract(windows, spec: dict, *, progress=None):
     """Feature rows for int16 windows (numpy array, shape (n, window)) computed by
-    firmware/features.py under MicroPython: (int32 array (n, outputs), names, formats)."""
+    firmware/dsp/features.py under MicroPython: (int32 array (n, outputs), names, formats)."""
     import numpy as np
 
     w = np.ascontiguousarray(windows, dtype="<i2")
@@ -125,11 +125,11 @@ def cut(codes, window: int, hop: int, start: int = 0, stop: int | None = None):
 
 
 def default_spec() -> dict:
-    """firmware/featspec.py default_spec(), as the node returns it (asked of MicroPython, so
+    """firmware/dsp/featspec.py default_spec(), as the node returns it (asked of MicroPython, so
     that there is no second copy of it here)."""
     env = dict(os.environ)
     env["MICROPYPATH"] = str(_firmware_dir())
-    code = "import json, featspec; print(json.dumps(featspec.default_spec()))"
+    code = "import json\nfrom dsp import featspec\nprint(json.dumps(featspec.default_spec()))"
     proc = subprocess.run([micropython(), "-X", f"heapsize={HEAP}", "-c", code], env=env,
                           check=False,
                           capture_output=True, text=True, timeout=60)

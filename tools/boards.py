@@ -15,6 +15,7 @@ The node checks much less (firmware/board.py); run ``aiot board check`` before d
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -23,13 +24,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from aiotkit.boards import paths
+from aiotkit.boards.errors import UsageError
 
 SCHEMA_VERSION = 1
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}")
 _SENSOR_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,15}")
 
 
-class BoardError(ValueError):
+class BoardError(UsageError, ValueError):
     """A board definition that cannot be used; the message names the file and field."""
 
     def __init__(self, where: str, fieldname: str, problem: str):
@@ -202,7 +204,7 @@ class MCU:
     function_check: str = ""  # name of an extra per-pin function check
 
 
-_ESP32_GPIO = frozenset(list(range(0, 20)) + [21, 22, 23, 25, 26, 27] + list(range(32, 40)))
+_ESP32_GPIO = frozenset(list(range(20)) + [21, 22, 23, 25, 26, 27] + list(range(32, 40)))
 
 MCUS: dict[str, MCU] = {
     # ESP32 (Xtensa LX6): mpy-cross xtensawin; 4 KB flash sectors; 520 KB SRAM; GPIO
@@ -306,7 +308,7 @@ def load_board(name_or_path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise BoardError(where, "", f"cannot read: {e}") from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates)
+        data: dict[str, Any] = json.loads(text, object_pairs_hook=_no_duplicates)
     except ValueError as e:
         raise BoardError(where, "", f"not valid JSON: {e}") from None
     validate(data, where, path.stem)
@@ -416,7 +418,7 @@ def _check_flash(c: _Checker, fl: Any, mcu: MCU, mcu_name: str) -> None:
             c.fail(f, f"ends at {r['offset'] + r['size']:#x}, past the flash size {size:#x}")
         spans.append((r["offset"], r["offset"] + r["size"], name))
     spans.sort()
-    for (a0, a1, an), (b0, _, bn) in zip(spans, spans[1:]):
+    for (a0, a1, an), (b0, _, bn) in itertools.pairwise(spans):
         if b0 < a1:
             c.fail(f"flash.regions.{bn}", f"overlaps {an} ({a0:#x}..{a1:#x})")
     if regions["slot_a"]["size"] != regions["slot_b"]["size"]:
@@ -475,10 +477,10 @@ def _check_sensors(c: _Checker, sensors: Any, mcu: MCU, board: dict[str, Any],
             if s["address"] not in drv.addresses:
                 c.fail(p + "address", f"the {s['driver']} answers at "
                                       + " or ".join(f"{a} (0x{a:02x})" for a in drv.addresses))
-            key = (bus_id, s["address"])
-            if key in i2c_addrs:
-                c.fail(p + "address", f"also used by {i2c_addrs[key]} on i2c {bus_id}")
-            i2c_addrs[key] = s["name"]
+            at = (bus_id, s["address"])
+            if at in i2c_addrs:
+                c.fail(p + "address", f"also used by {i2c_addrs[at]} on i2c {bus_id}")
+            i2c_addrs[at] = s["name"]
         if bus in ("i2c", "spi"):
             top = drv.i2c_max_hz if bus == "i2c" else drv.spi_max_hz
             if s["freq"] > top:

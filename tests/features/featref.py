@@ -145,7 +145,7 @@ class Reference:
 DRIVER = r"""
 import sys, json, array
 from binascii import unhexlify
-import features
+from dsp import features
 
 ex = None
 out = None

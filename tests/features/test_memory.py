@@ -23,13 +23,13 @@ import pytest
 from plugins.services import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ("featspec", "fft", "envelope", "features")
+MODULES = ("featspec", "fft", "envelope", "features")  # firmware/dsp/
 
 SCRIPT = r"""
 import gc, json
 gc.collect()
 m0 = gc.mem_alloc()
-import features
+from dsp import features
 from array import array
 gc.collect()
 m1 = gc.mem_alloc()
@@ -83,10 +83,11 @@ def mpy_cross() -> str:
 
 
 def compile_modules(dest: Path, arch: str) -> None:
+    (dest / "dsp").mkdir(exist_ok=True)
     for m in MODULES:
         subprocess.run(
-            [mpy_cross(), f"-march={arch}", "-o", str(dest / f"{m}.mpy"),
-             str(REPO / "firmware" / f"{m}.py")],
+            [mpy_cross(), f"-march={arch}", "-o", str(dest / "dsp" / f"{m}.mpy"),
+             "-s", f"dsp/{m}.py", str(REPO / "firmware" / "dsp" / f"{m}.py")],
             check=True, capture_output=True, text=True,
         )
 
@@ -115,4 +116,4 @@ def test_extractor_fits_a_64k_heap_and_compute_allocates_nothing(tmp_path):
 def test_modules_compile_for_every_board_arch(tmp_path, arch):
     compile_modules(tmp_path, arch)
     for m in MODULES:
-        assert (tmp_path / f"{m}.mpy").stat().st_size > 0
+        assert (tmp_path / "dsp" / f"{m}.mpy").stat().st_size > 0

@@ -7,13 +7,13 @@
 import sys
 import time
 
-import coap
-import udp
+from coap.endpoint import Endpoint
+from coap.udp import UdpServer
 from coaptree import Tree, COUNTER
 
 port = int(sys.argv[1])
 tick = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-ep = coap.Endpoint(udp.UdpServer("127.0.0.1", port))
+ep = Endpoint(UdpServer("127.0.0.1", port))
 tree = Tree(store=4096)
 ep.serve_resources(tree, block1=4096)
 print("coapnode ready", port)

@@ -1,7 +1,9 @@
 # Helpers for the node's CoAP server tests (mp_test_coapserver*.py, mp_test_coapobserve.py):
 # requests built with the node's writer, a served endpoint on a simulated link, links
 # for two endpoints, addressed peers and allocation measurements. MicroPython.
-import coap
+from coap.decode import Message
+from coap.endpoint import Endpoint
+from coap.msg import MessageWriter
 from coaptree import Tree
 from mp_test_simlink import SimClock, SimLink, Rand
 
@@ -16,7 +18,7 @@ def _hex(b):
 
 
 def req(mtype, code, mid, token=b"", options=(), payload=b""):
-    w = coap.MessageWriter(bytearray(1300))
+    w = MessageWriter(bytearray(1300))
     w.begin(mtype, code, mid, token)
     for num, val in options:
         if isinstance(val, int):
@@ -34,7 +36,7 @@ def path(p):
 def server(tree=None, **kw):
     c = SimClock(5000)
     link = SimLink(c)
-    ep = coap.Endpoint(link, c, Rand(3))
+    ep = Endpoint(link, c, Rand(3))
     tree = tree or Tree()
     ep.serve_resources(tree, **kw)
     return ep, link, c, tree
@@ -45,7 +47,7 @@ def ask(ep, link, data):
     k = len(link.sent)
     link.deliver(data, 1)
     ep.serve(5)
-    return [coap.Message().decode(d) for _, d in link.sent[k:]]
+    return [Message().decode(d) for _, d in link.sent[k:]]
 
 
 def one(ep, link, data):
@@ -92,7 +94,7 @@ class Pair:
 
 
 class PeerLink(SimLink):
-    """A SimLink whose datagrams come from addressed peers (like udp.UdpServer)."""
+    """A SimLink whose datagrams come from addressed peers (like UdpServer)."""
 
     def __init__(self, clock):
         SimLink.__init__(self, clock)

@@ -6,7 +6,7 @@
 #   PUT/POST /store        any body (Block1 up to the endpoint's limit), 2.04
 #   GET  /counter          the counter as text, observable (key COUNTER)
 #   GET  /obj/N/M          "N,M" for decimal segments (path_int), 4.04 otherwise
-#   GET  /q?a=N&b=M        "a+b" from query_int
+#   GET  /q?a=N&b=M        "a+b" (the query options, Request.query)
 #   GET  /boom             the handler raises (the server answers 5.00)
 #   DELETE /counter        ends the counter's observations with 4.04 notifications
 from micropython import const
@@ -14,6 +14,15 @@ from micropython import const
 BIG_LEN = const(3000)
 COUNTER = const(1)
 _PIECE = const(50)  # /big is written in pieces of this size
+
+
+def _query_int(req, key):
+    # the integer of query option "key=N", 0 without one
+    for i in range(req.nquery):
+        q = bytes(req.query(i))
+        if q.startswith(key + b"="):
+            return int(q[len(key) + 1 :])
+    return 0
 
 
 def big_byte(i):
@@ -110,7 +119,7 @@ class Tree:
             self._text_int(resp, b, n + 1)
             return 0x45
         if req.path_is(0, b"q"):
-            self._text_int(resp, req.query_int(b"a", 0) + req.query_int(b"b", 0))
+            self._text_int(resp, _query_int(req, b"a") + _query_int(req, b"b"))
             return 0x45
         if req.path_is(0, b"boom"):
             raise ValueError("handler bug")

@@ -9,8 +9,8 @@ from array import array
 
 import fakebus
 from fakebus import FakeADC, FakeTimer
-from adcsensor import ADCSensor
-from sensorbus import SensorError
+from drivers.adc import ADCSensor
+from drivers.bus import SensorError
 
 
 def expect_eq(got, want, what):

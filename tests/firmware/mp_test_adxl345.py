@@ -11,8 +11,8 @@ from array import array
 
 import fakebus
 from fakebus import FakeADXL345, FakeI2C, FakePin, FakeSPI, ramp
-from adxl345 import ADXL345
-from sensorbus import SensorError
+from drivers.adxl345 import ADXL345
+from drivers.bus import SensorError
 
 # data sheet Table 7: output data rate (Hz) -> BW_RATE rate code
 RATE_CODES = {3200: 0x0F, 1600: 0x0E, 800: 0x0D, 400: 0x0C, 200: 0x0B, 100: 0x0A, 50: 0x09,

@@ -11,8 +11,8 @@ from array import array
 
 import fakebus
 import board
-import simsensor
-from sensorbus import SensorError
+from drivers import simsensor
+from drivers.bus import SensorError
 
 _HERE = __file__.rsplit("/", 1)[0]
 BOARDS = _HERE + "/../../boards/"

@@ -1,4 +1,4 @@
-# The node's side of LwM2M bootstrap (firmware/bootstrap.py) under MicroPython: the
+# The node's side of LwM2M bootstrap (firmware/lwm2m/bootstrap.py) under MicroPython: the
 # Bootstrap-Write/Delete/Discover/Finish handler on the node's CoAP server, with the
 # bootstrap server's requests built byte by byte, and run() against a scripted server.
 # Compiled from source (node.py does not import bootstrap yet, so the mpy build has not
@@ -7,8 +7,8 @@ HEAPSIZE = "256K"
 
 import os
 
-import cbor
-import bootstrap
+from cbor.encode import Writer
+from lwm2m import bootstrap
 from coapsrvkit import CON, req, path, one, body, check, opt, server
 from mp_test_simlink import SimClock, Rand
 
@@ -17,7 +17,7 @@ _BS = "coap://bs.example:5685"
 
 def senml(records):
     # SenML-CBOR from [(name, key, value)], first record with the base name /o/i/
-    w = cbor.Writer(bytearray(256))
+    w = Writer(bytearray(256))
     w.put_array(len(records))
     for i, (base, name, key, v) in enumerate(records):
         w.put_map(3 if base else 2)

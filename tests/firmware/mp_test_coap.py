@@ -1,10 +1,19 @@
-# CoAP codec and endpoint (firmware/coap.py) under MicroPython. Expected bytes are
+# CoAP codec and endpoint (firmware/coap/endpoint.py) under MicroPython. Expected bytes are
 # derived by hand from RFC 7252 section 3 (comments show the derivation); the endpoint
 # runs on a simulated lossy link with a simulated clock (mp_test_simlink).
 HEAPSIZE = "128K"  # compiling this test module takes more than the endpoint needs
 
-import coap
+from coap.decode import Message
+from coap.endpoint import Endpoint
+from coap.msg import CoapError, CoapReset, CoapTimeout, MessageWriter
 from mp_test_simlink import SimClock, SimLink, Rand, header, msg
+
+CON = 0  # message types and codes, RFC 7252 section 3 and 12.1
+NON = 1
+ACK = 2
+GET = 1
+POST = 2
+PUT = 3
 
 
 def _unhex(s):
@@ -18,7 +27,7 @@ def _hex(b):
 
 def encode(mtype, code, mid, token=b"", options=(), payload=b""):
     # a message from (number, value) options in the given order (ints as uint options)
-    w = coap.MessageWriter(bytearray(512))
+    w = MessageWriter(bytearray(512))
     w.begin(mtype, code, mid, token)
     for num, val in options:
         if isinstance(val, int):
@@ -49,13 +58,13 @@ def _expect(name, got, want_hex):
 def test_encode_get_with_uri_path():
     # 0x40: ver 1, CON, TKL 0; 0x01 GET; MID 7d34; option delta 11 (Uri-Path),
     # length 11 -> 0xbb, "temperature"
-    m = encode(coap.CON, coap.GET, 0x7D34, b"", [(11, "temperature")])
+    m = encode(CON, GET, 0x7D34, b"", [(11, "temperature")])
     _expect("GET", m, "40 01 7d34 bb 74656d7065726174757265")
 
 
 def test_encode_piggybacked_ack_with_payload():
     # 0x60: ver 1, ACK, TKL 0; 0x45 = 2.05; payload marker 0xff, "22.3 C"
-    m = encode(coap.ACK, 0x45, 0x7D34, b"", [], b"22.3 C")
+    m = encode(ACK, 0x45, 0x7D34, b"", [], b"22.3 C")
     _expect("ACK 2.05", m, "60 45 7d34 ff 32322e332043")
 
 
@@ -65,7 +74,7 @@ def test_encode_options_with_13_extension_and_uint():
     # Content-Format (12) 40: delta 1, len 1 -> 11 28
     # Uri-Query (15) "b=U": delta 3, len 3 -> 33
     # Size1 (60) 1024: delta 45 = 13 + 32 -> nibble d, ext 0x20; len 2 -> d2 20 0400
-    m = encode(coap.CON, coap.POST, 1, b"\xab",
+    m = encode(CON, POST, 1, b"\xab",
                [(11, b"rd"), (12, 40), (15, "b=U"), (60, 1024)])
     _expect("POST", m, "41 02 0001 ab b2 7264 11 28 33 623d55 d2 20 0400")
 
@@ -76,29 +85,29 @@ def test_encode_14_extensions_and_long_values():
     # option 2049 again: delta 0; 300 bytes: 269 + 31 -> nibble e, ext 001f => 0e 001f
     v20 = bytes(range(20))
     v300 = bytes(i & 0xFF for i in range(300))
-    m = encode(coap.NON, coap.PUT, 0xFFFF, b"", [(2049, v20), (2049, v300)])
+    m = encode(NON, PUT, 0xFFFF, b"", [(2049, v20), (2049, v300)])
     want = "50 03 ffff ed 06f4 07" + _hex(v20) + "0e 001f" + _hex(v300)
     _expect("ext14", m, want)
 
 
 def test_encode_uint_zero_empty_and_max_token():
     # Content-Format 0 is the empty uint (section 3.2): c0. TKL 8.
-    m = encode(coap.CON, coap.GET, 0x0102, b"12345678", [(12, 0), (14, 0x10000)])
+    m = encode(CON, GET, 0x0102, b"12345678", [(12, 0), (14, 0x10000)])
     # Max-Age (14) 65536: delta 2, 3 bytes -> 23 010000
     _expect("uint", m, "48 01 0102 3132333435363738 c0 23 010000")
 
 
 def test_writer_rejects_bad_input_with_typed_errors():
-    w = coap.MessageWriter(bytearray(12))
+    w = MessageWriter(bytearray(12))
     for fn in (
-        lambda: w.begin(coap.CON, coap.GET, 1, b"123456789"),
-        lambda: (w.begin(coap.CON, coap.GET, 1), w.option(12, b"a"), w.option(11, b"b")),
-        lambda: (w.begin(coap.CON, coap.GET, 1), w.option(11, b"0123456789")),
-        lambda: (w.begin(coap.CON, coap.GET, 1), w.option(70000, b"")),
+        lambda: w.begin(CON, GET, 1, b"123456789"),
+        lambda: (w.begin(CON, GET, 1), w.option(12, b"a"), w.option(11, b"b")),
+        lambda: (w.begin(CON, GET, 1), w.option(11, b"0123456789")),
+        lambda: (w.begin(CON, GET, 1), w.option(70000, b"")),
     ):
         try:
             fn()
-        except coap.CoapError:
+        except CoapError:
             continue
         raise AssertionError("accepted")
 
@@ -108,7 +117,7 @@ def test_writer_rejects_bad_input_with_typed_errors():
 
 def test_decode_fields_options_payload():
     raw = _unhex("41 02 0001 ab b2 7264 11 28 33 623d55 d2 20 0400 ff 6869")
-    m = coap.Message().decode(raw)
+    m = Message().decode(raw)
     got = (m.type, m.code, m.mid, header(raw)[3], options(m), payload(m))
     want = (0, 2, 1, b"\xab", [(11, b"rd"), (12, b"\x28"), (15, b"b=U"), (60, b"\x04\x00")],
             b"hi")
@@ -150,11 +159,11 @@ _MALFORMED = [
 
 
 def test_decode_rejects_each_malformed_case():
-    m = coap.Message()
+    m = Message()
     for h, why in _MALFORMED:
         try:
             m.decode(_unhex(h))
-        except coap.CoapError:
+        except CoapError:
             continue
         raise AssertionError("accepted %s (%s)" % (h, why))
     # the same decoder accepts the well-formed neighbours of those cases
@@ -169,12 +178,12 @@ def test_decode_rejects_each_malformed_case():
 def _endpoint(peer=None, seed=1, **kw):
     c = SimClock(5000)
     link = SimLink(c, peer)
-    ep = coap.Endpoint(link, c, Rand(seed), **kw)
+    ep = Endpoint(link, c, Rand(seed), **kw)
     return ep, link, c
 
 
 def _post(ep):
-    w = ep.begin(coap.POST)
+    w = ep.begin(POST)
     w.option(11, b"dp")
     w.payload(b"x")
 
@@ -189,7 +198,7 @@ def test_retransmission_schedule_then_timeout():
         _post(ep)
         try:
             ep.exchange()
-        except coap.CoapTimeout:
+        except CoapTimeout:
             pass
         else:
             raise AssertionError("no timeout")
@@ -211,11 +220,11 @@ def test_retransmission_schedule_then_timeout():
 def test_default_randomness_gives_valid_schedule():
     c = SimClock(0)
     link = SimLink(c)
-    ep = coap.Endpoint(link, c)  # random.getrandbits, seeded from os.urandom
+    ep = Endpoint(link, c)  # random.getrandbits, seeded from os.urandom
     _post(ep)
     try:
         ep.exchange()
-    except coap.CoapTimeout:
+    except CoapTimeout:
         pass
     T = link.sent[1][0]
     if not 2000 <= T < 3000 or len(link.sent) != 5:
@@ -269,7 +278,7 @@ def test_separate_response_con_is_acked_and_duplicate_reacked():
 
     def peer(link, data):
         t, code, mid, tok = header(data)
-        if code == coap.POST:
+        if code == POST:
             link.deliver(msg(2, 0, mid), 10)
             sep["resp"] = msg(0, 0x45, 0xBEEF, tok, b"\xff42")
             link.deliver(sep["resp"], 9000)
@@ -310,7 +319,7 @@ def test_separate_response_that_never_comes_times_out():
     _post(ep)
     try:
         ep.exchange()
-    except coap.CoapTimeout:
+    except CoapTimeout:
         pass
     else:
         raise AssertionError("no timeout")
@@ -326,7 +335,7 @@ def test_rst_raises_reset():
     _post(ep)
     try:
         ep.exchange()
-    except coap.CoapReset:
+    except CoapReset:
         return
     raise AssertionError("RST not raised")
 
@@ -337,7 +346,7 @@ def test_deadline_bounds_the_exchange():
     _post(ep)
     try:
         ep.exchange(deadline_ms=4000)
-    except coap.CoapTimeout:
+    except CoapTimeout:
         pass
     if c.t - t0 != 4000 or len(link.sent) != 2:
         raise AssertionError((c.t - t0, len(link.sent)))
@@ -362,7 +371,7 @@ def test_tokens_random_and_message_ids_sequential_from_random_start():
 
 def test_incoming_con_request_gets_404_once_and_duplicate_gets_same_answer():
     ep, link, c = _endpoint()
-    req = msg(0, coap.GET, 0x5555, b"\x77", b"\xb3abc")  # CON GET /abc
+    req = msg(0, GET, 0x5555, b"\x77", b"\xb3abc")  # CON GET /abc
     link.deliver(req, 100)
     link.deliver(req, 300)
     ep.serve(1000)
@@ -377,7 +386,7 @@ def test_incoming_con_request_gets_404_once_and_duplicate_gets_same_answer():
 
 def test_incoming_non_request_gets_non_404_and_duplicate_is_not_reprocessed():
     ep, link, c = _endpoint()
-    req = msg(1, coap.GET, 0x6666, b"\x01\x02")
+    req = msg(1, GET, 0x6666, b"\x01\x02")
     link.deliver(req, 10)
     link.deliver(req, 20)
     ep.serve(100)
@@ -404,7 +413,7 @@ def test_ping_unknown_response_and_malformed_con_are_reset():
 
 def test_duplicate_window_expires_after_exchange_lifetime():
     ep, link, c = _endpoint()
-    req = msg(0, coap.GET, 0x4242, b"")
+    req = msg(0, GET, 0x4242, b"")
     link.deliver(req, 0)
     ep.serve(10)
     c.t += 247000

@@ -1,11 +1,12 @@
-# Observe (RFC 7641) on the node's CoAP server (firmware/coapobs.py) under MicroPython
+# Observe (RFC 7641) on the node's CoAP server (firmware/coap/observe.py) under MicroPython
 # on a simulated link and clock: registration, notifications with increasing sequence
 # numbers, deregistration by GET Observe=1, RST and non-2.xx, CON notifications
 # (asked for, and once a day) retransmitted one at a time, a full table.
 HEAPSIZE = "128K"
 FIRMWARE = "mpy"
 
-import coap
+from coap.decode import Message
+from coap.endpoint import Endpoint
 from coaptree import Tree, COUNTER
 from coapsrvkit import CON, NON, req, path, server, ask, one, opt, body, check, PeerLink
 from mp_test_simlink import SimClock, Rand
@@ -16,7 +17,7 @@ def peers_server(**kw):
     # entry per client and resource, so distinct observers need distinct clients)
     c = SimClock(5000)
     link = PeerLink(c)
-    ep = coap.Endpoint(link, c, Rand(3))
+    ep = Endpoint(link, c, Rand(3))
     tree = Tree()
     ep.serve_resources(tree, **kw)
     return ep, link, c, tree
@@ -26,7 +27,7 @@ def _register_from(ep, link, peer, tok, mid):
     k = len(link.sent)
     link.deliver_from(req(CON, 1, mid, tok, [(6, 0)] + path("counter")), peer, 1)
     ep.serve(5)
-    return coap.Message().decode(link.sent[k][1])
+    return Message().decode(link.sent[k][1])
 
 def _register(ep, link, tok=b"\x0b\x0b", mid=0x700):
     m = one(ep, link, req(CON, 1, mid, tok, [(6, 0)] + path("counter")))
@@ -61,7 +62,7 @@ def test_rst_to_notification_and_non_2xx_end_observation():
     ep.changed()
     k = len(link.sent)
     ep.serve(5)
-    n = coap.Message().decode(link.sent[k][1])
+    n = Message().decode(link.sent[k][1])
     link.deliver(bytes([0x70, 0, n.mid >> 8, n.mid & 0xFF]), 1)  # RST
     ep.serve(5)
     check(ep.server.obs.count() == 0, "RST removes the observer")
@@ -70,7 +71,7 @@ def test_rst_to_notification_and_non_2xx_end_observation():
     ep.changed(COUNTER)
     k = len(link.sent)
     ep.serve(5)
-    n = coap.Message().decode(link.sent[k][1])
+    n = Message().decode(link.sent[k][1])
     check(n.code == 0x84 and opt(n, 6) == -1 and ep.server.obs.count() == 0, "4.04 ends it")
 
 
@@ -80,7 +81,7 @@ def test_con_notification_retransmitted_acked_and_dropped_after_timeout():
     ep.changed(COUNTER, con=True)
     k = len(link.sent)
     ep.serve(100)
-    n = coap.Message().decode(link.sent[k][1])
+    n = Message().decode(link.sent[k][1])
     check(n.type == CON and len(link.sent) == k + 1, "CON notification")
     ep.serve(4000)  # > the first timeout: one retransmission, same bytes
     check(len(link.sent) == k + 2 and link.sent[-1][1] == link.sent[k][1], "retransmitted")
@@ -101,16 +102,16 @@ def test_con_notification_once_a_day_and_nstart_one():
     ep.changed()
     k = len(link.sent)
     ep.serve(5)
-    check([coap.Message().decode(d).type for _, d in link.sent[k:]] == [NON, NON], "NON")
+    check([Message().decode(d).type for _, d in link.sent[k:]] == [NON, NON], "NON")
     c.t += 86400000  # a day later both need a CON; only one may be in flight
     ep.changed()
     k = len(link.sent)
     ep.serve(5)
-    sent = [coap.Message().decode(d) for _, d in link.sent[k:]]
+    sent = [Message().decode(d) for _, d in link.sent[k:]]
     check(len(sent) == 1 and sent[0].type == CON, "one CON in flight")
     link.deliver_from(bytes([0x60, 0, sent[0].mid >> 8, sent[0].mid & 0xFF]), link.to[-1], 1)
     ep.serve(10)
-    m = coap.Message().decode(link.sent[-1][1])
+    m = Message().decode(link.sent[-1][1])
     check(len(link.sent) == k + 2 and m.type == CON and m.mid != sent[0].mid, "then the other")
 
 
@@ -144,5 +145,5 @@ def test_observe_with_block2_notification_first_block():
     ep.changed(9)
     k = len(link.sent)
     ep.serve(5)
-    n = coap.Message().decode(link.sent[k][1])
+    n = Message().decode(link.sent[k][1])
     check(opt(n, 6) > opt(m, 6) and opt(n, 23) == 0x0A and len(body(n)) == 64, "notif block")

@@ -1,4 +1,4 @@
-# The node's CoAP server side (firmware/coapsrv.py, coapblk.py) under MicroPython on a
+# The node's CoAP server side (firmware/coap/server.py, coap/block.py) under MicroPython on a
 # simulated link and clock: dispatch to a handler, Block2 and Block1 (RFC 7959) both
 # ways, duplicate answers from the cache, bad requests, several peers. Expected bytes
 # are derived by hand from RFC 7252 section 3 where shown. Observe is in
@@ -6,11 +6,15 @@
 HEAPSIZE = "256K"  # the simulated links keep every datagram; memory: see _memory.py
 FIRMWARE = "mpy"  # the firmware precompiled, as a board runs it
 
-import coap
+from coap.decode import Message
+from coap.endpoint import Endpoint
 from coaptree import Tree, BIG_LEN, big_byte
 from coapsrvkit import (CON, NON, req, path, server, ask, one, opt, body, check, Pair,
                         PeerLink, _hex)
 from mp_test_simlink import SimClock, Rand
+
+POST = 2  # RFC 7252 section 12.1.1
+PUT = 3
 
 # ---- dispatch ----
 
@@ -154,12 +158,12 @@ def test_block1_out_of_order_too_large_and_smaller_size():
 
 def test_client_block1_exchange_body_against_node_server():
     p = Pair(drop_every=5)
-    a = coap.Endpoint(p.la, p.c, Rand(9))
-    p.b = coap.Endpoint(p.lb, p.c, Rand(10))
+    a = Endpoint(p.la, p.c, Rand(9))
+    p.b = Endpoint(p.lb, p.c, Rand(10))
     tree = Tree(store=4000)
     p.b.serve_resources(tree, block1=4000, max_block=128)
     data = bytes((i * 31 + 7) & 0xFF for i in range(3333))
-    w = a.begin(coap.PUT)
+    w = a.begin(PUT)
     w.option(11, b"store")
     r = a.exchange_body(data, szx=6)
     check(r.code == 0x44, "final %x" % r.code)
@@ -169,17 +173,17 @@ def test_client_block1_exchange_body_against_node_server():
     sizes = []
     toks = set()
     for _, d in p.la.sent:
-        m = coap.Message().decode(d)
+        m = Message().decode(d)
         sizes.append(opt(m, 27) & 7)
         toks.add(bytes(d[4:8]))
     check(sizes[0] == 4 and sizes[1] == 3 and sizes[-1] == 3, sizes)
     check(len(toks) > 10, "a fresh token per block")
     # a small body goes in one message without Block1
-    w = a.begin(coap.POST)
+    w = a.begin(POST)
     w.option(11, b"store")
     r = a.exchange_body(b"tiny")
     check(r.code == 0x44 and bytes(tree.store[:4]) == b"tiny" and tree.stored == 4, "small")
-    m = coap.Message().decode(p.la.sent[-1][1])
+    m = Message().decode(p.la.sent[-1][1])
     check(m.find(27) < 0, "no Block1 for a small body")
 
 
@@ -215,7 +219,7 @@ def test_duplicates_answered_from_cache_without_reprocessing():
 def test_two_peers_same_mid_are_different_requests_and_notified_apart():
     c = SimClock(0)
     link = PeerLink(c)
-    ep = coap.Endpoint(link, c, Rand(5))
+    ep = Endpoint(link, c, Rand(5))
     tree = Tree()
     ep.serve_resources(tree)
     r = req(CON, 1, 0x55, b"\x01", [(6, 0)] + path("counter"))

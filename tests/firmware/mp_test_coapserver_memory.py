@@ -1,12 +1,12 @@
 # What the node's CoAP server costs under MicroPython: no allocation per request or
 # notification in steady state (the transport here hands over preallocated datagrams;
-# udp.py's own cost is in mp_test_udp.py), and the data its buffers take.
+# coap/udp.py's own cost is in mp_test_udp.py), and the data its buffers take.
 HEAPSIZE = "128K"
 FIRMWARE = "mpy"
 
 import gc
 
-import coap
+from coap.endpoint import Endpoint
 from coaptree import Tree, COUNTER
 from coapsrvkit import CON, NON, req, path, check, LeanLink
 from mp_test_simlink import SimClock, SimLink, Rand
@@ -14,7 +14,7 @@ from mp_test_simlink import SimClock, SimLink, Rand
 def _alloc_per_request(data, n=30, setup=None, **kw):
     c = SimClock(0)
     link = LeanLink(c, data)
-    ep = coap.Endpoint(link, c, Rand(1))
+    ep = Endpoint(link, c, Rand(1))
     tree = Tree()
     ep.serve_resources(tree, **kw)
     if setup:
@@ -59,7 +59,7 @@ def test_steady_state_allocates_nothing_per_request():
 def test_steady_state_notifications_allocate_nothing():
     c = SimClock(0)
     link = LeanLink(c, req(CON, 1, 1, b"\x01", [(6, 0)] + path("counter")))
-    ep = coap.Endpoint(link, c, Rand(1))
+    ep = Endpoint(link, c, Rand(1))
     tree = Tree()
     ep.serve_resources(tree)
     link.due = True
@@ -87,17 +87,17 @@ def test_server_data_size():
     gc.collect()
     c = SimClock(0)
     link = SimLink(c)
-    ep = coap.Endpoint(link, c, Rand(1))
+    ep = Endpoint(link, c, Rand(1))
     gc.collect()
     a = gc.mem_alloc()
-    import coapsrv, coapobs  # noqa: F401  (code, for the figure below)
+    import coap.server, coap.observe  # noqa: F401  (code, for the figure below)
 
     gc.collect()
     b = gc.mem_alloc()
     ep.serve_resources(Tree(store=16))
     gc.collect()
     d = gc.mem_alloc()
-    ep2 = coap.Endpoint(link, c, Rand(1))
+    ep2 = Endpoint(link, c, Rand(1))
     gc.collect()
     e = gc.mem_alloc()
     ep2.serve_resources(Tree(store=16), max_block=256, body=256, block1=512, observers=4)

@@ -1,8 +1,8 @@
-# The node's config file (firmware/nodecfg.py) under MicroPython: defaults, gateway
+# The node's config file (firmware/storage/config.py) under MicroPython: defaults, gateway
 # forms, and one clear error naming the key for every missing/mistyped/invalid value.
 import json
 
-import nodecfg
+from storage import config
 
 _GOOD = {"endpoint": "n1", "gateway": "coap://127.0.0.1", "signal": "s.i16"}
 
@@ -11,8 +11,8 @@ def _config_error(cfg_text, word):
     with open("config.json", "w") as f:
         f.write(cfg_text)
     try:
-        nodecfg.load("config.json")
-    except nodecfg.ConfigError as e:
+        config.load("config.json")
+    except config.ConfigError as e:
         if word not in str(e):
             raise AssertionError("%r does not name %r" % (str(e), word))
         return
@@ -32,7 +32,7 @@ def _with(**kw):
 def test_config_defaults_and_gateway_forms():
     with open("config.json", "w") as f:
         f.write(json.dumps(_GOOD))
-    c = nodecfg.load("config.json")
+    c = config.load("config.json")
     want = {"lifetime": 60, "board": "unix-sim", "window": 1024, "hop": 1024,
             "report_ms": 1000, "realtime": False, "verbose": False, "host": "127.0.0.1",
             "port": 5683}
@@ -42,9 +42,9 @@ def test_config_defaults_and_gateway_forms():
     for uri, hp in (("coap://[::1]:1234", ("::1", 1234)),
                     ("coap://gw.local:5700/", ("gw.local", 5700)),
                     ("coap://[fe80::1]", ("fe80::1", 5683))):
-        if nodecfg.parse_gateway(uri) != hp:
-            raise AssertionError((uri, nodecfg.parse_gateway(uri)))
-    c = nodecfg.check(dict(_GOOD, window=64, hop=16, lifetime=10, report_ms=0,
+        if config.parse_gateway(uri) != hp:
+            raise AssertionError((uri, config.parse_gateway(uri)))
+    c = config.check(dict(_GOOD, window=64, hop=16, lifetime=10, report_ms=0,
                            realtime=True, verbose=True))
     got = (c["window"], c["hop"], c["lifetime"], c["report_ms"], c["realtime"], c["verbose"])
     if got != (64, 16, 10, 0, True, True):
@@ -82,8 +82,8 @@ def test_config_errors_name_the_key():
     ):
         _config_error(text, word)
     try:
-        nodecfg.load("nonexistent.json")
-    except nodecfg.ConfigError as e:
+        config.load("nonexistent.json")
+    except config.ConfigError as e:
         if "nonexistent.json" not in str(e):
             raise AssertionError(str(e))
     else:
@@ -95,8 +95,8 @@ def test_bad_signal_file_is_a_config_error():
         f.write(b"NOPE" + bytes(20))
     for path, word in (("bad.i16", "magic"), ("none.i16", "cannot open")):
         try:
-            nodecfg.open_sensor(nodecfg.check(dict(_GOOD, signal=path)))
-        except nodecfg.ConfigError as e:
+            config.open_sensor(config.check(dict(_GOOD, signal=path)))
+        except config.ConfigError as e:
             if "'signal'" not in str(e) or word not in str(e):
                 raise AssertionError(str(e))
             continue

@@ -1,4 +1,4 @@
-# The feature extractor (firmware/features.py) under MicroPython: a bad spec is refused at
+# The feature extractor (firmware/dsp/features.py) under MicroPython: a bad spec is refused at
 # configuration time with a FeatureError naming the field; steady-state compute() of the
 # full default feature set allocates 0 bytes; every FFT size and window shape runs.
 # The values themselves are checked against numpy in tests/features/.
@@ -6,8 +6,8 @@
 from array import array
 import gc
 
-import features
-from features import Extractor, FeatureError
+from dsp import features
+from dsp.features import Extractor, FeatureError
 
 HEAPSIZE = "512K"  # compiling the viper kernels from source takes more than they use
 

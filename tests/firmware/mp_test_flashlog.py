@@ -1,11 +1,11 @@
-# The node's flash log (firmware/flashlog.py) under MicroPython: order, wrap-around, the
+# The node's flash log (firmware/storage/flashlog.py) under MicroPython: order, wrap-around, the
 # dropped counter, reboots (a new Log on the same file), power cuts at every byte of an
 # append and of a pop, foreign files, and no allocation per append/peek/pop.
 import gc
 import os
 import time
 
-from flashlog import Log, LogError
+from storage.flashlog import Log, LogError
 
 _PATH = "log.bin"
 _SLOT = 64

@@ -9,8 +9,8 @@ import gc
 from array import array
 
 from fakebus import FakeI2C, FakeLIS3DH, FakePin, FakeSPI, ramp
-from lis3dh import LIS3DH
-from sensorbus import SensorError
+from drivers.lis3dh import LIS3DH
+from drivers.bus import SensorError
 
 # CTRL_REG1 ODR3..0 (data rate configuration table)
 HR_CODES = {1: 1, 10: 2, 25: 3, 50: 4, 100: 5, 200: 6, 400: 7, 1344: 9}

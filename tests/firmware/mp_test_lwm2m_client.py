@@ -1,5 +1,5 @@
-# The node's LwM2M Device Management & Service Enablement interface (firmware/lwsrv.py,
-# lwobj.py, lwattr.py, nodeobj.py) under MicroPython: a simulated LwM2M server sends
+# The node's LwM2M Device Management & Service Enablement interface (firmware/lwm2m/tree.py,
+# lwm2m/objects.py, lwm2m/attrs.py, report.py) under MicroPython: a simulated LwM2M server sends
 # Read / Write / Execute / Create / Delete / Discover / Write-Attributes / Observe to a
 # running node (node.Node on a simulated link and clock) and checks the answers byte
 # for byte or decoded. Test names carry the OMA ETS interoperability case they follow
@@ -8,8 +8,10 @@
 HEAPSIZE = "256K"
 FIRMWARE = "mpy"
 
-import cbor
-import coap
+from cbor.decode import loads
+from cbor.encode import Writer
+from coap.decode import Message
+from coap.msg import MessageWriter
 from mp_test_node import _node, Server
 from mp_test_simlink import header
 
@@ -34,7 +36,7 @@ class DM(Server):
     def __call__(self, link, data):
         t = (data[0] >> 4) & 3
         if t == ACK and data[1] or t != ACK and data[1] >> 5 in (2, 4, 5):
-            m = coap.Message().decode(data)
+            m = Message().decode(data)
             if t != ACK:  # a notification (the node sends nothing else as a response)
                 self.notes.append((link.clock.t, m, bytes(data)))
                 if t == CON:
@@ -49,7 +51,7 @@ class DM(Server):
     def request(self, link, code, path, accept=-1, cf=-1, payload=b"", query=(),
                 observe=-1, token=b"\x51\x52"):
         self.mid += 1
-        w = coap.MessageWriter(bytearray(600))
+        w = MessageWriter(bytearray(600))
         w.begin(CON, code, self.mid, token)
         if observe >= 0:
             w.option_uint(6, observe)
@@ -101,7 +103,7 @@ def check(cond, what):
 def senml(m):
     out = {}
     bn = ""
-    for rec in cbor.loads(body(m)):
+    for rec in loads(body(m)):
         bn = rec.get(-2, bn)
         name = bn + rec.get(0, "")
         for k in (2, 3, 4, 8, "vlo"):
@@ -166,7 +168,7 @@ def test_int_227_107_write_lifetime_sends_update_with_lt():
 
 def test_int_256_write_failures_read_only_wrong_type_unknown():
     n, dm, link, c = _start()
-    bad_type = cbor.Writer(bytearray(64))
+    bad_type = Writer(bytearray(64))
     bad_type.put_array(1)
     bad_type.put_map(2)
     bad_type.put_int(0)
@@ -194,7 +196,7 @@ def test_int_256_write_failures_read_only_wrong_type_unknown():
 
 def test_int_226_233_partial_update_and_replace_in_senml_cbor():
     n, dm, link, c = _start()
-    w = cbor.Writer(bytearray(128))
+    w = Writer(bytearray(128))
     w.put_array(2)
     w.put_map(3)
     w.put_int(-2)
@@ -254,7 +256,7 @@ def test_firmware_update_state_machine_without_delivery():
 
 
 def _portfolio(iid, vals):
-    w = cbor.Writer(bytearray(200))
+    w = Writer(bytearray(200))
     w.put_array(len(vals))
     for k, s in enumerate(vals):
         w.put_map(2)
@@ -447,7 +449,7 @@ def test_observe_epmin_and_epmax_bound_evaluations():
 
 def test_int_280_281_read_composite():
     n, dm, link, c = _start()
-    w = cbor.Writer(bytearray(100))
+    w = Writer(bytearray(100))
     w.put_array(4)
     for p in ("/3/0/16", "/3/0/11/0", "/1/0", "/1/0/8"):
         w.put_map(1)
@@ -464,7 +466,7 @@ def test_int_280_281_read_composite():
 
 def _pack(recs):
     # SenML-CBOR records [{0: path, key: value}]
-    w = cbor.Writer(bytearray(200))
+    w = Writer(bytearray(200))
     w.put_array(len(recs))
     for path, key, v in recs:
         w.put_map(2)
@@ -500,3 +502,49 @@ def test_int_257_write_composite():
     check(body(m) == b"102", body(m))
     check(ask(n, dm, link, 7, "", cf=60, payload=b"\x80").code == 0x8F, "format")
     check(ask(n, dm, link, 7, "", cf=112, payload=b"\xff").code == 0x80, "not CBOR")
+
+
+def _records(pack):
+    # {path: value} of a SenML-CBOR pack
+    out = {}
+    bn = ""
+    for rec in loads(pack):
+        bn = rec.get(-2, bn)
+        out[bn + rec[0]] = rec.get(2, rec.get(3, rec.get(4, rec.get(8))))
+    return out
+
+
+def test_a_read_between_reports_gives_what_the_last_report_sent():
+    # report.py is the one description of 3313 and 33000-33002: a Read and the Send
+    # report take the same tables and values (mp_test_node.py checks the report's
+    # bytes). Only the count since the last report (/33000/0/11) starts again after it.
+    import gc
+    import node
+    from mp_test_node import write_signal, _GOOD
+    from mp_test_simlink import SimClock, SimLink, Rand
+    from storage import config
+
+    write_signal("s.i16", 5000)
+    cfg = config.check(dict(_GOOD, lifetime=10, window=256, report_ms=1000, log_slots=0))
+    sensor = config.open_sensor(cfg)
+    dm = DM()
+    c = SimClock(1000)
+    link = SimLink(c, dm)
+    n = node.Node(cfg, sensor, config.feature_spec(cfg, sensor.rate), transport=link,
+                  clock=c, rand=Rand(3))
+    n.run(windows=2)
+    paths = list(_records(dm.ops(2, "dp")[-1][5]))
+    check(len(paths) == 1 + 12 + len(n.ex.names), paths)
+    for p in paths + ["/3313/0/5701", "/33000/0/12", "/33000/0/13"]:
+        sent = _records(dm.ops(2, "dp")[-1][5])  # the report before the Read is served
+        del dm.log[:]  # the heap is a board's: keep only this round
+        dm.answers.clear()
+        gc.collect()
+        m = ask(n, dm, link, GET, p)
+        check(m.code == 0x45, (p, hex(m.code)))
+        got = senml(m)[p]
+        if p not in sent:
+            check(p in ("/3313/0/5701", "/33000/0/12", "/33000/0/13"), p)  # Read only
+            continue
+        want = 0 if p == "/33000/0/11" else sent[p]  # windows since the last report
+        check(got == want, (p, got, want))

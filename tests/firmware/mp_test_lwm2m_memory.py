@@ -7,9 +7,9 @@ FIRMWARE = "mpy"
 
 import gc
 
-import coap
-import lwobj
-import lwsrv
+from coap.endpoint import Endpoint
+from lwm2m.objects import Connectivity, Device, Server
+from lwm2m.tree import Tree
 from coapsrvkit import req, path, LeanLink
 from mp_test_simlink import SimClock, Rand
 
@@ -30,10 +30,10 @@ class Events:
 def _served(data):
     c = SimClock(1000)
     link = LeanLink(c, data)
-    ep = coap.Endpoint(link, c, Rand(3))
+    ep = Endpoint(link, c, Rand(3))
     ev = Events()
-    tree = lwsrv.Tree([lwobj.Server(_CFG, ev), lwobj.Device(_CFG, ev, c),
-                       lwobj.Connectivity(_CFG)], ev)
+    tree = Tree([Server(_CFG, ev), Device(_CFG, ev, c),
+                       Connectivity(_CFG)], ev)
     ep.serve_resources(tree, 256, 256, 256, 4, 32)
     tree.attach(ep, 4)
     return ep, link

@@ -1,4 +1,4 @@
-# The node application (firmware/node.py, session.py, lwm2m.py) under MicroPython: the
+# The node application (firmware/node.py, lwm2m/session.py, lwm2m/client.py) under MicroPython: the
 # window loop against a simulated LwM2M server on a simulated lossy link (no real
 # sleeping). Memory at the board's 64K is checked in mp_test_node_memory.py; this module
 # and its simulated server need more heap to compile than the firmware does.
@@ -7,11 +7,13 @@ import struct
 HEAPSIZE = "256K"
 FIRMWARE = "mpy"
 
-import cbor
-import coap
-import lwm2m
 import node
-import nodecfg
+from cbor.decode import loads
+from coap.decode import Message
+from coap.endpoint import Endpoint
+from coap.msg import CoapTimeout
+from lwm2m.client import Client
+from storage import config
 from mp_test_simlink import SimClock, SimLink, Rand, header, msg
 
 SCALE_EXP = -12
@@ -58,7 +60,7 @@ class Server:
         t = link.clock.t
         if t < self.down_until:
             return
-        m = coap.Message().decode(data)
+        m = Message().decode(data)
         opts = [(m.onum[i], m.value(i)) for i in range(m.nopt)]
         path = "/".join(str(v, "utf-8") for n, v in opts if n == 11)
         q = [str(v, "utf-8") for n, v in opts if n == 15]
@@ -103,17 +105,17 @@ def _node(cfg_extra=None, server=None, signal_len=1000):
     cfg = dict(_GOOD, lifetime=10, window=16, report_ms=1000)
     if cfg_extra:
         cfg.update(cfg_extra)
-    cfg = nodecfg.check(cfg)
+    cfg = config.check(cfg)
     c = SimClock(1000)
     srv = server or Server()
     link = SimLink(c, srv)
-    n = node.Node(cfg, nodecfg.open_sensor(cfg), transport=link, clock=c, rand=Rand(3))
+    n = node.Node(cfg, config.open_sensor(cfg), transport=link, clock=c, rand=Rand(3))
     return n, srv, link, c
 
 
 def _pack_values(payload):
     # {path: value} from our pack, resolving bn + n as SenML does
-    pack = cbor.loads(payload)
+    pack = loads(payload)
     out = {}
     bn = ""
     for rec in pack:
@@ -268,11 +270,11 @@ def test_shutdown_is_bounded_when_server_is_gone():
 def test_register_message_exact_bytes():
     c = SimClock(0)
     link = SimLink(c)
-    ep = coap.Endpoint(link, c, Rand(5))
-    cl = lwm2m.Client(ep, "node-1", 10)
+    ep = Endpoint(link, c, Rand(5))
+    cl = Client(ep, "node-1", 10)
     try:
         cl.register(deadline_ms=1)
-    except coap.CoapTimeout:
+    except CoapTimeout:
         pass
     d = link.sent[0][1]
     t, code_, mid, tok = header(d)
@@ -287,10 +289,10 @@ def test_register_message_exact_bytes():
 
 def test_update_interval_is_before_lifetime():
     # min(lifetime * 0.75, lifetime - 10 s), at least 5 s
-    ep = coap.Endpoint(SimLink(SimClock()), SimClock(), Rand(1))
+    ep = Endpoint(SimLink(SimClock()), SimClock(), Rand(1))
     for lt, ms in ((10, 5000), (15, 5000), (20, 10000), (40, 30000), (60, 45000), (100, 75000),
                    (86400, 64800000)):
-        got = lwm2m.Client(ep, "x", lt).interval_ms
+        got = Client(ep, "x", lt).interval_ms
         if got != ms:
             raise AssertionError((lt, got))
 
@@ -306,12 +308,12 @@ def test_garbage_location_path_is_a_failed_registration_not_a_crash():
 
 def test_features_are_reported_with_the_window():
     from array import array
-    from features import Extractor
+    from dsp.features import Extractor
 
     write_signal("s.i16", 5000)
-    cfg = nodecfg.check(dict(_GOOD, lifetime=10, window=256, report_ms=0))
-    sensor = nodecfg.open_sensor(cfg)
-    spec = nodecfg.feature_spec(cfg, sensor.rate)
+    cfg = config.check(dict(_GOOD, lifetime=10, window=256, report_ms=0))
+    sensor = config.open_sensor(cfg)
+    spec = config.feature_spec(cfg, sensor.rate)
     if (spec["rate"], spec["window"], spec["hop"], spec["fft"]) != (RATE, 256, 256, 256):
         raise AssertionError(spec)
     c = SimClock(1000)
@@ -348,20 +350,20 @@ def test_feature_config_errors_name_the_problem():
          "'features' window 128 differs"),
     )
     for extra, msg in cases:
-        cfg = nodecfg.check(dict(_GOOD, **extra))
+        cfg = config.check(dict(_GOOD, **extra))
         try:
-            nodecfg.feature_spec(cfg, RATE)
-        except nodecfg.ConfigError as e:
+            config.feature_spec(cfg, RATE)
+        except config.ConfigError as e:
             if not str(e).startswith(msg):
                 raise AssertionError(str(e))
         else:
             raise AssertionError("accepted %r" % extra)
-    if nodecfg.feature_spec(nodecfg.check(dict(_GOOD, features=False)), RATE) is not None:
+    if config.feature_spec(config.check(dict(_GOOD, features=False)), RATE) is not None:
         raise AssertionError("features false")
     # the extractor refuses what the spec cannot do, naming the field
-    cfg = nodecfg.check(dict(_GOOD, features={"features": ["rms", "nope"]}))
+    cfg = config.check(dict(_GOOD, features={"features": ["rms", "nope"]}))
     try:
-        node.Node(cfg, nodecfg.open_sensor(cfg), nodecfg.feature_spec(cfg, RATE),
+        node.Node(cfg, config.open_sensor(cfg), config.feature_spec(cfg, RATE),
                   transport=SimLink(SimClock(0), Server()), clock=SimClock(0))
     except ValueError as e:
         if "nope" not in str(e):
@@ -374,10 +376,10 @@ def test_realtime_sensor_stalled_by_the_network_reports_overrun_not_a_crash():
     # a live sensor (real-time replay on the simulated clock) keeps producing while a Send
     # is stuck in CoAP retransmissions: the samples beyond its 1 s backlog are lost, and
     # the next report says so (flag 1 overrun, 2 dropped: the ring had to skip ahead)
-    import simsensor
+    from drivers import simsensor
 
     write_signal("s.i16", 50000)
-    cfg = nodecfg.check(dict(_GOOD, lifetime=600, window=256, report_ms=0, realtime=True))
+    cfg = config.check(dict(_GOOD, lifetime=600, window=256, report_ms=0, realtime=True))
     c = SimClock(1000)
     srv = Server()
     sen = simsensor.ReplayAdapter("s.i16", True, clock=c)
@@ -436,7 +438,7 @@ class FlakySensor:
 
 def test_sensor_that_stops_answering_is_logged_and_flagged_not_a_crash():
     write_signal("s.i16", 100)
-    cfg = nodecfg.check(dict(_GOOD, lifetime=600, window=64, report_ms=0, features=False))
+    cfg = config.check(dict(_GOOD, lifetime=600, window=64, report_ms=0, features=False))
     c = SimClock(1000)
     srv = Server()
     sen = FlakySensor(c)

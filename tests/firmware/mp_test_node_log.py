@@ -6,9 +6,9 @@
 HEAPSIZE = "256K"
 FIRMWARE = "mpy"
 
-import cbor
 import node
-import nodecfg
+from cbor.decode import loads
+from storage import config
 from mp_test_node import Server, write_signal, _GOOD
 from mp_test_simlink import SimClock, SimLink, Rand
 
@@ -29,8 +29,8 @@ class WallClock(SimClock):
 def _node(clock, srv, **extra):
     cfg = dict(_GOOD, lifetime=30, window=16, report_ms=1000)
     cfg.update(extra)
-    cfg = nodecfg.check(cfg)
-    n = node.Node(cfg, nodecfg.open_sensor(cfg), transport=SimLink(clock, srv), clock=clock,
+    cfg = config.check(cfg)
+    n = node.Node(cfg, config.open_sensor(cfg), transport=SimLink(clock, srv), clock=clock,
                   rand=Rand(3))
     return n
 
@@ -39,7 +39,7 @@ def _sends(srv):
     # [(seq, bt or None, time sent)] of the Sends the server acknowledged
     out = []
     for t, code, path, q, cf, payload in srv.ops(2, "dp"):
-        pack = cbor.loads(payload)
+        pack = loads(payload)
         seq = None
         for rec in pack:
             if rec.get(-2) == "/33000/0/":
@@ -50,14 +50,14 @@ def _sends(srv):
 
 def _window_res(n, rid):
     # /33000/0/rid as the node's object serves it
-    import nodeobj
+    from report import Window
 
     class V:
         def int(self, x):
             self.v = x
 
     v = V()
-    nodeobj.Window(n).get(0, rid, -1, v)
+    Window(n).get(0, rid, -1, v)
     return v.v
 
 
@@ -236,10 +236,10 @@ class _CountSends:
         self.mids = []
 
     def __call__(self, link, data):
-        import coap
+        from coap.decode import Message
         from mp_test_simlink import header
 
-        m = coap.Message().decode(data)
+        m = Message().decode(data)
         path = "/".join(str(m.value(i), "utf-8") for i in range(m.nopt) if m.onum[i] == 11)
         if path == "dp":
             self.mids.append(header(data)[2])
@@ -253,8 +253,8 @@ def test_after_a_send_timeout_reports_go_to_the_log_without_waiting():
     c = WallClock()
     srv = Server()
     counter = _CountSends(srv)
-    cfg = nodecfg.check(dict(_GOOD, lifetime=30, window=16, report_ms=1000))
-    n = node.Node(cfg, nodecfg.open_sensor(cfg), transport=SimLink(c, counter), clock=c,
+    cfg = config.check(dict(_GOOD, lifetime=30, window=16, report_ms=1000))
+    n = node.Node(cfg, config.open_sensor(cfg), transport=SimLink(c, counter), clock=c,
                   rand=Rand(3))
     n.run(windows=2)
     if n.sent != 2 or not n.registered():

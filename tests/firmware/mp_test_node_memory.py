@@ -3,14 +3,13 @@
 # (sampler, features, report) allocates nothing. The transport answers without
 # allocating, so what is measured is the node's own allocation.
 #
-# The unix port keeps the code (about 112 KB of x64 .mpy with the LwM2M object tree and
-# its CoAP server) in the heap, where a board runs it frozen in flash; so the heap here
-# is 192K, and the node's data (buffers, tables, objects, the CoAP server's buffers and
+# The unix port keeps the code (about 119 KB of x64 code and module objects with the
+# LwM2M object tree and its CoAP server) in the heap, where a board runs it frozen in
+# flash; so the heap here is 192K, and the node's data (buffers, tables, objects, the CoAP server's buffers and
 # observer table: what a board's heap must hold) is held to 48K, inside the 64K of the
 # smallest board with room to spare, although x64 objects are larger than a 32-bit
 # board's.
 import struct
-import sys
 
 import node
 
@@ -87,20 +86,24 @@ def _measure(window, hop, windows=40, features=True, models=None, data_max=_DATA
 
     write_signal("s.i16", 50000)  # no wrap-around while measuring
     # the code first: on the unix port it lives in the heap; a board freezes it in flash
-    import cbor, coap, lwm2m, sampler, simsensor, features  # noqa: F401
-    import coapsrv, coapobs, lwsrv, lwobj, lwattr, nodeobj, flashlog  # noqa: F401
+    import cbor.encode, coap.endpoint, lwm2m.client, dsp.sampler  # noqa: F401
+    import drivers.simsensor, dsp.features, coap.server, coap.observe  # noqa: F401
+    import lwm2m.tree, lwm2m.objects, lwm2m.attrs, report, storage.flashlog  # noqa: F401
     if models:
-        import infer, tflite, tflk, tflq, tflfb  # noqa: F401
+        from tinyml import infer
+        import tinyml.interpreter, tinyml.kernels, tinyml.quant  # noqa: F401
+        import tinyml.flatbuf  # noqa: F401
 
     gc.collect()
     code = gc.mem_alloc()
-    import nodecfg  # as node.main() does: config, sensor, then drop the config code
+    from storage import config  # as node.main() does: config, sensor, then drop it
+    from lwm2m.session import unload
 
-    cfg = nodecfg.check(dict(_GOOD, lifetime=60, window=window, hop=hop, report_ms=1000))
-    sensor = nodecfg.open_sensor(cfg)
-    spec = nodecfg.feature_spec(cfg, sensor.rate) if features else None
-    del nodecfg
-    del sys.modules["nodecfg"]
+    cfg = config.check(dict(_GOOD, lifetime=60, window=window, hop=hop, report_ms=1000))
+    sensor = config.open_sensor(cfg)
+    spec = config.feature_spec(cfg, sensor.rate) if features else None
+    del config
+    unload("storage.config")
     c = Clock()
     link = LeanLink(c)
     n = node.Node(cfg, sensor, spec, transport=link, clock=c, rand=Rand())

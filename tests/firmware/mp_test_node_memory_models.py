@@ -1,14 +1,14 @@
 # The node with the shipped bearing models (models/bearing-fault, models/bearing-anomaly):
 # the whole window path (sampler, features, input quantization, both interpreters, the
 # decision, the report) allocates nothing per window. The unix port keeps the code in the
-# heap (about 130 KB of x64 .mpy with the interpreter; a board freezes it in flash), so
-# the unix-sim heap is 256K (tests/e2e run the node in it); here 384K, because these test
+# heap (about 175 KB of x64 code with the interpreter; a board freezes it in flash), so
+# the unix-sim heap is 320K (tests/e2e run the node in it); here 384K, because these test
 # modules compile from source in the same heap (at 320K, loading the streamed models
 # failed on fragmentation in one CI checkout; the limit checked is data_max, not the
 # heap). The node's data with both models is held to 74K on this 64-bit port: 46 KB
-# without models (38 KB before the node served its LwM2M object tree: the CoAP server's
-# buffers, observer table and the objects take about 7 KB), about 28 KB for the two
-# interpreters (tensor and op objects, tables, arenas) and the decision state.
+# without models (the CoAP server's buffers, observer table and the LwM2M objects take
+# about 7 KB of it), about 29 KB for the two interpreters (tensor and op objects, tables,
+# arenas) and the decision state.
 import os
 
 import mp_test_node_memory as base

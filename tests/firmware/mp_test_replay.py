@@ -1,10 +1,10 @@
-# The unix-sim accelerometer (firmware/replay.py) under MicroPython: samples, wrap-around,
-# offset, bad headers, realtime pacing on a simulated clock.
+# The unix-sim board's signal file reader (firmware/drivers/replay.py) under MicroPython:
+# samples, wrap-around, offset, bad headers (real-time pacing: drivers/simsensor.py,
+# mp_test_board.py and mp_test_sampler_memory.py).
 import struct
 from array import array
 
-import replay
-from mp_test_simlink import SimClock
+from drivers import replay
 
 
 def code(i):
@@ -133,36 +133,3 @@ def test_refuses_big_endian_host():
     finally:
         replay._host_order = "little"
     raise AssertionError("ran on a big-endian host")
-
-
-def test_realtime_paces_to_the_sample_rate():
-    write_signal("s.i16", 100, rate=3000)
-    c = SimClock(0)
-    s = replay.ReplaySensor("s.i16", realtime=True, clock=c)
-    buf = array("h", [0] * 300)
-    for _ in range(30):
-        s.read_into(buf, 1)  # 1/3 ms each: the remainder must carry
-    if c.t != 10:
-        raise AssertionError("30 samples at 3 kHz took %d ms" % c.t)
-    s.read_into(buf, 300)
-    if c.t != 110:
-        raise AssertionError("330 samples took %d ms" % c.t)
-    # a consumer that stalls for 5 s is not given a burst to catch up with
-    c.t += 5000
-    s.read_into(buf, 300)
-    if c.t != 5110:
-        raise AssertionError("slept after a stall: %d" % c.t)
-    s.read_into(buf, 300)
-    if c.t != 5210:
-        raise AssertionError("pacing not restarted after a stall: %d" % c.t)
-
-
-def test_not_realtime_never_sleeps():
-    write_signal("s.i16", 100, rate=10)
-    c = SimClock(0)
-    s = replay.ReplaySensor("s.i16", clock=c)
-    buf = array("h", [0] * 100)
-    for _ in range(5):
-        s.read_into(buf, 100)
-    if c.sleeps or c.t:
-        raise AssertionError(c.sleeps)

@@ -7,8 +7,8 @@ HEAPSIZE = "128K"  # compiling this module and the fakes takes more than the sam
 import errno
 from array import array
 
-import sampler
-from sampler import Sampler, SamplerError
+from dsp import sampler
+from dsp.sampler import Sampler, SamplerError
 
 
 def expect_eq(got, want, what):
@@ -332,7 +332,7 @@ def test_start_starts_the_sensor():
 
 def test_lis3dh_windows_overrun_saturation_and_bus_error():
     import fakebus
-    from lis3dh import LIS3DH
+    from drivers.lis3dh import LIS3DH
 
     def gen(i, a):
         return 3000 if i == 40 else fakebus.ramp(i, a)  # one saturated sample at i = 40
@@ -369,7 +369,7 @@ def test_lis3dh_windows_overrun_saturation_and_bus_error():
 
 def test_adxl345_on_spi_feeds_windows():
     import fakebus
-    from adxl345 import ADXL345
+    from drivers.adxl345 import ADXL345
 
     chip = fakebus.FakeADXL345(fakebus.ramp)
     spi = fakebus.FakeSPI()

@@ -8,7 +8,7 @@ import gc
 import struct
 from array import array
 
-from sampler import Sampler
+from dsp.sampler import Sampler
 
 
 def expect_eq(got, want, what):
@@ -50,7 +50,7 @@ def run(sp, out, windows, step=None):
 
 
 def test_replay_as_fast_as_taken_allocates_nothing_per_window():
-    import simsensor
+    from drivers import simsensor
 
     L = 3001  # odd length: chunks end at the file's end at varying offsets
     write_signal("s.i16", L)
@@ -77,7 +77,7 @@ class Clock:
 
 
 def test_realtime_replay_allocates_nothing_per_window():
-    import simsensor
+    from drivers import simsensor
 
     write_signal("s.i16", 5000, rate=12000)
     clock = Clock()
@@ -120,7 +120,7 @@ class ADC:
 
 
 def test_adc_sensor_allocates_nothing_per_window():
-    from adcsensor import ADCSensor
+    from drivers.adc import ADCSensor
 
     t = Timer()
     sen = ADCSensor(ADC(), t, 1000, size=64)

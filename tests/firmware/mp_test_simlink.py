@@ -65,7 +65,7 @@ class Rand:
 
 
 def header(data):
-    """(type, code, mid, token) of a datagram, parsed by hand (independent of coap.py)."""
+    """(type, code, mid, token) of a datagram, parsed by hand (independent of coap/endpoint.py)."""
     tkl = data[0] & 0x0F
     return (data[0] >> 4) & 3, data[1], (data[2] << 8) | data[3], bytes(data[4 : 4 + tkl])
 

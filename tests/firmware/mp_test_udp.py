@@ -1,11 +1,11 @@
-# The UDP transport (firmware/udp.py) on real loopback sockets under MicroPython:
+# The UDP transport (firmware/coap/udp.py) on real loopback sockets under MicroPython:
 # datagrams both ways, one datagram per recv (never merged), poll timeout, a closed
 # peer port (ICMP ECONNREFUSED) is a lost datagram rather than an exception, and what
 # a received datagram costs in heap.
 import socket
 import time
 
-import udp
+from coap.udp import UdpTransport
 
 
 def _server():
@@ -23,7 +23,7 @@ def _server():
 
 def test_datagrams_both_ways_not_merged():
     srv, port = _server()
-    t = udp.UdpTransport("127.0.0.1", port)
+    t = UdpTransport("127.0.0.1", port)
     t.send(b"hello-xx", 5)
     data, addr = srv.recvfrom(64)
     if data != b"hello":
@@ -41,7 +41,7 @@ def test_datagrams_both_ways_not_merged():
 
 def test_recv_times_out_with_none():
     srv, port = _server()
-    t = udp.UdpTransport("127.0.0.1", port)
+    t = UdpTransport("127.0.0.1", port)
     t0 = time.ticks_ms()
     got = t.recv(80)
     dt = time.ticks_diff(time.ticks_ms(), t0)
@@ -54,7 +54,7 @@ def test_recv_times_out_with_none():
 def test_closed_peer_port_is_a_lost_datagram():
     srv, port = _server()
     srv.close()  # nobody listens: the kernel answers with ICMP port unreachable
-    t = udp.UdpTransport("127.0.0.1", port)
+    t = UdpTransport("127.0.0.1", port)
     for _ in range(3):
         try:
             t.send(b"x", 1)
@@ -69,7 +69,7 @@ def test_heap_cost_of_a_received_datagram():
     import gc
 
     srv, port = _server()
-    t = udp.UdpTransport("127.0.0.1", port)
+    t = UdpTransport("127.0.0.1", port)
     t.send(b"x", 1)
     _, addr = srv.recvfrom(16)
     ack = b"\x64\x44\x12\x34\x01\x02\x03\x04"  # an ACK 2.04 with a 4-byte token

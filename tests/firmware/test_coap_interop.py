@@ -1,7 +1,7 @@
 """The node's CoAP server and block-wise client against peers not written here.
 
-The node's endpoint (firmware/coap.py + coapsrv/coapobs/coapblk, precompiled as the
-simulator runs it) serves tests/firmware/coaptree.py on a real UDP socket
+The node's endpoint (firmware/coap/: endpoint.py, server.py, observe.py, block.py;
+precompiled as the simulator runs it) serves tests/firmware/coaptree.py on a real UDP socket
 (tests/firmware/coapnode.py). libcoap's ``coap-client-notls`` and aiocoap read it
 (Block2 at several sizes), write it (Block1), and observe it (RFC 7641). The other way
 round, the node's client sends a body larger than its buffer with Block1 to an aiocoap
@@ -18,8 +18,7 @@ from pathlib import Path
 import aiocoap
 import aiocoap.resource
 import pytest
-
-from plugins.services import REPO, ManagedProcess, free_port
+from plugins.services import ManagedProcess, free_port
 
 TESTS = Path(__file__).parent
 BIG = bytes(33 + (i * 7 + i // 256) % 90 for i in range(3000))  # coaptree.big_byte
@@ -89,45 +88,46 @@ def test_libcoap_observes_counter_and_cancels(coap_client, coapnode, tmp_path):
     assert again.returncode == 0 and int(again.stdout) >= values[-1]
 
 
-def test_aiocoap_reads_writes_and_observes(coapnode):
-    async def run():
-        ctx = await aiocoap.Context.create_client_context()
-        try:
-            r = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=coapnode + "/big")).response
-            assert r.code == aiocoap.CONTENT and r.payload == BIG
-            data = os.urandom(2700)
-            r = await ctx.request(aiocoap.Message(code=aiocoap.PUT, uri=coapnode + "/store",
-                                                  payload=data)).response
-            assert r.code == aiocoap.CHANGED, r
-            r = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=coapnode + "/store")).response
-            assert r.payload == data
-            r = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=coapnode + "/obj/3303/7")).response
-            assert r.payload == b"3303,7"
-            pr = ctx.request(aiocoap.Message(code=aiocoap.GET, uri=coapnode + "/counter",
-                                             observe=0))
-            first = await pr.response
-            seen = [int(first.payload)]
-            async for n in pr.observation:
-                seen.append(int(n.payload))
-                if len(seen) == 4:
-                    pr.observation.cancel()
-                    break
-            assert seen == sorted(set(seen)), seen
-        finally:
-            await ctx.shutdown()
-
-    asyncio.run(asyncio.wait_for(run(), 30))
+async def test_aiocoap_reads_writes_and_observes(coapnode):
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        r = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=coapnode + "/big")).response
+        assert r.code == aiocoap.CONTENT and r.payload == BIG
+        data = os.urandom(2700)
+        r = await ctx.request(aiocoap.Message(code=aiocoap.PUT, uri=coapnode + "/store",
+                                              payload=data)).response
+        assert r.code == aiocoap.CHANGED, r
+        r = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=coapnode + "/store")).response
+        assert r.payload == data
+        r = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=coapnode + "/obj/3303/7")).response
+        assert r.payload == b"3303,7"
+        pr = ctx.request(aiocoap.Message(code=aiocoap.GET, uri=coapnode + "/counter",
+                                         observe=0))
+        first = await pr.response
+        seen = [int(first.payload)]
+        async for n in pr.observation:
+            seen.append(int(n.payload))
+            if len(seen) == 4:
+                pr.observation.cancel()
+                break
+        assert seen == sorted(set(seen)), seen
+    finally:
+        await ctx.shutdown()
 
 
 NODE_CLIENT = r"""
-import sys, coap, udp
+import sys
+from coap.endpoint import Endpoint
+from coap.msg import code_str
+from coap.udp import UdpTransport
+PUT = 3
 port = int(sys.argv[1]); n = int(sys.argv[2])
 body = bytes((i * 31 + 7) & 0xFF for i in range(n))
-ep = coap.Endpoint(udp.UdpTransport("127.0.0.1", port))
-w = ep.begin(coap.PUT)
+ep = Endpoint(UdpTransport("127.0.0.1", port))
+w = ep.begin(PUT)
 w.option(11, b"up")
 r = ep.exchange_body(body, deadline_ms=10000)
-print("final", coap.code_str(r.code))
+print("final", code_str(r.code))
 """
 
 
@@ -142,7 +142,7 @@ class Upload(aiocoap.resource.Resource):
 
 
 @pytest.mark.parametrize("n", [300, 2600])
-def test_node_client_block1_to_aiocoap_server(node_firmware, tmp_path, n):
+async def test_node_client_block1_to_aiocoap_server(node_firmware, tmp_path, n):
     port = free_port()
     up = Upload()
     (tmp_path / "nc.py").write_text(NODE_CLIENT)
@@ -162,6 +162,6 @@ def test_node_client_block1_to_aiocoap_server(node_firmware, tmp_path, n):
         finally:
             await ctx.shutdown()
 
-    out = asyncio.run(run())
+    out = await run()
     assert "final 2.04" in out, out
     assert up.got == [bytes((i * 31 + 7) & 0xFF for i in range(n))]

@@ -1,4 +1,4 @@
-"""The node's flash log (firmware/flashlog.py) against a Python model, on the real
+"""The node's flash log (firmware/storage/flashlog.py) against a Python model, on the real
 MicroPython unix port: hypothesis draws sequences of appends, peeks, pops, reboots (a new
 Log on the same file) and power cuts during an append (the file left with a prefix of
 the append's bytes, then a reboot); a driver script runs them in one ``micropython``
@@ -26,7 +26,7 @@ MAX = SLOT - 14
 
 DRIVER = """
 import json, sys
-from flashlog import Log
+from storage.flashlog import Log
 SLOTS, SLOT, CAP = {SLOTS}, {SLOT}, {CAP}
 ops = json.loads(sys.stdin.read())
 

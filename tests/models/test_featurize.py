@@ -10,10 +10,11 @@ import subprocess
 import numpy as np
 from aiotkit.boards.replay import signalfile
 from aiotkit.models import dataset, featurize
-from conftest import REPO
+from plugins.services import REPO
 
 ONE = r"""
-import sys, features
+import sys
+from dsp import features
 from array import array
 spec = features.default_spec()
 ex = features.Extractor(spec)

@@ -92,7 +92,8 @@ class MicroPythonItem(pytest.Item):
         cmd = [mp, "-X", f"heapsize={self.heap}", str(RUNNER), self.path.stem, self.name]
         try:
             proc = subprocess.run(
-                cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+                cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+                check=False,
             )
         except subprocess.TimeoutExpired as e:
             raise MicroPythonTestFailed(

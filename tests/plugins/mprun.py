@@ -6,7 +6,7 @@ mod = __import__(sys.argv[1])
 fn = getattr(mod, sys.argv[2])
 try:
     fn()
-except Exception as e:  # report and fail; the pytest side shows this output
+except Exception as e:  # noqa: BLE001 (MicroPython: report any failure; pytest shows it)
     sys.print_exception(e)
     sys.exit(1)
 print("MPTEST PASS")

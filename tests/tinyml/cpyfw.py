@@ -1,7 +1,7 @@
 """Import the node's interpreter modules under CPython (parsing and validation only).
 
 The viper kernels do not run here; the shim gives `micropython.const`, an identity
-`viper` decorator and the ptr annotation names, so tflite.py's loader (pure Python) can
+`viper` decorator and the ptr annotation names, so tinyml/interpreter.py's loader (pure Python) can
 be fuzzed fast in-process. The MicroPython runs in test_ops_diff.py / test_reader_fuzz.py
 check the same code on the real port.
 """
@@ -28,4 +28,4 @@ def load():
         setattr(builtins, name, object)
     if str(FIRMWARE) not in sys.path:
         sys.path.insert(0, str(FIRMWARE))
-    return importlib.import_module("tflite")
+    return importlib.import_module("tinyml.interpreter")

@@ -130,7 +130,7 @@ def test_fuzz_on_micropython_itself(tmp_path):
     (tmp_path / "list.txt").write_text("\n".join(files))
     drv = tmp_path / "fz.py"
     drv.write_text(
-        "import sys, json, tflite\n"
+        "import sys, json\nfrom tinyml import interpreter as tflite\n"
         "res = {'ok': 0, 'err': 0, 'other': []}\n"
         "for p in open(sys.argv[1]).read().split():\n"
         "    try:\n"

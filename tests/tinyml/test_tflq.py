@@ -1,4 +1,4 @@
-"""Quantization constants from float32 bits (firmware/tflq.py) vs TFLM's double math.
+"""Quantization constants from float32 bits (firmware/tinyml/quant.py) vs TFLM's double math.
 
 TFLM computes M = double(s_in) * double(s_w) / double(s_out) (per-channel; per-tensor
 FULLY_CONNECTED takes the float32 product s_in * s_w first) and QuantizeMultiplier
@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 load()
-import tflq
+from tinyml import quant
 
 scale_bits = st.integers(0x00800000, 0x7F000000)  # positive normal float32
 
@@ -46,7 +46,7 @@ def quantize_multiplier(d):
 @given(scale_bits, scale_bits, scale_bits)
 def test_per_channel_multiplier_matches_double_math(a, b, c):
     want = quantize_multiplier(f(a) * f(b) / f(c))
-    assert tflq.multiplier((a, b), (c,)) == want
+    assert quant.multiplier((a, b), (c,)) == want
 
 
 @settings(max_examples=2000, deadline=None)
@@ -56,12 +56,12 @@ def test_float32_product_variant(a, b, c):
         prod = float(np.float32(f(a)) * np.float32(f(b)))
     if prod < np.finfo(np.float32).tiny or math.isinf(prod):
         return  # the node refuses products that underflow float32
-    pm, pe = tflq.f32_parts(a)
-    qm, qe = tflq.f32_parts(b)
-    cm, ce = tflq.f32_parts(c)
-    q, e = tflq.round_to(pm * qm, 1, pe + qe, 24)
-    q, e = tflq.to_double(q, cm, e - ce)
-    assert tflq.quantize_multiplier(q, e) == quantize_multiplier(prod / f(c))
+    pm, pe = quant.f32_parts(a)
+    qm, qe = quant.f32_parts(b)
+    cm, ce = quant.f32_parts(c)
+    q, e = quant.round_to(pm * qm, 1, pe + qe, 24)
+    q, e = quant.to_double(q, cm, e - ce)
+    assert quant.quantize_multiplier(q, e) == quantize_multiplier(prod / f(c))
 
 
 @settings(max_examples=2000, deadline=None)
@@ -72,20 +72,20 @@ def test_activation_range(sb, zp, act):
         return
     lo, hi = -128, 127
 
-    def quant(r):
+    def to_q(r):
         v = np.float32(r) / s
         if not np.isfinite(v) or abs(v) > 2**30:
             return None
         return zp + math.floor(abs(v) + 0.5) * (1 if v >= 0 else -1)
 
     ref = {0: (lo, hi)}
-    q0, q6, qm1, q1 = quant(0), quant(6), quant(-1), quant(1)
+    q0, q6, qm1, q1 = to_q(0), to_q(6), to_q(-1), to_q(1)
     if None in (q0, q6, qm1, q1):
         return
     ref[1] = (max(lo, q0), hi)
     ref[3] = (max(lo, q0), min(hi, q6))
     ref[2] = (max(lo, qm1), min(hi, q1))
-    assert tflq.act_range(act, zp, sb) == ref[act]
+    assert quant.act_range(act, zp, sb) == ref[act]
 
 
 def limb_srdhm(acc, m):
@@ -118,10 +118,10 @@ def limb_srdhm(acc, m):
 @settings(max_examples=5000, deadline=None)
 @given(st.integers(-(2**31), 2**31 - 1), st.integers(0, 2**31 - 1))
 def test_limb_srdhm_matches_int64_definition(acc, m):
-    assert limb_srdhm(acc, m) == tflq.srdhm(acc, m)
+    assert limb_srdhm(acc, m) == quant.srdhm(acc, m)
 
 
 def test_limb_srdhm_extremes():
     for acc in (-(2**31), 2**31 - 1, -1, 0, 1, -(2**30), 2**30):
         for m in (0, 1, 2**30, 2**31 - 1, 1518500250):
-            assert limb_srdhm(acc, m) == tflq.srdhm(acc, m)
+            assert limb_srdhm(acc, m) == quant.srdhm(acc, m)

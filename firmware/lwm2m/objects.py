@@ -1,0 +1,425 @@
+# The node's LwM2M object model (OMA-TS-LightweightM2M_Core-V1_1 section 7.1): every
+# object is an Obj with a resource table and get/put/run methods; values pass through
+# one preallocated Val, so reading an integer, a string or a fixed-point sample (code *
+# 2**e) allocates nothing. The standard objects live here: 0 Security (from the
+# config; only the client reads it), 1 Server, 3 Device, 4 Connectivity Monitoring,
+# 5 Firmware Update (the state machine only) and 16 Portfolio (the multi-instance object
+# a server may Create and Delete). Resource IDs and types follow gateway/objects/*.xml.
+from micropython import const
+import gc
+import time
+
+# Resource table entries: rid << 8 | flags. Types (low 3 bits; 0: none, an executable
+# resource), then operations.
+T_INT = const(1)
+T_FLOAT = const(2)
+T_STR = const(3)
+T_BOOL = const(4)
+T_OPQ = const(5)
+T_TIME = const(6)
+S = const(0x08)  # not an LwM2M operation: sent in the node's reports (report.py)
+R = const(0x10)
+W = const(0x20)
+E = const(0x40)
+MULTI = const(0x80)
+
+# Val kinds
+K_INT = const(1)
+K_SCALED = const(2)  # code * 2**e
+K_STR = const(3)
+K_BOOL = const(4)
+K_OPQ = const(5)
+
+# CoAP codes, RFC 7252 section 12.1.2
+_CHANGED = const(0x44)
+_BAD_REQUEST = const(0x80)
+_NOT_ALLOWED = const(0x85)
+
+_FW_IDLE = const(0)  # /5/0/3 state, Core section E.6
+_FW_DOWNLOADED = const(2)
+_FW_UNSUPPORTED_PROTOCOL = const(9)  # /5/0/5 update result
+_MAX_URI = const(255)
+
+
+class Val:
+    """One resource value: kind and i (int, code, bool), e (exponent), s (bytes-like
+    or str)."""
+
+    def __init__(self):
+        self.kind = 0
+        self.i = 0
+        self.e = 0
+        self.s = b""
+
+    def int(self, v):
+        self.kind = K_INT
+        self.i = v
+
+    def scaled(self, code, e):
+        self.kind = K_SCALED
+        self.i = code
+        self.e = e
+
+    def str(self, s):
+        self.kind = K_STR
+        self.s = s
+
+    def bool(self, b):
+        self.kind = K_BOOL
+        self.i = 1 if b else 0
+
+    def opaque(self, s):
+        self.kind = K_OPQ
+        self.s = s
+
+    def senml(self, w):
+        """The SenML value label and value (RFC 8428 section 4.5.4) into cbor Writer w."""
+        k = self.kind
+        if k == K_INT:
+            w.put_int(2)
+            w.put_int(self.i)
+        elif k == K_SCALED:
+            w.put_int(2)
+            w.put_scaled(self.i, self.e)
+        elif k == K_STR:
+            w.put_int(3)
+            w.put_text(self.s)
+        elif k == K_BOOL:
+            w.put_int(4)
+            w.put_bool(self.i)
+        else:
+            w.put_int(8)
+            w.put_bytes(self.s)
+
+
+class Obj:
+    """An object with instances 0 .. n-1 (override ids/has for others). res: the
+    resource table, ascending rid. events.update(flags) asks the session for a
+    Registration Update (1 lifetime, 2 binding, 4 object links)."""
+
+    oid = -1
+    res = ()
+    creatable = False
+
+    def ninst(self):
+        return 1
+
+    def inst(self, k):
+        return k  # the k-th instance id
+
+    def has(self, iid):
+        return iid == 0
+
+    def flags(self, rid):
+        for r in self.res:
+            if r >> 8 == rid:
+                return r & 0xFF
+            if r >> 8 > rid:
+                break
+        return -1
+
+    def count(self, iid, rid):
+        return 1  # instances of a multi-instance resource (ids 0 .. count-1)
+
+    def get(self, iid, rid, ri, v):
+        pass
+
+    def put(self, iid, rid, ri, x):
+        return _NOT_ALLOWED
+
+    def run(self, iid, rid, arg):
+        return _NOT_ALLOWED
+
+    def create(self, iid):
+        return _NOT_ALLOWED
+
+    def delete(self, iid):
+        return _NOT_ALLOWED
+
+
+class Security(Obj):
+    """Object 0 (one instance, the gateway of the config, NoSec): the client's own
+    record. A LwM2M Server may not access it (Core section 7.1.1): 4.01."""
+
+    oid = 0
+    res = (0 << 8 | T_STR, 1 << 8 | T_BOOL, 2 << 8 | T_INT, 10 << 8 | T_INT)
+
+    def __init__(self, cfg):
+        self.uri = cfg["gateway"]
+        self.ssid = 1
+
+    def get(self, iid, rid, ri, v):
+        if rid == 0:
+            v.str(self.uri)
+        elif rid == 1:
+            v.bool(False)
+        elif rid == 2:
+            v.int(3)  # NoSec
+        else:
+            v.int(self.ssid)
+
+
+class Server(Obj):
+    """Object 1, one instance: short server ID, lifetime (a write sends an Update
+    with lt), default pmin/pmax, notification storing, binding (U or UQ), and the
+    Registration Update Trigger (8)."""
+
+    oid = 1
+    res = (0 << 8 | T_INT | R, 1 << 8 | T_INT | R | W, 2 << 8 | T_INT | R | W,
+           3 << 8 | T_INT | R | W, 6 << 8 | T_BOOL | R | W, 7 << 8 | T_STR | R | W,
+           8 << 8 | E)
+
+    def __init__(self, cfg, events):
+        self.ssid = 1  # the node has one server (the config's gateway)
+        self.lifetime = cfg["lifetime"]
+        self.pmin = 0
+        self.pmax = 0
+        self.storing = False
+        self.binding = b"UQ" if cfg.get("queue") else b"U"
+        self.events = events
+
+    def get(self, iid, rid, ri, v):
+        if rid == 0:
+            v.int(self.ssid)
+        elif rid == 1:
+            v.int(self.lifetime)
+        elif rid == 2:
+            v.int(self.pmin)
+        elif rid == 3:
+            v.int(self.pmax)
+        elif rid == 6:
+            v.bool(self.storing)
+        else:
+            v.str(self.binding)
+
+    def put(self, iid, rid, ri, x):
+        if rid == 1:
+            if not 10 <= x <= 1000000:
+                return _BAD_REQUEST
+            if x != self.lifetime:
+                self.lifetime = x
+                self.events.update(1)
+        elif rid == 2 or rid == 3:
+            if x < 0:
+                return _BAD_REQUEST
+            if rid == 2:
+                self.pmin = x
+            else:
+                self.pmax = x
+            self.events.attributes_changed()
+        elif rid == 6:
+            self.storing = x
+        elif rid == 7:
+            b = x.encode() if isinstance(x, str) else bytes(x)
+            if b not in (b"U", b"UQ"):
+                return _BAD_REQUEST  # the node has UDP only (Core section 6.2.1.1)
+            if b != self.binding:
+                self.binding = b
+                self.events.update(2)
+        return _CHANGED
+
+    def run(self, iid, rid, arg):
+        self.events.update(0)  # Registration Update Trigger (Core section 5.3.2)
+        return _CHANGED
+
+
+class Device(Obj):
+    """Object 3: identity from the config and board, Reboot (4), error code (11),
+    current time (13, writable: an offset to the node's clock), memory free (10, KiB)."""
+
+    oid = 3
+    res = (0 << 8 | T_STR | R, 1 << 8 | T_STR | R, 2 << 8 | T_STR | R, 3 << 8 | T_STR | R,
+           4 << 8 | E, 10 << 8 | T_INT | R, 11 << 8 | T_INT | R | MULTI,
+           13 << 8 | T_TIME | R | W, 16 << 8 | T_STR | R, 17 << 8 | T_STR | R,
+           18 << 8 | T_STR | R, 19 << 8 | T_STR | R)
+
+    VERSION = b"0.5.0"
+
+    def __init__(self, cfg, events, clock):
+        self.model = cfg.get("board", "unix-sim").encode()  # bytes: read without allocating
+        self.serial = cfg["endpoint"].encode()
+        self.events = events
+        self.clock = clock
+        self.error = 0  # 0 no error; 5 memory low would be set by the node
+        self._t0 = clock.ticks_ms()
+        self.epoch = 0  # UNIX time at _t0 (0: not set)
+        self.binding = b"UQ" if cfg.get("queue") else b"U"
+
+    def get(self, iid, rid, ri, v):
+        if rid == 0:
+            v.str(b"aiotkit")
+        elif rid == 1:
+            v.str(self.model)
+        elif rid == 2:
+            v.str(self.serial)
+        elif rid == 3 or rid == 19:
+            v.str(self.VERSION)
+        elif rid == 10:
+            v.int(gc.mem_free() >> 10)
+        elif rid == 11:
+            v.int(self.error)
+        elif rid == 13:
+            v.int(self.epoch + time.ticks_diff(self.clock.ticks_ms(), self._t0) // 1000)
+        elif rid == 16:
+            v.str(self.binding)
+        elif rid == 17:
+            v.str(b"vibration sensor")
+        else:
+            v.str(self.model)  # 18 hardware version: the board
+
+    def put(self, iid, rid, ri, x):
+        if x < 0:
+            return _BAD_REQUEST
+        self._t0 = self.clock.ticks_ms()
+        self.epoch = x
+        return _CHANGED
+
+    def run(self, iid, rid, arg):
+        self.events.reboot()
+        return _CHANGED
+
+
+class Connectivity(Obj):
+    """Object 4: bearer 41 (Ethernet stands for the simulated link; the object's
+    enumeration lists 21 WLAN, 41 Ethernet ...), available bearers, signal strength (0:
+    not a radio), IP addresses (4: a unix-sim node does not know its own; on loopback
+    it is the gateway's, otherwise none) and router address (5: the gateway)."""
+
+    oid = 4
+    res = (0 << 8 | T_INT | R, 1 << 8 | T_INT | R | MULTI, 2 << 8 | T_INT | R,
+           4 << 8 | T_STR | R | MULTI, 5 << 8 | T_STR | R | MULTI)
+
+    def __init__(self, cfg):
+        self.addr = cfg.get("host", "").encode()
+
+    def count(self, iid, rid):
+        if rid == 4 and not (self.addr.startswith(b"127.") or self.addr == b"::1"):
+            return 0
+        return 1
+
+    def get(self, iid, rid, ri, v):
+        if rid == 0 or rid == 1:
+            v.int(41)
+        elif rid == 2:
+            v.int(0)
+        else:
+            v.str(self.addr)
+
+
+class Firmware(Obj):
+    """Object 5, the state machine of Core section E.6 without delivery (that comes
+    with the OTA issue): a Package URI write is recorded (state stays Idle, since
+    nothing downloads it; a URI that is not coap:// gives result 9 unsupported
+    protocol; an empty one resets to Idle with result 0); Package (0) writes are
+    refused with 4.05 (push delivery is not offered, resource 9 says pull); Update on
+    any state but Downloaded answers 4.05."""
+
+    oid = 5
+    res = (0 << 8 | T_OPQ | W, 1 << 8 | T_STR | R | W, 2 << 8 | E, 3 << 8 | T_INT | R,
+           5 << 8 | T_INT | R, 6 << 8 | T_STR | R, 7 << 8 | T_STR | R,
+           8 << 8 | T_INT | R | MULTI, 9 << 8 | T_INT | R)
+
+    def __init__(self):
+        self.uri = ""
+        self.state = _FW_IDLE
+        self.result = 0
+
+    def get(self, iid, rid, ri, v):
+        if rid == 1:
+            v.str(self.uri)
+        elif rid == 3:
+            v.int(self.state)
+        elif rid == 5:
+            v.int(self.result)
+        elif rid == 6 or rid == 7:
+            v.str(b"")
+        else:
+            v.int(0)  # 8: CoAP; 9: pull only
+
+    def put(self, iid, rid, ri, x):
+        if rid != 1:
+            return _NOT_ALLOWED
+        if len(x) > _MAX_URI:
+            return _BAD_REQUEST
+        self.uri = x
+        self.state = _FW_IDLE
+        if not x:
+            self.result = 0
+        elif not x.startswith("coap://"):
+            self.result = _FW_UNSUPPORTED_PROTOCOL
+        else:
+            self.result = 0  # recorded; the download starts with the OTA issue
+        return _CHANGED
+
+    def run(self, iid, rid, arg):
+        # Update needs state Downloaded, which only delivery (the OTA issue) reaches
+        return _CHANGED if self.state == _FW_DOWNLOADED else _NOT_ALLOWED
+
+
+class Portfolio(Obj):
+    """Object 16 Portfolio (OMA registry; the object OMA's interoperability tests
+    create and delete, int-1630/1635): up to NMAX instances, each an Identity (0) of up to
+    NID strings. The node's only object a server may Create/Delete instances of."""
+
+    oid = 16
+    res = (0 << 8 | T_STR | R | W | MULTI,)
+    creatable = True
+    NMAX = 4
+    NID = 4
+
+    def __init__(self, events):
+        self.ids = []  # instance ids, ascending
+        self.vals = []  # per instance: list of strings
+        self.events = events
+
+    def ninst(self):
+        return len(self.ids)
+
+    def inst(self, k):
+        return self.ids[k]
+
+    def has(self, iid):
+        return iid in self.ids
+
+    def count(self, iid, rid):
+        return len(self.vals[self.ids.index(iid)])
+
+    def get(self, iid, rid, ri, v):
+        v.str(self.vals[self.ids.index(iid)][ri])
+
+    def put(self, iid, rid, ri, x):
+        lst = self.vals[self.ids.index(iid)]
+        if ri < 0:
+            lst.clear()  # replace the whole resource: the caller then adds instances
+            return _CHANGED
+        if ri > len(lst) or ri >= self.NID or len(x) > 64:
+            return _BAD_REQUEST
+        if ri == len(lst):
+            lst.append(x)
+        else:
+            lst[ri] = x
+        return _CHANGED
+
+    def create(self, iid):
+        if len(self.ids) >= self.NMAX:
+            return _BAD_REQUEST
+        if iid < 0:
+            iid = 0
+            while iid in self.ids:
+                iid += 1
+        elif iid in self.ids or iid > 65534:
+            return _BAD_REQUEST
+        k = 0
+        while k < len(self.ids) and self.ids[k] < iid:
+            k += 1
+        self.ids.insert(k, iid)
+        self.vals.insert(k, [])
+        self.events.update(4)
+        return iid
+
+    def delete(self, iid):
+        k = self.ids.index(iid)
+        del self.ids[k]
+        del self.vals[k]
+        self.events.update(4)
+        return 0x42  # 2.02 Deleted
