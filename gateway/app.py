@@ -1,7 +1,7 @@
 """The gateway daemon: life cycle (``Gateway.start()`` / ``shutdown()``), ``serve`` and
 ``run_cli`` behind ``aiot gateway run --config FILE``.
 
-Start order: store, registry, device management (``gateway/dm.py``: its tables, then,
+Start order: store, registry, device management (``gateway/dm/manager.py``: its tables, then,
 once the CoAP server runs, re-established observations and queues), CoAP server,
 expiry task, MQTT uplink (if enabled); shutdown stops device management and serving
 first, then the tasks, then closes the stores, bounded by a timeout. When serving,
@@ -20,25 +20,25 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-import aiocoap
-
-from . import coapmsg
-from .bootstrap import BootstrapServer
+from .coap.aio import aiocoap
+from .coap.fastnotify import FastNotify
+from .coap.fastsend import FastSend
+from .coap.layer import MessageLayer
+from .coap.layer import install as install_message_layer
 from .config import GatewayConfig, load_config
-from .ddf import load_shipped
-from .dm import DeviceManagement
-from .dmstore import DMStore
+from .dm.manager import DeviceManagement
 from .errors import ConfigError, GatewayError
-from .fastnotify import FastNotify
-from .fastsend import FastSend
-from .lwm2m import LwM2MResource
-from .registry import Registry
-from .store import Store
-from .uplink import TopicScheme, Uplink
+from .lwm2m.bootstrap import BootstrapServer
+from .lwm2m.ddf import load_shipped
+from .lwm2m.registry import Registry
+from .lwm2m.server import LwM2MResource
+from .storage.api import Storage
+from .storage.sqlite import SqliteStorage
+from .uplink.mqtt import TopicScheme, Uplink
 
 if TYPE_CHECKING:
-    from .rest import RestApi
-    from .shadow import ShadowChecker
+    from .api.rest import RestApi
+    from .inference.shadow import ShadowChecker
 
 __all__ = ["Gateway", "RateLimitFilter", "run_cli", "serve"]
 
@@ -95,22 +95,21 @@ class Gateway:
     def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.time):
         self.config = config
         self._clock = clock
-        self._store: Store | None = None
+        self._store: Storage | None = None
         self._registry: Registry | None = None
         self._uplink: Uplink | None = None
         self._coap: aiocoap.Context | None = None
-        self._coap_layers: list[coapmsg.MessageLayer] = []
-        self.fast_sends: list[FastSend] = []  # gateway/fastsend.py, one per UDP interface
-        self.fast_notifies: list[FastNotify] = []  # gateway/fastnotify.py, the same
+        self._coap_layers: list[MessageLayer] = []
+        self.fast_sends: list[FastSend] = []  # coap/fastsend.py, one per UDP interface
+        self.fast_notifies: list[FastNotify] = []  # coap/fastnotify.py, the same
         self._dm: DeviceManagement | None = None
-        self._dmstore: DMStore | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.shadow: ShadowChecker | None = None  # when numpy and tflite-micro are there
-        self.rest: RestApi | None = None  # [rest] enabled: the REST API (gateway/rest.py)
+        self.rest: RestApi | None = None  # [rest] enabled: the REST API (gateway/api/rest.py)
         self.bootstrap: BootstrapServer | None = None  # [bootstrap] enabled: its own socket
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Storage:
         if self._store is None:
             raise GatewayError("gateway not started")
         return self._store
@@ -161,7 +160,10 @@ class Gateway:
         except OSError as e:
             raise GatewayError(f"cannot create {cfg.gateway.db.parent}: {e.strerror or e}") from e
         encoder = TopicScheme(cfg.mqtt.topic_prefix) if cfg.mqtt.enabled else None
-        self._store = Store.open(cfg.gateway.db, encoder=encoder)
+        self._store = SqliteStorage.open(
+            cfg.gateway.db, encoder=encoder,
+            keep_finished_s=cfg.dm.keep_finished_days * 86400.0,
+            keep_finished_max=cfg.dm.keep_finished_max)
         self._registry = Registry(self._store, clock=self._clock)
         if cfg.mqtt.enabled:
             uplink = Uplink(cfg.mqtt, self._store, clock=self._clock)
@@ -169,11 +171,8 @@ class Gateway:
             self._registry.add_listener(lambda _event: uplink.kick())
         self._start_shadow()
         objects = load_shipped()
-        self._dmstore = DMStore.open(cfg.gateway.db,
-                                     keep_finished_s=cfg.dm.keep_finished_days * 86400.0,
-                                     keep_finished_max=cfg.dm.keep_finished_max)
-        self._dm = DeviceManagement(self._store, self._registry, self._dmstore, cfg.dm,
-                                    objects=objects, clock=self._clock)
+        self._dm = DeviceManagement(self._store, self._registry, cfg.dm, objects=objects,
+                                    clock=self._clock)
         self._registry.add_listener(self._dm.on_event)
         site = LwM2MResource(self._registry, max_payload=cfg.coap.max_payload,
                              max_records=cfg.coap.max_records, objects=objects)
@@ -184,15 +183,19 @@ class Gateway:
             )
         except OSError as e:
             raise GatewayError(f"cannot serve CoAP on {cfg.coap_uri}: {e.strerror or e}") from e
-        self._coap_layers = coapmsg.install(self._coap, compact_dedup=cfg.coap.compact_dedup)
-        if cfg.coap.fast_send and cfg.gateway.security == "nosec":
-            self.fast_sends = [FastSend(layer.interface, site, self._registry, layer.dedup,
-                                        layer.admit)
-                               for layer in self._coap_layers if layer.dedup is not None]
-        if cfg.coap.fast_notify and cfg.gateway.security == "nosec":
-            self.fast_notifies = [FastNotify(layer.interface, self._dm, layer.dedup,
-                                             layer.admit)
-                                  for layer in self._coap_layers if layer.dedup is not None]
+        self._coap_layers = install_message_layer(self._coap,
+                                                  compact_dedup=cfg.coap.compact_dedup)
+        # the fast paths, each attached to the datagram hook of every UDP interface
+        # (coap/layer.py); the hook never offers them a protected (OSCORE) datagram
+        for hook in (layer.hook for layer in self._coap_layers if layer.hook is not None):
+            if cfg.coap.fast_send:
+                fast_send = FastSend(hook, site, self._registry)
+                hook.add(fast_send)
+                self.fast_sends.append(fast_send)
+            if cfg.coap.fast_notify:
+                fast_notify = FastNotify(hook, self._dm)
+                hook.add(fast_notify)
+                self.fast_notifies.append(fast_notify)
         # Registrations that lapsed while the gateway was down go offline right away.
         self._registry.expire_due()
         await self._dm.start(self._coap)
@@ -210,7 +213,7 @@ class Gateway:
                                    f":{cfg.bootstrap.port}: {e.strerror or e}") from e
             self.bootstrap = bs
         if cfg.rest.enabled:
-            from .rest import RestApi
+            from .api.rest import RestApi
 
             self.rest = RestApi(self, cfg.rest)
             await self.rest.start()
@@ -224,7 +227,7 @@ class Gateway:
         sh = self.config.shadow
         if not sh.enabled:
             return
-        from .shadow import ShadowChecker, ShadowUnavailable, shipped_model_dirs
+        from .inference.shadow import ShadowChecker, ShadowUnavailable, shipped_model_dirs
 
         dirs = shipped_model_dirs()
         if sh.models:
@@ -248,9 +251,6 @@ class Gateway:
         except TimeoutError:
             log.error("shutdown took longer than %.1f s; closing the store anyway", timeout)
         finally:
-            if self._dmstore is not None:
-                self._dmstore.close()
-                self._dmstore = None
             if self._store is not None:
                 self._store.close()
                 self._store = None
@@ -265,12 +265,9 @@ class Gateway:
         if self._coap is not None:
             ctx, self._coap = self._coap, None
             layers, self._coap_layers = self._coap_layers, []
-            for notify in self.fast_notifies:  # installed last: unhooked first
-                notify.close()
-            self.fast_notifies = []
-            for fast in self.fast_sends:
-                fast.close()
-            self.fast_sends = []
+            for layer in layers:  # datagrams go to aiocoap only; no fast path answers
+                if layer.hook is not None:
+                    layer.hook.close()
             try:
                 await ctx.shutdown()
             finally:

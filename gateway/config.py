@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from .bootstrap import BootstrapConfig, parse_bootstrap
 from .errors import ConfigError
-from .paths import PathError, format_path, parse_path
+from .lwm2m.bootstrap import BootstrapConfig, parse_bootstrap
+from .lwm2m.paths import PathError, format_path, parse_path
 
 __all__ = [
     "CoapConfig",
@@ -55,11 +55,11 @@ class CoapConfig:
     """``[coap]``: where the LwM2M server listens and how much one Send may carry.
     ``compact_dedup``: remember each exchange for duplicate detection (RFC 7252 §4.5) as
     its key and encoded response only, about 0.4 kB instead of aiocoap's 3.4 kB for
-    247 s (``gateway/coapmsg.py``); false keeps aiocoap's own. ``fast_send``: serve the
+    247 s (``gateway/coap/layer.py``); false keeps aiocoap's own. ``fast_send``: serve the
     common LwM2M Send (CON POST /dp, SenML, one datagram, from a registered IPv4 peer)
-    below aiocoap's request layers (``gateway/fastsend.py``; needs compact_dedup).
+    below aiocoap's request layers (``gateway/coap/fastsend.py``; needs compact_dedup).
     ``fast_notify``: the same for plain Notifications of live observations
-    (``gateway/fastnotify.py``; needs compact_dedup); a CON one is ACKed after its
+    (``gateway/coap/fastnotify.py``; needs compact_dedup); a CON one is ACKed after its
     COMMIT, not on arrival as aiocoap does."""
 
     host: str = "127.0.0.1"
@@ -80,13 +80,13 @@ class RegistryConfig:
 
 @dataclass(frozen=True)
 class DMConfig:
-    """``[dm]``: device management (``gateway/dm.py``). ``request_timeout_s``: how long
+    """``[dm]``: device management (``gateway/dm/manager.py``). ``request_timeout_s``: how long
     a node has to answer a request; ``queue_awake_s``: how long a queue-mode node
     counts as awake after a Register/Update (TS Transport: MAX_TRANSMIT_WAIT, 93 s);
     ``max_queued``: requests waiting per endpoint at most; ``observe``: paths observed on
     every node that registers their object instance, at each Register (auto-observe);
     ``keep_finished_days`` / ``keep_finished_max``: how long, and how many at most,
-    finished requests and their results are kept (``gateway/dmstore.py``)."""
+    finished requests and their results are kept (``gateway/storage/dmtables.py``)."""
 
     request_timeout_s: float = 30.0
     queue_awake_s: float = 93.0
@@ -115,7 +115,7 @@ class MqttConfig:
 
 @dataclass(frozen=True)
 class ShadowConfig:
-    """``[shadow]``: replay the nodes' decisions through tflite-micro (gateway/shadow.py).
+    """``[shadow]``: replay the nodes' decisions through tflite-micro (gateway/inference/shadow.py).
     ``models``: a folder of more .tflite models (besides the shipped ones), relative to
     the config file."""
 
@@ -125,7 +125,7 @@ class ShadowConfig:
 
 @dataclass(frozen=True)
 class RestConfig:
-    """``[rest]``: the HTTP REST API (gateway/rest.py). Every request needs a bearer token;
+    """``[rest]``: the HTTP REST API (gateway/api/rest.py). Every request needs a bearer token;
     ``tokens_file`` (relative to the config file) lists them with their roles. ``port = 0``
     lets the kernel pick a free port (logged in the ready line)."""
 
@@ -146,7 +146,7 @@ class GatewayConfig:
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     rest: RestConfig = field(default_factory=RestConfig)
-    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # gateway/bootstrap.py
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # gateway/lwm2m/bootstrap.py
     source: Path | None = None
 
     @classmethod

@@ -2,14 +2,15 @@
 
 ``RequestError`` and its subclasses are bad input from outside: each carries the CoAP
 response code the peer gets and a short diagnostic that goes into the response payload.
-Anything else raised while handling a request is a bug and answers 5.00 (see ``lwm2m``).
+Anything else raised while handling a request is a bug and answers 5.00 (see ``lwm2m.server``).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from aiocoap.numbers.codes import Code
+from ..boards.errors import AiotError, UsageError
+from .coap.aio import Code
 
 __all__ = [
     "BadRequest",
@@ -20,15 +21,17 @@ __all__ = [
     "RequestEntityTooLarge",
     "RequestError",
     "StoreError",
+    "Unauthorized",
     "UnsupportedContentFormat",
 ]
 
 
-class GatewayError(Exception):
-    """Base of every exception the gateway raises on purpose."""
+class GatewayError(AiotError):
+    """Base of every exception the gateway raises on purpose (in the aiotkit family:
+    ``aiot`` prints it as one line, exit status 1)."""
 
 
-class ConfigError(GatewayError):
+class ConfigError(GatewayError, UsageError):
     """The configuration cannot be used; the message is one line naming file and key."""
 
 
@@ -50,6 +53,13 @@ class BadRequest(RequestError):
     """4.00: malformed query, payload or option."""
 
     code = Code.BAD_REQUEST
+
+
+class Unauthorized(RequestError):
+    """4.01: the request is protected (OSCORE) with no security context to verify it
+    (RFC 8613 §8.2), or is not allowed without one."""
+
+    code = Code.UNAUTHORIZED
 
 
 class NotFound(RequestError):

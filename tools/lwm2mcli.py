@@ -17,24 +17,28 @@ import argparse
 import base64
 import json
 import os
-import re
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+from aiotkit.boards.errors import AiotError
+from aiotkit.gateway.lwm2m import linkformat
+from aiotkit.gateway.lwm2m.ddf import ObjectDef, resource_def
+from aiotkit.gateway.lwm2m.paths import PathError, format_path, parse_path
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 PROG = "aiot lwm2m"
 
 
-class CliError(Exception):
-    """A failure shown as one line; ``status`` is the exit code."""
+class CliError(AiotError):
+    """A failure shown as one line; ``status`` is the exit code (2: a usage mistake)."""
 
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = self.exit_status = status
 
 
 class Api:
@@ -107,30 +111,33 @@ class Names:
 
     def __init__(self) -> None:
         try:
-            from aiotkit.gateway.ddf import load_shipped
+            from aiotkit.gateway.lwm2m.ddf import load_shipped
 
-            self._objects = load_shipped()
+            self._objects: Mapping[int, ObjectDef] = load_shipped()
         except Exception:  # noqa: BLE001 - names are a nicety; never fail a command on them
             self._objects = {}
 
     def describe(self, path: str) -> tuple[str, str]:
-        ids = [int(p) for p in path.strip("/").split("/") if p.isdigit()]
-        if not ids:
-            return "", ""
-        obj = self._objects.get(ids[0])
+        ids = _ids(path)
+        obj = self._objects.get(ids[0]) if ids else None
         if obj is None:
             return "", ""
         if len(ids) < 3:
             return obj.name, ""
-        res = obj.resources.get(ids[2])
+        res = resource_def(self._objects, ids)
         return (res.name, res.units) if res else ("", "")
 
     def type_of(self, path: str) -> str | None:
-        ids = [int(p) for p in path.strip("/").split("/") if p.isdigit()]
-        if len(ids) < 3 or ids[0] not in self._objects:
-            return None
-        res = self._objects[ids[0]].resources.get(ids[2])
+        res = resource_def(self._objects, _ids(path))
         return res.type if res else None
+
+
+def _ids(path: str) -> tuple[int, ...]:
+    """The ids of an LwM2M path, () for anything that is not one."""
+    try:
+        return parse_path(path)
+    except PathError:
+        return ()
 
 
 def show_value(value: Any) -> str:
@@ -183,11 +190,11 @@ def _ep(endpoint: str) -> str:
 
 
 def _lwm2m_path(path: str) -> str:
-    text = path if path.startswith("/") else "/" + path
-    parts = text.strip("/").split("/") if text.strip("/") else []
-    if len(parts) > 4 or not all(p.isdigit() for p in parts):
-        raise CliError(f"{path!r} is not an LwM2M path like /3/0/0", 2)
-    return "/" + "/".join(str(int(p)) for p in parts) if parts else ""
+    try:
+        ids = parse_path(path if path.startswith("/") else "/" + path)
+    except PathError:
+        raise CliError(f"{path!r} is not an LwM2M path like /3/0/0", 2) from None
+    return format_path(ids) if ids else ""
 
 
 def cmd_list(api: Api, args: argparse.Namespace) -> int:
@@ -282,23 +289,13 @@ def cmd_discover(api: Api, args: argparse.Namespace) -> int:
     if not isinstance(links, str):
         return _print_result(result, args, "discover")
     rows = []
-    for lpath, attrs in parse_links(links):
+    for lpath, attrs in linkformat.links(links):
         name, units = args.names.describe(lpath)
         rows.append([lpath, name, ";".join(attrs), units])
     print(table(rows, ["PATH", "NAME", "ATTRIBUTES", "UNITS"]))
     return 0
 
 
-_LINK = re.compile(r'<([^>]*)>((?:;[^;,"]+(?:="[^"]*"|=[^;,]*)?)*)')
-
-
-def parse_links(text: str) -> list[tuple[str, list[str]]]:
-    """CoRE link-format (``</3/0>,</3/0/1>;dim=2``) as (path, ["dim=2"]) pairs."""
-    out = []
-    for m in _LINK.finditer(text):
-        attrs = [a for a in m.group(2).split(";") if a]
-        out.append((m.group(1), attrs))
-    return out
 
 
 def _lines(resp: Any) -> Iterator[dict[str, Any]]:
@@ -420,7 +417,7 @@ def register(subparsers: Any) -> None:
     sub.add_parser("list", parents=[common], help="list the endpoints the gateway knows")
 
     def op(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text)
+        p: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help_text)
         p.add_argument("endpoint", metavar="ENDPOINT", help="the node's endpoint name")
         p.add_argument("path", metavar="PATH", help="LwM2M path: /O, /O/I, /O/I/R or /O/I/R/RI")
         return p

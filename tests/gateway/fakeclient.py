@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 import aiocoap
 import cbor2
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
-from aiotkit.gateway import tlv
-from aiotkit.gateway.ddf import load_shipped
-from aiotkit.gateway.senml import Record
+from aiotkit.gateway.lwm2m import tlv
+from aiotkit.gateway.lwm2m.ddf import load_shipped
+from aiotkit.gateway.lwm2m.senml import Record
 
 SENML_CBOR, TLV, TEXT, LINK = 112, 11542, 0, 40
 Path = tuple[int, ...]
@@ -74,7 +74,7 @@ class FakeClient(resource.ObservableResource, resource.PathCapable):
         self._awake.set()
         self.objects = load_shipped()
 
-    async def __aenter__(self) -> FakeClient:
+    async def __aenter__(self) -> Self:
         self.ctx = await aiocoap.Context.create_server_context(
             self, bind=("127.0.0.1", 0), transports=["udp6"])
         return self

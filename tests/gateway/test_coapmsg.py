@@ -1,4 +1,4 @@
-"""The message-layer adjustments (``gateway/coapmsg.py``) over real UDP sockets.
+"""The message-layer adjustments (``gateway/coap/layer.py``) over real UDP sockets.
 
 A raw datagram socket on loopback plays the peer, so retransmissions are sent by hand
 and the answers compared byte for byte: a retransmitted CON Register or Send gets the
@@ -23,9 +23,9 @@ import pytest
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import ACK, CON, RST
-from aiotkit.gateway import coapmsg
-from aiotkit.gateway.coapmsg import DedupCache
-from aiotkit.gateway.dm import DeviceTimeout
+from aiotkit.gateway.coap import layer as coapmsg
+from aiotkit.gateway.coap.dedup import DedupCache
+from aiotkit.gateway.dm.manager import DeviceTimeout
 from aiotkit.gateway.errors import ConfigError
 from plugins.services import free_port
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import cbor2
 import pytest
-from aiotkit.gateway import codecs, senml
-from aiotkit.gateway.codecs import CodecError, UnknownContentFormat, decode, encode
-from aiotkit.gateway.ddf import load_shipped
 from aiotkit.gateway.errors import BadRequest, UnsupportedContentFormat
-from aiotkit.gateway.senml import Record
+from aiotkit.gateway.lwm2m import codecs, senml
+from aiotkit.gateway.lwm2m.codecs import CodecError, UnknownContentFormat, decode, encode
+from aiotkit.gateway.lwm2m.ddf import load_shipped
+from aiotkit.gateway.lwm2m.senml import Record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

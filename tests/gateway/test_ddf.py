@@ -6,9 +6,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from aiotkit.gateway import ddf
-from aiotkit.gateway.ddf import DDFError, load_dir, load_file, load_shipped, parse
 from aiotkit.gateway.errors import ConfigError
+from aiotkit.gateway.lwm2m import ddf
+from aiotkit.gateway.lwm2m.ddf import DDFError, load_dir, load_file, load_shipped, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJECTS_DIR = ROOT / "gateway" / "objects"

@@ -1,4 +1,4 @@
-"""Device management (``gateway/dm.py``) against a real aiocoap LwM2M client on loopback.
+"""Device management (``gateway/dm/manager.py``) against a real aiocoap LwM2M client on loopback.
 
 Names follow OMA's interoperability cases (OMA-ETS-LightweightM2M_INT 1.2,
 ``LightweightM2M-1.1-int-NNN``) where one fits: 201 plain text, 203 TLV, 205/215 writes
@@ -16,14 +16,14 @@ import json
 import cbor2
 import pytest
 from aiocoap.numbers.codes import Code
-from aiotkit.gateway.codecs import CodecError
-from aiotkit.gateway.dm import (
+from aiotkit.gateway.dm.manager import (
     DeviceTimeout,
     DMError,
     DMResult,
     NotRegistered,
     OperationFailed,
 )
+from aiotkit.gateway.lwm2m.codecs import CodecError
 from fakeclient import SENML_CBOR, TEXT, TLV, FakeClient
 
 FAST = "[dm]\nrequest_timeout_s = 2.0\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiotkit.gateway.dm import DMError, QueueFull
+from aiotkit.gateway.dm.manager import DMError, QueueFull
 from fakeclient import FakeClient
 
 QUEUE = "[dm]\nrequest_timeout_s = 2.0\nqueue_awake_s = 10.0\n"
@@ -97,10 +97,11 @@ async def test_queue_limits_and_errors(gateway_config, running_gateway, clock):
 
 
 def test_finished_requests_are_pruned_after_their_retention_open_ones_kept(tmp_path):
-    from aiotkit.gateway import dmstore
-    from aiotkit.gateway.dmstore import DMStore
+    from aiotkit.gateway.storage import SqliteStorage, dmtables
 
-    db = DMStore.open(tmp_path / "gw.db", keep_finished_s=100.0, keep_finished_max=2)
+    storage = SqliteStorage.open(tmp_path / "gw.db", keep_finished_s=100.0,
+                                 keep_finished_max=2)
+    db = storage.dm
     try:
         t0 = 1_700_000_000.0
         ids = [db.add_request("dev", "read", {"path": f"/3/0/{i}"}, queued=True, now=t0 + i)
@@ -115,15 +116,17 @@ def test_finished_requests_are_pruned_after_their_retention_open_ones_kept(tmp_p
         assert db.prune(t0 + 10_000) == 1 and db.prune(t0 + 10_000) == 0
         assert [r.id for r in db.requests("dev")] == ids[4:]  # open requests stay
     finally:
-        db.close()
+        storage.close()
     # pruned on open (recover) and every PRUNE_EVERY finishes, with the configured limits
-    db = DMStore.open(tmp_path / "gw.db", keep_finished_s=1.0, keep_finished_max=1000)
+    storage = SqliteStorage.open(tmp_path / "gw.db", keep_finished_s=1.0,
+                                 keep_finished_max=1000)
+    db = storage.dm
     try:
         db.recover(t0 + 10_000)
         rid = ids[4]
         db.finish(rid, "done", {}, t0)
-        for _ in range(dmstore.PRUNE_EVERY - 1):
+        for _ in range(dmtables.PRUNE_EVERY - 1):
             db.finish(ids[5], "done", {}, t0 + 20_000)
         assert [r.id for r in db.requests("dev")] == [ids[5]]
     finally:
-        db.close()
+        storage.close()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import random
 import socket
-import sqlite3
 import struct
 import sys
 from pathlib import Path
 
-from aiotkit.tools.bench_gateway import (
+from aiotkit.gateway.coap import wire
+from aiotkit.gateway.storage import SqliteStorage
+from aiotkit.tools.bench.gateway import (
     ServerProcess,
     gateway_config,
     register_body,
@@ -23,32 +24,25 @@ from aiotkit.tools.bench_gateway import (
 )
 from plugins.services import free_port
 
-_CON_POST = 0x48, 0x02  # CON, token length 8; POST
-_ACK = 2
-_CREATED, _CHANGED = 0x41, 0x44
-
 
 def request(sock: socket.socket, addr: tuple[str, int], mid: int, token: bytes,
             body: bytes) -> int:
     """One CON request; the response code (piggybacked or separate, RFC 7252 §5.2)."""
-    sock.sendto(struct.pack("!BBH", *_CON_POST, mid) + token + body, addr)
+    sock.sendto(wire.header(wire.CON, wire.POST, mid, token) + body, addr)
     while True:
         data, _ = sock.recvfrom(2048)
-        mtype, tkl, code = data[0] >> 4 & 3, data[0] & 15, data[1]
-        if code == 0:  # empty ACK: the response follows as its own CON
+        msg = wire.parse(data)
+        if msg.code == wire.EMPTY:  # empty ACK: the response follows as its own CON
             continue
-        if data[4:4 + tkl] == token:
-            if mtype != _ACK:
-                sock.sendto(bytes((0x60, 0, data[2], data[3])), addr)
-            return code
+        if msg.token == token:
+            if msg.mtype != wire.ACK:
+                sock.sendto(wire.empty_ack(msg.mid), addr)
+            return msg.code
 
 
 def stored_tokens(db: Path) -> set[bytes]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return {bytes(r[0]) for r in conn.execute("SELECT token FROM sends")}
-    finally:
-        conn.close()
+    with SqliteStorage.open(db, readonly=True) as store:
+        return {s.token for s in store.sends()}
 
 
 def test_gateway_killed_right_after_acknowledging_a_send_has_stored_it(tmp_path):
@@ -69,11 +63,11 @@ def test_gateway_killed_right_after_acknowledging_a_send_has_stored_it(tmp_path)
             try:
                 if run == 0:
                     code = request(sock, addr, 1, b"register", register_body("node-kill"))
-                    assert code == _CREATED
+                    assert code == wire.CREATED
                 for i in range(5):  # a few acknowledged, then one killed on its ACK
                     token = struct.pack("!II", run, i)
                     body = send_body(senml_report(rng, i))
-                    assert request(sock, addr, 100 * run + i + 10, token, body) == _CHANGED
+                    assert request(sock, addr, 100 * run + i + 10, token, body) == wire.CHANGED
                     if i == 4:
                         assert gw.proc is not None
                         gw.proc.kill()  # no shutdown, no final checkpoint

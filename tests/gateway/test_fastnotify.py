@@ -1,4 +1,4 @@
-"""The Notification fast path (``gateway/fastnotify.py``) against aiocoap, over real UDP.
+"""The Notification fast path (``gateway/coap/fastnotify.py``) against aiocoap, over real UDP.
 
 ``parse_notification`` is checked against aiocoap's own decoder (every datagram it takes,
 aiocoap reads as the same Notification; hypothesis for the rest). Through a running
@@ -17,7 +17,7 @@ from typing import Any
 import aiocoap
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import ACK, CON, NON, RST
-from aiotkit.gateway.fastnotify import parse_notification
+from aiotkit.gateway.coap.fastnotify import parse_notification
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_coapmsg import coap, message, raw_peer, register

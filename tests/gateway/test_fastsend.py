@@ -1,4 +1,4 @@
-"""The Send fast path (``gateway/fastsend.py``) against aiocoap, over real UDP sockets.
+"""The Send fast path (``gateway/coap/fastsend.py``) against aiocoap, over real UDP sockets.
 
 ``parse_send`` is checked against aiocoap's own decoder (every datagram it takes, aiocoap
 reads as the same CON POST /dp; hypothesis for the rest). Through a running gateway, a
@@ -14,7 +14,7 @@ import asyncio
 import aiocoap
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import ACK, CON, NON
-from aiotkit.gateway.fastsend import parse_send
+from aiotkit.gateway.coap.fastsend import parse_send
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_coapmsg import SEND, SENML_CBOR, coap, raw_peer, register

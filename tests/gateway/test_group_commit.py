@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 from aiotkit.gateway.errors import StoreError
-from aiotkit.gateway.registry import Registry
-from aiotkit.gateway.senml import Record
-from aiotkit.gateway.store import Registration, Store
+from aiotkit.gateway.lwm2m.registry import Registry
+from aiotkit.gateway.lwm2m.senml import Record
+from aiotkit.gateway.storage import NotificationLink, Registration, SqliteStorage
 
 T0 = 1_700_000_000.0
 RECORDS = [Record("/3303/0/5700", "v", 21.5), Record("/3303/0/5701", "vs", "Cel")]
@@ -29,15 +29,12 @@ def register(registry: Registry, count: int) -> list[Registration]:
 
 def committed_sends(path) -> int:
     """What another connection sees: only committed rows."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT COUNT(*) FROM sends").fetchone()[0])
-    finally:
-        conn.close()
+    with SqliteStorage.open(path, readonly=True) as other:
+        return other.count_sends()
 
 
 def test_a_call_that_fails_inside_a_batch_is_undone_alone(tmp_path):
-    store = Store.open(tmp_path / "gw.db")
+    store = SqliteStorage.open(tmp_path / "gw.db")
     try:
         a, b = reg("node-a", 1), reg("node-b", 2)
         for r in (a, b):
@@ -57,7 +54,7 @@ def test_a_call_that_fails_inside_a_batch_is_undone_alone(tmp_path):
 
 
 def test_a_batch_that_raises_stores_nothing_and_batches_do_not_nest(tmp_path):
-    store = Store.open(tmp_path / "gw.db")
+    store = SqliteStorage.open(tmp_path / "gw.db")
     try:
         a = reg("node-a", 1)
         store.save_registration(a, "registered", "registered", T0)
@@ -75,9 +72,9 @@ def test_a_batch_that_raises_stores_nothing_and_batches_do_not_nest(tmp_path):
 
 async def test_sends_arriving_together_share_one_commit_and_resolve_after_it(tmp_path):
     path = tmp_path / "gw.db"
-    store = Store.open(path)
+    store = SqliteStorage.open(path)
     statements: list[str] = []
-    store._db.set_trace_callback(statements.append)
+    store._conn.set_trace_callback(statements.append)
     try:
         registry = Registry(store, clock=lambda: T0)
         regs = register(registry, 20)
@@ -103,7 +100,7 @@ async def test_sends_arriving_together_share_one_commit_and_resolve_after_it(tmp
 
 
 async def test_a_failing_send_in_a_batch_fails_alone(tmp_path, monkeypatch):
-    store = Store.open(tmp_path / "gw.db")
+    store = SqliteStorage.open(tmp_path / "gw.db")
     try:
         registry = Registry(store, clock=lambda: T0)
         good, bad = (registry.register(ep, lifetime=60, lwm2m_version="1.1", binding="U",
@@ -135,13 +132,11 @@ async def test_a_failing_send_in_a_batch_fails_alone(tmp_path, monkeypatch):
 
 
 async def test_notifications_are_recorded_in_the_group_commit_of_their_readings(tmp_path):
-    from aiotkit.gateway.dmstore import DMStore
-
     path = tmp_path / "gw.db"
-    dm = DMStore.open(path)
-    store = Store.open(path)
+    store = SqliteStorage.open(path)
+    dm = store.dm
     commits: list[str] = []
-    store._db.set_trace_callback(commits.append)
+    store._conn.set_trace_callback(commits.append)
     dm._db.set_trace_callback(commits.append)
     try:
         registry = Registry(store, clock=lambda: T0)
@@ -150,13 +145,14 @@ async def test_notifications_are_recorded_in_the_group_commit_of_their_readings(
         commits.clear()
         futures = [registry.submit_send(
             r, token=b"", content_format=112, payload=bytes([i]), records=RECORDS,
-            also=dm.notification_writer(obs, i, 112, T0 + i)) for i, r in enumerate(regs)]
-        # one that fails inside the batch takes its Notification row with it
+            notification=NotificationLink(obs, i, 112, T0 + i))
+            for i, r in enumerate(regs)]
+        # one whose Notification row cannot be written takes its readings with it
         broken = registry.submit_send(
             regs[0], token=b"", content_format=112, payload=b"x", records=RECORDS,
-            also=lambda db, send_id: db.execute("INSERT INTO no_such_table VALUES (1)"))
+            notification=NotificationLink(obs, 1 << 64, 112, T0))  # no SQLite integer
         results = await asyncio.gather(*futures)
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(OverflowError):
             await broken
         assert commits.count("COMMIT") == 1  # readings and Notifications: one fsync
         notes = dm.notifications(obs)
@@ -164,13 +160,12 @@ async def test_notifications_are_recorded_in_the_group_commit_of_their_readings(
         assert committed_sends(path) == 10
     finally:
         store.close()
-        dm.close()
 
 
 async def test_a_commit_that_fails_on_the_writer_thread_fails_every_caller(
         tmp_path, monkeypatch):
     path = tmp_path / "gw.db"
-    store = Store.open(path)
+    store = SqliteStorage.open(path)
     try:
         registry = Registry(store, clock=lambda: T0)
         [node] = register(registry, 1)
@@ -180,7 +175,7 @@ async def test_a_commit_that_fails_on_the_writer_thread_fails_every_caller(
         real = store._commit
 
         def disk_full() -> None:
-            store._conn.execute("ROLLBACK")
+            store._conn.rollback()
             raise sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(store, "_commit", disk_full)

@@ -7,19 +7,22 @@ int-102 update, int-103 de-register) and otherwise the fault they try.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import socket
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 import aiocoap
 import cbor2
 import pytest
 from aiocoap.numbers.codes import Code
-from aiotkit.gateway.registry import RegistryEvent
-from aiotkit.gateway.store import EXCHANGE_LIFETIME_S
+from aiotkit.gateway.lwm2m.registry import RegistryEvent
+from aiotkit.gateway.storage import SqliteStorage
+from aiotkit.gateway.storage.sqlite import EXCHANGE_LIFETIME_S
 
 LINKS = b"</1/0>,</3/0>,</3313/0>"
 SENML_CBOR = 112
@@ -53,13 +56,11 @@ ACCEL = pack(
 )
 
 
-def db_rows(config: Any, sql: str) -> list[tuple[Any, ...]]:
-    """Read the gateway's database through a second connection (sees commits only)."""
-    conn = sqlite3.connect(str(config.gateway.db))
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+@contextlib.contextmanager
+def other_connection(config: Any) -> Iterator[SqliteStorage]:
+    """The gateway's database through a second connection (sees commits only)."""
+    with SqliteStorage.open(config.gateway.db, readonly=True) as store:
+        yield store
 
 
 # -- registration interface ------------------------------------------------------------
@@ -262,7 +263,8 @@ async def test_malformed_registration_is_refused_and_nothing_stored(
         assert resp.code == code, resp.payload
         assert resp.payload  # a diagnostic says why
         assert gw.store.registrations() == []
-        assert db_rows(cfg, "SELECT COUNT(*) FROM events") == [(0,)]
+        with other_connection(cfg) as db:
+            assert db.events() == []
 
 
 async def test_link_format_with_attributes_and_alternate_root_is_accepted(
@@ -311,15 +313,17 @@ async def test_send_is_committed_before_the_response(gateway_config, running_gat
         resp = await ask(peer, req(Code.POST, f"{cfg.coap_uri}/dp", ACCEL, SENML_CBOR))
         assert resp.code == Code.CHANGED
         # read through another connection the moment the response is in
-        rows = db_rows(cfg, "SELECT endpoint, path, value, time FROM readings ORDER BY id")
+        with other_connection(cfg) as db:
+            rows = [(r.endpoint, r.path, r.value, r.time) for r in db.readings()]
+            sends = [(s.endpoint, s.content_format, s.records) for s in db.sends()]
+            outbox = db.outbox_counts()
         assert rows == [
             ("node-1", "/3313/0/5702", 0.25, 1_700_000_000.5),
             ("node-1", "/3313/0/5703", -1, 1_700_000_000.0),
             ("node-1", "/3313/0/5704", 9.81, 1_700_000_000.0),
         ]
-        assert db_rows(cfg, "SELECT endpoint, content_format, records FROM sends") == [
-            ("node-1", SENML_CBOR, 3)]
-        assert db_rows(cfg, "SELECT COUNT(*) FROM outbox") == [(0,)]  # MQTT disabled
+        assert sends == [("node-1", SENML_CBOR, 3)]
+        assert outbox == (0, 0)  # MQTT disabled
 
 
 async def test_senml_json_send_is_accepted(gateway_config, running_gateway, coap_peer):
@@ -389,8 +393,8 @@ async def test_bad_send_is_refused_and_nothing_stored(gateway_config, running_ga
         await register(peer, cfg.coap_uri)
         resp = await ask(peer, req(Code.POST, f"{cfg.coap_uri}/dp", payload, cf))
         assert resp.code == code, resp.payload
-        assert db_rows(cfg, "SELECT COUNT(*) FROM sends") == [(0,)]
-        assert db_rows(cfg, "SELECT COUNT(*) FROM readings") == [(0,)]
+        with other_connection(cfg) as db:
+            assert db.count_sends() == 0 and db.readings() == []
         assert gw.store.node_summaries()[0].sends == 0
 
 
@@ -401,7 +405,8 @@ async def test_send_from_an_unregistered_address_gets_not_found(gateway_config,
         await register(node, cfg.coap_uri)
         resp = await ask(stranger, req(Code.POST, f"{cfg.coap_uri}/dp", ACCEL, SENML_CBOR))
         assert resp.code == Code.NOT_FOUND
-        assert db_rows(cfg, "SELECT COUNT(*) FROM readings") == [(0,)]
+        with other_connection(cfg) as db:
+            assert db.readings() == []
 
 
 # -- the message layer and faults -----------------------------------------------------
@@ -584,7 +589,7 @@ async def test_libcoap_client_registers_and_deregisters(gateway_config, running_
 def test_peer_address_reads_a_socket_address_as_aiocoap_hostinfo_does(host, port):
     from aiocoap.transports.udp6 import UDP6EndpointAddress
     from aiocoap.util import hostportsplit
-    from aiotkit.gateway.lwm2m import peer_address
+    from aiotkit.gateway.lwm2m.server import peer_address
 
     sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, family=socket.AF_INET6,
                                   flags=socket.AI_V4MAPPED)[0][-1]

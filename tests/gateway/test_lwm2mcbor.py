@@ -6,10 +6,10 @@ from typing import Any
 
 import cbor2
 import pytest
-from aiotkit.gateway.ddf import load_shipped
 from aiotkit.gateway.errors import BadRequest
-from aiotkit.gateway.lwm2mcbor import LwM2MCBORError, decode, encode
-from aiotkit.gateway.senml import Record
+from aiotkit.gateway.lwm2m.ddf import load_shipped
+from aiotkit.gateway.lwm2m.lwm2mcbor import LwM2MCBORError, decode, encode
+from aiotkit.gateway.lwm2m.senml import Record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

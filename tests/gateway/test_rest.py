@@ -1,4 +1,4 @@
-"""The REST API (``gateway/rest.py``): real HTTP against a real gateway on ephemeral ports,
+"""The REST API (``gateway/api/rest.py``): real HTTP against a real gateway on ephemeral ports,
 with a real aiocoap LwM2M client (``fakeclient``) behind it.
 
 Every role and error path: 401 missing/unknown token, 403 role, 404 unknown endpoint,
@@ -14,9 +14,9 @@ import json
 
 import aiohttp
 import pytest
+from aiotkit.gateway.api.rest import Role, parse_tokens
 from aiotkit.gateway.config import load_config
 from aiotkit.gateway.errors import ConfigError
-from aiotkit.gateway.rest import Role, parse_tokens
 from fakeclient import FakeClient
 
 VIEWER, OPERATOR, ADMIN = ("viewer-token-0123456789", "operator-token-0123456789",

@@ -9,7 +9,7 @@ from typing import Any
 import cbor2
 import pytest
 from aiotkit.gateway.errors import BadRequest
-from aiotkit.gateway.senml import Record, SenMLError, decode, decode_cbor, decode_json
+from aiotkit.gateway.lwm2m.senml import Record, SenMLError, decode, decode_cbor, decode_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -189,7 +189,7 @@ senml_records = st.one_of(
 @given(st.lists(senml_records, min_size=1, max_size=8),
        st.sampled_from(["", "/3303/0/", "/3/"]))
 def test_fast_cbor_path_agrees_with_the_general_decoder(records, bn):
-    from aiotkit.gateway import senml
+    from aiotkit.gateway.lwm2m import senml
 
     if bn and records and isinstance(records[0], dict):
         records[0] = {-2: bn, **records[0]}

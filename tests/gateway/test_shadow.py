@@ -1,4 +1,4 @@
-"""The gateway's shadow check (gateway/shadow.py) on the shipped models, and the .tflite
+"""The gateway's shadow check (gateway/inference/shadow.py) on the shipped models, and the .tflite
 metadata reader it uses (models/tflmeta.py). The node <-> gateway agreement itself is
 tested end to end in tests/e2e/test_node_decisions.py."""
 
@@ -11,9 +11,9 @@ import pytest
 from aiotkit.boards import paths
 from aiotkit.gateway.config import load_config
 from aiotkit.gateway.errors import ConfigError
-from aiotkit.gateway.registry import RegistryEvent
-from aiotkit.gateway.senml import Record
-from aiotkit.gateway.shadow import ModelIndex, ShadowChecker, check, shipped_model_dirs
+from aiotkit.gateway.inference.shadow import ModelIndex, ShadowChecker, check, shipped_model_dirs
+from aiotkit.gateway.lwm2m.registry import RegistryEvent
+from aiotkit.gateway.lwm2m.senml import Record
 from aiotkit.models import inputq, tflm, tflmeta
 from hypothesis import given, settings
 from hypothesis import strategies as st

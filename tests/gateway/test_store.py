@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiotkit.gateway.errors import StoreError
-from aiotkit.gateway.senml import Record
-from aiotkit.gateway.store import SCHEMA_VERSION, Registration, Store
-from aiotkit.gateway.uplink import TopicScheme
+from aiotkit.gateway.lwm2m.senml import Record
+from aiotkit.gateway.storage import SCHEMA_VERSION, Registration, SqliteStorage, StoredValue
+from aiotkit.gateway.storage import sqlite as store_mod
+from aiotkit.gateway.uplink.mqtt import TopicScheme
 
 T0 = 1_700_000_000.0
 
@@ -22,35 +22,24 @@ def reg(endpoint: str = "node-1", reg_id: str = "r1", port: int = 40000) -> Regi
 
 
 def test_new_database_is_wal_full_sync_at_the_current_schema(tmp_path):
-    store = Store.open(tmp_path / "gw.db")
+    store = SqliteStorage.open(tmp_path / "gw.db")
     try:
-        db = store._db
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store.pragmas() == {"journal_mode": "wal", "synchronous": 2,  # FULL
+                                   "user_version": SCHEMA_VERSION}
     finally:
         store.close()
-    Store.open(tmp_path / "gw.db").close()  # reopening does not migrate again
-
-
-def test_database_from_a_newer_gateway_is_refused(tmp_path):
-    path = tmp_path / "gw.db"
-    conn = sqlite3.connect(path)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    conn.close()
-    with pytest.raises(StoreError, match="newer"):
-        Store.open(path)
+    SqliteStorage.open(tmp_path / "gw.db").close()  # reopening does not migrate again
 
 
 def test_a_file_that_is_not_sqlite_is_a_store_error(tmp_path):
     path = tmp_path / "gw.db"
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError):
-        Store.open(path)
+        SqliteStorage.open(path)
 
 
 def test_values_keep_their_types_and_outbox_rows_follow_the_data(tmp_path):
-    store = Store.open(tmp_path / "gw.db", encoder=TopicScheme("aiot/t"))
+    store = SqliteStorage.open(tmp_path / "gw.db", encoder=TopicScheme("aiot/t"))
     try:
         r = reg()
         store.save_registration(r, "registered", "registered", T0)
@@ -83,7 +72,7 @@ def test_a_failing_send_leaves_nothing_behind(tmp_path):
                 raise RuntimeError("boom")
             return super().reading(r)
 
-    store = Store.open(tmp_path / "gw.db", encoder=Exploding("p"))
+    store = SqliteStorage.open(tmp_path / "gw.db", encoder=Exploding("p"))
     try:
         r = reg()
         store.save_registration(r, "registered", "registered", T0)
@@ -98,7 +87,7 @@ def test_a_failing_send_leaves_nothing_behind(tmp_path):
 
 
 def test_outbox_confirm_and_prune_keep_it_bounded(tmp_path):
-    store = Store.open(tmp_path / "gw.db", encoder=TopicScheme("p"))
+    store = SqliteStorage.open(tmp_path / "gw.db", encoder=TopicScheme("p"))
     try:
         r = reg()
         store.save_registration(r, "registered", "registered", T0)
@@ -118,7 +107,7 @@ def test_outbox_confirm_and_prune_keep_it_bounded(tmp_path):
 
 
 def test_without_an_encoder_nothing_is_written_to_the_outbox(tmp_path):
-    store = Store.open(tmp_path / "gw.db")
+    store = SqliteStorage.open(tmp_path / "gw.db")
     try:
         r = reg()
         store.save_registration(r, "registered", "registered", T0)
@@ -129,9 +118,7 @@ def test_without_an_encoder_nothing_is_written_to_the_outbox(tmp_path):
 
 
 def test_latest_values_merge_across_sends_and_keep_their_types(tmp_path):
-    from aiotkit.gateway import store as store_mod
-
-    store = Store.open(tmp_path / "gw.db")
+    store = SqliteStorage.open(tmp_path / "gw.db")
     try:
         r = reg()
         store.save_registration(r, "registered", "registered", T0)
@@ -142,9 +129,9 @@ def test_latest_values_merge_across_sends_and_keep_their_types(tmp_path):
                           T0 + 2)
         latest = store.latest("node-1")
         assert latest == {
-            "/3/0/9": store_mod.StoredValue("v", 86.5, 7.0, T0 + 2),
-            "/1/0/6": store_mod.StoredValue("vb", True, None, T0 + 1),
-            "/5/0/0": store_mod.StoredValue("vd", b"\x00", None, T0 + 2)}
+            "/3/0/9": StoredValue("v", 86.5, 7.0, T0 + 2),
+            "/1/0/6": StoredValue("vb", True, None, T0 + 1),
+            "/5/0/0": StoredValue("vd", b"\x00", None, T0 + 2)}
         assert store.latest("nobody") == {}
     finally:
         store.close()
@@ -152,10 +139,8 @@ def test_latest_values_merge_across_sends_and_keep_their_types(tmp_path):
 
 def test_latest_values_keep_the_most_recent_paths_when_a_client_sends_too_many(
         tmp_path, monkeypatch):
-    from aiotkit.gateway import store as store_mod
-
     monkeypatch.setattr(store_mod, "LATEST_MAX_PATHS", 3)
-    store = Store.open(tmp_path / "gw.db")
+    store = SqliteStorage.open(tmp_path / "gw.db")
     try:
         r = reg()
         store.save_registration(r, "registered", "registered", T0)
@@ -167,105 +152,14 @@ def test_latest_values_keep_the_most_recent_paths_when_a_client_sends_too_many(
         store.close()
 
 
-def test_a_version_1_database_is_migrated_with_its_last_values(tmp_path):
-    from aiotkit.gateway import store as store_mod
-
-    path = tmp_path / "gw.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(store_mod._SCHEMA_V1)
-    conn.executemany(
-        "INSERT INTO last_values (endpoint, path, kind, value, time, received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [("a", "/3/0/9", "v", 87, None, T0), ("a", "/1/0/6", "vb", 1, 3.0, T0 + 1),
-         ("b", "/5/0/0", "vd", b"\x01\x02", None, T0 + 2)])
-    conn.execute("PRAGMA user_version = 1")
-    conn.commit()
-    conn.close()
-    store = Store.open(path)
-    try:
-        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-        assert store.latest("a") == {
-            "/3/0/9": store_mod.StoredValue("v", 87, None, T0),
-            "/1/0/6": store_mod.StoredValue("vb", True, 3.0, T0 + 1)}
-        assert store.latest("b") == {"/5/0/0": store_mod.StoredValue("vd", b"\x01\x02", None,
-                                                                     T0 + 2)}
-        tables = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}
-        assert "last_values" not in tables
-    finally:
-        store.close()
-
-
-def test_a_version_1_database_keeps_its_readings_after_migration(tmp_path):
-    from aiotkit.gateway import store as store_mod
-
-    path = tmp_path / "gw.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(store_mod._SCHEMA_V1)
-    conn.executemany(
-        "INSERT INTO sends (id, endpoint, reg_id, received_at, content_format, token, digest,"
-        " records) VALUES (?, ?, 'r', ?, 112, x'01', x'02', ?)",
-        [(1, "a", T0, 2), (2, "a", T0 + 1, 0), (3, "b", T0 + 2, 1)])
-    conn.executemany(
-        "INSERT INTO readings (id, send_id, endpoint, path, kind, value, time)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(1, 1, "a", "/3/0/9", "v", 87, None), (2, 1, "a", "/1/0/6", "vb", 1, 4.0),
-         (3, 3, "b", "/5/0/0", "vd", b"\x01", None)])
-    conn.execute("PRAGMA user_version = 1")
-    conn.commit()
-    conn.close()
-    store = Store.open(path)
-    try:
-        got = [(r.send_id, r.endpoint, r.path, r.kind, r.value, r.time, r.received_at)
-               for r in store.readings()]
-        assert got == [(1, "a", "/3/0/9", "v", 87, None, T0),
-                       (1, "a", "/1/0/6", "vb", True, 4.0, T0),
-                       (3, "b", "/5/0/0", "vd", b"\x01", None, T0 + 2)]
-        assert store.readings(2) == []
-        # new Sends go on after the migrated ones, with larger reading ids
-        r = reg("a")
-        store.save_registration(r, "registered", "registered", T0)
-        result = store.record_send(r, b"\x09", b"x" * 16, 112, [Record("/3/0/9", "v", 1)],
-                                   T0 + 3)
-        (new,) = store.readings(result.send_id)
-        assert result.send_id == 4 and new.id > max(x.id for x in store.readings()[:-1])
-    finally:
-        store.close()
-
-
-def test_the_readings_view_gives_one_sql_row_per_reading(tmp_path):
-    store = Store.open(tmp_path / "gw.db")
-    try:
-        r = reg()
-        store.save_registration(r, "registered", "registered", T0)
-        result = store.record_send(
-            r, b"\x01", b"a" * 16, 112,
-            [Record("/3/0/9", "v", 2**62 + 1), Record("/3/0/10", "v", 0.1, 5.0),
-             Record("/1/0/6", "vb", False), Record("/3/0/0", "vs", "é"),
-             Record("/5/0/0", "vd", b"\xff\x00")], T0 + 1)
-        rows = store._db.execute(
-            "SELECT id, send_id, endpoint, path, kind, value, time, received_at"
-            " FROM readings ORDER BY id").fetchall()
-        first = result.send_id * 65536
-        assert rows == [
-            (first, 1, "node-1", "/3/0/9", "v", 2**62 + 1, None, T0 + 1),
-            (first + 1, 1, "node-1", "/3/0/10", "v", 0.1, 5.0, T0 + 1),
-            (first + 2, 1, "node-1", "/1/0/6", "vb", 0, None, T0 + 1),
-            (first + 3, 1, "node-1", "/3/0/0", "vs", "é", None, T0 + 1),
-            (first + 4, 1, "node-1", "/5/0/0", "vd", "/wA=", None, T0 + 1)]  # base64
-        assert [x.id for x in store.readings()] == [row[0] for row in rows]
-        assert store.readings()[4].value == b"\xff\x00"
-    finally:
-        store.close()
-
-
 REPORT = [Record("/3313/0/5702", "v", 0.5), Record("/33000/0/0", "v", 7)]
 DECISION = [Record("/33002/0/0", "v", 7), Record("/33002/0/2", "vs", "ball")]
 
 
 @contextlib.contextmanager
-def registered(path: Path) -> Iterator[tuple[Store, Registration]]:
+def registered(path: Path) -> Iterator[tuple[SqliteStorage, Registration]]:
     """A store at ``path`` with node-1 registered; closed afterwards."""
-    store = Store.open(path)
+    store = SqliteStorage.open(path)
     try:
         r = reg()
         store.save_registration(r, "registered", "registered", T0)
@@ -274,34 +168,32 @@ def registered(path: Path) -> Iterator[tuple[Store, Registration]]:
         store.close()
 
 
-def latest_row(store: Store, ep: str = "node-1") -> tuple[bytes, str | None]:
-    row = store._db.execute("SELECT paths, sends FROM latest WHERE endpoint = ?",
-                            (ep,)).fetchone()
-    return bytes(row[0]), row[1]
+def latest_row(store: SqliteStorage, ep: str = "node-1") -> tuple[bytes, str | None]:
+    row = store.latest_row(ep)
+    assert row is not None
+    return row
 
 
 def test_latest_values_of_reports_and_notifications_only_name_their_sends(tmp_path):
-    from aiotkit.gateway import store as store_mod
-
     with registered(tmp_path / "gw.db") as (store, r):
         ids = [store.record_send(r, bytes([i + 1]), bytes([i]) * 16, 112,
                                  REPORT if i % 2 == 0 else DECISION, T0 + i).send_id
                for i in range(5)]
         # the last report and the last decision, no copy of their values
         assert latest_row(store) == (b"\xa0", f"[{ids[3]},{ids[4]}]")
-        want = {"/3313/0/5702": store_mod.StoredValue("v", 0.5, None, T0 + 4),
-                "/33000/0/0": store_mod.StoredValue("v", 7, None, T0 + 4),
-                "/33002/0/0": store_mod.StoredValue("v", 7, None, T0 + 3),
-                "/33002/0/2": store_mod.StoredValue("vs", "ball", None, T0 + 3)}
+        want = {"/3313/0/5702": StoredValue("v", 0.5, None, T0 + 4),
+                "/33000/0/0": StoredValue("v", 7, None, T0 + 4),
+                "/33002/0/0": StoredValue("v", 7, None, T0 + 3),
+                "/33002/0/2": StoredValue("vs", "ball", None, T0 + 3)}
         assert store.latest("node-1") == want
         # a Send of one path does not cover the report: both stay named
         one = store.record_send(r, b"\x09", b"9" * 16, 112,
                                 [Record("/3313/0/5702", "v", -1.5)], T0 + 9).send_id
         assert latest_row(store)[1] == f"[{ids[3]},{ids[4]},{one}]"
-        want["/3313/0/5702"] = store_mod.StoredValue("v", -1.5, None, T0 + 9)
+        want["/3313/0/5702"] = StoredValue("v", -1.5, None, T0 + 9)
         assert store.latest("node-1") == want
         assert store.node_summaries()[0].last_values == {p: v.value for p, v in want.items()}
-    cold = Store.open(tmp_path / "gw.db")  # no cached shape: read back from the file
+    cold = SqliteStorage.open(tmp_path / "gw.db")  # no cached shape: read back from the file
     try:
         assert cold.latest("node-1") == want
         last = cold.record_send(reg(), b"\x0a", b"a" * 16, 112, REPORT, T0 + 10).send_id
@@ -311,8 +203,6 @@ def test_latest_values_of_reports_and_notifications_only_name_their_sends(tmp_pa
 
 
 def test_latest_values_fold_back_into_one_map_beyond_the_named_sends(tmp_path, monkeypatch):
-    from aiotkit.gateway import store as store_mod
-
     monkeypatch.setattr(store_mod, "LATEST_MAX_SENDS", 2)
     with registered(tmp_path / "gw.db") as (store, r):
         for i in range(3):  # three disjoint path sets: the third folds
@@ -346,7 +236,7 @@ def test_power_cut_in_a_batch_leaves_latest_values_and_lookups_as_committed(tmp_
 
 
 def test_address_lookups_follow_registration_changes(tmp_path):
-    store = Store.open(tmp_path / "gw.db")
+    store = SqliteStorage.open(tmp_path / "gw.db")
     try:
         a = reg("node-a", "ra")
         store.save_registration(a, "registered", "registered", T0)

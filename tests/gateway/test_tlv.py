@@ -5,11 +5,11 @@ from __future__ import annotations
 import struct
 
 import pytest
-from aiotkit.gateway import tlv
-from aiotkit.gateway.ddf import ObjectDef, ResourceDef, load_shipped
 from aiotkit.gateway.errors import BadRequest
-from aiotkit.gateway.senml import Record
-from aiotkit.gateway.tlv import TLV, TLVError, decode, encode
+from aiotkit.gateway.lwm2m import tlv
+from aiotkit.gateway.lwm2m.ddf import ObjectDef, ResourceDef, load_shipped
+from aiotkit.gateway.lwm2m.senml import Record
+from aiotkit.gateway.lwm2m.tlv import TLV, TLVError, decode, encode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

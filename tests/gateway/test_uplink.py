@@ -20,7 +20,7 @@ import aiomqtt
 import cbor2
 import paho.mqtt.client as paho
 from aiocoap.numbers.codes import Code
-from aiotkit.gateway.uplink import Backoff
+from aiotkit.gateway.uplink.mqtt import Backoff
 from plugins.services import Mosquitto, free_port, require_tool
 
 SENML_CBOR = 112

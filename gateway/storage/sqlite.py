@@ -1,12 +1,11 @@
-"""SQLite storage: registrations, Sends and their readings, the uplink outbox, events.
+"""SQLite storage: the ``Storage`` and ``DeviceStorage`` of ``storage.api`` on one file.
 
 One file in WAL mode with ``synchronous=FULL``: a transaction that returned is on disk,
 which is what lets the LwM2M layer acknowledge a Send only after its readings (and their
 outbox rows) are committed together. (FULL rather than NORMAL: NORMAL would let a power
 cut undo the last acknowledged transactions; with group commit one fsync serves a whole
-batch, so FULL costs little: ~60 us per COMMIT on the development VM, against ~10 us of
-SQLite CPU per stored row.) The schema version lives in ``PRAGMA user_version``
-and is migrated forward on open; a newer file is refused.
+batch.) The schema and its migrations are ``storage.schema`` (``PRAGMA user_version``),
+run on open; a newer file is refused.
 
 Times are wall-clock epoch seconds (floats). The store is synchronous and meant to be
 called from the event loop's thread only; every call is one short transaction, or, inside
@@ -16,333 +15,74 @@ COMMIT and one fsync; a call that fails inside is undone alone). ``begin_batch()
 on a writer thread: the event loop goes on receiving and decoding the next requests
 meanwhile, and any use of the store first waits for that COMMIT to end (``settle()``).
 
+Device management's tables (``dm``, ``storage.dmtables``) are used through a second
+connection to the same file (WAL lets both work side by side): its short transactions
+never wait for a group commit's fsync. A Notification's ``dm_notifications`` row is the
+exception: ``record_send`` writes it on this connection, in the transaction of its
+readings.
+
 What goes into the outbox is decided by an ``OutboxEncoder`` (the uplink's topic
-scheme); with none (MQTT disabled) nothing is written there.
+scheme); with none (MQTT disabled) nothing is written there. ``open(...,
+readonly=True)`` reads a file another process writes (a benchmark polling the
+gateway's database): no migration, no writes, no device tables.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
-import json
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Self
 
 import cbor2
 
-from .errors import StoreError
-from .senml import Record, Value, ValueKind
+from ..errors import StoreError
+from ..lwm2m.senml import Record
+from . import schema
+from .api import (
+    Event,
+    EventKind,
+    NodeSummary,
+    NotificationLink,
+    OutboxEncoder,
+    OutboxMessage,
+    OutboxRow,
+    Registration,
+    RegState,
+    SendResult,
+    StatusChange,
+    StatusState,
+    StoredReading,
+    StoredSend,
+    StoredValue,
+)
+from .dmtables import KEEP_FINISHED_MAX, KEEP_FINISHED_S, SqliteDeviceStorage
+from .schema import READING_ID_SPAN, readings_from_json, readings_json
 
-__all__ = [
-    "EXCHANGE_LIFETIME_S",
-    "SCHEMA_VERSION",
-    "Event",
-    "NodeSummary",
-    "OutboxEncoder",
-    "OutboxMessage",
-    "OutboxRow",
-    "Registration",
-    "SendResult",
-    "StatusChange",
-    "Store",
-    "StoredReading",
-    "StoredValue",
-]
+__all__ = ["EXCHANGE_LIFETIME_S", "LATEST_MAX_PATHS", "LATEST_MAX_SENDS", "SqliteStorage"]
 
-SCHEMA_VERSION = 3
 EXCHANGE_LIFETIME_S = 247.0  # RFC 7252 §4.8.2: how long a retransmission can still arrive
 
-RegState = Literal["registered", "offline", "deregistered"]
-EventKind = Literal["registered", "updated", "deregistered", "expired"]
-StatusState = Literal["registered", "updated", "deregistered", "offline"]
-
-_SCHEMA_V1 = """
-CREATE TABLE registrations (
-    endpoint      TEXT PRIMARY KEY,
-    reg_id        TEXT NOT NULL UNIQUE,
-    host          TEXT NOT NULL,
-    port          INTEGER NOT NULL,
-    lifetime      INTEGER NOT NULL,
-    binding       TEXT NOT NULL,
-    lwm2m_version TEXT NOT NULL,
-    object_links  TEXT NOT NULL,
-    registered_at REAL NOT NULL,
-    updated_at    REAL NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('registered', 'offline', 'deregistered')),
-    last_seen     REAL NOT NULL,
-    send_count    INTEGER NOT NULL DEFAULT 0,
-    reading_count INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX registrations_address ON registrations (host, port);
-CREATE TABLE sends (
-    id             INTEGER PRIMARY KEY,
-    endpoint       TEXT NOT NULL,
-    reg_id         TEXT NOT NULL,
-    received_at    REAL NOT NULL,
-    content_format INTEGER NOT NULL,
-    token          BLOB NOT NULL,
-    digest         BLOB NOT NULL,
-    records        INTEGER NOT NULL
-);
-CREATE INDEX sends_dedup ON sends (endpoint, token);
-CREATE TABLE readings (
-    id       INTEGER PRIMARY KEY,
-    send_id  INTEGER NOT NULL REFERENCES sends (id),
-    endpoint TEXT NOT NULL,
-    path     TEXT NOT NULL,
-    kind     TEXT NOT NULL CHECK (kind IN ('v', 'vs', 'vb', 'vd')),
-    value,   -- no type affinity: INTEGER, REAL, TEXT or BLOB exactly as sent
-    time     REAL
-);
-CREATE INDEX readings_send ON readings (send_id);
-CREATE TABLE last_values (
-    endpoint    TEXT NOT NULL,
-    path        TEXT NOT NULL,
-    kind        TEXT NOT NULL,
-    value,      -- as in readings
-    time        REAL,
-    received_at REAL NOT NULL,
-    PRIMARY KEY (endpoint, path)
-) WITHOUT ROWID;
-CREATE TABLE outbox (
-    id        INTEGER PRIMARY KEY,
-    topic     TEXT NOT NULL,
-    payload   BLOB NOT NULL,
-    retain    INTEGER NOT NULL DEFAULT 0,
-    created   REAL NOT NULL,
-    published REAL,
-    confirmed REAL
-);
-CREATE INDEX outbox_pending ON outbox (id) WHERE confirmed IS NULL;
-CREATE TABLE events (
-    id       INTEGER PRIMARY KEY,
-    t        REAL NOT NULL,
-    endpoint TEXT NOT NULL,
-    kind     TEXT NOT NULL CHECK (kind IN ('registered', 'updated', 'deregistered', 'expired')),
-    reg_id   TEXT,
-    detail   TEXT
-);
-"""
-
-# Version 2 stores a Send's readings in its own row and an endpoint's latest values in
-# one row, instead of a row per reading and per path: SQLite's cost per row (about 10 us
-# with its index on the development VM) made a 33-record Send's 66 rows the bulk of the
-# gateway's time per message. sends.data is a JSON array of [path, kind, value, time]
-# (JSON keeps integers, floats and booleans apart; "vd" bytes are base64 text), so the
-# view ``readings`` still gives one SQL row per reading; latest.paths is a CBOR map
-# path -> [kind, value, time, received_at]. Reading ids are send id * READING_ID_SPAN +
-# index: unique, increasing, and free to compute. _v2_from_v1 converts the v1 tables.
-_SCHEMA_V2 = """
-CREATE TABLE latest (
-    endpoint TEXT PRIMARY KEY,
-    paths    BLOB NOT NULL
-) WITHOUT ROWID;
-ALTER TABLE sends ADD COLUMN data TEXT;
-"""
-_READINGS_VIEW = """
-CREATE VIEW readings (id, send_id, endpoint, path, kind, value, time, received_at) AS
-SELECT s.id * 65536 + j.key, s.id, s.endpoint, j.value ->> 0, j.value ->> 1,
-       j.value ->> 2, j.value ->> 3, s.received_at
-FROM sends AS s, json_each(s.data) AS j
-"""
 _KINDS = frozenset(("v", "vs", "vb", "vd"))
 LATEST_MAX_PATHS = 4096  # paths kept per endpoint; beyond, the least recently sent go
 _CACHE_MAX = 1 << 16  # registrations (and latest path sets) kept in memory at most
 LATEST_MAX_SENDS = 8  # Sends latest.sends names at most (schema v3)
-READING_ID_SPAN = 1 << 16  # readings per Send at most (config coap.max_records)
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-def _v2_from_v1(conn: sqlite3.Connection) -> None:
-    by_ep: dict[str, dict[str, list[Any]]] = {}
-    for ep, path, kind, value, t, received_at in conn.execute(
-        "SELECT endpoint, path, kind, value, time, received_at FROM last_values"
-    ):
-        by_ep.setdefault(ep, {})[path] = [kind, _from_db(kind, value), t, received_at]
-    conn.executemany("INSERT INTO latest (endpoint, paths) VALUES (?, ?)",
-                     [(ep, cbor2.dumps(paths)) for ep, paths in by_ep.items()])
-    by_send: dict[int, list[Record]] = {}
-    for send_id, path, kind, value, t in conn.execute(
-        "SELECT send_id, path, kind, value, time FROM readings ORDER BY id"
-    ):
-        by_send.setdefault(send_id, []).append(Record(path, kind, _from_db(kind, value), t))
-    conn.execute("UPDATE sends SET data = '[]'")
-    conn.executemany("UPDATE sends SET data = ? WHERE id = ?",
-                     [(_readings_json(recs), send_id) for send_id, recs in by_send.items()])
-    conn.execute("DROP TABLE last_values")
-    conn.execute("DROP TABLE readings")
-    conn.execute(_READINGS_VIEW)
+class SqliteStorage:
+    """The gateway's SQLite database (``storage.api.Storage``); open with
+    ``SqliteStorage.open()``."""
 
-
-_to_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
-
-
-def _readings_json(records: Sequence[Record]) -> str:
-    return _to_json([r[:4] if r.kind != "vd" else
-                     (r.path, "vd", base64.b64encode(r.value).decode(), r.time)
-                     for r in records])
-
-
-def _readings_from_json(data: str) -> Iterator[tuple[str, ValueKind, Value, float | None]]:
-    for path, kind, value, t in json.loads(data):
-        yield path, kind, base64.b64decode(value) if kind == "vd" else value, t
-
-
-# Version 3 lets an endpoint's latest values point at its latest Sends instead of holding
-# a copy: latest.sends is a JSON array of Send ids, oldest first, whose readings (received
-# at their received_at) go on top of latest.paths. A node sends the same paths each time
-# (its report; its Notifications of an observed object), so a Send usually only rewrites
-# that short array, dropping the Sends it covers, instead of reading, CBOR-decoding and
-# re-encoding the whole map (about 150 us of a 33-record Send on the development VM).
-# Beyond LATEST_MAX_SENDS, or LATEST_MAX_PATHS, everything is folded into latest.paths
-# again. Sends are never deleted, so what latest.sends names is always there.
-_SCHEMA_V3 = "ALTER TABLE latest ADD COLUMN sends TEXT"
-
-# user_version -> (script, then a function) that bring the file to user_version + 1
-_MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None] | None]] = {
-    0: (_SCHEMA_V1, None),
-    1: (_SCHEMA_V2, _v2_from_v1),
-    2: (_SCHEMA_V3, None),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """A client's registration as the server keeps it."""
-
-    endpoint: str
-    reg_id: str
-    host: str
-    port: int
-    lifetime: int
-    binding: str
-    lwm2m_version: str
-    object_links: str
-    registered_at: float
-    updated_at: float
-    state: RegState = "registered"
-
-    @property
-    def expires_at(self) -> float:
-        return self.updated_at + self.lifetime
-
-
-@dataclass(frozen=True, slots=True)
-class StoredReading:
-    """A reading as committed, with the ids the uplink payload refers to."""
-
-    id: int
-    send_id: int
-    endpoint: str
-    path: str
-    kind: ValueKind
-    value: Value
-    time: float | None
-    received_at: float
-
-
-class StoredValue(NamedTuple):
-    """The latest value an endpoint sent for one path (``Store.latest``)."""
-
-    kind: ValueKind
-    value: Value
-    time: float | None
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class StatusChange:
-    """A node's state as announced on the uplink."""
-
-    endpoint: str
-    state: StatusState
-    reg_id: str
-    t: float
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    """What to publish: topic, payload bytes, retained or not."""
-
-    topic: str
-    payload: bytes
-    retain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """An outbox row waiting for (or replayed after) a broker acknowledgement."""
-
-    id: int
-    topic: str
-    payload: bytes
-    retain: bool
-    created: float
-
-
-class OutboxEncoder(Protocol):
-    """Turns stored facts into uplink messages (the uplink's topic scheme)."""
-
-    def reading(self, r: StoredReading) -> OutboxMessage: ...
-
-    def status(self, s: StatusChange) -> OutboxMessage: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """Outcome of storing one Send; ``duplicate`` means nothing new was stored."""
-
-    send_id: int
-    readings: int
-    duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One registry event as recorded."""
-
-    id: int
-    t: float
-    endpoint: str
-    kind: EventKind
-    reg_id: str | None
-    detail: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeSummary:
-    """One endpoint at a glance (the ``aiot demo`` live view)."""
-
-    endpoint: str
-    state: RegState
-    reg_id: str
-    host: str
-    port: int
-    lifetime: int
-    registered_at: float
-    updated_at: float
-    last_seen: float
-    sends: int
-    readings: int
-    last_values: dict[str, Value] = field(default_factory=dict)
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-class Store:
-    """The gateway's SQLite database; open with ``Store.open()``."""
-
-    def __init__(self, conn: sqlite3.Connection, encoder: OutboxEncoder | None) -> None:
+    def __init__(self, conn: sqlite3.Connection, encoder: OutboxEncoder | None,
+                 dm: SqliteDeviceStorage | None) -> None:
         self._conn = conn
         self._encoder = encoder
+        self._dm = dm
         self._in_batch = False
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # on first use
         self._committing: concurrent.futures.Future[None] | None = None
@@ -363,39 +103,70 @@ class Store:
         *,
         encoder: OutboxEncoder | None = None,
         synchronous: str = "FULL",
-    ) -> Store:
-        """Open (creating or migrating) the database at ``path``."""
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        keep_finished_s: float = KEEP_FINISHED_S,
+        keep_finished_max: int = KEEP_FINISHED_MAX,
+        readonly: bool = False,
+    ) -> SqliteStorage:
+        """Open (creating or migrating) the database at ``path``; ``keep_finished_*``:
+        how long and how many finished device-management requests are kept.
+        ``readonly``: read a file that is at this gateway's schema version, as it is."""
+        if synchronous.upper() not in _SYNCHRONOUS:
             raise StoreError(f"unknown synchronous mode {synchronous!r}")
+        if readonly:
+            return cls(_open_readonly(path), None, None)
+        # check_same_thread off: only the COMMIT of commit_later() runs on the writer
+        # thread, and nothing else touches the connection until it ended (settle())
+        conn = _connect(path, check_same_thread=False)
         try:
-            # check_same_thread off: only the COMMIT of commit_later() runs on the writer
-            # thread, and nothing else touches the connection until it ended (settle())
-            conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0,
-                                   check_same_thread=False)
-        except sqlite3.Error as e:
-            raise StoreError(f"{path}: cannot open database: {e}") from e
-        try:
-            conn.execute("PRAGMA busy_timeout = 5000")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(path) != ":memory:" and mode.lower() != "wal":
                 raise StoreError(f"{path}: cannot switch to WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             conn.execute("PRAGMA foreign_keys = ON")
-            _migrate(conn, path)
+            schema.migrate(conn, path)
+            dm_conn = _connect(path)
+            try:
+                dm_conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            except sqlite3.Error:
+                dm_conn.close()
+                raise
+            dm = SqliteDeviceStorage(dm_conn, keep_finished_s=keep_finished_s,
+                                     keep_finished_max=keep_finished_max)
         except sqlite3.Error as e:
             conn.close()
             raise StoreError(f"{path}: {e}") from e
         except StoreError:
             conn.close()
             raise
-        return cls(conn, encoder)
+        return cls(conn, encoder, dm)
+
+    @property
+    def dm(self) -> SqliteDeviceStorage:
+        """Device management's tables (``storage.dmtables``)."""
+        if self._dm is None:
+            raise StoreError("opened read-only: no device-management tables")
+        return self._dm
 
     def close(self) -> None:
         self.settle()
         if self._writer is not None:
             self._writer.shutdown()
             self._writer = None
+        if self._dm is not None:
+            self._dm.close()
         self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def pragmas(self) -> dict[str, Any]:
+        """journal_mode, synchronous (0..3) and user_version, as the file has them."""
+        db = self._db
+        return {name: db.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("journal_mode", "synchronous", "user_version")}
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -414,10 +185,6 @@ class Store:
             self._forget_cached()  # nothing of that batch is stored
             if self._conn.in_transaction:  # cancelled before it ran
                 self._conn.execute("ROLLBACK")
-
-    @property
-    def outbox_enabled(self) -> bool:
-        return self._encoder is not None
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -658,7 +425,7 @@ class Store:
         content_format: int,
         records: Sequence[Record],
         now: float,
-        also: Callable[[sqlite3.Connection, int], None] | None = None,
+        notification: NotificationLink | None = None,
     ) -> SendResult:
         """Commit a Send's readings and outbox rows in one transaction, unless duplicate.
 
@@ -666,9 +433,8 @@ class Store:
         the same payload digest within EXCHANGE_LIFETIME (a retransmission that outlived
         the CoAP layer's own deduplication, e.g. across a gateway restart).
 
-        ``also(connection, send id)``, for a new Send, writes rows of another module's
-        tables in the same file (``dm_notifications``) inside the same transaction: they
-        commit, or are undone, with the Send.
+        ``notification``: the Send is a Notification; its ``dm_notifications`` row is
+        written in the same transaction, so it commits, or is undone, with the readings.
         """
         top: _Top | None = None
         with self._tx() as db:
@@ -685,14 +451,15 @@ class Store:
             for rec in records:
                 if rec.kind not in _KINDS:
                     raise StoreError(f"{rec.path}: unknown value kind {rec.kind!r}")
-            data = _readings_json(records)
+            data = readings_json(records)
             send_id = db.execute(
                 "INSERT INTO sends (endpoint, reg_id, received_at, content_format, token,"
                 " digest, records, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (reg.endpoint, reg.reg_id, now, content_format, token, digest, len(records),
                  data),
             ).lastrowid
-            assert send_id is not None  # an INSERT always sets it
+            if send_id is None:  # an INSERT always sets it
+                raise StoreError("INSERT INTO sends gave no row id")
             ep = reg.endpoint
             if self._encoder is not None:
                 first = send_id * READING_ID_SPAN
@@ -710,9 +477,12 @@ class Store:
                 " reading_count = reading_count + ?, last_seen = ? WHERE endpoint = ?",
                 (len(records), now, reg.endpoint),
             )
-            if also is not None:
-                also(db, send_id)
-        assert top is not None  # set by every way through that did not return
+            if notification is not None:
+                db.execute(_INSERT_NOTIFICATION, (
+                    notification.observation_id, send_id, notification.observe_seq,
+                    notification.content_format, notification.received))
+        if top is None:  # set by every way through that did not return
+            raise StoreError("latest values not merged")
         if len(self._tops) >= _CACHE_MAX:
             self._tops.clear()
         self._tops[ep] = top  # committed, or part of a batch that fails as a whole
@@ -761,6 +531,13 @@ class Store:
                    " sends = NULL", (ep, cbor2.dumps(latest)))
         return frozenset(latest), ()
 
+    def latest_row(self, endpoint: str) -> tuple[bytes, str | None] | None:
+        """``endpoint``'s latest row as stored: the CBOR map of folded values and the
+        JSON list of Send ids on top (schema v3; for tests of that layout)."""
+        row = self._db.execute("SELECT paths, sends FROM latest WHERE endpoint = ?",
+                               (endpoint,)).fetchone()
+        return None if row is None else (bytes(row[0]), row[1])
+
     def latest(self, endpoint: str) -> dict[str, StoredValue]:
         """The latest value of each path ``endpoint`` sent (by path)."""
         rows = self._db.execute(_SELECT_LATEST + " WHERE l.endpoint = ? ORDER BY j.key",
@@ -770,14 +547,44 @@ class Store:
     def readings(self, send_id: int | None = None) -> list[StoredReading]:
         """Stored readings (of one Send, or all), in id order; for tests and tools."""
         where, args = ("WHERE id = ?", (send_id,)) if send_id is not None else ("", ())
-        out = []
+        out: list[StoredReading] = []
         for sid, ep, received_at, data in self._db.execute(
             f"SELECT id, endpoint, received_at, data FROM sends {where} ORDER BY id", args
         ):
             first = sid * READING_ID_SPAN
             out.extend(StoredReading(first + i, sid, ep, path, kind, value, t, received_at)
-                       for i, (path, kind, value, t) in enumerate(_readings_from_json(data)))
+                       for i, (path, kind, value, t) in enumerate(readings_from_json(data)))
         return out
+
+    def sends(self, endpoint: str | None = None) -> list[StoredSend]:
+        """Stored Sends and Notifications (of one endpoint), in id order, without their
+        readings; for tests and tools."""
+        where, args = ("WHERE endpoint = ?", (endpoint,)) if endpoint is not None else ("", ())
+        return [StoredSend(i, ep, reg_id, t, cf, bytes(token), n) for i, ep, reg_id, t, cf,
+                token, n in self._db.execute(
+                    "SELECT id, endpoint, reg_id, received_at, content_format, token,"
+                    f" records FROM sends {where} ORDER BY id", args)]
+
+    def count_sends(self) -> int:
+        """How many Sends (and Notifications) are stored."""
+        return int(self._db.execute("SELECT COUNT(*) FROM sends").fetchone()[0])
+
+    def last_send_id(self) -> int:
+        """The id of the latest stored Send, 0 when there is none."""
+        return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM sends").fetchone()[0])
+
+    def sends_since(self, after_id: int) -> tuple[int, float]:
+        """Sends stored with an id above ``after_id``: how many, and the latest
+        ``received_at`` (taken inside the committing transaction; 0.0 if none)."""
+        n, last = self._db.execute(
+            "SELECT COUNT(*), MAX(received_at) FROM sends WHERE id > ?", (after_id,)
+        ).fetchone()
+        return int(n), float(last or 0.0)
+
+    def count_registered(self) -> int:
+        """How many endpoints are registered now."""
+        return int(self._db.execute(
+            "SELECT COUNT(*) FROM registrations WHERE state = 'registered'").fetchone()[0])
 
     # -- outbox ----------------------------------------------------------------------
 
@@ -844,23 +651,17 @@ class Store:
             + " ORDER BY l.endpoint, j.key"
         ):
             by_ep.setdefault(ep, []).append(row)
-        last: dict[str, dict[str, Value]] = {
-            ep: {path: v[1] for path, v in sorted(_merged(rows).items())}
-            for ep, rows in by_ep.items()
-        }
-        out = []
-        for (ep, state, reg_id, host, port, lifetime, registered_at, updated_at, last_seen,
-             sends, readings) in self._db.execute(
-            "SELECT endpoint, state, reg_id, host, port, lifetime, registered_at,"
-            " updated_at, last_seen, send_count, reading_count FROM registrations"
-            " ORDER BY endpoint"
-        ):
-            out.append(NodeSummary(ep, state, reg_id, host, port, lifetime, registered_at,
-                                   updated_at, last_seen, sends, readings,
-                                   last_values=last.get(ep, {})))
-        return out
+        return [_summary(row, by_ep.get(row[0], ()))
+                for row in self._db.execute(_SELECT_SUMMARY + " ORDER BY endpoint")]
 
-
+    def node_summary(self, endpoint: str) -> NodeSummary | None:
+        """``endpoint`` at a glance: its own rows only (two primary-key lookups)."""
+        row = self._db.execute(_SELECT_SUMMARY + " WHERE endpoint = ?", (endpoint,)).fetchone()
+        if row is None:
+            return None
+        latest = self._db.execute(_SELECT_LATEST + " WHERE l.endpoint = ? ORDER BY j.key",
+                                  (endpoint,)).fetchall()
+        return _summary(row, latest)
 
 
 # latest.paths, then each Send latest.sends names, oldest first (ORDER BY j.key)
@@ -881,7 +682,7 @@ def _merged(rows: Sequence[Sequence[Any]]) -> dict[str, list[Any]]:
     latest: dict[str, list[Any]] = cbor2.loads(rows[0][0])
     for _blob, _send_id, data, received_at in rows:
         if data is not None:
-            for path, kind, value, t in _readings_from_json(data):
+            for path, kind, value, t in readings_from_json(data):
                 latest[path] = [kind, value, t, received_at]
     return latest
 
@@ -891,9 +692,61 @@ def _top(rows: Sequence[Sequence[Any]]) -> _Top:
     tops = []
     for _blob, send_id, data, _t in rows:
         if data is not None:
-            paths = frozenset([r[0] for r in _readings_from_json(data)])
+            paths = frozenset([r[0] for r in readings_from_json(data)])
             tops.append((int(send_id), _PATHSETS.setdefault(paths, paths)))
     return base, tuple(tops)
+
+
+_SELECT_SUMMARY = (
+    "SELECT endpoint, state, reg_id, host, port, lifetime, registered_at, updated_at,"
+    " last_seen, send_count, reading_count, binding, lwm2m_version FROM registrations"
+)
+_INSERT_NOTIFICATION = (
+    "INSERT INTO dm_notifications (observation_id, send_id, observe_seq, content_format,"
+    " received) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _summary(row: Sequence[Any], latest: Sequence[Sequence[Any]]) -> NodeSummary:
+    """A ``_SELECT_SUMMARY`` row and the endpoint's ``_SELECT_LATEST`` rows."""
+    (ep, state, reg_id, host, port, lifetime, registered_at, updated_at, last_seen, sends,
+     readings, binding, version) = row
+    values = {path: v[1] for path, v in sorted(_merged(latest).items())}
+    return NodeSummary(ep, state, reg_id, host, port, lifetime, registered_at, updated_at,
+                       last_seen, sends, readings, last_values=values, binding=binding,
+                       lwm2m_version=version)
+
+
+def _connect(path: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0,
+                               check_same_thread=check_same_thread)
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open database: {e}") from e
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+    except sqlite3.Error as e:
+        conn.close()
+        raise StoreError(f"{path}: {e}") from e
+    return conn
+
+
+def _open_readonly(path: str | Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               timeout=10.0)
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open database: {e}") from e
+    try:
+        at = schema.version(conn)
+    except sqlite3.Error as e:
+        conn.close()
+        raise StoreError(f"{path}: {e}") from e
+    if at != schema.SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(f"{path}: schema version {at}, not this gateway's"
+                         f" ({schema.SCHEMA_VERSION}); open it read-write to migrate")
+    return conn
 
 
 _SELECT_REG = (
@@ -909,33 +762,3 @@ def _registration(row: Sequence[Any]) -> Registration:
                         sys.intern(version), sys.intern(links), *rest)
 
 
-def _from_db(kind: str, value: Any) -> Value:
-    if kind == "vb":
-        return bool(value)
-    if kind == "vd":
-        return bytes(value)
-    return value  # type: ignore[no-any-return]
-
-
-def _migrate(conn: sqlite3.Connection, path: str | Path) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: schema version {version} is newer than this gateway's"
-            f" ({SCHEMA_VERSION}); upgrade the gateway"
-        )
-    while version < SCHEMA_VERSION:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            script, convert = _MIGRATIONS[version]
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            if convert is not None:
-                convert(conn)
-            conn.execute(f"PRAGMA user_version = {version + 1}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        version += 1

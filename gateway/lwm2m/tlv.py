@@ -47,8 +47,8 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..errors import BadRequest
 from .ddf import ObjectDef, ResourceDef, ResourceType, resource_def
-from .errors import BadRequest
 from .paths import MAX_ID, Path, PathError, format_path, parse_objlnk, parse_path
 from .senml import Record, Value, ValueKind
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 __all__ = [
     "MAX_ID",

@@ -32,7 +32,7 @@ clients, in OMA-TLV (plain text for a single resource) for LwM2M 1.0 clients, or
 format named by ``content_format``.
 
 Queue mode (binding with ``Q``): a request for a node that has not sent an Update (or
-Register) within ``dm.queue_awake_s`` is stored in SQLite (``dmstore``) and delivered,
+Register) within ``dm.queue_awake_s`` is stored durably (``Storage.dm``) and delivered,
 in order, when the node next sends an Update, Register or Send; the result is recorded.
 The operation methods then wait for that (wrap them in ``asyncio.timeout`` to stop
 waiting: the request stays queued); ``enqueue`` returns the request id at once, and
@@ -44,7 +44,7 @@ Each Notification is decoded and stored like a Send (``Registry.submit_send``: r
 last values, uplink outbox, listeners), and linked to its observation in
 ``dm_notifications``; the first answer to Observe is stored the same way. One older
 than the last seen for its observation (RFC 7641 §3.4) is dropped. A plain one-datagram
-Notification may be served below aiocoap (``gateway/fastnotify.py``, which finds its
+Notification may be served below aiocoap (``gateway/coap/fastnotify.py``, which finds its
 observation with ``take_notification``); aiocoap hands the others to ``_on_notify``. After a
 gateway restart every persisted observation of a live registration is re-established
 at once (queue-mode clients: when they next wake); a new Register (which ends the
@@ -67,28 +67,36 @@ import base64
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import aiocoap
-import aiocoap.error
 import cbor2
-from aiocoap.numbers.codes import Code
 
-from . import codecs
-from .ddf import ObjectDef, ResourceType, resource_def
-from .dmstore import DMStore, ObservationRow
-from .errors import BadRequest, GatewayError
-from .paths import MAX_ID, format_path, parse_path
-from .registry import Registry, RegistryEvent
-from .senml import Record, Value, ValueKind
-from .store import Registration, Store
+from ..coap.aio import Code, aiocoap
+from ..errors import BadRequest, GatewayError
+from ..lwm2m import codecs
+from ..lwm2m.ddf import ObjectDef, ResourceType, resource_def
+from ..lwm2m.linkformat import (
+    CF_LINK_FORMAT,
+    content_formats,
+    free_instance,
+    registered_instances,
+)
+from ..lwm2m.paths import MAX_ID, format_path, parse_path
+from ..lwm2m.registry import Registry, RegistryEvent
+from ..lwm2m.senml import Record, Value, ValueKind
+from ..storage.api import (
+    NotificationLink,
+    ObservationRow,
+    Registration,
+    RequestRow,
+    Storage,
+)
 
 if TYPE_CHECKING:
-    from .config import DMConfig
+    from ..config import DMConfig
 
 __all__ = [
     "ATTRIBUTES",
@@ -122,8 +130,6 @@ OPERATIONS: tuple[str, ...] = (
 # Write-Attributes names and value types (TS Core 1.1 §5.1.2: <NOTIFICATION> class)
 ATTRIBUTES: dict[str, type] = {"pmin": int, "pmax": int, "gt": float, "lt": float,
                                "st": float, "epmin": int, "epmax": int}
-CF_LINK_FORMAT = 40
-_CT = re.compile(r'<(?:/)?>[^,]*?;ct="?([0-9 ]+)"?')
 
 
 class DMError(GatewayError):
@@ -273,12 +279,12 @@ class DeviceManagement:
 
     WAKE_EVENTS: ClassVar[frozenset[str]] = frozenset({"registered", "updated", "send"})
 
-    def __init__(self, store: Store, registry: Registry, dmstore: DMStore,
+    def __init__(self, store: Storage, registry: Registry,
                  config: DMConfig, *, objects: Mapping[int, ObjectDef] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._registry = registry
-        self.db = dmstore
+        self.db = store.dm
         self._cfg = config
         self.objects = objects
         self._clock = clock
@@ -479,11 +485,13 @@ class DeviceManagement:
     def requests(self, endpoint: str | None = None, *, open_only: bool = False,
                  limit: int = 100) -> list[dict[str, Any]]:
         """Recorded requests as JSON-serialisable dicts, oldest first."""
-        return [{"id": r.id, "endpoint": r.endpoint, "op": r.op, "state": r.state,
-                 "queued": r.queued, "created": r.created, "attempts": r.attempts,
-                 "finished": r.finished, "result": r.result,
-                 "path": r.spec.get("paths") or r.spec.get("path")}
+        return [_request_json(r)
                 for r in self.db.requests(endpoint, open_only=open_only, limit=limit)]
+
+    def request(self, request_id: int) -> dict[str, Any] | None:
+        """One recorded request as a JSON-serialisable dict (None: unknown id)."""
+        row = self.db.request(request_id)
+        return None if row is None else _request_json(row)
 
     async def wait(self, request_id: int) -> DMResult:
         """Wait for a request's result (raises ``DMError`` if it failed without one)."""
@@ -581,7 +589,7 @@ class DeviceManagement:
             raise DMError(f"create takes an object path, not {text}")
         if not isinstance(value, Mapping):
             raise DMError("create takes {resource id: value}")
-        iid = instance if instance is not None else _free_instance(reg, ids[0])
+        iid = instance if instance is not None else free_instance(reg.object_links, ids[0])
         base = (ids[0], iid)
         records = _records(base, value, self.objects)
         cf = content_format or _write_format(reg, base, records, single_ok=False)
@@ -660,7 +668,7 @@ class DeviceManagement:
             async with asyncio.timeout(limit):
                 response = await request.response
         except TimeoutError as e:
-            # Lose interest explicitly: gateway/coapmsg.py then stops the CON's
+            # Lose interest explicitly: gateway/coap/layer.py then stops the CON's
             # retransmissions, which with NSTART = 1 would hold every later request.
             request.response.cancel()
             raise DeviceTimeout(f"{wire.op} {wire.key}: {reg.endpoint} did not answer"
@@ -735,7 +743,7 @@ class DeviceManagement:
                 lambda exc: self._on_observe_end(live, exc), _suppress_deprecation=True)
             log.info("observing %s on ep=%s (observation %d, token %s)", wire.key,
                      reg.endpoint, obs_id, response.token.hex())
-        if result.values:
+        if result.values and response.opt.oscore is None:  # unverified: not stored
             self._store_values(obs_id, reg, wire, response.opt.content_format,
                                bytes(response.payload), response.opt.observe)
         return DMResult(result.endpoint, result.operation, result.path, result.code,
@@ -749,6 +757,10 @@ class DeviceManagement:
             log.info("ep=%s ended observation of %s with %s", live.endpoint, live.key,
                      _code_text(msg.code))
             self._drop_live(live)
+            return
+        if msg.opt.oscore is not None:  # no security context verified it (coap/wire.py)
+            log.warning("ep=%s: OSCORE-protected Notification for %s not stored (no"
+                        " security context)", live.endpoint, live.key)
             return
         reg = self._live_registration(live.endpoint)
         if reg is None:
@@ -817,7 +829,7 @@ class DeviceManagement:
         future = self._registry.submit_send(
             reg, token=b"", content_format=cf_int if cf_int is not None else codecs.CF_TEXT,
             payload=payload, records=records,
-            also=self.db.notification_writer(live_id, seq, cf_int, self._clock()))
+            notification=NotificationLink(live_id, seq, cf_int, self._clock()))
 
         def stored(fut: asyncio.Future[Any]) -> None:
             if not fut.cancelled() and fut.exception() is not None:
@@ -964,7 +976,7 @@ class DeviceManagement:
 
     async def _auto_observe(self, reg: Registration) -> None:
         """Observe the configured ``dm.observe`` paths the registration lists."""
-        listed = _registered_instances(reg.object_links)
+        listed = registered_instances(reg.object_links)
         live = {(v.key, v.reg_id) for v in self._live.values() if v.endpoint == reg.endpoint}
         for path in self._cfg.observe:
             ids = parse_path(path)
@@ -1039,6 +1051,13 @@ class DeviceManagement:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _request_json(r: RequestRow) -> dict[str, Any]:
+    return {"id": r.id, "endpoint": r.endpoint, "op": r.op, "state": r.state,
+            "queued": r.queued, "created": r.created, "attempts": r.attempts,
+            "finished": r.finished, "result": r.result,
+            "path": r.spec.get("paths") or r.spec.get("path")}
 
 
 def _queue_mode(reg: Registration) -> bool:
@@ -1175,16 +1194,9 @@ def _typed(path: str, value: Any, rtype: ResourceType | None) -> tuple[ValueKind
     return kind, value
 
 
-def _supported_formats(reg: Registration) -> set[int]:
-    m = _CT.search(reg.object_links)
-    if not m:
-        return set()
-    return {int(x) for x in m.group(1).split()}
-
-
 def _write_format(reg: Registration, ids: tuple[int, ...], records: list[Record], *,
                   single_ok: bool = True) -> int:
-    listed = _supported_formats(reg)
+    listed = content_formats(reg.object_links)
     for cf in (codecs.CF_SENML_CBOR, codecs.CF_SENML_JSON, codecs.CF_LWM2M_CBOR,
                codecs.CF_TLV):
         if cf in listed:
@@ -1195,36 +1207,6 @@ def _write_format(reg: Registration, ids: tuple[int, ...], records: list[Record]
             return codecs.CF_TEXT
         return codecs.CF_TLV
     return codecs.CF_SENML_CBOR
-
-
-_LINK = re.compile(r"<([^>]*)>([^,]*)")
-
-
-def _registered_instances(object_links: str) -> set[tuple[int, ...]]:
-    """The objects ``(O,)`` and object instances ``(O, I)`` an object-link list names,
-    under its alternate root path (``</lwm2m>;rt="oma.lwm2m"``) when it has one."""
-    links = _LINK.findall(object_links)
-    root = next((t.rstrip("/") for t, attrs in links if 'rt="oma.lwm2m"' in attrs), "")
-    out: set[tuple[int, ...]] = set()
-    for target, _attrs in links:
-        if root and not target.startswith(root + "/"):
-            continue
-        try:
-            ids = parse_path(target[len(root):])
-        except GatewayError:
-            continue
-        if ids:
-            out.add(ids[:1])
-            out.add(ids[:2])
-    return out
-
-
-def _free_instance(reg: Registration, obj: int) -> int:
-    taken = {int(m.group(1)) for m in re.finditer(rf"</{obj}/([0-9]+)>", reg.object_links)}
-    iid = 0
-    while iid in taken:
-        iid += 1
-    return iid
 
 
 def dumps(result: DMResult) -> str:

@@ -41,8 +41,8 @@ from typing import Any
 
 import cbor2
 
+from ..errors import BadRequest
 from .ddf import ObjectDef, ResourceDef, ResourceType, resource_def
-from .errors import BadRequest
 from .paths import MAX_ID, Path, PathError, format_path, is_under, parse_objlnk, parse_path
 from .senml import Record, Value, ValueKind
 
@@ -243,7 +243,8 @@ def _typed(plain: tuple[ValueKind, Value], rtype: ResourceType | None,
     raise LwM2MCBORError(f"{where}: a {rtype} resource cannot take {_short(value)}")
 
 
-def _item(value: Value, rtype: ResourceType | None, where: str) -> Any:
+def _item(value: Value | bytearray | memoryview, rtype: ResourceType | None,
+          where: str) -> Any:
     """The CBOR item for ``value`` in a resource of DDF type ``rtype``."""
     if isinstance(value, (bytearray, memoryview)):
         value = bytes(value)

@@ -46,8 +46,8 @@ from collections.abc import Callable
 
 import aiomqtt
 
-from .config import MqttConfig
-from .store import OutboxMessage, OutboxRow, StatusChange, Store, StoredReading
+from ..config import MqttConfig
+from ..storage.api import OutboxMessage, OutboxRow, StatusChange, Storage, StoredReading
 
 __all__ = ["KEEP_CONFIRMED", "Backoff", "TopicScheme", "Uplink"]
 
@@ -115,7 +115,7 @@ class Uplink:
     def __init__(
         self,
         config: MqttConfig,
-        store: Store,
+        store: Storage,
         *,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,

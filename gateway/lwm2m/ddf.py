@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .paths import MAX_ID
 
 __all__ = [
@@ -167,7 +167,7 @@ def resource_def(objects: Mapping[int, ObjectDef] | None,
 
 @functools.lru_cache(maxsize=1)
 def _shipped() -> tuple[tuple[int, ObjectDef], ...]:
-    folder = importlib.resources.files(__package__ or "aiotkit.gateway") / "objects"
+    folder = importlib.resources.files("aiotkit.gateway") / "objects"
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".xml")),
                    key=lambda f: f.name)
     found = _collect((f.name, f.read_bytes, f"gateway/objects/{f.name}") for f in files)

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .senml import Record
+from ..errors import GatewayError
+from ..lwm2m.registry import RegistryEvent
+from ..lwm2m.senml import Record
 
 log = logging.getLogger("aiotkit.gateway.shadow")
 
@@ -35,7 +36,7 @@ Status = Literal["agree", "disagree", "unchecked"]
 SUMMARY_EVERY = 100
 
 
-class ShadowUnavailable(Exception):
+class ShadowUnavailable(GatewayError):
     """numpy or tflite-micro is missing: the shadow check cannot run here."""
 
 
@@ -48,7 +49,7 @@ class ShadowModel:
     data: bytes
     _interp: Any = field(default=None, repr=False)
 
-    def run(self, x) -> Any:
+    def run(self, x: Any) -> Any:
         """int8 output row for one int8 input row (the model's own TFLM interpreter)."""
         import numpy as np
 
@@ -113,7 +114,6 @@ def decision_values(records: Sequence[Record]) -> dict[int, Any]:
 def check(endpoint: str, values: dict[int, Any], index: ModelIndex) -> Verdict:
     """Replay one decision through the reference interpreter; see the module docstring."""
     import numpy as np
-
     from aiotkit.models.inputq import quantize
 
     seq = values.get(0)
@@ -141,7 +141,7 @@ def check(endpoint: str, values: dict[int, Any], index: ModelIndex) -> Verdict:
         if any(d.get("index", 1 << 30) >= feats.shape[1] for d in inputs):
             return verdict("disagree", f"{kind} {m.path.parent.name}: the node sent"
                            f" {feats.shape[1]} feature outputs, the model reads more")
-        x = quantize(feats, exps, inputs)[0]
+        x = quantize(feats, exps, inputs)[0]  # type: ignore[no-untyped-call]
         y = m.run(x)
         if kind == "classifier":
             label = int(np.argmax(y))  # the first largest, as the node
@@ -186,7 +186,7 @@ class ShadowChecker:
         self.recent: deque[Verdict] = deque(maxlen=keep)
         self._seen: set[str] = set()
 
-    def on_event(self, event) -> None:
+    def on_event(self, event: RegistryEvent) -> None:
         if event.kind != "send" or not event.records:
             return
         values = decision_values(event.records)
@@ -213,8 +213,3 @@ class ShadowChecker:
         if n % SUMMARY_EVERY == 0:
             log.info("shadow check: %d decisions, %d agree, %d disagree, %d not checked", n,
                      self.counts["agree"], self.counts["disagree"], self.counts["unchecked"])
-
-
-def raw_features(values: Sequence[int]) -> bytes:
-    """The /33002/0/9 encoding of int32 feature outputs (little-endian), for tests/tools."""
-    return struct.pack(f"<{len(values)}i", *values)

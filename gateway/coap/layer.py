@@ -1,13 +1,26 @@
-"""Two adjustments to aiocoap's CoAP-over-UDP message layer (RFC 7252 §4), version-gated.
+"""The gateway's CoAP message layer: aiocoap's, adjusted, and the datagram hook.
 
-**Compact deduplication** (§4.5, ``[coap] compact_dedup``). aiocoap's ``MessageManager``
-remembers every received request for EXCHANGE_LIFETIME (247 s) with the whole response
-``Message`` (its request, options and remote) and one timer each: about 3.4 kB per
-exchange, 34 MB for a storm of 10,000 Registers. ``DedupCache`` keeps only the key
-(remote, MID) and the encoded response bytes, and expires entries in time-ordered
-buckets swept by one timer. Semantics are aiocoap's: a duplicate CON gets the same
-bytes again (piggybacked response or empty ACK) or, while the handler still runs,
-nothing; a duplicate NON is dropped; the handler never runs twice.
+aiocoap serves CoAP over UDP (RFC 7252): message layer (retransmission, deduplication),
+token layer, request layer, the LwM2M resource (``lwm2m.server``). Three adjustments sit
+in its message layer, each on one context's instances (never the class):
+
+**The datagram hook** (``DatagramHook``, one per UDP interface) is the one place that
+intercepts datagrams before aiocoap. The UDP transport hands every received datagram to
+the interface's ``datagram_msg_received``; the hook takes that call, parses the datagram
+once (``coap.wire.parse``) and offers it to its fast paths in order. A fast path
+implements ``FastPath``: ``take(msg, ancdata, address)`` serves the datagram and returns
+True, or returns False and aiocoap gets it unchanged. A malformed datagram, one from an
+address that is not a plain UDP socket address, and one carrying OSCORE (see
+``coap.wire``) are never offered. The fast paths answer through ``send`` (from the
+local address the datagram came to, as aiocoap answers) and share the compact
+deduplication cache (``cache``, ``admit``) with aiocoap's layer. Today's fast paths:
+``coap.fastsend`` (LwM2M Send) and ``coap.fastnotify`` (Observe Notifications).
+
+**Compact deduplication** (§4.5, ``[coap] compact_dedup``): ``coap.dedup.DedupCache``
+in place of aiocoap's per-exchange ``Message`` and timer. Semantics are aiocoap's: a
+duplicate CON gets the same bytes again (piggybacked response or empty ACK) or, while
+the handler still runs, nothing; a duplicate NON is dropped; the handler never runs
+twice. The datagram hook needs it (fast paths record their exchanges there).
 
 **Abandoned requests stop retransmitting.** ``TokenInterface.send_message`` may return a
 canceller that the token layer calls when the request loses interest, but aiocoap's
@@ -16,12 +29,13 @@ retransmitted for MAX_TRANSMIT_WAIT (93 s), and with NSTART = 1 every later CON 
 peer waits behind it, then fails with it. ``MessageLayer`` supplies the canceller: it
 ends the exchange (or drops the message from the backlog) and the next one goes out.
 
-Both replace private parts of ``aiocoap.messagemanager.MessageManager`` on one context's
-instances (never the class). They are installed only on aiocoap 0.4.7 up to (not
-including) 0.5 whose internals were read (0.4.7 and 0.4.17: ``_recent_messages``,
+All three touch private parts of ``aiocoap.messagemanager.MessageManager`` and its UDP
+message interface. They are installed only on aiocoap 0.4.7 up to (not including) 0.5
+whose internals were read (0.4.7 and 0.4.17: ``_recent_messages``,
 ``_deduplicate_message``, ``_store_response_for_duplicates``, ``_active_exchanges``,
-``_backlogs``, ``_continue_backlog``) and only when those attributes exist; otherwise
-``install`` logs one line and the context keeps aiocoap's behaviour.
+``_backlogs``, ``_continue_backlog``, ``message_interface.datagram_msg_received``) and
+only when those attributes exist; otherwise ``install`` logs one line and the context
+keeps aiocoap's behaviour (and no fast path runs).
 """
 
 from __future__ import annotations
@@ -30,26 +44,26 @@ import asyncio
 import functools
 import logging
 import re
-import sys
-import time
-from collections import deque
+import socket
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Protocol
 
-import aiocoap
-import aiocoap.meta
-from aiocoap.messagemanager import MessageManager
-from aiocoap.numbers.constants import TransportTuning
-from aiocoap.numbers.types import CON
-from aiocoap.transports.udp6 import UDP6EndpointAddress
+from . import wire
+from .aio import MessageManager as _MessageManager
+from .aio import Type, UDP6EndpointAddress, aiocoap
+from .dedup import DedupCache
 
-__all__ = ["DedupCache", "MessageLayer", "install", "supported", "udp_key"]
+__all__ = ["DatagramHook", "FastPath", "MessageLayer", "install", "supported"]
+
+Sockaddr = tuple[Any, ...]  # an IPv6 socket address: (host, port, flowinfo, scope id)
+Ancdata = list[tuple[int, int, bytes]]  # recvmsg's ancillary data (IPV6_PKTINFO)
 
 log = logging.getLogger("aiotkit.gateway.coap")
 
 _CHECKED = ((0, 4, 7), (0, 5))  # aiocoap versions whose MessageManager was read
 _INTERNALS = ("_recent_messages", "_deduplicate_message", "_store_response_for_duplicates",
               "_active_exchanges", "_backlogs", "_continue_backlog", "message_interface")
+_CON = Type.CON
 _NEW = object()
 
 
@@ -59,67 +73,10 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(g) for g in m.groups("0")) if m else ()
 
 
-def supported(version: str = aiocoap.meta.version) -> bool:
+def supported(version: str | None = None) -> bool:
     """Whether this aiocoap version is one whose message-layer internals were checked."""
-    v = _version(version)
+    v = _version(aiocoap.meta.version if version is None else version)
     return _CHECKED[0] <= v < _CHECKED[1]
-
-
-class DedupCache:
-    """Recently received (remote, MID) keys, each with its encoded response or None.
-
-    Every entry lives ``lifetime`` seconds and up to ``lifetime / 16`` (at most 1 s)
-    more: entries are filed in buckets by deadline, and ``expire()`` drops whole
-    buckets, oldest first. No I/O and no timers: the clock is injected.
-    """
-
-    def __init__(self, lifetime: float, clock: Callable[[], float] = time.monotonic):
-        if lifetime <= 0:
-            raise ValueError(f"lifetime must be positive (got {lifetime})")
-        self.lifetime = lifetime
-        self.step = min(1.0, lifetime / 16)
-        self._clock = clock
-        self._entries: dict[Hashable, bytes | None] = {}
-        self._buckets: deque[tuple[float, list[Hashable]]] = deque()  # (deadline, keys)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: Hashable, default: Any = None) -> Any:
-        """The response bytes (None: not sent yet), or ``default`` for an unknown key."""
-        return self._entries.get(key, default)
-
-    def add(self, key: Hashable) -> None:
-        """Remember a new key (no response yet); a known key is left as it is."""
-        if key in self._entries:
-            return
-        deadline = self._clock() + self.lifetime
-        if not self._buckets or self._buckets[-1][0] < deadline:
-            self._buckets.append((deadline + self.step, []))
-        self._buckets[-1][1].append(key)
-        self._entries[key] = None
-
-    def waiting(self, key: Hashable) -> bool:
-        """Whether ``key`` is known and has no response yet."""
-        return key in self._entries and self._entries[key] is None
-
-    def respond(self, key: Hashable, data: bytes) -> None:
-        """Keep ``data`` as the answer to duplicates of ``key`` (if ``key`` is known)."""
-        if key in self._entries:
-            self._entries[key] = data
-
-    def expire(self) -> float | None:
-        """Drop the entries whose lifetime is over; the next bucket's deadline or None."""
-        now = self._clock()
-        buckets, entries = self._buckets, self._entries
-        while buckets and buckets[0][0] <= now:
-            for key in buckets.popleft()[1]:
-                del entries[key]
-        return buckets[0][0] if buckets else None
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._buckets.clear()
 
 
 def _key(message: aiocoap.Message) -> Hashable:
@@ -127,14 +84,8 @@ def _key(message: aiocoap.Message) -> Hashable:
     (``UDP6EndpointAddress`` docs), so those stand for it, the host string shared."""
     remote = message.remote
     if type(remote) is UDP6EndpointAddress:
-        return udp_key(remote.sockaddr, message.mid)
+        return wire.dedup_key(remote.sockaddr, message.mid)
     return remote, message.mid
-
-
-def udp_key(sockaddr: tuple[Any, ...], mid: int) -> Hashable:
-    """The deduplication key of message ID ``mid`` from the UDP peer ``sockaddr``."""
-    host, port, flowinfo = sockaddr[:3]
-    return sys.intern(host), flowinfo, port << 16 | mid
 
 
 class _Dedup:
@@ -157,9 +108,9 @@ class _Dedup:
         if found is _NEW:
             self.admit(key)
             return False
-        if message.mtype is not CON:
+        if message.mtype is not _CON:
             log.info("Duplicate NON, ACK or RST received")
-        elif found is None:
+        elif not isinstance(found, bytes):
             log.info("Duplicate CON received, no response to send yet")
         else:
             log.info("Duplicate CON received, sending old response again")
@@ -190,6 +141,76 @@ class _Dedup:
         self.cache.clear()
 
 
+class FastPath(Protocol):
+    """A server of one kind of plain datagram below aiocoap, offered datagrams by a
+    ``DatagramHook`` (``coap.fastsend``, ``coap.fastnotify``)."""
+
+    served: int  # datagrams it served (tests, benchmarks)
+
+    def take(self, msg: wire.Datagram, ancdata: Ancdata, address: Sockaddr) -> bool:
+        """Serve ``msg`` from ``address`` and return True, or return False and leave it to
+        aiocoap, unchanged. Raising is a bug: the hook logs it and aiocoap gets the
+        datagram."""
+        ...
+
+
+class DatagramHook:
+    """The one place a UDP interface's datagrams are intercepted before aiocoap (module
+    docstring). ``add`` fast paths; ``close()`` before the context shuts down."""
+
+    def __init__(self, interface: Any, dedup: _Dedup) -> None:
+        self._iface = interface
+        self._dedup = dedup
+        self.cache: DedupCache = dedup.cache
+        self.closed = False  # shut down: fast paths store nothing more, answer nothing
+        self._paths: list[FastPath] = []
+        self._slow: Callable[[bytes, Ancdata, int, Sockaddr], None] = (
+            interface.datagram_msg_received)
+        interface.datagram_msg_received = self._received
+
+    def add(self, path: FastPath) -> None:
+        """Offer datagrams to ``path`` after the paths added before it."""
+        self._paths.append(path)
+
+    def admit(self, key: Hashable) -> None:
+        """Record a new exchange ``key`` (no response yet), as a request aiocoap
+        receives is recorded; keeps the cache's expiry running."""
+        self._dedup.admit(key)
+
+    def send(self, data: bytes, ancdata: Ancdata, address: Sockaddr) -> None:
+        """Send ``data`` to ``address`` from the local address a datagram with
+        ``ancdata`` came to (aiocoap answers the same way). A failed ``sendmsg`` reaches
+        the interface's ``error_received``, as for aiocoap's own answers."""
+        pktinfo = [a for a in ancdata if a[0] == socket.IPPROTO_IPV6
+                   and a[1] == socket.IPV6_PKTINFO][:1]
+        self._iface.transport.sendmsg(data, pktinfo, 0, address)
+
+    def close(self) -> None:
+        """Datagrams go straight to aiocoap again; no fast path answers any more."""
+        self.closed = True
+        self._paths.clear()
+        if self._iface.__dict__.get("datagram_msg_received") == self._received:
+            del self._iface.datagram_msg_received
+
+    def _received(self, data: bytes, ancdata: Ancdata, flags: int,
+                  address: Sockaddr) -> None:
+        if self._paths and type(address) is tuple and len(address) == 4:
+            try:
+                msg = wire.parse(data)
+            except wire.WireError:  # aiocoap judges (and logs) malformed datagrams
+                msg = None
+            if msg is not None and not msg.protected:
+                for path in self._paths:
+                    try:
+                        if path.take(msg, ancdata, address):
+                            return
+                    except Exception:  # a bug there must not cost the datagram
+                        log.exception("fast path %s failed; passing the datagram to"
+                                      " aiocoap", type(path).__name__)
+                        break
+        self._slow(data, ancdata, flags, address)
+
+
 class MessageLayer:
     """The adjustments on one ``MessageManager``; ``close()`` when its context is shut."""
 
@@ -198,33 +219,26 @@ class MessageLayer:
         self._mman = mman
         mman.send_message = functools.partial(self._send_message, mman.send_message)
         self._dedup = _Dedup(mman, cache, loop) if cache is not None else None
+        # the hook needs the compact cache: fast paths record their exchanges there
+        self.hook = (DatagramHook(mman.message_interface, self._dedup)
+                     if self._dedup is not None else None)
 
     @property
     def dedup(self) -> DedupCache | None:
         """The deduplication cache (None: aiocoap's own is in use)."""
         return self._dedup.cache if self._dedup is not None else None
 
-    @property
-    def interface(self) -> Any:
-        """The message interface (for UDP: aiocoap's ``MessageInterfaceUDP6``)."""
-        return self._mman.message_interface
-
-    def admit(self, key: Hashable) -> None:
-        """Record a new exchange key in the compact cache, as a received request does
-        (for a request served below aiocoap, ``gateway/fastsend.py``)."""
-        if self._dedup is None:
-            raise RuntimeError("no compact deduplication cache")
-        self._dedup.admit(key)
-
     def close(self) -> None:
+        if self.hook is not None:
+            self.hook.close()
         if self._dedup is not None:
             self._dedup.close()
 
     def _send_message(self, send: Callable[..., Any], message: aiocoap.Message,
                       messageerror_monitor: Callable[[], None]) -> Callable[[], None] | None:
         """``send_message`` with the canceller the token layer calls on loss of interest."""
-        canceller = send(message, messageerror_monitor)
-        if canceller is None and message.mtype is CON and message.code.is_request():
+        canceller: Callable[[], None] | None = send(message, messageerror_monitor)
+        if canceller is None and message.mtype is _CON and message.code.is_request():
             return functools.partial(self._abandon, message)
         return canceller
 
@@ -259,7 +273,7 @@ def _message_managers(ctx: aiocoap.Context) -> list[Any]:
     found = []
     for ri in ctx.request_interfaces:
         mman = getattr(ri, "token_interface", None)
-        if type(mman) is MessageManager:
+        if type(mman) is _MessageManager:
             found.append(mman)
     return found
 
@@ -281,6 +295,6 @@ def install(ctx: aiocoap.Context, *, compact_dedup: bool = True,
                     version, why)
         return []
     loop = asyncio.get_running_loop()
-    life = TransportTuning().EXCHANGE_LIFETIME if lifetime is None else lifetime
+    life = wire.EXCHANGE_LIFETIME if lifetime is None else lifetime
     return [MessageLayer(m, DedupCache(life, clock or loop.time) if compact_dedup else None,
                          loop) for m in mmans]

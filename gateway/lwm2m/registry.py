@@ -1,7 +1,7 @@
 """The LwM2M registry: what Register, Update, De-register, Send and expiry mean.
 
 Transport-free: the CoAP layer (``lwm2m``) parses requests and calls this; this decides
-and commits to the ``Store`` before returning, so a caller may acknowledge right after.
+and commits to the ``Storage`` before returning, so a caller may acknowledge right after.
 Expiry runs by wall clock (``updated_at + lifetime``), also across restarts, and is
 checked lazily on every lookup as well, so a registration past its lifetime is never
 served even between two runs of the periodic check.
@@ -10,11 +10,9 @@ Registrations and Sends arriving together are committed together (``submit_regis
 ``submit_send``: group commit): queued operations are all stored, in order, in one
 transaction (one COMMIT, one fsync) as soon as the previous batch's COMMIT has returned,
 after ``MAX_BATCH_WAIT_S`` when none is on its way, or once ``MAX_BATCH`` are queued.
-The COMMIT runs on the store's writer thread (``Store.commit_later``): the event loop
+The COMMIT runs on the store's writer thread (``Storage.commit_later``): the event loop
 keeps receiving and decoding while it fsyncs, and what arrives meanwhile makes the next
-batch, so batches grow with the load and the disk's latency by themselves. (With the
-fsync on the loop's thread, a batch flushed as soon as one loop iteration brought
-nothing new held about 4 Sends under load, and a 5 ms timer was needed.) Each caller's
+batch, so batches grow with the load and the disk's latency by themselves. Each caller's
 future resolves, and the change is logged and announced, only after the COMMIT that
 holds it returned, so an acknowledgement still means "on disk"; an operation that fails
 inside the batch fails alone.
@@ -26,15 +24,14 @@ import asyncio
 import hashlib
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
-from .errors import NotFound, StoreError
+from ..errors import NotFound, StoreError
+from ..storage.api import NotificationLink, Registration, SendResult, Storage
 from .senml import Record
-from .store import Registration, SendResult, Store
 
 __all__ = ["MAX_BATCH", "MAX_BATCH_WAIT_S", "Registry", "RegistryEvent", "new_reg_id"]
 
@@ -46,6 +43,17 @@ MAX_BATCH_WAIT_S = 0.0  # how long the first of a batch waits for company (none 
 _T = TypeVar("_T")
 
 EventName = Literal["registered", "updated", "deregistered", "expired", "send"]
+
+
+class RegisterParams(TypedDict):
+    """What a Register carries besides the endpoint name (TS Core §6.2.1)."""
+
+    lifetime: int
+    lwm2m_version: str
+    binding: str
+    object_links: str
+    host: str
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +76,7 @@ class Registry:
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         *,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = new_reg_id,
@@ -96,66 +104,21 @@ class Registry:
 
     # -- client registration interface -------------------------------------------------
 
-    def register(
-        self,
-        endpoint: str,
-        *,
-        lifetime: int,
-        lwm2m_version: str,
-        binding: str,
-        object_links: str,
-        host: str,
-        port: int,
-    ) -> Registration:
+    def register(self, endpoint: str, **params: Unpack[RegisterParams]) -> Registration:
         """Register ``endpoint``; a registration it already had is replaced."""
-        return self._registered(self._save_register(
-            endpoint, lifetime=lifetime, lwm2m_version=lwm2m_version, binding=binding,
-            object_links=object_links, host=host, port=port))
+        return self._registered(self._save_register(endpoint, params))
 
-    def submit_register(
-        self,
-        endpoint: str,
-        *,
-        lifetime: int,
-        lwm2m_version: str,
-        binding: str,
-        object_links: str,
-        host: str,
-        port: int,
-    ) -> asyncio.Future[Registration]:
+    def submit_register(self, endpoint: str,
+                        **params: Unpack[RegisterParams]) -> asyncio.Future[Registration]:
         """``register`` in the next group commit; the future resolves after COMMIT."""
-        return self._submit(
-            lambda: self._save_register(
-                endpoint, lifetime=lifetime, lwm2m_version=lwm2m_version, binding=binding,
-                object_links=object_links, host=host, port=port),
-            self._registered,
-        )
+        return self._submit(lambda: self._save_register(endpoint, params), self._registered)
 
-    def _save_register(
-        self,
-        endpoint: str,
-        *,
-        lifetime: int,
-        lwm2m_version: str,
-        binding: str,
-        object_links: str,
-        host: str,
-        port: int,
-    ) -> tuple[Registration, str | None]:
+    def _save_register(self, endpoint: str,
+                       params: RegisterParams) -> tuple[Registration, str | None]:
         now = self._clock()
         old = self._store.registration(endpoint)
-        reg = Registration(
-            endpoint=endpoint,
-            reg_id=self._fresh_id(),
-            host=host,
-            port=port,
-            lifetime=lifetime,
-            binding=binding,
-            lwm2m_version=lwm2m_version,
-            object_links=object_links,
-            registered_at=now,
-            updated_at=now,
-        )
+        reg = Registration(endpoint=endpoint, reg_id=self._fresh_id(), registered_at=now,
+                           updated_at=now, **params)
         replaced = old.reg_id if old is not None and old.state == "registered" else None
         self._store.save_registration(
             reg, "registered", "registered", now,
@@ -233,19 +196,6 @@ class Registry:
             raise NotFound(f"no registration for {_addr(host, port)}; register first")
         return reg
 
-    def accept_send(
-        self,
-        reg: Registration,
-        *,
-        token: bytes,
-        content_format: int,
-        payload: bytes,
-        records: Sequence[Record],
-    ) -> SendResult:
-        """Commit a decoded Send (or recognise it as a duplicate)."""
-        return self._sent(reg, token, records,
-                          self._record_send(reg, token, content_format, payload, records))
-
     def submit_send(
         self,
         reg: Registration,
@@ -254,16 +204,17 @@ class Registry:
         content_format: int,
         payload: bytes,
         records: Sequence[Record],
-        also: Callable[[sqlite3.Connection, int], None] | None = None,
+        notification: NotificationLink | None = None,
     ) -> asyncio.Future[SendResult]:
         """Queue a decoded Send for the next group commit (call from the event loop).
 
         The future resolves once the transaction holding it has committed, or raises what
-        storing it raised (nothing of it is stored then). ``also`` writes rows that belong
-        with it in the same transaction (``Store.record_send``).
+        storing it raised (nothing of it is stored then). ``notification``: it is an
+        Observe Notification, linked to its observation in the same transaction.
         """
         return self._submit(
-            lambda: self._record_send(reg, token, content_format, payload, records, also),
+            lambda: self._record_send(reg, token, content_format, payload, records,
+                                      notification),
             lambda result: self._sent(reg, token, records, result),
         )
 
@@ -350,11 +301,11 @@ class Registry:
 
     def _record_send(self, reg: Registration, token: bytes, content_format: int,
                      payload: bytes, records: Sequence[Record],
-                     also: Callable[[sqlite3.Connection, int], None] | None = None,
+                     notification: NotificationLink | None = None,
                      ) -> SendResult:
         digest = hashlib.sha256(payload).digest()[:16]
         return self._store.record_send(
-            reg, token, digest, content_format, records, self._clock(), also=also)
+            reg, token, digest, content_format, records, self._clock(), notification=notification)
 
     def _sent(self, reg: Registration, token: bytes, records: Sequence[Record],
               result: SendResult) -> SendResult:

@@ -23,7 +23,7 @@ Errors are JSON ``{"error": KIND, "message": TEXT}``, plus ``"coap": "4.04"`` wh
 answered with an error code: 400 bad path or value, 401 missing or unknown token, 403 the
 role may not, 404 unknown endpoint (or route), 409 the endpoint is not registered, 502 the
 node refused (its CoAP code in ``coap``), 504 the node did not answer in time. The routes
-are described in ``gateway/openapi.json`` (also served at ``/api/v1/openapi.json``).
+are described in ``gateway/api/openapi.json`` (also served at ``/api/v1/openapi.json``).
 """
 
 from __future__ import annotations
@@ -44,18 +44,19 @@ from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import RestConfig
-from .errors import ConfigError, GatewayError, RequestError
-from .lwm2m import parse_link_format
-from .paths import PathError, format_path, parse_path
+from ..config import RestConfig
+from ..errors import ConfigError, GatewayError, RequestError
+from ..lwm2m.linkformat import parse_link_format
+from ..lwm2m.paths import PathError, format_path, is_under, parse_path
 
 if TYPE_CHECKING:
     from aiohttp import web
+    from aiohttp.typedefs import Middleware
 
-    from .app import Gateway
-    from .dm import DeviceManagement
-    from .registry import RegistryEvent
-    from .store import Registration
+    from ..app import Gateway
+    from ..dm.manager import DeviceManagement
+    from ..lwm2m.registry import RegistryEvent
+    from ..storage.api import Registration
 
 __all__ = ["ApiError", "RestApi", "Role", "Token", "load_tokens", "parse_tokens"]
 
@@ -142,7 +143,7 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
-class ApiError(Exception):
+class ApiError(GatewayError):
     """An HTTP error answer: status, a short kind, a message, the node's CoAP code."""
 
     def __init__(self, status: int, kind: str, message: str, coap: str | None = None,
@@ -196,6 +197,14 @@ def _registration_json(reg: Registration) -> dict[str, Any]:
 
 
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+def _json(body: Any, *, status: int = 200,
+          headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON answer (aiohttp is imported when the API runs)."""
+    from aiohttp import web
+
+    return web.json_response(body, status=status, headers=headers)
 
 
 class RestApi:
@@ -278,12 +287,6 @@ class RestApi:
             r.add_route(method, tail, self._guard(o, self._lwm2m))
         return app
 
-    @staticmethod
-    def _web() -> Any:
-        from aiohttp import web
-
-        return web
-
     def _guard(self, role: Role, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             token = self._authenticate(request)
@@ -313,7 +316,8 @@ class RestApi:
         return found
 
     async def _errors_impl(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        web = self._web()
+        from aiohttp import web
+
         try:
             return await handler(request)
         except ApiError as e:
@@ -333,8 +337,9 @@ class RestApi:
                                      status=500)
 
     @property
-    def _errors(self) -> Any:
-        web = self._web()
+    def _errors(self) -> Middleware:
+        from aiohttp import web
+
 
         @web.middleware
         async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -346,7 +351,7 @@ class RestApi:
 
     async def _whoami(self, request: web.Request) -> web.StreamResponse:
         token: Token = request["token"]
-        return self._web().json_response({
+        return _json({
             "gateway": self._gateway.config.gateway.id,
             "coap": self._gateway.coap_uri,
             "role": token.role.name,
@@ -354,41 +359,37 @@ class RestApi:
         })
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
-        text = (importlib.resources.files(__package__ or "aiotkit.gateway")
+        text = (importlib.resources.files("aiotkit.gateway.api")
                 / "openapi.json").read_text("utf-8")
-        return self._web().Response(text=text, content_type="application/json")
+        from aiohttp import web
+
+        return web.Response(text=text, content_type="application/json")
 
     async def _endpoints(self, request: web.Request) -> web.StreamResponse:
-        store = self._gateway.store
-        regs = {r.endpoint: r for r in store.registrations()}
-        out = []
-        for s in store.node_summaries():
-            reg = regs.get(s.endpoint)
-            out.append({
-                "endpoint": s.endpoint,
-                "state": s.state,
-                "reg_id": s.reg_id,
-                "address": s.address,
-                "lifetime": s.lifetime,
-                "binding": reg.binding if reg else None,
-                "lwm2m_version": reg.lwm2m_version if reg else None,
-                "registered_at": s.registered_at,
-                "updated_at": s.updated_at,
-                "last_seen": s.last_seen,
-                "sends": s.sends,
-                "readings": s.readings,
-            })
-        return self._web().json_response({"endpoints": out})
+        out = [{
+            "endpoint": s.endpoint,
+            "state": s.state,
+            "reg_id": s.reg_id,
+            "address": s.address,
+            "lifetime": s.lifetime,
+            "binding": s.binding,
+            "lwm2m_version": s.lwm2m_version,
+            "registered_at": s.registered_at,
+            "updated_at": s.updated_at,
+            "last_seen": s.last_seen,
+            "sends": s.sends,
+            "readings": s.readings,
+        } for s in self._gateway.store.node_summaries()]
+        return _json({"endpoints": out})
 
     async def _endpoint(self, request: web.Request) -> web.StreamResponse:
         reg = self._registration(request)
         body = _registration_json(reg)
-        summary = next((s for s in self._gateway.store.node_summaries()
-                        if s.endpoint == reg.endpoint), None)
+        summary = self._gateway.store.node_summary(reg.endpoint)
         if summary is not None:
             body.update(last_seen=summary.last_seen, sends=summary.sends,
                         readings=summary.readings)
-        return self._web().json_response(body)
+        return _json(body)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         reg = self._registration(request)
@@ -396,24 +397,23 @@ class RestApi:
         events = [{"id": e.id, "t": e.t, "kind": e.kind, "reg_id": e.reg_id,
                    "detail": e.detail}
                   for e in self._gateway.store.events(reg.endpoint, limit=limit)]
-        return self._web().json_response({"endpoint": reg.endpoint, "events": events})
+        return _json({"endpoint": reg.endpoint, "events": events})
 
     async def _readings(self, request: web.Request) -> web.StreamResponse:
         """The latest value of every path the node sent (Send or Notify)."""
         reg = self._registration(request)
         prefix = request.query.get("path")
         base = parse_path(prefix) if prefix else ()
-        summary = next((s for s in self._gateway.store.node_summaries()
-                        if s.endpoint == reg.endpoint), None)
+        summary = self._gateway.store.node_summary(reg.endpoint)
         values = summary.last_values if summary else {}
         out = [{"path": p, "value": json_value(v)} for p, v in sorted(values.items())
                if _under(p, base)]
-        return self._web().json_response({"endpoint": reg.endpoint, "readings": out})
+        return _json({"endpoint": reg.endpoint, "readings": out})
 
     async def _observations(self, request: web.Request) -> web.StreamResponse:
         reg = self._registration(request)
         items = self._dm().observations(reg.endpoint)
-        return self._web().json_response({"endpoint": reg.endpoint, "observations": items})
+        return _json({"endpoint": reg.endpoint, "observations": items})
 
     async def _notifications(self, request: web.Request) -> web.StreamResponse:
         """Follow what the node reports (Notify and Send) as JSON lines, until the client
@@ -423,7 +423,8 @@ class RestApi:
         queue: asyncio.Queue[RegistryEvent | None] = asyncio.Queue(STREAM_QUEUE)
         sub = (reg.endpoint, queue)
         self._streams.add(sub)
-        web = self._web()
+        from aiohttp import web
+
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
                                            "Cache-Control": "no-store"})
         try:
@@ -433,7 +434,8 @@ class RestApi:
                 if event is None:
                     break
                 if event.kind in ("deregistered", "expired"):
-                    line = {"event": "gone", "state": event.kind, "t": self._clock()}
+                    line: dict[str, Any] = {"event": "gone", "state": event.kind,
+                                            "t": self._clock()}
                     await resp.write(json.dumps(line).encode() + b"\n")
                     break
                 if event.kind != "send":
@@ -462,7 +464,7 @@ class RestApi:
         open_only = request.query.get("open", "") in ("1", "true")
         limit = _int_query(request, "limit", 100, 1, 10000)
         items = self._dm().requests(reg.endpoint, open_only=open_only, limit=limit)
-        return self._web().json_response({"endpoint": reg.endpoint, "requests": items})
+        return _json({"endpoint": reg.endpoint, "requests": items})
 
     # -- admin -------------------------------------------------------------------------
 
@@ -473,7 +475,7 @@ class RestApi:
                            f"{reg.endpoint} is {reg.state}, not registered")
         ended = self._gateway.registry.deregister(reg.reg_id)
         log.info("registration of ep=%s ended by %s", reg.endpoint, request["token"].name)
-        return self._web().json_response(_registration_json(ended))
+        return _json(_registration_json(ended))
 
     # -- operator ----------------------------------------------------------------------
 
@@ -544,7 +546,8 @@ class RestApi:
         timeout; the request stays queued)."""
         dm = self._dm()
         timeout = _timeout(request)
-        web = self._web()
+        from aiohttp import web
+
         if "Q" in reg.binding:
             request_id = dm.enqueue(reg.endpoint, name, path, **kwargs)
             wait = timeout if timeout is not None else DEFAULT_QUEUE_WAIT_S
@@ -571,11 +574,10 @@ class RestApi:
     async def _request(self, request: web.Request) -> web.StreamResponse:
         reg = self._registration(request)
         request_id = _int_match(request, "id")
-        dm = self._dm()
-        rows = [r for r in dm.requests(reg.endpoint, limit=100000) if r["id"] == request_id]
-        if not rows:
+        found = self._dm().request(request_id)
+        if found is None or found["endpoint"] != reg.endpoint:
             raise ApiError(404, "not_found", f"no request {request_id} for {reg.endpoint}")
-        return self._web().json_response(rows[0])
+        return _json(found)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -605,7 +607,7 @@ def _node_error(code: str, message: str, result: dict[str, Any] | None = None) -
 
 def _map_gateway_error(e: GatewayError) -> ApiError:
     """An error from device management or the codecs as an HTTP answer."""
-    from .dm import (
+    from ..dm.manager import (
         DeviceTimeout,
         DeviceUnreachable,
         DMError,
@@ -650,10 +652,9 @@ def _path(text: Any) -> tuple[int, ...]:
 
 def _under(path: str, base: tuple[int, ...]) -> bool:
     try:
-        ids = parse_path(path)
+        return is_under(parse_path(path), base)
     except PathError:
         return False
-    return ids[: len(base)] == base
 
 
 def _only(method: str, allowed: str, op: str) -> None:
@@ -741,7 +742,7 @@ def _create_args(body: Any) -> dict[str, Any]:
 
 def _attribute_args(body: Any) -> dict[str, Any]:
     """``{"pmin": 1, "pmax": 10, "gt": 2.5, "unset": ["st"]}``."""
-    from .dm import ATTRIBUTES
+    from ..dm.manager import ATTRIBUTES
 
     if not isinstance(body, dict):
         raise ApiError(400, "bad_value", "attributes must be a JSON object")

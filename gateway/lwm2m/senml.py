@@ -24,7 +24,7 @@ from typing import Any, Literal, NamedTuple
 
 import cbor2
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 __all__ = [
     "CF_SENML_CBOR",

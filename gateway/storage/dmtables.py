@@ -1,10 +1,11 @@
-"""Durable device-management state: queued requests with their results, observations,
-Write-Attributes, and which stored Send each Notification became.
+"""Device management's durable state (``storage.api.DeviceStorage``) in SQLite: queued
+requests with their results, observations, Write-Attributes, and which stored Send
+each Notification became.
 
-Its own tables in the gateway's database file (``dm_*``), through its own connection
-(WAL lets it and the ``Store`` share the file; every call here is one short transaction
-on the event loop's thread, so neither waits for the other). The tables are created on
-open if missing; their version is kept in ``dm_meta`` so a later change can migrate.
+The ``dm_*`` tables of the gateway's database file (``storage.schema``, version 4), used
+through a connection of their own that ``SqliteStorage.open`` makes (WAL lets it and the
+main connection share the file; every call here is one short transaction on the event
+loop's thread, so neither waits for the other's group commit).
 
 ``dm_requests`` holds every request the gateway sent or queued: ``queued`` ones (queue
 mode) start ``pending``, become ``sending`` while on the wire and end ``done`` (any CoAP
@@ -16,121 +17,32 @@ a direct one left ``sending`` is marked ``failed``. Finished requests (``done``,
 (``[dm]`` config): the others are deleted at start (``recover``) and every
 ``PRUNE_EVERY`` finishes. Open requests are never deleted.
 
-A Notification's ``dm_notifications`` row is written through the ``Store``'s connection,
-in the transaction (group commit) that stores its readings (``notification_writer``).
+A Notification's ``dm_notifications`` row is written by ``SqliteStorage.record_send``
+on the main connection, in the transaction (group commit) that stores its readings.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from .errors import StoreError
+from ..errors import StoreError
+from .api import ObservationRow, RequestRow, RequestState
 
-__all__ = [
-    "KEEP_FINISHED_MAX",
-    "KEEP_FINISHED_S",
-    "DMStore",
-    "ObservationRow",
-    "RequestRow",
-    "RequestState",
-]
+__all__ = ["KEEP_FINISHED_MAX", "KEEP_FINISHED_S", "PRUNE_EVERY", "SqliteDeviceStorage"]
 
-RequestState = Literal["pending", "sending", "done", "failed"]
-
-DM_SCHEMA_VERSION = 1
 KEEP_FINISHED_S = 7 * 86400.0  # finished requests are kept a week by default
 KEEP_FINISHED_MAX = 10000  # and at most this many of them
 PRUNE_EVERY = 256  # finishes between two prunings
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS dm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS dm_requests (
-    id       INTEGER PRIMARY KEY,
-    endpoint TEXT NOT NULL,
-    op       TEXT NOT NULL,
-    spec     TEXT NOT NULL,          -- the wire request, JSON
-    queued   INTEGER NOT NULL,       -- 1: queue mode, delivered when the node wakes
-    state    TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'done', 'failed')),
-    created  REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    finished REAL,
-    result   TEXT                    -- DMResult JSON, or the failure
-);
-CREATE INDEX IF NOT EXISTS dm_requests_open ON dm_requests (endpoint, id)
-    WHERE state IN ('pending', 'sending');
-CREATE INDEX IF NOT EXISTS dm_requests_finished ON dm_requests (finished)
-    WHERE state IN ('done', 'failed');
-CREATE TABLE IF NOT EXISTS dm_observations (
-    id          INTEGER PRIMARY KEY,
-    endpoint    TEXT NOT NULL,
-    key         TEXT NOT NULL,       -- the observed path(s), comma-separated
-    spec        TEXT NOT NULL,       -- the Observe request, JSON
-    token       BLOB,                -- of the live CoAP observation, when there is one
-    reg_id      TEXT,                -- registration it was last established in
-    created     REAL NOT NULL,
-    established REAL,
-    UNIQUE (endpoint, key)
-);
-CREATE TABLE IF NOT EXISTS dm_attributes (
-    endpoint   TEXT NOT NULL,
-    path       TEXT NOT NULL,
-    attributes TEXT NOT NULL,        -- the Write-Attributes query, JSON list
-    t          REAL NOT NULL,
-    PRIMARY KEY (endpoint, path)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dm_notifications (
-    id             INTEGER PRIMARY KEY,
-    observation_id INTEGER NOT NULL,
-    send_id        INTEGER,          -- the Send row its readings were stored under
-    observe_seq    INTEGER,
-    content_format INTEGER,
-    received       REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dm_notifications_obs ON dm_notifications (observation_id);
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestRow:
-    """One row of ``dm_requests``."""
-
-    id: int
-    endpoint: str
-    op: str
-    spec: dict[str, Any]
-    queued: bool
-    state: RequestState
-    created: float
-    attempts: int
-    finished: float | None
-    result: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class ObservationRow:
-    """One persisted observation."""
-
-    id: int
-    endpoint: str
-    key: str
-    spec: dict[str, Any]
-    token: bytes | None
-    reg_id: str | None
-    created: float
-    established: float | None
-
 
 _REQ_COLS = "id, endpoint, op, spec, queued, state, created, attempts, finished, result"
 _OBS_COLS = "id, endpoint, key, spec, token, reg_id, created, established"
 
 
-class DMStore:
-    """Device-management tables; open with ``DMStore.open(path)``."""
+class SqliteDeviceStorage:
+    """Device-management tables on their own connection (made by
+    ``SqliteStorage.open``)."""
 
     def __init__(self, conn: sqlite3.Connection, *, keep_finished_s: float = KEEP_FINISHED_S,
                  keep_finished_max: int = KEEP_FINISHED_MAX) -> None:
@@ -138,34 +50,6 @@ class DMStore:
         self._keep_s = keep_finished_s
         self._keep_max = keep_finished_max
         self._finished = 0  # since the last pruning
-
-    @classmethod
-    def open(cls, path: str | Path, *, keep_finished_s: float = KEEP_FINISHED_S,
-             keep_finished_max: int = KEEP_FINISHED_MAX) -> DMStore:
-        """Open the gateway database at ``path`` and create the ``dm_*`` tables."""
-        try:
-            conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
-        except sqlite3.Error as e:
-            raise StoreError(f"{path}: cannot open database: {e}") from e
-        try:
-            conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM dm_meta WHERE key = 'version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO dm_meta VALUES ('version', ?)",
-                             (str(DM_SCHEMA_VERSION),))
-            elif int(row[0]) > DM_SCHEMA_VERSION:
-                raise StoreError(f"{path}: device-management tables are version {row[0]},"
-                                 f" newer than this gateway's ({DM_SCHEMA_VERSION})")
-        except sqlite3.Error as e:
-            conn.close()
-            raise StoreError(f"{path}: {e}") from e
-        except StoreError:
-            conn.close()
-            raise
-        return cls(conn, keep_finished_s=keep_finished_s, keep_finished_max=keep_finished_max)
 
     def close(self) -> None:
         self._db.close()
@@ -182,7 +66,8 @@ class DMStore:
                 (endpoint, op, json.dumps(spec), int(queued),
                  "pending" if queued else "sending", now),
             )
-        assert cur.lastrowid is not None
+        if cur.lastrowid is None:  # an INSERT always sets it
+            raise StoreError("INSERT INTO dm_requests gave no row id")
         return cur.lastrowid
 
     def mark_sending(self, request_id: int) -> None:
@@ -315,27 +200,6 @@ class DMStore:
 
     def observed_endpoints(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT DISTINCT endpoint FROM dm_observations")}
-
-    def add_notification(self, obs_id: int, send_id: int | None, seq: int | None,
-                         content_format: int | None, now: float) -> None:
-        """Record a Notification in a transaction of its own (one commit, one fsync)."""
-        with self._db:
-            self.notification_writer(obs_id, seq, content_format, now)(self._db, send_id)
-
-    @staticmethod
-    def notification_writer(obs_id: int, seq: int | None, content_format: int | None,
-                            now: float) -> Callable[[sqlite3.Connection, int | None], None]:
-        """What records a Notification on a connection inside the caller's transaction,
-        given the id of the Send its readings went to: ``Store.record_send``'s ``also``,
-        so the row joins the group commit of those readings."""
-
-        def write(db: sqlite3.Connection, send_id: int | None) -> None:
-            db.execute(
-                "INSERT INTO dm_notifications (observation_id, send_id, observe_seq,"
-                " content_format, received) VALUES (?, ?, ?, ?, ?)",
-                (obs_id, send_id, seq, content_format, now))
-
-        return write
 
     def notifications(self, obs_id: int) -> list[tuple[int | None, int | None, float]]:
         """(send id, Observe sequence number, time) of an observation's Notifications."""

@@ -42,9 +42,9 @@ from typing import Any, cast
 
 import cbor2
 
+from ..errors import BadRequest, UnsupportedContentFormat
 from . import lwm2mcbor, senml, tlv
 from .ddf import ObjectDef, ResourceType, resource_def
-from .errors import BadRequest, UnsupportedContentFormat
 from .paths import Path, PathError, format_path, is_under, parse_objlnk, parse_path
 from .senml import Record, Value, ValueKind
 

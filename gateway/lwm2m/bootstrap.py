@@ -46,22 +46,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiocoap
 import cbor2
-from aiocoap import resource
-from aiocoap.numbers.codes import Code
 
-from .errors import ConfigError
+from ..coap.aio import Code, Resource, Site, aiocoap
+from ..errors import ConfigError
+from .params import valid_binding, valid_endpoint
+from .senml import CF_SENML_CBOR
 
 __all__ = ["BootstrapAccount", "BootstrapConfig", "BootstrapServer", "parse_bootstrap"]
 
 log = logging.getLogger("aiotkit.gateway.bootstrap")
 
-CF_SENML_CBOR = 112
 NOSEC = 3  # /0/x/2 security mode
 SERVER_INSTANCE = 1  # /0/1 (/0/0 is usually the client's bootstrap-server account)
-_ENDPOINT = re.compile(r"[^\x00-\x20\x7f/+#]{1,255}")
-_BINDING = re.compile(r"[UMHTSNQ]{1,8}")
 _URI = re.compile(r"coap://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]@?#]+)(:[0-9]{1,5})?/?")
 _MAX_DIAGNOSTIC = 120
 
@@ -118,7 +115,7 @@ def parse_bootstrap(table: Any, name: str) -> BootstrapConfig:
         raise ConfigError(f"{name}: bootstrap.endpoints: must be a table")
     endpoints: dict[str, BootstrapAccount] = {}
     for ep, acct in eps.items():
-        if not _ENDPOINT.fullmatch(ep):
+        if not valid_endpoint(ep):
             raise ConfigError(f"{name}: bootstrap.endpoints.{ep}: not a valid endpoint name")
         endpoints[ep] = _account(name, f"bootstrap.endpoints.{ep}", acct)
     return BootstrapConfig(default=default, endpoints=endpoints, **values)
@@ -146,7 +143,7 @@ def _account(name: str, key: str, table: Any) -> BootstrapAccount:
         raise ConfigError(f"{name}: {key}.uri: must be coap://HOST[:PORT] (or \"\")")
     if not 10 <= acct.lifetime <= 2**32 - 1:
         raise ConfigError(f"{name}: {key}.lifetime: must be 10..4294967295 s")
-    if not _BINDING.fullmatch(acct.binding):
+    if not valid_binding(acct.binding):
         raise ConfigError(f"{name}: {key}.binding: must be LwM2M binding letters (U, UQ..)")
     if not 1 <= acct.ssid <= 65534:
         raise ConfigError(f"{name}: {key}.ssid: must be 1..65534")
@@ -166,7 +163,7 @@ def senml_server(acct: BootstrapAccount) -> bytes:
                         {0: "7", 3: acct.binding}])
 
 
-class _BsResource(resource.Resource):
+class _BsResource(Resource):
     def __init__(self, server: BootstrapServer) -> None:
         super().__init__()
         self._server = server
@@ -192,14 +189,14 @@ class BootstrapServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: dict[str, asyncio.Event] = {}
 
-    def resource(self) -> resource.Resource:
+    def resource(self) -> Resource:
         return _BsResource(self)
 
     def attach(self, context: aiocoap.Context) -> None:
         self._ctx = context
 
     async def start(self) -> None:
-        site = resource.Site()
+        site = Site()
         site.add_resource(["bs"], self.resource())
         cfg = self.config
         self._ctx = await aiocoap.Context.create_server_context(
@@ -226,7 +223,7 @@ class BootstrapServer:
         queries = [q.partition("=") for q in request.opt.uri_query]
         eps = [v for k, _, v in queries if k == "ep"]
         peer = request.remote.hostinfo
-        if len(eps) != 1 or not _ENDPOINT.fullmatch(eps[0]):
+        if len(eps) != 1 or not valid_endpoint(eps[0]):
             return self._refuse(Code.BAD_REQUEST, "missing or bad ep", peer)
         ep = eps[0]
         for k, _, v in queries:

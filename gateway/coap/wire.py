@@ -1,0 +1,244 @@
+"""CoAP over UDP on the wire (RFC 7252 §3): the gateway's one parser and builder.
+
+Every byte-level look at a CoAP datagram on the gateway side goes through here: the
+datagram hook (``coap.layer``) parses each datagram once and offers it to the fast
+paths (``coap.fastsend``, ``coap.fastnotify``); the load generator of ``aiot bench
+gateway`` builds and reads its requests with the same functions. aiocoap keeps its own
+codec for everything it serves; the numbers below are aiocoap's (``aiocoap.numbers``),
+never re-declared.
+
+``parse(data)`` returns a ``Datagram`` (type, code, message ID, token, options as
+``(number, value)`` pairs in wire order, payload) or raises ``WireError`` for anything
+RFC 7252 §3 calls a message format error: version other than 1, token length 9-15,
+an option nibble of 15 outside the payload marker, an option running past the end, a
+payload marker with no payload behind it. It never raises anything else, whatever the
+bytes. ``build`` and ``encode_options`` write the same format (options sorted by
+number, delta and length extended as §3.1 says).
+
+**OSCORE (issue 13) and the fast paths.** OSCORE (RFC 8613) protects a request or
+response end to end: the real code, most options and the payload travel encrypted in
+the payload of an outer message whose code is POST (or FETCH) / 2.04, marked by the
+OSCORE option (9). aiocoap places OSCORE above its message layer
+(``aiocoap.oscore_sitewrapper`` for a server site, ``transports.oscore`` for requests
+the gateway sends): deduplication and retransmission see the outer message, and the
+security context (replay window, sequence numbers) verifies and unprotects the inner
+one before any resource sees it. Decision: **protected traffic goes to aiocoap.** The
+datagram hook offers a datagram to a fast path only when it carries no OSCORE option
+(``Datagram.protected``); a protected Send or Notification takes aiocoap's path, where
+the OSCORE layer verifies it with the node's security context, and only a verified
+inner message is stored. A fast path never sees, stores or answers one. A later issue
+may let a fast path unprotect with the same security contexts (and the same replay
+windows) to keep its speed; until then the rule is: a fast path handles exactly the
+plain messages it fully understands, and everything else, protected or not
+understood, goes to aiocoap unchanged. Until OSCORE is configured the gateway has no
+security context, so the LwM2M resource and device management refuse a protected
+message themselves (4.01 / not stored): nothing unverified is ever taken as data.
+``tests/gateway/test_oscore_step_aside.py`` fails if that ever changes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Hashable, Iterable
+from typing import Any, NamedTuple
+
+from ..errors import BadRequest
+from .aio import Code, OptionNumber, TransportTuning, Type
+
+__all__ = [
+    "ACK",
+    "CON",
+    "NON",
+    "RST",
+    "Datagram",
+    "WireError",
+    "after_token",
+    "build",
+    "dedup_key",
+    "empty_ack",
+    "encode_options",
+    "header",
+    "option_uint",
+    "parse",
+    "peek",
+    "uint",
+]
+
+# RFC 7252 §3 message types, §12.1 codes (as the byte on the wire), §12.2 options
+CON, NON, ACK, RST = (int(t) for t in (Type.CON, Type.NON, Type.ACK, Type.RST))
+EMPTY = int(Code.EMPTY)
+GET = int(Code.GET)
+POST = int(Code.POST)
+CREATED = int(Code.CREATED)
+CHANGED = int(Code.CHANGED)
+CONTENT = int(Code.CONTENT)
+NOT_FOUND = int(Code.NOT_FOUND)
+INTERNAL_SERVER_ERROR = int(Code.INTERNAL_SERVER_ERROR)
+OBSERVE = int(OptionNumber.OBSERVE)  # RFC 7641 §2
+OSCORE = int(OptionNumber.OSCORE)  # RFC 8613 §2
+URI_PATH = int(OptionNumber.URI_PATH)
+CONTENT_FORMAT = int(OptionNumber.CONTENT_FORMAT)
+MAX_AGE = int(OptionNumber.MAX_AGE)
+URI_QUERY = int(OptionNumber.URI_QUERY)
+_TUNING = TransportTuning()
+ACK_TIMEOUT: float = _TUNING.ACK_TIMEOUT  # §4.8
+ACK_RANDOM_FACTOR: float = _TUNING.ACK_RANDOM_FACTOR
+MAX_RETRANSMIT: int = _TUNING.MAX_RETRANSMIT
+EXCHANGE_LIFETIME: float = _TUNING.EXCHANGE_LIFETIME  # §4.8.2, 247 s
+
+_VERSION = 1
+_MARKER = 0xFF  # payload marker
+
+
+class WireError(BadRequest):
+    """The bytes are not a well-formed CoAP message (RFC 7252 §3 format error)."""
+
+
+class Datagram(NamedTuple):
+    """One CoAP message as it came off the socket."""
+
+    mtype: int  # CON, NON, ACK, RST
+    code: int  # the code byte: class << 5 | detail
+    mid: int
+    token: bytes
+    options: tuple[tuple[int, bytes], ...]  # (number, value), in wire order
+    payload: bytes
+    protected: bool  # it carries an OSCORE option (RFC 8613): aiocoap's (docstring)
+
+    def option(self, number: int) -> bytes | None:
+        """The value of the first option ``number``, or None."""
+        for n, value in self.options:
+            if n == number:
+                return value
+        return None
+
+
+def parse(data: bytes) -> Datagram:
+    """Read one CoAP message; ``WireError`` if it is malformed (module docstring)."""
+    n = len(data)
+    if n < 4:
+        raise WireError("shorter than the 4-byte header")
+    b0 = data[0]
+    if b0 >> 6 != _VERSION:
+        raise WireError(f"version {b0 >> 6}")
+    tkl = b0 & 0x0F
+    if tkl > 8:
+        raise WireError(f"token length {tkl}")
+    pos = 4 + tkl
+    if pos > n:
+        raise WireError("token past the end")
+    options: list[tuple[int, bytes]] = []
+    number = 0
+    protected = False
+    while pos < n:
+        byte = data[pos]
+        pos += 1
+        if byte == _MARKER:
+            if pos == n:
+                raise WireError("payload marker without a payload")
+            break
+        delta, length = byte >> 4, byte & 0x0F
+        if delta >= 13:
+            delta, pos = _extended(data, pos, delta)
+        if length >= 13:
+            length, pos = _extended(data, pos, length)
+        end = pos + length
+        if end > n:
+            raise WireError("option past the end")
+        number += delta
+        if number == OSCORE:
+            protected = True
+        options.append((number, data[pos:end]))
+        pos = end
+    else:
+        pos = n
+    return Datagram(b0 >> 4 & 0x03, data[1], data[2] << 8 | data[3], bytes(data[4:4 + tkl]),
+                    tuple(options), bytes(data[pos:]), protected)
+
+
+def peek(data: bytes) -> tuple[int, int, int, int] | None:
+    """(type, code, MID, token length) from a datagram's 4-byte header, reading nothing
+    further (a load generator matching answers); None if it is no CoAP 1 header."""
+    if len(data) < 4 or data[0] >> 6 != _VERSION:
+        return None
+    b0 = data[0]
+    return b0 >> 4 & 0x03, data[1], data[2] << 8 | data[3], b0 & 0x0F
+
+
+def _extended(data: bytes, pos: int, nibble: int) -> tuple[int, int]:
+    """An option delta or length nibble of 13 or 14 with its extension bytes (§3.1)."""
+    if nibble == 13:
+        if pos >= len(data):
+            raise WireError("option extension past the end")
+        return data[pos] + 13, pos + 1
+    if nibble == 14:
+        if pos + 1 >= len(data):
+            raise WireError("option extension past the end")
+        return (data[pos] << 8 | data[pos + 1]) + 269, pos + 2
+    raise WireError("option nibble 15")
+
+
+def encode_options(options: Iterable[tuple[int, bytes]]) -> bytes:
+    """Options as §3.1 writes them: sorted by number, delta-encoded, extended as needed."""
+    out = bytearray()
+    last = 0
+    for number, value in sorted(options, key=lambda o: o[0]):
+        delta, length = number - last, len(value)
+        last = number
+        head = len(out)
+        out.append(0)
+        nibbles = []
+        for field in (delta, length):
+            if field < 13:
+                nibbles.append(field)
+            elif field < 269:
+                nibbles.append(13)
+                out.append(field - 13)
+            else:
+                nibbles.append(14)
+                out += (field - 269).to_bytes(2, "big")
+        out[head] = nibbles[0] << 4 | nibbles[1]
+        out += value
+    return bytes(out)
+
+
+def build(mtype: int, code: int, mid: int, token: bytes = b"",
+          options: Iterable[tuple[int, bytes]] = (), payload: bytes = b"") -> bytes:
+    """One CoAP message; ``payload`` gets the marker when there is one."""
+    return header(mtype, code, mid, token) + after_token(options, payload)
+
+
+def after_token(options: Iterable[tuple[int, bytes]] = (), payload: bytes = b"") -> bytes:
+    """What follows the token: the options, then the payload marker and the payload
+    when there is one."""
+    return encode_options(options) + (bytes((_MARKER,)) + payload if payload else b"")
+
+
+def header(mtype: int, code: int, mid: int, token: bytes = b"") -> bytes:
+    """The 4-byte header (§3) and the token: what precedes the options."""
+    if len(token) > 8:
+        raise WireError(f"token length {len(token)}")
+    return bytes((_VERSION << 6 | mtype << 4 | len(token), code, mid >> 8 & 0xFF,
+                  mid & 0xFF)) + token
+
+
+def empty_ack(mid: int) -> bytes:
+    """The empty ACK of message ID ``mid`` (§4.2), as aiocoap encodes it."""
+    return build(ACK, EMPTY, mid)
+
+
+def uint(n: int) -> bytes:
+    """An unsigned option value in the fewest bytes (0 is empty, §3.2)."""
+    return n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
+def option_uint(value: bytes) -> int:
+    """An unsigned option value (§3.2)."""
+    return int.from_bytes(value, "big")
+
+
+def dedup_key(sockaddr: tuple[Any, ...], mid: int) -> Hashable:
+    """The deduplication key (§4.5) of message ID ``mid`` from the UDP peer ``sockaddr``:
+    what aiocoap compares a UDP remote by (host, port, flow label), small."""
+    host, port, flowinfo = sockaddr[:3]
+    return sys.intern(host), flowinfo, port << 16 | mid

@@ -1,0 +1,56 @@
+"""Storage: everything the gateway keeps, behind one typed interface.
+
+``api`` defines it: the ``Storage`` protocol (registrations, Sends and readings, latest
+values, the uplink outbox, events, per-endpoint and fleet views, the group commit) with
+``Storage.dm``, a ``DeviceStorage`` (device management's requests, observations,
+attributes), and the records they trade in (``Registration``, ``SendResult``,
+``StoredReading``, ``NodeSummary``, ``OutboxRow``...). The registry, device management,
+the REST API, the uplink, ``aiot bench gateway`` and the tests use nothing else.
+
+``sqlite`` implements it on one SQLite file (``SqliteStorage``; ``dmtables``: the
+device tables on their own connection); ``schema`` holds the tables and the migrations
+(``PRAGMA user_version`` -> the step to the next version). No SQL lives outside this
+package.
+"""
+
+from .api import (
+    DeviceStorage,
+    Event,
+    NodeSummary,
+    NotificationLink,
+    ObservationRow,
+    OutboxEncoder,
+    OutboxMessage,
+    OutboxRow,
+    Registration,
+    RequestRow,
+    SendResult,
+    StatusChange,
+    Storage,
+    StoredReading,
+    StoredSend,
+    StoredValue,
+)
+from .schema import SCHEMA_VERSION
+from .sqlite import SqliteStorage
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DeviceStorage",
+    "Event",
+    "NodeSummary",
+    "NotificationLink",
+    "ObservationRow",
+    "OutboxEncoder",
+    "OutboxMessage",
+    "OutboxRow",
+    "Registration",
+    "RequestRow",
+    "SendResult",
+    "SqliteStorage",
+    "StatusChange",
+    "Storage",
+    "StoredReading",
+    "StoredSend",
+    "StoredValue",
+]

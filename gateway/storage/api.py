@@ -1,0 +1,372 @@
+"""The storage interface: what the gateway keeps, as typed records and ``Protocol``s.
+
+Everything above the storage package (the LwM2M registry, device management, the REST
+API, the uplink, the benchmark, the tests) sees the database only through these:
+
+``Storage``
+    registrations (``registration``, ``by_address``, ``save_registration``,
+    ``set_state``, ``due_for_expiry``...), Sends and their readings (``record_send``,
+    ``latest``, ``readings``, ``sends``), the uplink outbox (``outbox_*``), events, the
+    views (``node_summaries`` for the fleet, ``node_summary`` for one endpoint: one
+    endpoint's rows only), counters a benchmark polls (``count_sends``,
+    ``sends_since``...), the group commit (``begin_batch``, ``commit_later``,
+    ``settle``, ``rollback_batch``, ``batch``) and ``dm``:
+``DeviceStorage``
+    device management's durable state: queued requests and their results,
+    observations, Write-Attributes, and the Notifications each observation stored.
+
+``storage.sqlite.SqliteStorage`` implements both on one SQLite file
+(``storage.schema``). A Notification's link to its observation (``NotificationLink``)
+is written by ``record_send`` in the transaction of its readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol
+
+from ..lwm2m.senml import Record, Value, ValueKind
+
+__all__ = [
+    "DeviceStorage",
+    "Event",
+    "EventKind",
+    "NodeSummary",
+    "NotificationLink",
+    "ObservationRow",
+    "OutboxEncoder",
+    "OutboxMessage",
+    "OutboxRow",
+    "RegState",
+    "Registration",
+    "RequestRow",
+    "RequestState",
+    "SendResult",
+    "StatusChange",
+    "StatusState",
+    "Storage",
+    "StoredReading",
+    "StoredSend",
+    "StoredValue",
+]
+
+RegState = Literal["registered", "offline", "deregistered"]
+EventKind = Literal["registered", "updated", "deregistered", "expired"]
+StatusState = Literal["registered", "updated", "deregistered", "offline"]
+RequestState = Literal["pending", "sending", "done", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A client's registration as the server keeps it."""
+
+    endpoint: str
+    reg_id: str
+    host: str
+    port: int
+    lifetime: int
+    binding: str
+    lwm2m_version: str
+    object_links: str
+    registered_at: float
+    updated_at: float
+    state: RegState = "registered"
+
+    @property
+    def expires_at(self) -> float:
+        return self.updated_at + self.lifetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as committed, with the ids the uplink payload refers to."""
+
+    id: int
+    send_id: int
+    endpoint: str
+    path: str
+    kind: ValueKind
+    value: Value
+    time: float | None
+    received_at: float
+
+
+class StoredValue(NamedTuple):
+    """The latest value an endpoint sent for one path (``Storage.latest``)."""
+
+    kind: ValueKind
+    value: Value
+    time: float | None
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A node's state as announced on the uplink."""
+
+    endpoint: str
+    state: StatusState
+    reg_id: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """What to publish: topic, payload bytes, retained or not."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An outbox row waiting for (or replayed after) a broker acknowledgement."""
+
+    id: int
+    topic: str
+    payload: bytes
+    retain: bool
+    created: float
+
+
+class OutboxEncoder(Protocol):
+    """Turns stored facts into uplink messages (the uplink's topic scheme)."""
+
+    def reading(self, r: StoredReading) -> OutboxMessage: ...
+
+    def status(self, s: StatusChange) -> OutboxMessage: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """Outcome of storing one Send; ``duplicate`` means nothing new was stored."""
+
+    send_id: int
+    readings: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One registry event as recorded."""
+
+    id: int
+    t: float
+    endpoint: str
+    kind: EventKind
+    reg_id: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSummary:
+    """One endpoint at a glance (the ``aiot demo`` live view)."""
+
+    endpoint: str
+    state: RegState
+    reg_id: str
+    host: str
+    port: int
+    lifetime: int
+    registered_at: float
+    updated_at: float
+    last_seen: float
+    sends: int
+    readings: int
+    last_values: dict[str, Value] = field(default_factory=dict)
+    binding: str = ""
+    lwm2m_version: str = ""
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSend:
+    """A stored Send (or Notification), without its readings."""
+
+    id: int
+    endpoint: str
+    reg_id: str
+    received_at: float
+    content_format: int
+    token: bytes
+    records: int
+
+
+class NotificationLink(NamedTuple):
+    """Which observation a Notification (stored like a Send) belongs to."""
+
+    observation_id: int
+    observe_seq: int | None
+    content_format: int | None
+    received: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """One row of ``dm_requests``."""
+
+    id: int
+    endpoint: str
+    op: str
+    spec: dict[str, Any]
+    queued: bool
+    state: RequestState
+    created: float
+    attempts: int
+    finished: float | None
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationRow:
+    """One persisted observation."""
+
+    id: int
+    endpoint: str
+    key: str
+    spec: dict[str, Any]
+    token: bytes | None
+    reg_id: str | None
+    created: float
+    established: float | None
+
+
+class DeviceStorage(Protocol):
+    """Device management's durable state (``dm_*`` tables); each call is one short
+    transaction of its own, independent of the group commit."""
+
+    # requests: pending -> sending -> done | failed
+    def add_request(self, endpoint: str, op: str, spec: dict[str, Any], *, queued: bool,
+                    now: float) -> int: ...
+
+    def mark_sending(self, request_id: int) -> None: ...
+
+    def mark_pending(self, request_id: int) -> None: ...
+
+    def finish(self, request_id: int, state: RequestState, result: dict[str, Any],
+               now: float) -> None: ...
+
+    def prune(self, now: float) -> int: ...
+
+    def request(self, request_id: int) -> RequestRow | None: ...
+
+    def requests(self, endpoint: str | None = None, *, open_only: bool = False,
+                 limit: int = 100) -> list[RequestRow]: ...
+
+    def next_pending(self, endpoint: str) -> RequestRow | None: ...
+
+    def count_open(self, endpoint: str) -> int: ...
+
+    def queued_endpoints(self) -> set[str]: ...
+
+    def recover(self, now: float) -> None: ...
+
+    # observations
+    def save_observation(self, endpoint: str, key: str, spec: dict[str, Any],
+                         now: float) -> int: ...
+
+    def established(self, obs_id: int, token: bytes | None, reg_id: str | None,
+                    now: float | None) -> None: ...
+
+    def observation(self, endpoint: str, key: str) -> ObservationRow | None: ...
+
+    def observations(self, endpoint: str | None = None) -> list[ObservationRow]: ...
+
+    def delete_observation(self, obs_id: int) -> None: ...
+
+    def delete_observations(self, endpoint: str) -> int: ...
+
+    def observed_endpoints(self) -> set[str]: ...
+
+    def notifications(self, obs_id: int) -> list[tuple[int | None, int | None, float]]: ...
+
+    # Write-Attributes
+    def save_attributes(self, endpoint: str, path: str, query: list[str],
+                        now: float) -> None: ...
+
+    def attributes(self, endpoint: str) -> dict[str, list[str]]: ...
+
+
+class Storage(Protocol):
+    """The gateway's storage (module docstring). Synchronous, for the event loop's
+    thread; a write returns once committed, or, inside a batch, once in the batch."""
+
+    @property
+    def dm(self) -> DeviceStorage: ...
+
+    def close(self) -> None: ...
+
+    # group commit: one transaction, one COMMIT (on a writer thread), many callers
+    def batch(self) -> AbstractContextManager[None]: ...
+
+    def begin_batch(self) -> None: ...
+
+    def rollback_batch(self) -> None: ...
+
+    def commit_later(self) -> asyncio.Future[None]: ...
+
+    def settle(self) -> None: ...
+
+    # registrations
+    def registration(self, endpoint: str) -> Registration | None: ...
+
+    def by_reg_id(self, reg_id: str) -> Registration | None: ...
+
+    def by_address(self, host: str, port: int) -> Registration | None: ...
+
+    def registrations(self) -> list[Registration]: ...
+
+    def reg_id_taken(self, reg_id: str) -> bool: ...
+
+    def save_registration(self, reg: Registration, event: EventKind, status: StatusState,
+                          now: float, detail: str | None = None) -> None: ...
+
+    def set_state(self, reg: Registration, state: RegState, event: EventKind,
+                  status: StatusState, now: float) -> bool: ...
+
+    def due_for_expiry(self, now: float) -> list[Registration]: ...
+
+    def events(self, endpoint: str | None = None, limit: int = 100) -> list[Event]: ...
+
+    # Sends (and Notifications) and their readings
+    def record_send(self, reg: Registration, token: bytes, digest: bytes,
+                    content_format: int, records: Sequence[Record], now: float,
+                    notification: NotificationLink | None = None) -> SendResult: ...
+
+    def latest(self, endpoint: str) -> dict[str, StoredValue]: ...
+
+    def readings(self, send_id: int | None = None) -> list[StoredReading]: ...
+
+    def sends(self, endpoint: str | None = None) -> list[StoredSend]: ...
+
+    def count_sends(self) -> int: ...
+
+    def last_send_id(self) -> int: ...
+
+    def sends_since(self, after_id: int) -> tuple[int, float]: ...
+
+    def count_registered(self) -> int: ...
+
+    # the uplink outbox
+    def outbox_pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]: ...
+
+    def outbox_mark_published(self, ids: Iterable[int], now: float) -> None: ...
+
+    def outbox_confirm(self, ids: Iterable[int], now: float) -> None: ...
+
+    def outbox_prune(self, keep: int) -> int: ...
+
+    def outbox_counts(self) -> tuple[int, int]: ...
+
+    # views
+    def node_summaries(self) -> list[NodeSummary]: ...
+
+    def node_summary(self, endpoint: str) -> NodeSummary | None: ...

@@ -1,0 +1,293 @@
+"""The gateway database's schema: every table, and the migrations that build it.
+
+One SQLite file holds everything the gateway keeps (registrations, Sends and their
+readings, latest values, the uplink outbox, events, and the device-management tables).
+Its version is ``PRAGMA user_version``, the only version mark: ``MIGRATIONS`` maps a
+version to the step that brings a file to the next one (an SQL script, then an optional
+conversion in Python), and ``migrate`` runs the steps a file needs on open, each in one
+transaction, so a crash leaves the file at a whole version. A file newer than
+``SCHEMA_VERSION`` is refused.
+
+===========  ====================================================================
+to version   what the step does
+===========  ====================================================================
+1            registrations, sends, readings, last_values, outbox, events
+2            a Send's readings as one JSON row (``sends.data``), latest values as
+             one CBOR row per endpoint (``latest``); the view ``readings``
+3            ``latest.sends``: latest values point at recent Sends
+4            the device-management tables (``dm_requests``, ``dm_observations``,
+             ``dm_attributes``, ``dm_notifications``); a file whose ``dm_*``
+             tables were made by the gateway before version 4 (versioned in a
+             ``dm_meta`` table of their own) keeps its rows, and ``dm_meta`` goes
+===========  ====================================================================
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+
+import cbor2
+
+from ..errors import StoreError
+from ..lwm2m.senml import Record, Value, ValueKind
+
+__all__ = ["MIGRATIONS", "READING_ID_SPAN", "SCHEMA_VERSION", "Migration", "migrate",
+           "readings_from_json", "readings_json", "version"]
+
+SCHEMA_VERSION = 4
+READING_ID_SPAN = 1 << 16  # readings per Send at most (config coap.max_records)
+_DM_META_VERSION = 1  # the last version the pre-4 dm_meta table could hold
+
+_SCHEMA_V1 = """
+CREATE TABLE registrations (
+    endpoint      TEXT PRIMARY KEY,
+    reg_id        TEXT NOT NULL UNIQUE,
+    host          TEXT NOT NULL,
+    port          INTEGER NOT NULL,
+    lifetime      INTEGER NOT NULL,
+    binding       TEXT NOT NULL,
+    lwm2m_version TEXT NOT NULL,
+    object_links  TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('registered', 'offline', 'deregistered')),
+    last_seen     REAL NOT NULL,
+    send_count    INTEGER NOT NULL DEFAULT 0,
+    reading_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX registrations_address ON registrations (host, port);
+CREATE TABLE sends (
+    id             INTEGER PRIMARY KEY,
+    endpoint       TEXT NOT NULL,
+    reg_id         TEXT NOT NULL,
+    received_at    REAL NOT NULL,
+    content_format INTEGER NOT NULL,
+    token          BLOB NOT NULL,
+    digest         BLOB NOT NULL,
+    records        INTEGER NOT NULL
+);
+CREATE INDEX sends_dedup ON sends (endpoint, token);
+CREATE TABLE readings (
+    id       INTEGER PRIMARY KEY,
+    send_id  INTEGER NOT NULL REFERENCES sends (id),
+    endpoint TEXT NOT NULL,
+    path     TEXT NOT NULL,
+    kind     TEXT NOT NULL CHECK (kind IN ('v', 'vs', 'vb', 'vd')),
+    value,   -- no type affinity: INTEGER, REAL, TEXT or BLOB exactly as sent
+    time     REAL
+);
+CREATE INDEX readings_send ON readings (send_id);
+CREATE TABLE last_values (
+    endpoint    TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    value,      -- as in readings
+    time        REAL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (endpoint, path)
+) WITHOUT ROWID;
+CREATE TABLE outbox (
+    id        INTEGER PRIMARY KEY,
+    topic     TEXT NOT NULL,
+    payload   BLOB NOT NULL,
+    retain    INTEGER NOT NULL DEFAULT 0,
+    created   REAL NOT NULL,
+    published REAL,
+    confirmed REAL
+);
+CREATE INDEX outbox_pending ON outbox (id) WHERE confirmed IS NULL;
+CREATE TABLE events (
+    id       INTEGER PRIMARY KEY,
+    t        REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    kind     TEXT NOT NULL CHECK (kind IN ('registered', 'updated', 'deregistered', 'expired')),
+    reg_id   TEXT,
+    detail   TEXT
+);
+"""
+
+# Version 2 stores a Send's readings in its own row and an endpoint's latest values in
+# one row, instead of a row per reading and per path (SQLite's cost is per row; the
+# measurements are in ``tools/bench/gateway.py``). sends.data is a JSON array of [path, kind, value, time]
+# (JSON keeps integers, floats and booleans apart; "vd" bytes are base64 text), so the
+# view ``readings`` still gives one SQL row per reading; latest.paths is a CBOR map
+# path -> [kind, value, time, received_at]. Reading ids are send id * READING_ID_SPAN +
+# index: unique, increasing, and free to compute. _v2_from_v1 converts the v1 tables.
+_SCHEMA_V2 = """
+CREATE TABLE latest (
+    endpoint TEXT PRIMARY KEY,
+    paths    BLOB NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE sends ADD COLUMN data TEXT;
+"""
+_READINGS_VIEW = """
+CREATE VIEW readings (id, send_id, endpoint, path, kind, value, time, received_at) AS
+SELECT s.id * 65536 + j.key, s.id, s.endpoint, j.value ->> 0, j.value ->> 1,
+       j.value ->> 2, j.value ->> 3, s.received_at
+FROM sends AS s, json_each(s.data) AS j
+"""
+
+_to_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def readings_json(records: Sequence[Record]) -> str:
+    return _to_json([r[:4] if r.kind != "vd" else
+                     (r.path, "vd", base64.b64encode(cast(bytes, r.value)).decode(), r.time)
+                     for r in records])
+
+
+def readings_from_json(data: str) -> Iterator[tuple[str, ValueKind, Value, float | None]]:
+    for path, kind, value, t in json.loads(data):
+        yield path, kind, base64.b64decode(value) if kind == "vd" else value, t
+
+
+def _from_db(kind: str, value: Any) -> Value:
+    if kind == "vb":
+        return bool(value)
+    if kind == "vd":
+        return bytes(value)
+    return value  # type: ignore[no-any-return]
+
+
+def _v2_from_v1(conn: sqlite3.Connection) -> None:
+    by_ep: dict[str, dict[str, list[Any]]] = {}
+    for ep, path, kind, value, t, received_at in conn.execute(
+        "SELECT endpoint, path, kind, value, time, received_at FROM last_values"
+    ):
+        by_ep.setdefault(ep, {})[path] = [kind, _from_db(kind, value), t, received_at]
+    conn.executemany("INSERT INTO latest (endpoint, paths) VALUES (?, ?)",
+                     [(ep, cbor2.dumps(paths)) for ep, paths in by_ep.items()])
+    by_send: dict[int, list[Record]] = {}
+    for send_id, path, kind, value, t in conn.execute(
+        "SELECT send_id, path, kind, value, time FROM readings ORDER BY id"
+    ):
+        by_send.setdefault(send_id, []).append(Record(path, kind, _from_db(kind, value), t))
+    conn.execute("UPDATE sends SET data = '[]'")
+    conn.executemany("UPDATE sends SET data = ? WHERE id = ?",
+                     [(readings_json(recs), send_id) for send_id, recs in by_send.items()])
+    conn.execute("DROP TABLE last_values")
+    conn.execute("DROP TABLE readings")
+    conn.execute(_READINGS_VIEW)
+
+
+# Version 3 lets an endpoint's latest values point at its latest Sends instead of holding
+# a copy: latest.sends is a JSON array of Send ids, oldest first, whose readings (received
+# at their received_at) go on top of latest.paths. A node sends the same paths each time
+# (its report; its Notifications of an observed object), so a Send usually only rewrites
+# that short array, dropping the Sends it covers, instead of reading, CBOR-decoding and
+# re-encoding the whole map.
+# Beyond LATEST_MAX_SENDS, or LATEST_MAX_PATHS, everything is folded into latest.paths
+# again. Sends are never deleted, so what latest.sends names is always there.
+_SCHEMA_V3 = "ALTER TABLE latest ADD COLUMN sends TEXT"
+
+# Version 4: the device-management tables join the schema. Before, ``dmstore`` created
+# them on open (IF NOT EXISTS) and versioned them in ``dm_meta``; a file from then has
+# them already, with rows, and keeps both (hence IF NOT EXISTS here too).
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS dm_requests (
+    id       INTEGER PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    op       TEXT NOT NULL,
+    spec     TEXT NOT NULL,          -- the wire request, JSON
+    queued   INTEGER NOT NULL,       -- 1: queue mode, delivered when the node wakes
+    state    TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'done', 'failed')),
+    created  REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    finished REAL,
+    result   TEXT                    -- DMResult JSON, or the failure
+);
+CREATE INDEX IF NOT EXISTS dm_requests_open ON dm_requests (endpoint, id)
+    WHERE state IN ('pending', 'sending');
+CREATE INDEX IF NOT EXISTS dm_requests_finished ON dm_requests (finished)
+    WHERE state IN ('done', 'failed');
+CREATE TABLE IF NOT EXISTS dm_observations (
+    id          INTEGER PRIMARY KEY,
+    endpoint    TEXT NOT NULL,
+    key         TEXT NOT NULL,       -- the observed path(s), comma-separated
+    spec        TEXT NOT NULL,       -- the Observe request, JSON
+    token       BLOB,                -- of the live CoAP observation, when there is one
+    reg_id      TEXT,                -- registration it was last established in
+    created     REAL NOT NULL,
+    established REAL,
+    UNIQUE (endpoint, key)
+);
+CREATE TABLE IF NOT EXISTS dm_attributes (
+    endpoint   TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    attributes TEXT NOT NULL,        -- the Write-Attributes query, JSON list
+    t          REAL NOT NULL,
+    PRIMARY KEY (endpoint, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dm_notifications (
+    id             INTEGER PRIMARY KEY,
+    observation_id INTEGER NOT NULL,
+    send_id        INTEGER,          -- the Send row its readings were stored under
+    observe_seq    INTEGER,
+    content_format INTEGER,
+    received       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dm_notifications_obs ON dm_notifications (observation_id);
+"""
+
+
+def _v4_from_dm_meta(conn: sqlite3.Connection) -> None:
+    """Retire the old second version mark (``dm_meta``), refusing a newer one."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dm_meta'"
+                    ).fetchone() is None:
+        return
+    row = conn.execute("SELECT value FROM dm_meta WHERE key = 'version'").fetchone()
+    if row is not None and int(row[0]) > _DM_META_VERSION:
+        raise StoreError(f"device-management tables are version {row[0]}, newer than this"
+                         f" gateway's ({_DM_META_VERSION})")
+    conn.execute("DROP TABLE dm_meta")
+
+
+class Migration(NamedTuple):
+    """What brings a file from one ``user_version`` to the next."""
+
+    script: str  # SQL statements, separated by ';'
+    convert: Callable[[sqlite3.Connection], None] | None = None  # then this, if any
+
+
+# user_version -> the migration to user_version + 1
+MIGRATIONS: dict[int, Migration] = {
+    0: Migration(_SCHEMA_V1),
+    1: Migration(_SCHEMA_V2, _v2_from_v1),
+    2: Migration(_SCHEMA_V3),
+    3: Migration(_SCHEMA_V4, _v4_from_dm_meta),
+}
+
+
+def version(conn: sqlite3.Connection) -> int:
+    """The file's schema version (``PRAGMA user_version``)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, path: str | Path) -> None:
+    """Bring the file to ``SCHEMA_VERSION``, one transaction per step (``MIGRATIONS``)."""
+    at = version(conn)
+    if at > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {at} is newer than this gateway's"
+            f" ({SCHEMA_VERSION}); upgrade the gateway"
+        )
+    while at < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            script, convert = MIGRATIONS[at]
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if convert is not None:
+                convert(conn)
+            conn.execute(f"PRAGMA user_version = {at + 1}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        at += 1
