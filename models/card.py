@@ -49,7 +49,7 @@ def readme(card: dict) -> str:
            (f"- file: `{card['model']['file']}`, {card['model']['bytes']} bytes, sha256 "
            f"`{card['model']['sha256']}`"),
            f"- graph: {card['model']['graph']}",
-           (f"- features: firmware/features.py with the spec in card.json (`feature_spec`), "
+           (f"- features: firmware/dsp/features.py with the spec in card.json (`feature_spec`), "
            f"{card['rate']} Hz, windows of {card['window']} samples"),
            f"- training: {card['training']['summary']}",
            "", "## Input", "", card["input"]["definition"], ""]

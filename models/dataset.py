@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiotkit.models.errors import ModelError
 
@@ -48,7 +49,7 @@ class Recording:
     label: str
     role: str
     scale_exp: int  # value in g = code * 2**scale_exp
-    codes: object  # int16 numpy array at RATE
+    codes: Any  # int16 numpy array at RATE
     sha256: str
 
 
@@ -56,11 +57,11 @@ class Recording:
 class Windows:
     """Feature rows of a set of windows (int32, as the node computes them)."""
 
-    rows: object  # int32 (n, outputs)
-    labels: object  # int (n,), index into LABELS
-    files: object  # int (n,), file number
-    scale_exp: object  # int (n,), the recording's code step exponent
-    starts: object = field(default=None)  # first sample of each window
+    rows: Any  # int32 (n, outputs)
+    labels: Any  # int (n,), index into LABELS
+    files: Any  # int (n,), file number
+    scale_exp: Any  # int (n,), the recording's code step exponent
+    starts: Any = field(default=None)  # first sample of each window
     names: list = field(default_factory=list)  # output names (Extractor.names)
     formats: list = field(default_factory=list)  # (fractional bits, unit) per output
 

@@ -65,7 +65,7 @@ def fit(rows, exps, names, formats, select, *, lo_pct=0.5, hi_pct=99.5, margin=0
         # the code-domain factor for a 1 g/code sensor: x = out * 2^-frac
         m, shift = _mult_shift(1.0 / (scale * 2.0 ** frac))
         scale = 2.0 ** (shift - frac) / m  # the exact step these integers give
-        zp = int(round(QMIN - lo / scale))
+        zp = int(round(QMIN - lo / scale))  # noqa: RUF046 (numpy scalars round to float)
         zp = max(-(1 << 30), min(1 << 30, zp))
         out.append({"name": name, "index": j, "unit": unit, "unit_power": p, "frac": frac,
                     "multiplier": m, "shift": shift, "zero_point": zp, "scale": scale})

@@ -45,7 +45,7 @@ def _range_params(lo: float, hi: float) -> tuple[float, int]:
     if hi - lo < 1e-8:
         hi = lo + 1e-8
     scale = (hi - lo) / 255.0
-    zp = int(round(-128 - lo / scale))
+    zp = int(round(-128 - lo / scale))  # noqa: RUF046 (numpy scalars round to float)
     return scale, max(-128, min(127, zp))
 
 
@@ -80,7 +80,7 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     if m == 0:
         return 0, 0
     frac, shift = math.frexp(m)
-    q = int(math.floor(abs(frac) * (1 << 31) + 0.5))  # round half away from zero
+    q = math.floor(abs(frac) * (1 << 31) + 0.5)  # round half away from zero
     if q == 1 << 31:
         q //= 2
         shift += 1

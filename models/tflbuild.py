@@ -138,7 +138,7 @@ class ModelBuilder:
             quant = (scales, zps, int(quantized_dimension))
         self._tensors.append({
             "shape": shape, "type": code, "buffer": buf,
-            "name": name if name is not None else "t%d" % len(self._tensors),
+            "name": name if name is not None else f"t{len(self._tensors)}",
             "quant": quant,
         })
         return len(self._tensors) - 1
@@ -166,14 +166,15 @@ class ModelBuilder:
         if isinstance(opcode, str):
             if opcode not in BUILTIN_OPS:
                 raise ValueError(f"unknown builtin op {opcode!r} (give its number)")
-            name, code = opcode, BUILTIN_OPS[opcode]
+            name: str | None = opcode
+            code = BUILTIN_OPS[opcode]
         else:
             code = int(opcode)
             name = next((k for k, v in BUILTIN_OPS.items() if v == code), None)
         key = (code, custom_code, version)
         if key not in self._opcodes:
             self._opcodes.append(key)
-        opt = None
+        opt: tuple[int, Any] | None = None
         if raw_options is not None:
             opt = raw_options
         elif name in OPTIONS:
@@ -271,7 +272,7 @@ def _pack_data(data: Any, fmt: str) -> bytes:
         flat = data.ravel().tolist()
     else:
         flat = list(data)
-    return struct.pack("<%d%s" % (len(flat), fmt), *flat)
+    return struct.pack(f"<{len(flat)}{fmt}", *flat)
 
 
 def _option_field(kind: str, value: Any) -> Any:
@@ -350,7 +351,7 @@ class _Writer:
             n = len(data) // size
         else:
             n = len(v.items)
-            data = struct.pack("<%d%s" % (n, v.kind), *v.items)
+            data = struct.pack(f"<{n}{v.kind}", *v.items)
         self._pad(max(v.align, size, 4), 4)
         pos = len(self.buf)
         self.buf += struct.pack("<I", n) + data
@@ -375,7 +376,7 @@ class _Writer:
         vt = [0] * nslots
         for slot, o, _ in layout:
             vt[slot] = o
-        vtable = struct.pack("<HH%dH" % nslots, 4 + 2 * nslots, inline_size, *vt)
+        vtable = struct.pack(f"<HH{nslots}H", 4 + 2 * nslots, inline_size, *vt)
         big = any(isinstance(f, tuple) and struct.calcsize("<" + f[0]) == 8 for _, _, f in layout)
         self._pad(2)
         self._pad(8 if big else 4, len(vtable))

@@ -100,5 +100,5 @@ def aiot_model(data: bytes) -> dict:
     except ValueError as e:
         raise ValueError(f"'aiot.model' metadata is not JSON: {e}") from None
     if not isinstance(m, dict):
-        raise ValueError("'aiot.model' metadata is not a JSON object")
+        raise ValueError("'aiot.model' metadata is not a JSON object")  # noqa: TRY004 (bad input)
     return m

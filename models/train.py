@@ -3,7 +3,7 @@
     train(data_dir, out_dir)  ->  out_dir/bearing-fault/{model.tflite, card.json, README.md}
                                   out_dir/bearing-anomaly/{...}
 
-1. features: firmware/features.py under MicroPython (featurize.py), default spec;
+1. features: firmware/dsp/features.py under MicroPython (featurize.py), default spec;
 2. time split (dataset.py): first 70 % of each recording trains, the last 30 % tests,
    108.mat is held out entirely;
 3. per-feature int8 input map fitted on the training windows (inputq.py);
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from aiotkit.models import dataset
 from aiotkit.models.errors import ModelError
@@ -31,7 +32,7 @@ ANOMALY = {"name": "bearing-anomaly", "hidden": [8, 3, 8], "epochs": 300, "batch
 
 _INPUT_DEF = (
     "Input tensor `features`: int8 [1, {n}], scale 1/128, zero point 0. Input j is "
-    "extractor output `index` (firmware/features.py, `Extractor.names` order) mapped to "
+    "extractor output `index` (firmware/dsp/features.py, `Extractor.names` order) mapped to "
     "int8 with integers only: p = unit power (0 for 1/count/Hz, 1 for code, 2 for code^2), "
     "E = the sensor's scale exponent (g = code * 2^E), n = shift - p*E, v = out * multiplier, "
     "r = (v + 2^(n-1)) >> n if n > 0 else v << -n, q = clamp(r + zero_point, -128, 127). "
@@ -188,7 +189,7 @@ def train_anomaly(spec, recs, tr, te, sh, *, cfg=ANOMALY, limit=None, progress=N
     # threshold from the normal training windows only, through the int8 model itself
     blob0 = export.to_tflite(qm, description="calibration")
     train_scores = evaluate.anomaly_scores(blob0, inputs, normal.rows, normal.scale_exp)
-    thr = int(math.ceil(cfg["threshold_factor"] * int(train_scores.max())))
+    thr = math.ceil(cfg["threshold_factor"] * int(train_scores.max()))
     meta = {"kind": "anomaly", "feature_spec": spec, "inputs": _node_inputs(inputs),
             "threshold": thr, "score": "sum_j (out_j - in_j)^2"}
     blob = export.to_tflite(qm, description=f"aiotkit {cfg['name']} {VERSION}", meta=meta)
@@ -235,7 +236,7 @@ def train(data_dir, out_dir, *, limit=None, epochs=None, progress=None) -> list[
     recs, tr, te, sh = _features(data_dir, spec, limit, progress)
     cards = []
     for fn, cfg in ((train_classifier, CLASSIFIER), (train_anomaly, ANOMALY)):
-        c = dict(cfg)
+        c: dict[str, Any] = dict(cfg)
         if epochs is not None:
             c["epochs"] = epochs
         blob, card = fn(spec, recs, tr, te, sh, cfg=c, limit=limit, progress=progress)

@@ -2,7 +2,8 @@
 # Set up everything aiotkit needs on a Debian/Ubuntu machine, then run the demo or the tests.
 #
 #   tools/bootstrap.sh demo [aiot demo options]   gateway + 3 simulated nodes, live summary
-#   tools/bootstrap.sh test [pytest options]      the full test suite
+#   tools/bootstrap.sh test [pytest options]      ruff and mypy (tools/lint.py), then the
+#                                                 full test suite
 #
 # Idempotent: Debian packages are installed only when missing (always under CI=true),
 # the virtual environment (.venv) is created once and re-installed only when
@@ -97,5 +98,8 @@ fi
 case "$mode" in
   demo) say "starting the demo: a gateway and 3 simulated nodes (Ctrl-C to stop)"
         exec .venv/bin/aiot demo "$@" ;;
-  test) exec .venv/bin/python -m pytest "$@" ;;
+  test) say "ruff and mypy (tools/lint.py)"
+        .venv/bin/python tools/lint.py
+        say "the test suite"
+        exec .venv/bin/python -m pytest "$@" ;;
 esac

@@ -1,7 +1,9 @@
 """The ``aiot`` command: one entry point for every aiotkit user.
 
-Sub-commands report user mistakes as one line on stderr and exit with status 2;
-runtime failures exit with 1. No traceback reaches the user for a mistake of theirs.
+Exit status: 0 done; 1 a failure while doing it; 2 a mistake in what was asked (a bad
+option, a missing file, a malformed config); 130 interrupted. Every error is one line on
+stderr: sub-commands raise the aiotkit error family (``aiotkit.boards.errors``: an
+``AiotError`` carries its exit status) and ``main`` prints it. A traceback means a bug.
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
+
+from aiotkit.boards.errors import AiotError, UsageError
 
 PROG = "aiot"
-
-
-class UsageError(Exception):
-    """A mistake in what the user asked for; printed as one line, exit status 2."""
 
 
 def _positive_int(text: str) -> int:
@@ -38,13 +39,39 @@ def _nonneg_float(text: str) -> float:
     return v
 
 
-def cmd_gateway_run(args) -> int:
+def host_port(text: str, default_port: int = 1883) -> tuple[str, int]:
+    """``HOST[:PORT]`` (``[V6ADDR]:PORT`` for IPv6) as an argparse type; the port is
+    optional."""
+    host, port = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] not in ("", ":"):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected [IPV6]:PORT")
+        host, port = text[1:end], text[end + 2 :]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host:
+        raise argparse.ArgumentTypeError(f"{text!r}: no host (expected HOST[:PORT])")
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: port must be 1..65535")
+    return host, int(port)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0..65535)")
+    return int(text)
+
+
+def cmd_gateway_run(args: argparse.Namespace) -> int:
     from aiotkit.gateway.app import run_cli
 
     return run_cli(args.config)
 
 
-def cmd_sim(args) -> int:
+def cmd_sim(args: argparse.Namespace) -> int:
     from aiotkit.tools.sim import Fleet, FleetConfig
 
     cfg = FleetConfig(
@@ -66,7 +93,7 @@ def cmd_sim(args) -> int:
     if args.dir:
         cfg.workdir = Path(args.dir)
 
-    def on_line(node, line):
+    def on_line(node: Any, line: str) -> None:
         if args.verbose or " sent " not in line or line.endswith(" sent 0"):
             print(f"[{node.endpoint}] {line}", flush=True)
 
@@ -104,7 +131,7 @@ def cmd_sim(args) -> int:
     return asyncio.run(main())
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from aiotkit.tools.demo import run_demo
 
     return asyncio.run(
@@ -118,27 +145,20 @@ def cmd_demo(args) -> int:
     )
 
 
-def cmd_bench(args) -> int:
-    if args.name == "gateway":
-        from aiotkit.tools.bench_gateway import main as bench_gateway
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
 
-        return bench_gateway(args.rest)
-    if args.name == "infer":
-        from aiotkit.tools.bench_infer import main as bench_infer
-
-        return bench_infer(args.rest)
-    from aiotkit.tools.bench_features import main as bench_features
-
-    return bench_features(args.rest)
+    bench = importlib.import_module(f"aiotkit.tools.bench.{args.name}")
+    return int(bench.main(args.rest))
 
 
-def cmd_board_check(args) -> int:
+def cmd_board_check(args: argparse.Namespace) -> int:
     from aiotkit.tools.boards import check_main
 
     return check_main(args.boards)
 
 
-def cmd_data_convert(args) -> int:
+def cmd_data_convert(args: argparse.Namespace) -> int:
     from aiotkit.boards.replay import cwru, signalfile
 
     if bool(args.input) == bool(args.data):
@@ -179,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="aiotkit: MicroPython sensor nodes, an LwM2M/CoAP gateway, and their tools.",
+        epilog="Exit status: 0 done, 1 failed, 2 a mistake in the command or its input, "
+        "130 interrupted. Errors are one line on stderr.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -242,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=_nonneg_float, help="stop after this many seconds")
     d.add_argument("--state", metavar="DIR", help="keep the database and node folders here "
                    "(default: a temporary folder, removed at the end)")
-    d.add_argument("--port", type=int, default=5683, help="CoAP port (5683; another if busy)")
-    d.add_argument("--mqtt", metavar="HOST:PORT", help="also forward to this MQTT broker")
+    d.add_argument("--port", type=_port, default=5683, help="CoAP port (5683; another if busy)")
+    d.add_argument("--mqtt", metavar="HOST[:PORT]", type=host_port,
+                   help="also forward to this MQTT broker (port 1883 unless given)")
     d.set_defaults(func=cmd_demo)
 
     be = sub.add_parser(
@@ -252,10 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="aiot bench features [--windows N ...]: the node's feature extractor on "
         "the MicroPython unix port against numpy. aiot bench infer [--inputs N]: the node's "
         "int8 interpreter against tflite-micro. aiot bench gateway [--nodes N ...]: the "
-        "gateway under simulated LwM2M clients against bare aiocoap. 'aiot bench NAME "
-        "--help' for options.",
+        "gateway under simulated LwM2M clients against bare aiocoap. aiot bench node "
+        "[--against DIR]: the node's code bytes, data heap and boot time to first Register. "
+        "'aiot bench NAME --help' for options.",
     )
-    be.add_argument("name", choices=["features", "gateway", "infer"], help="which benchmark")
+    be.add_argument("name", choices=["features", "gateway", "infer", "node"],
+                    help="which benchmark")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
 
@@ -297,18 +323,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("aiotkit")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from aiotkit.boards.replay.cwru import DataError
-    from aiotkit.boards.replay.signalfile import SignalFileError
-    from aiotkit.tools.sim import SimError
-
     try:
-        return args.func(args)
-    except (UsageError, SimError, DataError, SignalFileError) as e:
+        return int(args.func(args))
+    except AiotError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
+    except OSError as e:  # the system refused: a full disk, a permission, a busy port
+        where = f" {e.filename}" if e.filename else ""
+        print(f"{PROG}: error:{where} {e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

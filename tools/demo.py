@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -17,10 +18,16 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiotkit.gateway.store import NodeSummary
+from aiotkit.gateway.lwm2m.senml import Value
+from aiotkit.gateway.storage import NodeSummary
 from aiotkit.tools.sim import Fleet, FleetConfig, SimNode
+
+if TYPE_CHECKING:
+    from aiotkit.gateway.inference.shadow import ShadowChecker
 
 X_PATH = "/3313/0/5702"
 SEQ_PATH = "/33000/0/0"
@@ -35,11 +42,12 @@ def pick_port(preferred: int) -> int:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return s.getsockname()[1]
+            port_: int = s.getsockname()[1]
+            return port_
     raise OSError("no free UDP port on loopback")
 
 
-def gateway_toml(db: Path, port: int, mqtt: str | None) -> str:
+def gateway_toml(db: Path, port: int, mqtt: tuple[str, int] | None) -> str:
     text = (
         "# written by aiot demo\n"
         "[gateway]\n"
@@ -51,21 +59,23 @@ def gateway_toml(db: Path, port: int, mqtt: str | None) -> str:
         f"port = {port}\n"
     )
     if mqtt:
-        host, _, mport = mqtt.rpartition(":")
-        text += f'[mqtt]\nenabled = true\nhost = "{host or "127.0.0.1"}"\nport = {int(mport)}\n'
+        host, mport = mqtt
+        text += f"[mqtt]\nenabled = true\nhost = {json.dumps(host)}\nport = {mport}\n"
     return text
 
 
-def _age(ts, now) -> str:
+def _age(ts: float | None, now: float) -> str:
     if not ts:
         return "-"
     d = max(0.0, now - float(ts))
     return f"{d:4.0f}s ago" if d < 3600 else f"{d / 3600:4.1f}h ago"
 
 
-def _decision(values: dict) -> str:
+def _decision(values: dict[str, Value]) -> str:
     """The node's latest on-device decision: label (confidence), anomaly flag."""
     label = values.get(LABEL_PATH)
+    if isinstance(label, bytes):
+        label = label.decode(errors="replace")
     anomalous = values.get(ANOMALOUS_PATH)
     if label is None and anomalous is None:
         return "-"
@@ -76,19 +86,21 @@ def _decision(values: dict) -> str:
 
 
 def render(
-    summaries: list[NodeSummary], fleet: Fleet, events, started: float, db: Path,
-    shadow=None,
+    summaries: list[NodeSummary], fleet: Fleet, events: Iterable[str], started: float, db: Path,
+    shadow: ShadowChecker | None = None,
 ) -> str:
     now = time.time()
     up = time.monotonic() - started
     rows = [
         f"aiotkit demo - gateway up {up:5.0f} s - database {db}",
         "",
-        f"{'endpoint':<10} {'state':<13} {'registered':>11} {'last seen':>11} "
-        f"{'sends':>6} {'readings':>9} {'window':>7} {'X (g)':>10}  decision (on the node)",
+        (f"{'endpoint':<10} {'state':<13} {'registered':>11} {'last seen':>11} "
+         f"{'sends':>6} {'readings':>9} {'window':>7} {'X (g)':>10}  decision (on the node)"),
     ]
     for s in sorted(summaries, key=lambda s: s.endpoint):
         x = s.last_values.get(X_PATH)
+        if not isinstance(x, float | int):
+            x = None
         seq = s.last_values.get(SEQ_PATH)
         rows.append(
             f"{s.endpoint:<10} {s.state:<13} "
@@ -119,7 +131,7 @@ async def run_demo(
     duration: float | None = None,
     state: Path | None = None,
     port: int = 5683,
-    mqtt: str | None = None,
+    mqtt: tuple[str, int] | None = None,
     report_ms: int = 1000,
 ) -> int:
     from aiotkit.gateway.app import Gateway

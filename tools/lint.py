@@ -32,7 +32,11 @@ def main() -> int:
                 "--cache-dir", str(REPO / ".mypy_cache")]
         for name in TYPED:
             args += ["-p", f"aiotkit.{name}"]
-        mypy = subprocess.run(args, cwd=tmp, env=dict(os.environ, MYPYPATH=tmp), check=False)
+        mypy = subprocess.run(args, cwd=tmp, env=dict(os.environ, MYPYPATH=tmp), check=False,
+                              capture_output=True, text=True)
+    # findings name the checkout's files (gateway/app.py), not the symlinks
+    for line in (mypy.stdout + mypy.stderr).splitlines():
+        print(line.removeprefix("aiotkit/"))
     return 1 if ruff.returncode or mypy.returncode else 0
 
 

@@ -1,17 +1,22 @@
-"""``aiot model train`` and ``aiot model evaluate``: the bearing model pipeline (models/).
+"""``aiot model train|evaluate|check|run``: the model pipeline (models/) and the node's
+interpreter on the MicroPython unix port.
 
 Hooked into the ``aiot`` parser by ``register(subparsers)``. User mistakes (a missing
-folder, files that are not the CWRU recordings, a folder without a model card) print one
-line on stderr and exit 2; ``evaluate`` exits 1 when the recomputed metrics differ from
-the card's.
+folder, files that are not the CWRU recordings, a folder without a model card) raise
+``ModelError`` / ``ModelRunError``, which ``aiot`` prints as one line with exit status 2;
+``evaluate`` exits 1 when the recomputed metrics differ from the card's, ``check`` when
+the node cannot run the model or it does not fit.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 PROG = "aiot model"
 
@@ -28,7 +33,7 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _progress(quiet: bool):
+def _progress(quiet: bool) -> Callable[[str], None]:
     t0 = time.monotonic()
 
     def say(msg: str) -> None:
@@ -36,11 +41,6 @@ def _progress(quiet: bool):
             print(f"[{time.monotonic() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
     return say
-
-
-def _fail(msg: str) -> int:
-    print(f"{PROG}: error: {msg}", file=sys.stderr)
-    return 2
 
 
 def _check_dirs(data: str) -> Path:
@@ -52,28 +52,25 @@ def _check_dirs(data: str) -> Path:
     return p
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from aiotkit.models.errors import ModelError
 
-    try:
-        data = _check_dirs(args.data)
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ModelError(f"--out {out}: exists and is not a folder")
-        from aiotkit.models import train
+    data = _check_dirs(args.data)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ModelError(f"--out {out}: exists and is not a folder")
+    from aiotkit.models import train
 
-        t0 = time.monotonic()
-        cards = train.train(data, out, limit=args.limit, epochs=args.epochs,
-                            progress=_progress(args.quiet))
-    except ModelError as e:
-        return _fail(str(e))
+    t0 = time.monotonic()
+    cards = train.train(data, out, limit=args.limit, epochs=args.epochs,
+                        progress=_progress(args.quiet))
     for c in cards:
         print(f"{out / c['name']}: {_headline(c)}")
     print(f"trained {len(cards)} models in {time.monotonic() - t0:.1f} s")
     return 0
 
 
-def _headline(card: dict) -> str:
+def _headline(card: dict[str, Any]) -> str:
     m = card["metrics"]
     if card["kind"] == "classifier":
         s = m["speed_shift"]
@@ -86,17 +83,11 @@ def _headline(card: dict) -> str:
             f"{s['file']} flagged {s['rate']}")
 
 
-def cmd_evaluate(args) -> int:
-    from aiotkit.models.errors import ModelError
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from aiotkit.models import evaluate
 
-    try:
-        data = _check_dirs(args.data)
-        from aiotkit.models import evaluate
-
-        card, got, diffs = evaluate.evaluate(Path(args.model), data,
-                                             progress=_progress(args.quiet))
-    except ModelError as e:
-        return _fail(str(e))
+    data = _check_dirs(args.data)
+    card, got, diffs = evaluate.evaluate(Path(args.model), data, progress=_progress(args.quiet))
     if args.json:
         print(json.dumps(got, indent=1))
     else:
@@ -121,10 +112,11 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def register(subparsers):
+def register(subparsers: Any) -> Any:
     """Add ``model train`` and ``model evaluate`` to the aiot parser; returns the
     ``model`` sub-command action so other ``aiot model ...`` commands can join it."""
-    m = subparsers.add_parser("model", help="train and evaluate the bearing models (models/)")
+    m = subparsers.add_parser(
+        "model", help="train, evaluate, check and run int8 models (models/, the node's interpreter)")
     msub = m.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
 
@@ -189,13 +181,10 @@ def register(subparsers):
     return msub
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     from aiotkit.tools import modelrun
 
-    try:
-        rep = modelrun.check(Path(args.model), args.board)
-    except modelrun.ModelRunError as e:
-        return _fail(str(e))
+    rep = modelrun.check(Path(args.model), args.board)
     if args.json:
         print(json.dumps(rep))
     elif "error" in rep:
@@ -220,29 +209,10 @@ def cmd_check(args) -> int:
         else 0
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from aiotkit.tools import modelrun
 
-    try:
-        r = modelrun.run(Path(args.model), Path(args.inputs), Path(args.outputs), args.heap)
-    except modelrun.ModelRunError as e:
-        return _fail(str(e))
+    r = modelrun.run(Path(args.model), Path(args.inputs), Path(args.outputs), args.heap)
     print(f"{r['n']} inputs -> {args.outputs} {r['dtype']} {r['shape']}; "
           f"{r['us']:.1f} us per invoke, arena {r['arena']} bytes")
     return 0
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry (``python -m aiotkit.tools.modelcli``) until the aiot CLI hooks it."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="aiot")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

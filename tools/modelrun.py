@@ -1,5 +1,5 @@
 """``aiot model check`` and ``aiot model run``: the node's own interpreter
-(firmware/tflite.py) on the MicroPython unix port, for model authors.
+(firmware/tinyml/interpreter.py) on the MicroPython unix port, for model authors.
 
 check: loads MODEL.tflite exactly as the node does (every op, type and option validated;
 weights streamed from the file) and reports ops, tensors, arena and weights against a
@@ -15,14 +15,17 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from aiotkit.boards import paths
+from aiotkit.boards.errors import UsageError
 
 # The interpreter's code as x64 .mpy on the unix port (measured: about 50 KB); on a board
 # it is frozen in flash and only the arena and the model's RAM copies use the heap.
 _CHECK = r"""
 import sys, gc, json
-import tflite, tflnames
+from tinyml import interpreter as tflite
+from tinyml.opnames import name
 gc.collect()
 free0 = gc.mem_free()
 try:
@@ -33,7 +36,7 @@ except tflite.TFLiteError as e:
 gc.collect()
 ops = {}
 for op in ip.model.ops:
-    n = tflnames.name(op[0])
+    n = name(op[0])
     ops[n] = ops.get(n, 0) + 1
 def t(x):
     return {"shape": list(x.shape), "type": tflite._tname(x.type), "scale": x.scale, "zp": x.zp}
@@ -42,14 +45,15 @@ print(json.dumps({"ops": ops, "arena": ip.arena_bytes, "ram": free0 - gc.mem_fre
 """
 
 
-# The node's own data with a 1024-sample window and the default features (measured by
-# tests/firmware/mp_test_node_memory.py: 38 KB): the rest of a board's heap budget is the
-# model's (arena + the tables the interpreter keeps in RAM). Half an app slot holds the
-# model file, the other half the firmware.
+# The node's own data with a 1024-sample window and the default features: the rest of a
+# board's heap budget is the model's (arena + the tables the interpreter keeps in RAM).
+# 40 KB was set when tests/firmware/mp_test_node_memory.py measured 38 KB; it measures
+# 46 KB since the node serves its LwM2M object tree (x64 objects, larger than a 32-bit
+# board's). Half an app slot holds the model file, the other half the firmware.
 NODE_DATA = 40 * 1024
 
 
-class ModelRunError(Exception):
+class ModelRunError(UsageError):
     """The model or the inputs cannot be used (one line)."""
 
 
@@ -60,7 +64,7 @@ def _micropython() -> str:
     return mp
 
 
-def check(model: Path, board: str | None = None, heap: str = "192K") -> dict:
+def check(model: Path, board: str | None = None, heap: str = "192K") -> dict[str, Any]:
     """What the node says of ``model``; with ``board``, whether it fits that board."""
     from aiotkit.tools import tflrun
 
@@ -80,7 +84,7 @@ def check(model: Path, board: str | None = None, heap: str = "192K") -> dict:
         err = (proc.stderr or proc.stdout).strip().splitlines()
         raise ModelRunError(f"{model}: the node's interpreter failed: "
                             f"{err[-1] if err else proc.returncode}")
-    out = json.loads(lines[-1])
+    out: dict[str, Any] = json.loads(lines[-1])
     out["file_bytes"] = model.stat().st_size
     if board and "error" not in out:
         from aiotkit.tools import boards
@@ -99,14 +103,19 @@ def check(model: Path, board: str | None = None, heap: str = "192K") -> dict:
     return out
 
 
-def run(model: Path, inputs: Path, outputs: Path, heap: str = "192K") -> dict:
+def run(model: Path, inputs: Path, outputs: Path, heap: str = "192K") -> dict[str, Any]:
     """Run every input row through the node's interpreter; write the outputs (.npy)."""
     import numpy as np
-
     from aiotkit.tools import tflrun
 
     if not model.is_file():
         raise ModelRunError(f"{model}: no such file")
+    folder = outputs.parent
+    if not folder.is_dir():
+        # checked before the run, not after minutes of inference
+        raise ModelRunError(f"--outputs {outputs}: folder {folder} does not exist")
+    if outputs.is_dir():
+        raise ModelRunError(f"--outputs {outputs}: is a folder, give a file name (OUT.npy)")
     try:
         x = np.load(inputs, allow_pickle=False)
     except (OSError, ValueError) as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from aiotkit.boards.errors import UsageError
 from aiotkit.boards.replay.signalfile import Signal, SignalFileError, quantize
 
 CWRU_48K = {97, 98, 99, 100}  # normal baseline recorded at 48 kHz (CWRU data center)
@@ -19,7 +20,7 @@ DEFAULT_RATE = 12_000
 CHANNELS = ("DE", "FE", "BA")
 
 
-class DataError(Exception):
+class DataError(UsageError):
     """Input data cannot be converted; the message says why (one line)."""
 
 
@@ -81,10 +82,10 @@ def convert(
     """One .mat recording → a quantised Signal at ``rate``, optionally a time excerpt."""
     x, src_rate = load_mat(path, channel, in_rate)
     y = resample(x, src_rate, rate)
-    first = int(round(start_s * rate))
+    first = round(start_s * rate)
     if start_s < 0 or first >= len(y):
         raise DataError(f"{path}: start {start_s} s is outside the {len(y) / rate:.2f} s recording")
-    last = len(y) if seconds is None else first + int(round(seconds * rate))
+    last = len(y) if seconds is None else first + round(seconds * rate)
     if seconds is not None and (seconds <= 0 or last > len(y)):
         raise DataError(
             f"{path}: {seconds} s from {start_s} s does not fit the {len(y) / rate:.2f} s recording"

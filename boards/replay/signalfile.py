@@ -18,7 +18,7 @@ offset  size  field
 
 A power-of-two scale makes ``code * 2**E`` exact in float32 and float64, so a value the
 node sends equals, bit for bit, the value a test computes from the same file.
-The firmware reader is ``firmware/replay.py``; this module is the host side.
+The firmware reader is ``firmware/drivers/replay.py``; this module is the host side.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiotkit.boards.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 MAGIC = b"AI16"
 VERSION = 1
@@ -36,7 +43,7 @@ HEADER_SIZE = HEADER.size  # 16
 MAX_RATE = 1_000_000
 
 
-class SignalFileError(ValueError):
+class SignalFileError(UsageError, ValueError):
     """A signal file (or the data meant for one) is not valid; the message says why."""
 
 
@@ -44,10 +51,10 @@ class SignalFileError(ValueError):
 class Signal:
     rate: int
     scale_exp: int
-    codes: "object"  # numpy int16 array, shape (n,) for one channel
+    codes: NDArray[np.int16]  # shape (n,) for one channel
 
     @property
-    def values(self):
+    def values(self) -> NDArray[np.float64]:
         """Samples in g (float64, exact)."""
         import numpy as np
 
@@ -125,7 +132,7 @@ def decode(data: bytes, name: str = "signal") -> Signal:
     return Signal(rate=rate, scale_exp=exp, codes=codes)
 
 
-def read(path: str | os.PathLike) -> Signal:
+def read(path: str | os.PathLike[str]) -> Signal:
     p = Path(path)
     try:
         data = p.read_bytes()

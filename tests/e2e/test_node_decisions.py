@@ -10,7 +10,6 @@ Also: a node refuses models that do not fit its configuration with one config-er
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -123,14 +122,14 @@ def test_node_refuses_models_it_cannot_run_in_one_line(tmp_path, node_firmware, 
     cfg.update({k: v for k, v in setup.items() if k not in ("swap", "truncate")})
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     p = subprocess.run(node_firmware.argv(), cwd=tmp_path, env=node_firmware.env(),
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     lines = p.stdout.strip().splitlines()
     assert p.returncode == 2, p.stdout + p.stderr
     assert len(lines) == 1 and lines[0].startswith("aiot-node: config error: "), p.stdout
     assert expect in lines[0], lines[0]
 
 
-def test_gateway_flags_a_decision_the_models_do_not_give(tmp_path, gateway, micropython):
+async def test_gateway_flags_a_decision_the_models_do_not_give(tmp_path, gateway, micropython):
     """A node whose interpreter went wrong: the same Send with its label changed."""
     clf, _ = paths.shipped_models()
     data = clf.read_bytes()
@@ -164,7 +163,7 @@ def test_gateway_flags_a_decision_the_models_do_not_give(tmp_path, gateway, micr
             await ctx.shutdown()
 
     mark = gateway.proc.mark()
-    assert asyncio.run(main()) == ["2.04 Changed"] * 2
+    assert await main() == ["2.04 Changed"] * 2
     gateway.proc.wait_for(r"shadow check ep=liar window=7: agrees", timeout=10, start=mark)
     m = gateway.proc.wait_for(r"shadow check ep=liar window=7: DISAGREES: label: node "
                               rf"{wrong} .*gateway {label}", timeout=10, start=mark)

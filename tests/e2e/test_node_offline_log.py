@@ -183,9 +183,10 @@ async def _offline_then_online(tmp_path: Path, node_firmware) -> None:
             await gw.shutdown()
 
 
-def test_reports_made_while_the_gateway_is_away_arrive_in_order_also_after_a_kill(
+@pytest.mark.timeout_s(TIMEOUT_S * 2)
+async def test_reports_made_while_the_gateway_is_away_arrive_in_order_also_after_a_kill(
         tmp_path: Path, node_firmware) -> None:
-    asyncio.run(asyncio.wait_for(_offline_then_online(tmp_path, node_firmware), TIMEOUT_S * 2))
+    await _offline_then_online(tmp_path, node_firmware)
 
 
 async def _bootstrap(tmp_path: Path, node_firmware) -> None:
@@ -218,6 +219,7 @@ async def _bootstrap(tmp_path: Path, node_firmware) -> None:
         await gw.shutdown()
 
 
-def test_a_node_with_only_a_bootstrap_server_bootstraps_then_registers(
+@pytest.mark.timeout_s(TIMEOUT_S)
+async def test_a_node_with_only_a_bootstrap_server_bootstraps_then_registers(
         tmp_path: Path, node_firmware) -> None:
-    asyncio.run(asyncio.wait_for(_bootstrap(tmp_path, node_firmware), TIMEOUT_S))
+    await _bootstrap(tmp_path, node_firmware)

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 from aiotkit.boards.replay import signalfile
-from aiotkit.tools import modelcli
+from aiotkit.tools import cli
 from conftest import CWRU, MODELS, REPO, SHIPPED, needs_cwru
 
 # file number -> the excerpt that stands in for it in the small folder
@@ -23,7 +23,7 @@ STAND_IN = {97: "normal-97", 105: "inner-105", 209: "inner-105", 108: "inner-105
 
 
 def run(capsys, *argv):
-    code = modelcli.main(["model", *argv])
+    code = cli.main(["model", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -103,7 +103,7 @@ def test_train_bad_input_is_one_line(capsys, tmp_path, small_data, case):
         out.write_text("")
     code, _o, err = run(capsys, "train", "--data", str(data), "--out", str(out), "--quiet")
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("aiot model: error: ")
+    assert err.count("\n") == 1 and err.startswith("aiot: error: ")
     assert "Traceback" not in err
 
 
@@ -124,7 +124,7 @@ def test_evaluate_bad_model_dir_is_one_line(capsys, tmp_path, small_data, case):
         (d / "model.tflite").write_bytes(bytes(blob))
     code, _out, err = run(capsys, "evaluate", str(d), "--data", str(small_data))
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("aiot model: error: ")
+    assert err.count("\n") == 1 and err.startswith("aiot: error: ")
 
 
 def test_evaluate_refuses_other_data(capsys, small_data):

@@ -24,7 +24,7 @@ EXCERPTS = {"normal-97": 97, "inner-105": 105, "outer-130": 130, "ball-118": 118
 def aiot(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "aiotkit.tools.cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=120,
+        capture_output=True, text=True, cwd=cwd, timeout=120, check=False,
     )
 
 
