@@ -15,54 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from aiotkit.boards.errors import AiotError, UsageError
+from aiotkit.tools.args import host_port, nonneg_float, port, positive_int
 
 PROG = "aiot"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return v
-
-
-def host_port(text: str, default_port: int = 1883) -> tuple[str, int]:
-    """``HOST[:PORT]`` (``[V6ADDR]:PORT`` for IPv6) as an argparse type; the port is
-    optional."""
-    host, port = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or text[end + 1 : end + 2] not in ("", ":"):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected [IPV6]:PORT")
-        host, port = text[1:end], text[end + 2 :]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    if not host:
-        raise argparse.ArgumentTypeError(f"{text!r}: no host (expected HOST[:PORT])")
-    if not port:
-        return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: port must be 1..65535")
-    return host, int(port)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0..65535)")
-    return int(text)
 
 
 def cmd_gateway_run(args: argparse.Namespace) -> int:
@@ -224,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start N MicroPython unix-port nodes, each with its own endpoint name and "
         "folder, replaying bearing vibration recordings. Stops (nodes de-register) on Ctrl-C.",
     )
-    s.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (default 3)")
+    s.add_argument("--nodes", type=positive_int, default=3, help="how many nodes (default 3)")
     s.add_argument("--gateway", required=True, metavar="coap://HOST:PORT", help="gateway URI")
     s.add_argument("--prefix", default="node", help="endpoint names are PREFIX-1.. (default node)")
     s.add_argument(
@@ -235,9 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay file; repeat to give nodes different ones "
         "(default: the shipped CWRU excerpts)",
     )
-    s.add_argument("--lifetime", type=_positive_int, default=60, help="LwM2M lifetime s (60)")
-    s.add_argument("--window", type=_positive_int, default=1024, help="window samples (1024)")
-    s.add_argument("--hop", type=_positive_int, help="hop samples (default: the window)")
+    s.add_argument("--lifetime", type=positive_int, default=60, help="LwM2M lifetime s (60)")
+    s.add_argument("--window", type=positive_int, default=1024, help="window samples (1024)")
+    s.add_argument("--hop", type=positive_int, help="hop samples (default: the window)")
     s.add_argument("--report-ms", type=int, default=1000, help="min ms between reports (1000)")
     s.add_argument("--realtime", action="store_true", help="replay at the recording's own rate")
     s.add_argument("--heap", default="320K",
@@ -251,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "bearing-anomaly model, same conditions)")
     s.add_argument("--no-models", action="store_true",
                    help="nodes report features only, no on-node inference")
-    s.add_argument("--duration", type=_nonneg_float, help="stop after this many seconds")
+    s.add_argument("--duration", type=nonneg_float, help="stop after this many seconds")
     s.add_argument("--verbose", action="store_true", help="print every report")
     s.set_defaults(func=cmd_sim)
 
@@ -261,11 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a gateway (SQLite, no cloud account) and simulated nodes on this "
         "machine and show nodes registering and readings arriving.",
     )
-    d.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (default 3)")
-    d.add_argument("--duration", type=_nonneg_float, help="stop after this many seconds")
+    d.add_argument("--nodes", type=positive_int, default=3, help="how many nodes (default 3)")
+    d.add_argument("--duration", type=nonneg_float, help="stop after this many seconds")
     d.add_argument("--state", metavar="DIR", help="keep the database and node folders here "
                    "(default: a temporary folder, removed at the end)")
-    d.add_argument("--port", type=_port, default=5683, help="CoAP port (5683; another if busy)")
+    d.add_argument("--port", type=port, default=5683, help="CoAP port (5683; another if busy)")
     d.add_argument("--mqtt", metavar="HOST[:PORT]", type=host_port,
                    help="also forward to this MQTT broker (port 1883 unless given)")
     d.set_defaults(func=cmd_demo)
@@ -309,10 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("input", nargs="?", metavar="FILE.mat", help="one recording")
     dc.add_argument("--data", metavar="DIR", help="convert every .mat file in DIR")
     dc.add_argument("-o", "--out", metavar="PATH", help="output file (or folder with --data)")
-    dc.add_argument("--rate", type=_positive_int, default=12000, help="output rate Hz (12000)")
-    dc.add_argument("--in-rate", type=_positive_int, help="input rate Hz (default: CWRU table)")
-    dc.add_argument("--start", type=_nonneg_float, default=0.0, help="excerpt start s (0)")
-    dc.add_argument("--seconds", type=_nonneg_float, help="excerpt length s (default: all)")
+    dc.add_argument("--rate", type=positive_int, default=12000, help="output rate Hz (12000)")
+    dc.add_argument("--in-rate", type=positive_int, help="input rate Hz (default: CWRU table)")
+    dc.add_argument("--start", type=nonneg_float, default=0.0, help="excerpt start s (0)")
+    dc.add_argument("--seconds", type=nonneg_float, help="excerpt length s (default: all)")
     dc.add_argument("--channel", default="DE", choices=["DE", "FE", "BA"], help="sensor (DE)")
     dc.set_defaults(func=cmd_data_convert)
 

@@ -18,19 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aiotkit.tools.args import positive_int
+
 PROG = "aiot model"
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return v
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:
@@ -131,10 +121,10 @@ def register(subparsers: Any) -> Any:
     t.add_argument("--data", required=True, metavar="DIR",
                    help="folder with the CWRU .mat files (97, 105, 108, 118, 130, 209, 222, 234)")
     t.add_argument("--out", required=True, metavar="DIR", help="where the model folders go")
-    t.add_argument("--limit", type=_positive_int, metavar="N",
+    t.add_argument("--limit", type=positive_int, metavar="N",
                    help="at most N windows per recording and part (quick runs; not for "
                    "shipped models)")
-    t.add_argument("--epochs", type=_positive_int, metavar="N",
+    t.add_argument("--epochs", type=positive_int, metavar="N",
                    help="override the training epochs (quick runs)")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.set_defaults(func=cmd_train)

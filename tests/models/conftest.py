@@ -1,18 +1,8 @@
-"""Shared paths and helpers of the model pipeline tests."""
+"""Fixtures of the model pipeline tests (their shared paths: ``modelpaths.py``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-MODELS = REPO / "models"
-SHIPPED = ["bearing-fault", "bearing-anomaly"]
-CWRU = REPO.parent / "shared" / "data" / "cwru"
-
-needs_cwru = pytest.mark.skipif(not CWRU.is_dir(),
-                                reason="full CWRU recordings (../shared/data/cwru) not present")
 
 
 @pytest.fixture(scope="session")

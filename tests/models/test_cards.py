@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 from aiotkit.models import evaluate, featurize
-from conftest import MODELS, SHIPPED
+from modelpaths import MODELS, SHIPPED
 
 
 @pytest.fixture(scope="module", params=SHIPPED)

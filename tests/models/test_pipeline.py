@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from aiotkit.boards.replay import signalfile
 from aiotkit.tools import cli
-from conftest import CWRU, MODELS, REPO, SHIPPED, needs_cwru
+from modelpaths import CWRU, MODELS, REPO, SHIPPED, needs_cwru
 
 # file number -> the excerpt that stands in for it in the small folder
 STAND_IN = {97: "normal-97", 105: "inner-105", 209: "inner-105", 108: "inner-105",

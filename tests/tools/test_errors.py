@@ -87,7 +87,7 @@ def test_demo_mqtt_mistakes_are_one_line(value, message):
     ("[::1]", ("::1", 1883)),
 ])
 def test_demo_mqtt_host_without_port_means_1883(value, parsed):
-    from aiotkit.tools.cli import host_port
+    from aiotkit.tools.args import host_port
     from aiotkit.tools.demo import gateway_toml
 
     assert host_port(value) == parsed

@@ -345,7 +345,8 @@ class MicroPythonRun:
         self.spec: dict | None = None
 
     def _read_until(self, prefix: str | None) -> None:
-        assert self.proc.stdout
+        if self.proc.stdout is None:
+            raise BenchError("micropython's output is not a pipe")
         for line in self.proc.stdout:
             line = line.rstrip("\n")
             if line.startswith("{"):
@@ -364,7 +365,8 @@ class MicroPythonRun:
                 raise BenchError("micropython took too long")
 
     def step(self) -> None:
-        assert self.proc.stdin
+        if self.proc.stdin is None:
+            raise BenchError("micropython's input is not a pipe")
         try:
             self.proc.stdin.write("go\n")
             self.proc.stdin.flush()
@@ -477,7 +479,8 @@ def _bench(args) -> int:
         for p in range(args.passes):
             run.step()
             if feat is None:
-                assert run.spec is not None
+                if run.spec is None:
+                    raise BenchError("the node did not report its feature spec")
                 feat = numpy_features(run.spec)
                 for w in wins[:5]:
                     feat(w)  # warm up
