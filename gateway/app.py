@@ -26,7 +26,7 @@ from .coap.fastsend import FastSend
 from .coap.layer import MessageLayer
 from .coap.layer import install as install_message_layer
 from .config import GatewayConfig, load_config
-from .dm.manager import DeviceManagement
+from .dm import DeviceManagement
 from .errors import ConfigError, GatewayError
 from .lwm2m.bootstrap import BootstrapServer
 from .lwm2m.ddf import load_shipped

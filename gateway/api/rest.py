@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
 
     from ..app import Gateway
-    from ..dm.manager import DeviceManagement
+    from ..dm import DeviceManagement
     from ..lwm2m.registry import RegistryEvent
     from ..storage.api import Registration
 
@@ -607,7 +607,7 @@ def _node_error(code: str, message: str, result: dict[str, Any] | None = None) -
 
 def _map_gateway_error(e: GatewayError) -> ApiError:
     """An error from device management or the codecs as an HTTP answer."""
-    from ..dm.manager import (
+    from ..dm import (
         DeviceTimeout,
         DeviceUnreachable,
         DMError,
@@ -742,7 +742,7 @@ def _create_args(body: Any) -> dict[str, Any]:
 
 def _attribute_args(body: Any) -> dict[str, Any]:
     """``{"pmin": 1, "pmax": 10, "gt": 2.5, "unset": ["st"]}``."""
-    from ..dm.manager import ATTRIBUTES
+    from ..dm import ATTRIBUTES
 
     if not isinstance(body, dict):
         raise ApiError(400, "bad_value", "attributes must be a JSON object")

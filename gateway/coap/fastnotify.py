@@ -35,7 +35,7 @@ import logging
 from collections.abc import Hashable
 from typing import Any
 
-from ..dm.manager import DeviceManagement
+from ..dm import DeviceManagement
 from . import wire
 from .layer import Ancdata, DatagramHook, Sockaddr
 

@@ -30,7 +30,7 @@ import pytest
 from aiotkit.boards import paths
 from aiotkit.gateway.app import Gateway
 from aiotkit.gateway.config import load_config
-from aiotkit.gateway.dm.manager import OperationFailed
+from aiotkit.gateway.dm import OperationFailed
 from aiotkit.gateway.lwm2m.codecs import CodecError
 from aiotkit.gateway.lwm2m.registry import RegistryEvent
 from plugins.services import free_port

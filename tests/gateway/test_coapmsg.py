@@ -25,7 +25,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import ACK, CON, RST
 from aiotkit.gateway.coap import layer as coapmsg
 from aiotkit.gateway.coap.dedup import DedupCache
-from aiotkit.gateway.dm.manager import DeviceTimeout
+from aiotkit.gateway.dm import DeviceTimeout
 from aiotkit.gateway.errors import ConfigError
 from plugins.services import free_port
 

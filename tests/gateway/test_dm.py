@@ -16,7 +16,7 @@ import json
 import cbor2
 import pytest
 from aiocoap.numbers.codes import Code
-from aiotkit.gateway.dm.manager import (
+from aiotkit.gateway.dm import (
     DeviceTimeout,
     DMError,
     DMResult,

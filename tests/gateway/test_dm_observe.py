@@ -16,7 +16,7 @@ from collections.abc import Callable
 import cbor2
 import pytest
 from aiocoap.numbers.codes import Code
-from aiotkit.gateway.dm.manager import OperationFailed
+from aiotkit.gateway.dm import OperationFailed
 from aiotkit.gateway.errors import ConfigError
 from aiotkit.gateway.lwm2m.registry import RegistryEvent
 from fakeclient import FakeClient

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiotkit.gateway.dm.manager import DMError, QueueFull
+from aiotkit.gateway.dm import DMError, QueueFull
 from fakeclient import FakeClient
 
 QUEUE = "[dm]\nrequest_timeout_s = 2.0\nqueue_awake_s = 10.0\n"
