@@ -4,10 +4,22 @@
 # size before use, and any violation raises TFLiteError naming what was being read.
 # A file is read through a small page cache, so parsing needs little RAM and the
 # constant buffers (weights) can stay in the file.
+#
+# Limits: the schema bounds no count and no length, so the reader only keeps limits that
+# protect the node's memory, each with its reason below. Strings (tensor and metadata
+# names) are metadata and never refuse a model: only a bounded prefix is ever read.
 import struct
 from micropython import const
 
 _PAGE = const(128)  # bytes per cached page of a model file
+# ints() builds a list in RAM (4 to 8 bytes an entry, plus the raw bytes while unpacking):
+# a vector's length is checked against the model size, but a model in flash can be far
+# bigger than the heap, so a count near its 2^32 bound would end in MemoryError. The
+# node's int vectors are shapes (<= 6), tensor lists of an op or subgraph, and per-channel
+# scales and zero points (one per output channel, kept in RAM as tables): 4096 is above
+# any model a board's heap can run.
+_MAX_INTS = const(4096)
+_SHOW = const(48)  # bytes of a name kept for messages (names are unbounded in the schema)
 
 
 class TFLiteError(Exception):
@@ -134,8 +146,9 @@ class Table:
             return None
         p, n = v
         size = struct.calcsize(fmt)
-        if n > 4096:
-            raise TFLiteError("%s: %d entries is too many" % (what, n))
+        if n > _MAX_INTS:
+            raise TFLiteError("%s: %d entries is too many, at most %d are supported"
+                              % (what, n, _MAX_INTS))
         raw = self.src.read(p, n * size, what)
         return [struct.unpack_from(fmt, raw, i * size)[0] for i in range(n)]
 
@@ -152,14 +165,36 @@ class Table:
             out.append(Table(self.src, t, w))
         return out
 
-    def string(self, slot, what):
+    def string(self, slot, what, limit=_SHOW):
+        """(first `limit` bytes, length) of a string field, or None when absent.
+
+        Strings are names: the schema does not bound them, converters write fused-op
+        tensor names of many KB ("a;b;c" joined), and TFLM never reads them. So their
+        length never refuses a model and only a bounded prefix is copied into RAM."""
         v = self.vector(slot, 1, what)
         if v is None:
             return None
         p, n = v
-        if n > 256:
-            raise TFLiteError("%s: string of %d bytes is too long" % (what, n))
-        try:
-            return self.src.read(p, n, what).decode()
-        except UnicodeError:
-            raise TFLiteError("%s: string is not UTF-8" % what)
+        return self.src.read(p, n if n < limit else limit, what), n
+
+
+def label(s):
+    """A name for messages from string()'s (prefix, length): one line of at most _SHOW
+    characters, '...' when cut; bytes that are not printable UTF-8 become '?'."""
+    if s is None:
+        return ""
+    b, n = s
+    k = len(b)
+    if k < n:
+        # the prefix may cut a multi-byte character: drop its continuation bytes
+        while k and b[k - 1] & 0xC0 == 0x80:
+            k -= 1
+        if k and b[k - 1] & 0x80:
+            k -= 1  # and its lead byte
+        b = b[:k]
+    try:
+        t = b.decode()
+    except UnicodeError:
+        t = "".join(chr(c) if c < 0x80 else "?" for c in b)
+    t = "".join("?" if c < " " or c == "\x7f" else c for c in t)
+    return t + "..." if k < n else t

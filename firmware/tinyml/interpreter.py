@@ -16,7 +16,7 @@ from array import array
 from micropython import const
 
 from tinyml import kernels, quant
-from tinyml.flatbuf import Source, Table, TFLiteError
+from tinyml.flatbuf import Source, Table, TFLiteError, label
 
 _ALIGN = const(16)  # arena offsets, as TFLM's MicroArenaBufferAlignment()
 _F32 = const(0)
@@ -26,7 +26,14 @@ _TYPE_NAMES = {0: "FLOAT32", 1: "FLOAT16", 2: "INT32", 3: "UINT8", 4: "INT64", 5
                6: "BOOL", 7: "INT16", 8: "COMPLEX64", 9: "INT8", 10: "FLOAT64"}
 _TYPE_SIZE = {0: 4, 2: 4, 3: 1, 4: 8, 7: 2, 9: 1}
 _ACT_NAMES = ("NONE", "RELU", "RELU_N1_TO_1", "RELU6", "TANH", "SIGN_BIT")
+# Elements per tensor (and dimensions <= 65535, checked before the product): protects
+# memory and word size. A tensor of 2^22 elements is already 4-16 MB, more than any
+# board's heap (arena) or RAM copy, and every offset a viper kernel computes from it stays
+# far inside the signed 32-bit machine word of a board.
 _MAX_ELEMS = const(1 << 22)
+# Metadata names the node looks up ("aiot.model") are short; a longer name is skipped
+# (not refused: names are metadata), so no entry's name is ever copied whole into RAM.
+_KEY_MAX = const(64)
 
 # builtin codes (schema.fbs BuiltinOperator)
 _ADD = const(0)
@@ -112,11 +119,16 @@ class Model:
         self.metadata = {}
         for i, t in enumerate(m.tables(6, "metadata")):
             w = "metadata %d" % i
-            name = t.string(0, w)
+            name = t.string(0, w, _KEY_MAX + 1)
             bi = t.scalar(1, "<I", 0)
             if bi >= len(self.buffers):
                 raise TFLiteError("%s: buffer %d does not exist" % (w, bi))
-            self.metadata[name] = self.buffers[bi]
+            if name is None or name[1] > _KEY_MAX:
+                continue
+            try:
+                self.metadata[name[0].decode()] = self.buffers[bi]
+            except UnicodeError:
+                pass  # not a name the node looks up
         g = subgraphs[0]
         self.tensors = [self._tensor(i, t) for i, t in enumerate(g.tables(0, "tensors"))]
         nt = len(self.tensors)
@@ -157,7 +169,7 @@ class Model:
         if n > _MAX_ELEMS:
             raise TFLiteError("%s: %d elements is too many" % (w, n))
         ttype = t.scalar(1, "<b", 0)
-        name = t.string(3, w) or ""
+        name = label(t.string(3, w))  # a bounded prefix: the schema bounds no name
         if name:
             w = "tensor %d (%s)" % (i, name)
         ts = Tensor(i, tuple(shape), ttype, name)
