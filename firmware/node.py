@@ -12,6 +12,7 @@
 # exits 0.
 # Log lines on stdout (parsed by tools/sim.py and tests):
 #   aiot-node EP registered LOCATION | updated | sent SEQ | deregistered | error: MESSAGE
+#   aiot-node EP send refused: reports by notify only
 #   aiot-node: config error: MESSAGE        (then exit status 2)
 #
 # Report (README.md, "For firmware developers"): the objects of report.py, whose tables
@@ -34,6 +35,12 @@
 # register again (back-off), logging the reports meanwhile. Appending, sending and popping allocate a few objects
 # (the time stamp's integers and float); the steady state (log empty, gateway reachable)
 # nothing.
+#
+# A server without Send (firmware/LWM2M.md): after config "send_refusals" Sends in a
+# row answered 4.00, 4.04 or 4.05 (lwm2m/client.py Client.refused) the node stops using
+# Send for that server (_off()), says so once, empties the flash log and reports
+# through Observe/Notify only. A refused report is not counted as lost (the server got
+# it).
 from micropython import const
 import micropython
 import sys
@@ -168,9 +175,27 @@ class Node(Session):
         # the Send's payload: the SenML-CBOR pack of report.py's objects
         self.report.write(w)
 
+    def _off(self):
+        # Send is off: the server refused send_refusals Sends in a row (it has none;
+        # lwm2m/client.py Client.refused). The first time, say so and empty the log
+        # (its reports could only be refused as well)
+        c = self.client
+        k = self.cfg["send_refusals"]
+        if c is None or not 0 < k <= c.refused:
+            return False
+        if c.refused == k:  # once: the count goes past the limit
+            c.refused += 1
+            log = self.flog
+            while log is not None and log.count:
+                log.pop()
+            self.log("send refused: reports by notify only")
+        return True
+
     def _report(self):
         _minmax(self.win, self.n, self.mm)
         self._last_report = self.clock.ticks_ms()
+        if self._off():  # reports by Notify: _window told the observers
+            return self._reset()
         if self.flog is None:
             return self._report_now()
         if self.registered() and self._drain():
@@ -181,7 +206,8 @@ class Node(Session):
             except self._net_errors as e:
                 self.error("send %d" % self.seq, e)
                 self._lost_contact(e)
-        self._keep()
+        if not self._off():
+            self._keep()
         self._reset()
 
     def _lost_contact(self, e):
@@ -204,9 +230,14 @@ class Node(Session):
                 break
             except self._net_errors as e:
                 self.error("send %d" % self.seq, e)
+                if self._off():
+                    return self._reset()
                 # 4.04: the gateway forgot the registration; register and send once more
                 if attempt or self.client.registered:
-                    self.lost += 1
+                    # lost, unless refused (4.00, 4.04, 4.05: Client.refused): the server
+                    # got it, and one without Send refuses every report
+                    if not (isinstance(e, self._net_errors[1]) and self.client.refused):
+                        self.lost += 1
                     self._reset()
                     return
         self._sent()
@@ -332,11 +363,16 @@ class Node(Session):
                 self.client.send(self._fill_log, self.deadline_ms)  # a bound method: 32 B
             except self._net_errors as e:
                 self.error("send logged", e)
+                if self._off():
+                    return False  # the log went with Send
                 c = self.ep.rx.code
                 if not (isinstance(e, self._net_errors[1]) and c >> 5 == 4 and c != 0x84):
                     self._lost_contact(e)
                     break
-                self.lost += 1  # refused for good (4.xx): it would block the log forever
+                # refused (4.xx): popped, as it would block the log forever; lost unless
+                # refused as a server without Send does (4.00, 4.04, 4.05)
+                if not self.client.refused:
+                    self.lost += 1
             self._awake()
             log.pop()
             k += 1

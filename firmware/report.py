@@ -61,12 +61,13 @@ class Window(Obj):
     bn = b"/33000/0/"
     # 0 sequence, 1 offset, 2 length, 3 rate, 4 min g, 5 max g, 6 flags, 7 overruns,
     # 8 dropped, 9 saturated, 10 bus errors, 11 windows since the last report; the flash
-    # log's 12 reports lost and 13 reports logged are not in the reports
+    # log's 12 reports lost and 13 reports logged, and 14 Send refused (the server has no
+    # Send: reports by Observe/Notify only) are not in the reports
     res = (0 << 8 | T_INT | R | S, 1 << 8 | T_INT | R | S, 2 << 8 | T_INT | R | S,
            3 << 8 | T_INT | R | S, 4 << 8 | T_FLOAT | R | S, 5 << 8 | T_FLOAT | R | S,
            6 << 8 | T_INT | R | S, 7 << 8 | T_INT | R | S, 8 << 8 | T_INT | R | S,
            9 << 8 | T_INT | R | S, 10 << 8 | T_INT | R | S, 11 << 8 | T_INT | R | S,
-           12 << 8 | T_INT | R, 13 << 8 | T_INT | R)
+           12 << 8 | T_INT | R, 13 << 8 | T_INT | R, 14 << 8 | T_BOOL | R)
 
     def __init__(self, node):
         self.node = node
@@ -100,8 +101,11 @@ class Window(Obj):
         elif rid == 12:  # reports lost: overwritten in the full log, or with no log
             lg = nd.flog
             v.int(nd.lost + (lg.dropped if lg is not None else 0))
-        else:  # reports waiting in the log
+        elif rid == 13:  # reports waiting in the log
             v.int(nd.flog.count if nd.flog is not None else 0)
+        else:
+            c = nd.client  # Send off: the server refused send_refusals Sends in a row
+            v.bool(c is not None and 0 < nd.cfg["send_refusals"] <= c.refused)
 
 
 class Features(Obj):

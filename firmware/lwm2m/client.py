@@ -16,7 +16,9 @@ _DELETE = const(4)
 _CREATED = const(0x41)  # 2.01
 _DELETED = const(0x42)  # 2.02
 _CHANGED = const(0x44)  # 2.04
+_BAD_REQUEST = const(0x80)  # 4.00
 _NOT_FOUND = const(0x84)  # 4.04
+_NOT_ALLOWED = const(0x85)  # 4.05
 _LOCATION_PATH = const(8)
 _URI_PATH = const(11)
 _CONTENT_FORMAT = const(12)
@@ -48,6 +50,7 @@ class Client:
         self.location = ""  # e.g. "/rd/abc"
         self._loc = []  # Location-Path segments (bytes)
         self._ok_at = 0  # ticks of the last successful Register/Update
+        self.refused = 0  # Sends answered 4.00, 4.04 or 4.05 in a row (a server without /dp)
         self._cw = Writer(ep.tx)
         self._ep = b"ep=" + name.encode()
         self.set_lifetime(lifetime)
@@ -141,7 +144,9 @@ class Client:
     def send(self, fill, deadline_ms=-1):
         """LwM2M Send: POST /dp, SenML-CBOR. fill(writer) writes the payload into the
         request buffer through a cbor/encode.py Writer (no copy). Raises on anything but 2.xx;
-        after 4.04 the client counts as unregistered."""
+        after 4.04 the client counts as unregistered. Counts the refusals (4.00, 4.04,
+        4.05: what a server without Send answers) in a row in ``refused``; any other
+        answer resets it, a timeout leaves it."""
         ep = self.ep
         w = ep.begin(_POST)
         w.option(_URI_PATH, b"dp")
@@ -151,9 +156,13 @@ class Client:
         cw.pos = w.mark_payload()
         fill(cw)
         w.end_payload(cw.pos)
-        r = ep.exchange(deadline_ms)
-        if r.code == _NOT_FOUND:
+        c = ep.exchange(deadline_ms).code
+        if c == _BAD_REQUEST or c == _NOT_FOUND or c == _NOT_ALLOWED:
+            self.refused += 1
+        else:
+            self.refused = 0
+        if c >> 5 == 2:
+            return c
+        if c == _NOT_FOUND:
             self.registered = False  # the server does not know us (any more): register again
-        if r.code >> 5 != 2:
-            raise LwM2MError("send answered " + code_str(r.code))
-        return r.code
+        raise LwM2MError("send answered " + code_str(c))

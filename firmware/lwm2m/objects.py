@@ -95,7 +95,8 @@ class Val:
 class Obj:
     """An object with instances 0 .. n-1 (override ids/has for others). res: the
     resource table, ascending rid. events.update(flags) asks the session for a
-    Registration Update (1 lifetime, 2 binding, 4 object links)."""
+    Registration Update (1 lifetime, 2 binding, 4 object links) or, with 8, to keep
+    the Server object."""
 
     oid = -1
     res = ()
@@ -162,7 +163,8 @@ class Security(Obj):
 class Server(Obj):
     """Object 1, one instance: short server ID, lifetime (a write sends an Update
     with lt), default pmin/pmax, notification storing, binding (U or UQ), and the
-    Registration Update Trigger (8)."""
+    Registration Update Trigger (8). A write asks the session to keep the object
+    (events.update(8): storage/serverobj.py)."""
 
     oid = 1
     res = (0 << 8 | T_INT | R, 1 << 8 | T_INT | R | W, 2 << 8 | T_INT | R | W,
@@ -216,6 +218,7 @@ class Server(Obj):
             if b != self.binding:
                 self.binding = b
                 self.events.update(2)
+        self.events.update(8)  # keep the object (it survives a reboot)
         return _CHANGED
 
     def run(self, iid, rid, arg):

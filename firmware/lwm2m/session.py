@@ -14,7 +14,10 @@
 # the node again). Queue mode (config "queue", b=UQ, Core section 6.5): the node
 # listens for "awake_ms" after each message it sends to the server (Register, Update,
 # Send) and sleeps otherwise: what arrives meanwhile is dropped, as by a radio that is
-# off; notifications wait for the next wake-up.
+# off; notifications wait for the next wake-up. A write of the Server object (/1/0:
+# lifetime, default pmin/pmax, notification storing, binding) is kept in flash
+# (storage/serverobj.py) once the answer is out, and restored before the first Register
+# after a reboot.
 #
 # Client-initiated bootstrap (Core section 6.1.2; config "bootstrap" = coap://HOST:PORT of
 # the bootstrap server): before the first Register the session takes the server account
@@ -37,6 +40,9 @@ _MAX_BLOCK = const(256)
 _OBSERVERS = const(4)
 _CACHE_SLOT = const(32)
 _BS_AFTER = const(3)  # Registers failed in a row before bootstrapping again
+_REBOOT = const(1)  # Session._reboot: a Reboot (/3/0/4) ...
+_STORE = const(2)  # ... a write of /1/0 to keep (storage/serverobj.py)
+_KEEP = const(8)  # update(): not an Update, keep /1/0 (the server wrote it)
 
 PREFIX = "aiot-node"
 
@@ -71,7 +77,9 @@ class Session:
         self.tree = None  # lwm2m/tree.py Tree, served once connected
         self._what = 0  # Update parameters asked for by the tree (lwm2m/client.py Client.update)
         self._upd = False  # an Update was asked for
-        self._reboot = False
+        # what the tree asked for besides an Update: _REBOOT (a Reboot), _STORE (keep
+        # /1/0, storage/serverobj.py)
+        self._reboot = 0
         self.queue = bool(cfg.get("queue", False))
         self._awake_ms = cfg.get("awake_ms", 5000)
         self._awake_until = self.clock.ticks_ms()
@@ -185,10 +193,14 @@ class Session:
                 t = self._transport = UdpTransport(self.cfg["host"], self.cfg["port"])
             self.ep = Endpoint(t, self.clock, self._rand, self.bufsize)
             self.tree = self._tree()
+            from storage.serverobj import load
+
+            load(self)  # /1/0 as the server wrote it (then the module goes)
+            unload("storage.serverobj")
+            srv = self.tree.obj(1)
             self.ep.serve_resources(self.tree, _MAX_BLOCK, _MAX_BLOCK, _MAX_BLOCK, _OBSERVERS,
                                     _CACHE_SLOT)
             self.tree.attach(self.ep, _OBSERVERS)
-            srv = self.tree.obj(1)
             self.client = Client(self.ep, self.name, srv.lifetime, self.tree.links(),
                                  srv.binding)
 
@@ -209,13 +221,17 @@ class Session:
     # -- events from the object tree (lwm2m/tree.py Tree) --
 
     def update(self, what):
-        """Send an Update (with Client.update's ``what``) once the answer is out."""
-        self._what |= what
-        self._upd = True
+        """Send an Update (with Client.update's ``what``) once the answer is out; what
+        8: no Update, keep the Server object (/1/0: the server wrote it)."""
+        if what == _KEEP:
+            self._reboot |= _STORE
+        else:
+            self._what |= what
+            self._upd = True
         self.ep.woken = True
 
     def reboot(self):
-        self._reboot = True
+        self._reboot |= _REBOOT
         self.ep.woken = True
 
     def attributes_changed(self):
@@ -284,6 +300,12 @@ class Session:
 
     def maintain(self):
         """Register or Update if due now (or asked for by the tree); reboot if asked."""
+        if self._reboot & _STORE:  # first: a write of /1/0 before a Reboot is kept
+            self._reboot &= _REBOOT
+            from storage.serverobj import dump
+
+            dump(self)  # into its file (then the module goes)
+            unload("storage.serverobj")
         if self._reboot:
             self.log("rebooting")
             import sys

@@ -14,7 +14,14 @@ _INTS = (
     ("model_arena", 0, 0, 1048576),  # bytes a model's tensor arena may take (0: any)
     ("awake_ms", 5000, 100, 86400000),  # queue mode: listening time after each message
     ("log_slots", 64, 0, 4096),  # reports the flash log holds (0: no log, drop them)
+    # Sends refused (4.00, 4.04, 4.05) in a row before the node stops using Send for
+    # that server and reports by Observe/Notify only (0: never)
+    ("send_refusals", 3, 0, 1000),
 )
+# every key config.json may hold (a misspelt key is an error, not a default)
+_KEYS = ("endpoint", "bootstrap", "gateway", "log", "board", "signal", "features", "model",
+         "anomaly", "realtime", "verbose", "model_stream", "queue", "lifetime", "window",
+         "hop", "report_ms", "model_arena", "awake_ms", "log_slots", "send_refusals")
 
 
 class ConfigError(ValueError):
@@ -57,10 +64,34 @@ def _str(cfg, key, default=None):
     return v
 
 
+def _near(a, b):
+    # edit distance of a and b at most 2 (a misspelling): the common prefix and suffix
+    # off, at most 2 characters left on either side
+    i = 0
+    while i < len(a) and i < len(b) and a[i] == b[i]:
+        i += 1
+    j = 0
+    while j < len(a) - i and j < len(b) - i and a[-1 - j] == b[-1 - j]:
+        j += 1
+    return len(a) - i - j <= 2 and len(b) - i - j <= 2
+
+
+def _unknown(key):
+    # the error for a key config.json may not hold, with the key it is a misspelling of
+    key = str(key)[:64]
+    for k in _KEYS:
+        if _near(key, k):
+            return ConfigError("unknown key '%s' (did you mean '%s'?)" % (key, k))
+    return ConfigError("unknown key '%s' (known: %s)" % (key, ", ".join(sorted(_KEYS))))
+
+
 def check(cfg):
     """Validate a parsed config; returns a new dict with defaults (and host, port)."""
     if not isinstance(cfg, dict):
         raise ConfigError("top level must be a JSON object")
+    for key in cfg:
+        if key not in _KEYS:
+            raise _unknown(key)
     ep = _str(cfg, "endpoint")
     for c in ep:
         if not 32 < ord(c) < 127 or len(ep) > 64:

@@ -35,7 +35,7 @@ def test_config_defaults_and_gateway_forms():
     c = config.load("config.json")
     want = {"lifetime": 60, "board": "unix-sim", "window": 1024, "hop": 1024,
             "report_ms": 1000, "realtime": False, "verbose": False, "host": "127.0.0.1",
-            "port": 5683}
+            "port": 5683, "send_refusals": 3}
     for k, v in want.items():
         if c[k] != v:
             raise AssertionError("%s = %r, want %r" % (k, c[k], v))
@@ -79,6 +79,10 @@ def test_config_errors_name_the_key():
         (_with(signal=3), "'signal'"),
         (_with(realtime="yes"), "'realtime'"),
         (_with(verbose=1), "'verbose'"),
+        (_with(send_refusals=-1), "'send_refusals'"),
+        (_with(send_refusals=1001), "'send_refusals'"),
+        (_with(lifetim=600), "unknown key 'lifetim' (did you mean 'lifetime'?)"),
+        (_with(colour="red"), "unknown key 'colour' (known: "),
     ):
         _config_error(text, word)
     try:
@@ -101,3 +105,22 @@ def test_bad_signal_file_is_a_config_error():
                 raise AssertionError(str(e))
             continue
         raise AssertionError("accepted " + path)
+
+
+def test_misspelt_config_key_is_refused():
+    # a misspelt key ran with the default before; every key the node knows still passes
+    for key, want in (("lifetim", "lifetime"), ("windw", "window"), ("report-ms", "report_ms"),
+                      ("Verbose", "verbose"), ("sendrefusals", "send_refusals")):
+        try:
+            config.check(dict(_GOOD, **{key: 1}))
+        except config.ConfigError as e:
+            if str(e) != "unknown key '%s' (did you mean '%s'?)" % (key, want):
+                raise AssertionError(str(e))
+            continue
+        raise AssertionError("accepted %s" % key)
+    every = dict(_GOOD, bootstrap="coap://127.0.0.1:5700", log="u.log", board="unix-sim",
+                 features=False, model="m.tflite", anomaly="a.tflite", realtime=False,
+                 verbose=False, model_stream=False, queue=False, lifetime=60, window=64,
+                 hop=64, report_ms=0, model_arena=0, awake_ms=100, log_slots=0,
+                 send_refusals=0)
+    config.check(every)

@@ -403,7 +403,8 @@ def test_observe_step_and_thresholds():
 def test_observe_object_instance_and_delete_ends_observation():
     n, dm, link, c = _start()
     m = _observe(n, dm, link, "/33000/0", b"\x06")
-    check(len(senml(m)) == 14, senml(m))  # 12, 13: the flash log's counters
+    # 12, 13: the flash log's counters; 14: Send refused (a server without Send)
+    check(len(senml(m)) == 15 and senml(m)["/33000/0/14"] is False, senml(m))
     k = len(dm.notes)
     n.run(windows=2)
     check(len(dm.notes) - k >= 1, "no notification of the instance")
@@ -535,7 +536,7 @@ def test_a_read_between_reports_gives_what_the_last_report_sent():
     n.run(windows=2)
     paths = list(_records(dm.ops(2, "dp")[-1][5]))
     check(len(paths) == 1 + 12 + len(n.ex.names), paths)
-    for p in paths + ["/3313/0/5701", "/33000/0/12", "/33000/0/13"]:
+    for p in paths + ["/3313/0/5701", "/33000/0/12", "/33000/0/13", "/33000/0/14"]:
         sent = _records(dm.ops(2, "dp")[-1][5])  # the report before the Read is served
         del dm.log[:]  # the heap is a board's: keep only this round
         dm.answers.clear()
@@ -544,7 +545,7 @@ def test_a_read_between_reports_gives_what_the_last_report_sent():
         check(m.code == 0x45, (p, hex(m.code)))
         got = senml(m)[p]
         if p not in sent:
-            check(p in ("/3313/0/5701", "/33000/0/12", "/33000/0/13"), p)  # Read only
+            check(p in ("/3313/0/5701", "/33000/0/12", "/33000/0/13", "/33000/0/14"), p)
             continue
         want = 0 if p == "/33000/0/11" else sent[p]  # windows since the last report
         check(got == want, (p, got, want))

@@ -49,6 +49,7 @@ class Server:
         self.log = []  # (time, method, path, queries, content format, payload)
         self.forget = False  # answer the next Update with 4.04
         self.forget_dp = False  # answer the next Send with 4.04
+        self.dp_code = 0x44  # what every other Send is answered (4.05: a server without Send)
         self.down_until = -1  # drop everything before this time
         self.drop_dp = 0  # drop this many /dp transmissions
         self.registrations = 0
@@ -89,7 +90,7 @@ class Server:
         elif m.code == 4 and path == "rd/abc":
             code = 0x42
         elif m.code == 2 and path == "dp":
-            code = 0x84 if self.forget_dp else 0x44
+            code = 0x84 if self.forget_dp else self.dp_code
             self.forget_dp = False
         else:
             code = 0x84

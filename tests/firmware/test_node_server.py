@@ -54,6 +54,7 @@ class State:
     regs: set[str] = field(default_factory=set)
     next_id: int = 1
     forget_next_update: bool = False
+    dp_code: aiocoap.numbers.codes.Code = aiocoap.CHANGED  # what every Send is answered
 
 
 class LwM2MServer(aiocoap.resource.Resource):
@@ -87,7 +88,7 @@ class LwM2MServer(aiocoap.resource.Resource):
             st.regs.discard(path[1])
             code = aiocoap.DELETED
         elif request.code == aiocoap.POST and path == ("dp",):
-            code = aiocoap.CHANGED
+            code = st.dp_code
         resp = resp or aiocoap.Message(code=code)
         ev.method = {aiocoap.POST: "POST", aiocoap.DELETE: "DELETE"}.get(request.code, ev.method)
         ev.answer = str(resp.code)
@@ -348,6 +349,38 @@ def test_bad_config_prints_one_line_and_exits_2(tmp_path, node_firmware, codes, 
     lines = p.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("aiot-node: config error: "), p.stdout
     assert key in lines[0] and p.stderr == ""
+
+
+def test_a_node_stops_sending_to_a_server_without_send_after_3_refusals(tmp_path, server,
+                                                                       nodes, node_firmware,
+                                                                       codes):
+    server.start()
+    server.state.dp_code = aiocoap.METHOD_NOT_ALLOWED  # a LwM2M server without /dp
+    node = start_node(tmp_path, nodes, node_firmware, server.port)
+    node.wait_for(r"^aiot-node node-a send refused: reports by notify only$", 10)
+    mark = server.mark()
+    # the registration lives on (reports now go by Observe/Notify); no Send after the 3rd
+    server.wait(lambda e: e.path == ("rd", "x1") and e.answer.startswith("2.04"), 12,
+                "Update", mark)
+    assert len(server.sends()) == 3
+    assert all(e.answer.startswith("4.05") for e in server.sends())
+    assert sum("send refused" in ln for ln in node.lines) == 1, node.output
+    # the refused reports are neither counted as lost nor kept in the flash log
+    assert not any("log full" in ln for ln in node.lines), node.output
+    node.stop(signal.SIGINT)
+    assert node.proc.returncode == 0
+
+
+def test_misspelt_config_key_is_refused_in_one_line(tmp_path, node_firmware, codes):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"endpoint": "n", "gateway": "coap://127.0.0.1", "signal": "signal.i16",
+         "lifetim": 600}))
+    p = subprocess.run(node_firmware.argv(), cwd=tmp_path, env=node_firmware.env(),
+                       capture_output=True, text=True, timeout=20, check=False)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stdout == ("aiot-node: config error: unknown key 'lifetim' "
+                        "(did you mean 'lifetime'?)\n"), p.stdout
+    assert p.stderr == ""
 
 
 def test_config_path_from_argv(tmp_path, node_firmware, codes):

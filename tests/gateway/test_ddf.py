@@ -51,9 +51,11 @@ def test_aiotkit_objects_are_as_documented():
     objects = load_shipped()
     window, features, decision = objects[33000], objects[33001], objects[33002]
     assert window.name == "aiotkit Vibration Window" and window.urn == "urn:oma:lwm2m:x:33000"
-    assert sorted(window.resources) == list(range(14))  # 12, 13: the flash log
+    # 12, 13: the flash log; 14: Send refused by the server (reports by Notify only)
+    assert sorted(window.resources) == list(range(15))
     assert {r.id for r in window.resources.values() if r.type == "float"} == {4, 5}
-    assert all(r.type == "integer" for i, r in window.resources.items() if i not in (4, 5))
+    assert window.resources[14].type == "boolean"
+    assert all(r.type == "integer" for i, r in window.resources.items() if i not in (4, 5, 14))
     assert window.resources[3].units == "Hz" and window.resources[4].units == "g"
     assert "16 skipped" in window.resources[6].description
     assert features.name == "aiotkit Window Features"
