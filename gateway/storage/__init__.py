@@ -9,11 +9,13 @@ the REST API, the uplink, ``aiot bench gateway`` and the tests use nothing else.
 
 ``sqlite`` implements it on one SQLite file (``SqliteStorage``; ``dmtables``: the
 device tables on their own connection); ``schema`` holds the tables and the migrations
-(``PRAGMA user_version`` -> the step to the next version). No SQL lives outside this
+(``PRAGMA user_version`` -> the step to the next version); ``lock`` keeps a second
+daemon off a database (``DatabaseLock`` on ``<db>.lock``). No SQL lives outside this
 package.
 """
 
 from .api import (
+    DeadLetter,
     DeviceStorage,
     Event,
     NodeSummary,
@@ -36,6 +38,7 @@ from .sqlite import SqliteStorage
 
 __all__ = [
     "SCHEMA_VERSION",
+    "DeadLetter",
     "DeviceStorage",
     "Event",
     "NodeSummary",

@@ -6,7 +6,8 @@ API, the uplink, the benchmark, the tests) sees the database only through these:
 ``Storage``
     registrations (``registration``, ``by_address``, ``save_registration``,
     ``set_state``, ``due_for_expiry``...), Sends and their readings (``record_send``,
-    ``latest``, ``readings``, ``sends``), the uplink outbox (``outbox_*``), events, the
+    ``latest``, ``readings``, ``sends``), the uplink outbox (``outbox_*``; a message the
+    broker refused is set aside as a dead letter, ``outbox_set_aside``), events, the
     views (``node_summaries`` for the fleet, ``node_summary`` for one endpoint: one
     endpoint's rows only), counters a benchmark polls (``count_sends``,
     ``sends_since``...), the group commit (``begin_batch``, ``commit_later``,
@@ -31,6 +32,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 from ..lwm2m.senml import Record, Value, ValueKind
 
 __all__ = [
+    "DeadLetter",
     "DeviceStorage",
     "Event",
     "EventKind",
@@ -133,6 +135,18 @@ class OutboxRow:
     created: float
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An outbox row the broker refused, set aside (never published again)."""
+
+    id: int
+    topic: str
+    payload: bytes
+    created: float
+    dead: float  # when it was set aside
+    reason: str
+
+
 class OutboxEncoder(Protocol):
     """Turns stored facts into uplink messages (the uplink's topic scheme)."""
 
@@ -143,7 +157,8 @@ class OutboxEncoder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """Outcome of storing one Send; ``duplicate`` means nothing new was stored."""
+    """Outcome of storing one Send; ``duplicate`` means nothing new was stored: it was
+    a retransmission, or a report stored before (``send_id`` is the stored one's)."""
 
     send_id: int
     readings: int
@@ -334,6 +349,9 @@ class Storage(Protocol):
 
     def due_for_expiry(self, now: float) -> list[Registration]: ...
 
+    def prune_ended(self, before: float, *, after: int = 0,
+                    scan: int = 1000) -> tuple[list[str], int]: ...
+
     def events(self, endpoint: str | None = None, limit: int = 100) -> list[Event]: ...
 
     # Sends (and Notifications) and their readings
@@ -365,6 +383,12 @@ class Storage(Protocol):
     def outbox_prune(self, keep: int) -> int: ...
 
     def outbox_counts(self) -> tuple[int, int]: ...
+
+    def outbox_set_aside(self, row_id: int, reason: str, now: float) -> bool: ...
+
+    def outbox_dead(self, limit: int = 100) -> list[DeadLetter]: ...
+
+    def outbox_dead_count(self) -> int: ...
 
     # views
     def node_summaries(self) -> list[NodeSummary]: ...

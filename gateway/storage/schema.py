@@ -19,12 +19,16 @@ to version   what the step does
              ``dm_attributes``, ``dm_notifications``); a file whose ``dm_*``
              tables were made by the gateway before version 4 (versioned in a
              ``dm_meta`` table of their own) keeps its rows, and ``dm_meta`` goes
+5            ``outbox.dead``/``outbox.reason``: dead letters (a message the broker
+             refused, set aside); ``sends.report``: what identifies a report
+             across re-sends (``storage.sqlite.report_key``)
 ===========  ====================================================================
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -37,9 +41,9 @@ from ..errors import StoreError
 from ..lwm2m.senml import Record, Value, ValueKind
 
 __all__ = ["MIGRATIONS", "READING_ID_SPAN", "SCHEMA_VERSION", "Migration", "migrate",
-           "readings_from_json", "readings_json", "version"]
+           "readings_from_json", "readings_json", "report_key", "version"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 READING_ID_SPAN = 1 << 16  # readings per Send at most (config coap.max_records)
 _DM_META_VERSION = 1  # the last version the pre-4 dm_meta table could hold
 
@@ -139,6 +143,18 @@ def readings_json(records: Sequence[Record]) -> str:
     return _to_json([r[:4] if r.kind != "vd" else
                      (r.path, "vd", base64.b64encode(cast(bytes, r.value)).decode(), r.time)
                      for r in records])
+
+
+def report_key(endpoint: str, records: Sequence[Record], data: str | None = None) -> bytes:
+    """``sends.report``: the endpoint and each record's path, kind and value, in order,
+    without the times (hashed, 16 bytes). Two Sends with the same key are candidates for
+    being the same report; ``storage.sqlite`` decides by their times. ``data``: the
+    records' ``readings_json`` if at hand (without times, it is that text already)."""
+    if data is None or any(r.time is not None for r in records):
+        data = readings_json([r if r.time is None else Record(r.path, r.kind, r.value)
+                              for r in records])
+    return hashlib.blake2b(f"{endpoint}\0{data}".encode(errors="surrogatepass"),
+                           digest_size=16).digest()
 
 
 def readings_from_json(data: str) -> Iterator[tuple[str, ValueKind, Value, float | None]]:
@@ -247,6 +263,26 @@ def _v4_from_dm_meta(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE dm_meta")
 
 
+# Version 5: dead letters and report keys.
+# An outbox row the broker refused (uplink/mqtt.py: a PUBACK with a failure reason code,
+# or the connection closed on it again and again) is set aside: ``dead`` is when, and
+# ``reason`` why; it is no longer pending (the partial index now leaves it out), is never
+# published again, and stays for the operator to see (``Storage.outbox_dead``).
+# ``sends.report`` is a Send's report key (``storage.sqlite.report_key``: endpoint and
+# resolved records without their times); a node that re-sends a report the gateway
+# stored but did not acknowledge (a crash) is recognised by it and not stored twice.
+# Rows from before have none (NULL): nothing re-sent can match them.
+_SCHEMA_V5 = """
+ALTER TABLE outbox ADD COLUMN dead REAL;
+ALTER TABLE outbox ADD COLUMN reason TEXT;
+DROP INDEX outbox_pending;
+CREATE INDEX outbox_pending ON outbox (id) WHERE confirmed IS NULL AND dead IS NULL;
+CREATE INDEX outbox_dead ON outbox (id) WHERE dead IS NOT NULL;
+ALTER TABLE sends ADD COLUMN report BLOB;
+CREATE INDEX sends_report ON sends (report) WHERE report IS NOT NULL
+"""
+
+
 class Migration(NamedTuple):
     """What brings a file from one ``user_version`` to the next."""
 
@@ -260,6 +296,7 @@ MIGRATIONS: dict[int, Migration] = {
     1: Migration(_SCHEMA_V2, _v2_from_v1),
     2: Migration(_SCHEMA_V3),
     3: Migration(_SCHEMA_V4, _v4_from_dm_meta),
+    4: Migration(_SCHEMA_V5),
 }
 
 

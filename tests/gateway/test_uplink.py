@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import aiocoap
+import aiohttp
 import aiomqtt
 import cbor2
 import paho.mqtt.client as paho
 from aiocoap.numbers.codes import Code
-from aiotkit.gateway.uplink.mqtt import Backoff
+from aiotkit.gateway.config import MqttConfig
+from aiotkit.gateway.lwm2m.senml import Record
+from aiotkit.gateway.storage import Registration, SqliteStorage
+from aiotkit.gateway.uplink.mqtt import Backoff, TopicScheme, Uplink
 from plugins.services import Mosquitto, free_port, require_tool
 
 SENML_CBOR = 112
@@ -280,3 +284,149 @@ def test_backoff_grows_exponentially_with_jitter_within_bounds_and_resets():
     assert lows == [h / 2 for h in highs]
     hi.reset()
     assert hi.next() == 0.5
+
+
+# -- a message the broker refuses is set aside (dead letter); the queue moves on --------
+
+def broker_with(tmp_path: Path, options: str = "") -> Mosquitto:
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    return Mosquitto(require_tool("mosquitto", "apt-get install mosquitto"), workdir, options)
+
+
+def crafted_outbox(path: Path, bad_endpoint: str, good: int = 3) -> SqliteStorage:
+    """A store whose oldest outbox row is ``bad_endpoint``'s status, then ``good``
+    readings of node-ok (one per Send)."""
+    store = SqliteStorage.open(path, encoder=TopicScheme("aiot/test"))
+    for ep in (bad_endpoint, "node-ok"):
+        store.save_registration(Registration(ep, f"r-{len(ep)}", "127.0.0.1", 5683, 60, "U",
+                                             "1.1", "</3/0>", 1.0, 1.0),
+                                "registered", "registered", 1.0)
+    ok = store.registration("node-ok")
+    assert ok is not None
+    for i in range(good):
+        store.record_send(ok, bytes([i + 1]), bytes(16), SENML_CBOR,
+                          [Record("/3/0/9", "v", i)], 2.0 + i)
+    return store
+
+
+@contextlib.asynccontextmanager
+async def uplink_on(broker: Mosquitto, store: SqliteStorage, **mqtt: Any
+                    ) -> AsyncIterator[Uplink]:
+    cfg = MqttConfig(enabled=True, host=broker.host, port=broker.port,
+                     topic_prefix="aiot/test", client_id="aiot-test-gw",
+                     reconnect_min_s=0.05, reconnect_max_s=0.2, **mqtt)
+    uplink = Uplink(cfg, store)
+    await uplink.start()
+    try:
+        yield uplink
+    finally:
+        await uplink.shutdown()
+
+
+async def test_broker_closing_the_connection_on_a_malformed_topic_does_not_block_the_outbox(
+        tmp_path, caplog):
+    # U+0000 is malformed in an MQTT topic: Mosquitto closes the connection on it; before,
+    # the uplink replayed it first after every reconnect, forever, and nothing else went out
+    broker = broker_with(tmp_path)
+    await asyncio.to_thread(broker.start)
+    store = crafted_outbox(tmp_path / "gw.db", "bad\x00node")
+    try:
+        async with subscribed(broker, "aiot/test/#", "sub-dead") as sub, \
+                uplink_on(broker, store, batch=4) as uplink:
+            got = await take(sub, 4)  # node-ok's status and its three readings
+            assert [str(m.topic) for m in got] == [
+                "aiot/test/node-ok/status", *["aiot/test/node-ok/data/3/0/9"] * 3]
+            assert [body(m)["v"] for m in got[1:]] == [0, 1, 2]
+            await uplink.wait_idle()
+            assert uplink.set_aside == 1
+        dead = store.outbox_dead()
+        assert [d.topic for d in dead] == ["aiot/test/bad\x00node/status"]
+        assert "closed the connection 3 times in a row" in dead[0].reason
+        assert store.outbox_dead_count() == 1
+        assert store.outbox_counts() == (0, 4)
+    finally:
+        store.close()
+        await asyncio.to_thread(broker.stop)
+    # the dead letter survives a restart as one, and is not sent again
+    with SqliteStorage.open(tmp_path / "gw.db") as again:
+        assert again.outbox_pending() == [] and again.outbox_dead_count() == 1
+    assert [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+
+
+async def test_puback_with_a_failure_reason_code_sets_the_message_aside(tmp_path):
+    # Mosquitto answers a PUBLISH its ACL denies with PUBACK 0x87 "not authorized"
+    # (MQTT 5): before, the uplink took any PUBACK for a delivery
+    acl = tmp_path / "acl"
+    acl.write_text("topic read aiot/test/#\ntopic write aiot/test/node-ok/#\n")
+    # (run as root, mosquitto would switch to its own user and could not read it)
+    broker = broker_with(tmp_path, f"acl_file {acl}\nuser {getpass.getuser()}\n")
+    await asyncio.to_thread(broker.start)
+    store = crafted_outbox(tmp_path / "gw.db", "node-denied")
+    try:
+        async with subscribed(broker, "aiot/test/#", "sub-puback") as sub, \
+                uplink_on(broker, store) as uplink:
+            got = await take(sub, 4)
+            assert [str(m.topic) for m in got] == [
+                "aiot/test/node-ok/status", *["aiot/test/node-ok/data/3/0/9"] * 3]
+            await uplink.wait_idle()
+        (dead,) = store.outbox_dead()  # not taken for delivered
+        assert dead.topic == "aiot/test/node-denied/status"
+        assert "PUBACK reason code 0x87" in dead.reason
+        assert uplink.set_aside == 1
+        assert store.outbox_counts() == (0, 4)
+    finally:
+        store.close()
+        await asyncio.to_thread(broker.stop)
+
+
+async def test_a_topic_the_mqtt_client_refuses_is_set_aside(tmp_path):
+    # '+' is a wildcard: paho refuses to publish to it (ValueError); before, that ended
+    # every session as a bug, forever
+    broker = broker_with(tmp_path)
+    await asyncio.to_thread(broker.start)
+    store = crafted_outbox(tmp_path / "gw.db", "node+1")
+    try:
+        async with subscribed(broker, "aiot/test/#", "sub-client") as sub, \
+                uplink_on(broker, store) as uplink:
+            got = await take(sub, 4)
+            assert str(got[0].topic) == "aiot/test/node-ok/status"
+            await uplink.wait_idle()
+        (dead,) = store.outbox_dead()
+        assert dead.topic == "aiot/test/node+1/status"
+        assert "refused by the MQTT client" in dead.reason
+    finally:
+        store.close()
+        await asyncio.to_thread(broker.stop)
+
+
+async def test_a_message_the_broker_refused_is_reported_by_the_rest_api(
+        tmp_path, gateway_config, running_gateway):
+    # the crafted endpoint's status (U+0000 in its topic) waits in the database when the
+    # gateway starts, as after the restarts that used to keep it stuck
+    broker = broker_with(tmp_path)
+    await asyncio.to_thread(broker.start)
+    (tmp_path / "tokens").write_text("viewer viewer-token-0123456789 vera\n")
+    (tmp_path / "tokens").chmod(0o600)
+    cfg = gateway_config(mqtt_section(broker) + '[rest]\nenabled = true\nport = 0\n'
+                         'tokens_file = "tokens"\n')
+    crafted_outbox(cfg.gateway.db, "bad\x00node").close()
+    try:
+        async with subscribed(broker, "aiot/test/#", "sub-rest") as sub, \
+                running_gateway(cfg) as gw, aiohttp.ClientSession() as http:
+            assert gw.uplink is not None and gw.rest is not None
+            await take(sub, 4)
+            await gw.uplink.wait_idle()
+            async with http.get(gw.rest.url + "/api/v1/uplink", headers={
+                    "Authorization": "Bearer viewer-token-0123456789"}) as resp:
+                assert resp.status == 200
+                answer = await resp.json()
+        assert answer["enabled"] and answer["connected"]
+        # its status as registered, and as offline (its lifetime lapsed while stopped)
+        assert (answer["pending"], answer["dead_letters"], answer["set_aside_since_start"]) \
+            == (0, 2, 2)
+        assert [d["topic"] for d in answer["dead"]] == ["aiot/test/bad\x00node/status"] * 2
+        assert all(d["reason"].startswith("the broker closed the connection 3 times")
+                   for d in answer["dead"])
+    finally:
+        await asyncio.to_thread(broker.stop)

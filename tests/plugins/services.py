@@ -143,14 +143,15 @@ def processes() -> Iterator[list[ManagedProcess]]:
 class Mosquitto:
     """A real Mosquitto broker on a free loopback port; can be stopped and restarted."""
 
-    def __init__(self, binary: str, workdir: Path):
+    def __init__(self, binary: str, workdir: Path, options: str = ""):
+        """``options``: more lines for mosquitto.conf (e.g. ``message_size_limit 200``)."""
         self.binary = binary
         self.host = "127.0.0.1"
         self.port = free_port(socket.SOCK_STREAM)
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
-            "log_dest stdout\n"
+            "log_dest stdout\n" + options
         )
         self.proc: ManagedProcess | None = None
 
