@@ -1,7 +1,8 @@
 """The gateway daemon: life cycle (``Gateway.start()`` / ``shutdown()``), ``serve`` and
 ``run_cli`` behind ``aiot gateway run --config FILE``.
 
-Start order: store, registry, device management (``gateway/dm/manager.py``: its tables, then,
+Start order: the database's lock (``storage/lock.py``: a second daemon on the same
+database refuses to start, naming the first), store, registry, device management (``gateway/dm/manager.py``: its tables, then,
 once the CoAP server runs, re-established observations and queues), CoAP server,
 expiry task, MQTT uplink (if enabled); shutdown stops device management and serving
 first, then the tasks, then closes the stores, bounded by a timeout. When serving,
@@ -25,7 +26,7 @@ from .coap.fastnotify import FastNotify
 from .coap.fastsend import FastSend
 from .coap.layer import MessageLayer
 from .coap.layer import install as install_message_layer
-from .config import GatewayConfig, load_config
+from .config import GatewayConfig, check_runnable, load_config
 from .dm import DeviceManagement
 from .errors import ConfigError, GatewayError
 from .lwm2m.bootstrap import BootstrapServer
@@ -33,6 +34,7 @@ from .lwm2m.ddf import load_shipped
 from .lwm2m.registry import Registry
 from .lwm2m.server import LwM2MResource
 from .storage.api import Storage
+from .storage.lock import DatabaseLock
 from .storage.sqlite import SqliteStorage
 from .uplink.mqtt import TopicScheme, Uplink
 
@@ -107,6 +109,7 @@ class Gateway:
         self.shadow: ShadowChecker | None = None  # when numpy and tflite-micro are there
         self.rest: RestApi | None = None  # [rest] enabled: the REST API (gateway/api/rest.py)
         self.bootstrap: BootstrapServer | None = None  # [bootstrap] enabled: its own socket
+        self._lock: DatabaseLock | None = None  # held from start to shutdown
 
     @property
     def store(self) -> Storage:
@@ -137,13 +140,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the store and start serving; on failure everything started is undone."""
-        cfg = self.config
-        where = cfg.source if cfg.source is not None else "<defaults>"
-        if cfg.gateway.security == "oscore":
-            raise ConfigError(
-                f'{where}: gateway.security: "oscore" is not implemented yet; set'
-                ' security = "nosec" to run without protection (development only)'
-            )
+        check_runnable(self.config)  # as 'aiot gateway check' does
         try:
             await self._start()
         except BaseException:
@@ -153,12 +150,11 @@ class Gateway:
     async def _start(self) -> None:
         cfg = self.config
         _limit_peer_noise()
+        # one daemon per database (storage/lock.py), before anything else is opened
+        self._lock = DatabaseLock(cfg.gateway.db)
+        self._lock.acquire()
         log.warning("security is nosec: CoAP traffic on %s is neither authenticated nor"
                     " encrypted (development only)", cfg.coap.host)
-        try:
-            cfg.gateway.db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise GatewayError(f"cannot create {cfg.gateway.db.parent}: {e.strerror or e}") from e
         encoder = TopicScheme(cfg.mqtt.topic_prefix) if cfg.mqtt.enabled else None
         self._store = SqliteStorage.open(
             cfg.gateway.db, encoder=encoder,
@@ -176,6 +172,7 @@ class Gateway:
         self._registry.add_listener(self._dm.on_event)
         site = LwM2MResource(self._registry, max_payload=cfg.coap.max_payload,
                              max_records=cfg.coap.max_records, objects=objects)
+        site.configure(cfg.coap, cfg.registry)  # Block1, endpoint and link-payload bounds
         try:
             self._coap = await aiocoap.Context.create_server_context(
                 site, bind=(cfg.coap.host, cfg.coap.port), transports=["udp6"],
@@ -200,7 +197,8 @@ class Gateway:
         self._registry.expire_due()
         await self._dm.start(self._coap)
         self._expiry = asyncio.create_task(
-            self._registry.run_expiry(cfg.registry.expiry_check_s), name="aiot-registry-expiry"
+            self._registry.run_expiry(cfg.registry.expiry_check_s, cfg.registry.prune_after_s),
+            name="aiot-registry-expiry",
         )
         if self._uplink is not None:
             await self._uplink.start()
@@ -230,9 +228,7 @@ class Gateway:
         from .inference.shadow import ShadowChecker, ShadowUnavailable, shipped_model_dirs
 
         dirs = shipped_model_dirs()
-        if sh.models:
-            if not Path(sh.models).is_dir():
-                raise ConfigError(f"shadow.models: {sh.models} is not a folder")
+        if sh.models:  # a folder: check_runnable made sure
             dirs.append(Path(sh.models))
         try:
             checker = ShadowChecker(dirs)
@@ -254,6 +250,9 @@ class Gateway:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+            if self._lock is not None:
+                lock, self._lock = self._lock, None
+                lock.release()
 
     async def _stop(self) -> None:
         if self.rest is not None:

@@ -12,6 +12,7 @@ development-only option.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -30,6 +31,8 @@ __all__ = [
     "MqttConfig",
     "RegistryConfig",
     "RestConfig",
+    "check_runnable",
+    "effective_toml",
     "load_config",
 ]
 
@@ -69,13 +72,30 @@ class CoapConfig:
     compact_dedup: bool = True
     fast_send: bool = True
     fast_notify: bool = True
+    # Block1 uploads being reassembled (gateway/coap/blockwise.py): at most this many per
+    # peer and in all (more: 5.03 with Max-Age), this many bytes buffered in all, and
+    # dropped after this long without a block; one past max_payload is 4.13 at once
+    max_block1_transfers_per_peer: int = 4
+    max_block1_transfers: int = 1000
+    max_block1_bytes: int = 4194304
+    block1_idle_s: float = 93.0
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """``[registry]``: how often registration lifetimes are checked."""
+    """``[registry]``: how often registration lifetimes are checked, and how long an
+    endpoint that de-registered or expired is kept (0: for ever)."""
 
     expiry_check_s: float = 1.0
+    prune_after_s: float = 7 * 86400.0
+    # registered endpoints at most: a Register of a new endpoint beyond it is refused 5.03
+    # with Max-Age (a known endpoint always registers again); a registration's object
+    # links (link-format payload) at most, larger is refused 4.13 (gateway/lwm2m/server.py)
+    max_endpoints: int = 10000
+    max_links_bytes: int = 16384
+    # new endpoints (names the store does not know) admitted per second at most, 0: no
+    # limit; more are refused 5.03 with Max-Age 1 (a whole fleet's first Register counts)
+    new_endpoints_per_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,9 @@ class MqttConfig:
     batch: int = 100
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # a message is set aside (a dead letter) once the broker closed the connection this
+    # many times in a row right after it was published (gateway/uplink/mqtt.py)
+    refused_after: int = 3
 
 
 @dataclass(frozen=True)
@@ -133,6 +156,12 @@ class RestConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     tokens_file: str = ""
+    # a connection that has not sent a whole request head this long after it opened (or
+    # after its last response) is closed; a request body must arrive within body_timeout_s
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    # connections open at once at most; more are answered 503 and closed at once
+    max_connections: int = 256
 
 
 @dataclass(frozen=True)
@@ -229,9 +258,20 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
     _require(name, "coap.max_records", coap.get("max_records", 1) <= 65536,
              f"must be at most 65536 (got {coap.get('max_records')})")
     _positive(name, "coap.max_payload", coap.get("max_payload", 1))
+    for key in ("max_block1_transfers_per_peer", "max_block1_transfers",
+                "max_block1_bytes"):
+        _positive(name, f"coap.{key}", coap.get(key, 1))
+    _require(name, "coap.block1_idle_s", 0 < coap.get("block1_idle_s", 1.0) <= 247.0,
+             "must be greater than 0 and at most EXCHANGE_LIFETIME, 247 s")
 
     reg = parsed["registry"]
     _positive(name, "registry.expiry_check_s", reg.get("expiry_check_s", 1.0))
+    _positive(name, "registry.max_endpoints", reg.get("max_endpoints", 1))
+    _positive(name, "registry.max_links_bytes", reg.get("max_links_bytes", 1))
+    _require(name, "registry.new_endpoints_per_s", reg.get("new_endpoints_per_s", 0) >= 0,
+             "must not be negative (0: no limit)")
+    _require(name, "registry.prune_after_s", reg.get("prune_after_s", 0.0) >= 0,
+             "must not be negative (0: never prune)")
 
     dm = parsed["dm"]
     _positive(name, "dm.request_timeout_s", dm.get("request_timeout_s", 1.0))
@@ -248,6 +288,8 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
     _require(name, "mqtt.keepalive", 0 <= mq.get("keepalive", 30) <= 65535,
              "must be 0..65535 seconds")
     _require(name, "mqtt.batch", 1 <= mq.get("batch", 100) <= 65535, "must be 1..65535")
+    _require(name, "mqtt.refused_after", 1 <= mq.get("refused_after", 3) <= 1000,
+             "must be 1..1000")
     _positive(name, "mqtt.reconnect_min_s", mq.get("reconnect_min_s", 1.0))
     _positive(name, "mqtt.reconnect_max_s", mq.get("reconnect_max_s", 1.0))
     _require(name, "mqtt.reconnect_max_s",
@@ -269,6 +311,9 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
     _require(name, "rest.host", bool(rest.get("host", "x")), "must not be empty")
     _require(name, "rest.port", 0 <= rest.get("port", RestConfig.port) <= 65535,
              f"must be 0..65535 (got {rest.get('port')})")
+    _positive(name, "rest.header_timeout_s", rest.get("header_timeout_s", 1.0))
+    _positive(name, "rest.body_timeout_s", rest.get("body_timeout_s", 1.0))
+    _positive(name, "rest.max_connections", rest.get("max_connections", 1))
     if rest.get("tokens_file"):
         rest["tokens_file"] = str(base / Path(rest["tokens_file"]).expanduser())
     _require(name, "rest.tokens_file", bool(rest.get("tokens_file")) or not rest.get("enabled"),
@@ -337,3 +382,58 @@ def _port(name: str, key: str, port: int) -> None:
 
 def _positive(name: str, key: str, value: float) -> None:
     _require(name, key, value > 0, f"must be greater than 0 (got {value})")
+
+
+def effective_toml(cfg: GatewayConfig) -> str:
+    """The configuration as the gateway runs it, every key with its value (defaults
+    filled in, paths resolved, secrets redacted), as TOML that ``load_config`` reads back
+    (``aiot gateway check`` prints it)."""
+    out: list[str] = []
+    sections: list[tuple[str, Any]] = [(name, getattr(cfg, name)) for name in _SECTIONS]
+    for name, section in sections:
+        out.append(f"[{name}]")
+        for f in fields(section):
+            value = getattr(section, f.name)
+            if f"{name}.{f.name}" in _SECRET_KEYS and value:
+                value = "<redacted>"
+            out.append(f"{f.name} = {_toml_value(value)}")
+        out.append("")
+    bs = cfg.bootstrap
+    out.append("[bootstrap]")
+    out += [f"{k} = {_toml_value(getattr(bs, k))}" for k in ("enabled", "host", "port",
+                                                               "timeout_s")]
+    accounts = ([("bootstrap.default", bs.default)] if bs.default else []) + [
+        (f"bootstrap.endpoints.{_toml_value(ep)}", acc) for ep, acc in bs.endpoints.items()]
+    for title, acc in accounts:
+        out += ["", f"[{title}]"]
+        out += [f"{f.name} = {_toml_value(getattr(acc, f.name))}" for f in fields(acc)]
+    return "\n".join(out) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    # a TOML basic string: JSON's escapes are TOML's for everything json.dumps writes
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def check_runnable(cfg: GatewayConfig) -> None:
+    """What a valid file may still ask for that this gateway cannot do; ``ConfigError``
+    names it. ``Gateway.start()`` and ``aiot gateway check`` both apply it."""
+    where = cfg.source if cfg.source is not None else "<defaults>"
+    if cfg.gateway.security == "oscore":
+        raise ConfigError(
+            f'{where}: gateway.security: "oscore" is not implemented yet; set'
+            ' security = "nosec" to run without protection (development only)'
+        )
+    folder = cfg.gateway.db.parent
+    if not folder.is_dir():
+        # a typo in a folder name must not start an empty gateway somewhere unexpected
+        raise ConfigError(f"{where}: gateway.db: folder {folder} does not exist")
+    models = cfg.shadow.models
+    if cfg.shadow.enabled and models and not Path(models).is_dir():
+        raise ConfigError(f"{where}: shadow.models: {models} is not a folder")

@@ -1,10 +1,18 @@
 """``aiot lwm2m``: the operator's view of a running gateway, through its REST API.
 
-``aiot lwm2m list`` lists the endpoints; ``read|write|exec|observe|discover ENDPOINT PATH``
-run one device-management operation. Output is a table (path, the resource's name and
-units from the DDF definitions, value), or the API's JSON with ``--json``. ``observe``
-prints each notification as it arrives until Ctrl-C or ``--count N`` (and cancels the
-observation on the way out unless ``--keep``).
+``aiot lwm2m list`` lists the endpoints (state, when last heard from); ``readings
+ENDPOINT`` shows the latest value of every path it reported;
+``read|write|exec|observe|discover|delete|cancel|attributes ENDPOINT PATH`` and ``create
+ENDPOINT OBJECT [RES=VALUE ...]`` run one device-management operation, as the REST API
+does. Output is a table (path in numeric order, the resource's name and units from the
+DDF definitions, value), or the API's JSON with ``--json``; a CoAP code is shown with its
+name (``4.04 Not Found``). ``observe`` prints each Notification of its observation as it
+arrives until Ctrl-C or ``--count N`` (and cancels the observation on the way out unless
+``--keep``); the node's Sends of the same paths are not Notifications, and are shown,
+labelled ``send`` and not counted, only with ``--sends``. ``read`` and ``observe`` take
+``--format NAME`` (``senml-json``, ``tlv``...: the names of ``codecs.NAMES``) to ask the
+node for that Content-Format instead of the one the gateway negotiates from its
+registration.
 
 Every failure is one line on stderr and a non-zero exit: 1 for what went wrong at the
 gateway or the node (gateway not running, bad token, unknown endpoint, node timeout, a
@@ -18,6 +26,7 @@ import base64
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiotkit.boards.errors import AiotError
-from aiotkit.gateway.lwm2m import linkformat
+from aiotkit.gateway.lwm2m import codecs, linkformat
 from aiotkit.gateway.lwm2m.ddf import ObjectDef, resource_def
 from aiotkit.gateway.lwm2m.paths import PathError, format_path, parse_path
 
@@ -98,9 +107,25 @@ def _http_error(e: urllib.error.HTTPError) -> str:
     if e.code == 504:
         return f"node timeout: {message or 'the node did not answer'}"
     text = message or e.reason or f"HTTP {e.code}"
-    if coap and coap not in text:
-        text = f"{text} (CoAP {coap})"
+    if isinstance(coap, str) and coap:
+        named = coap_text(coap)
+        if coap not in text:
+            text = f"{text} (CoAP {named})"
+        elif named not in text:
+            text = text.replace(coap, named, 1)
     return text
+
+
+def coap_text(code: str) -> str:
+    """A CoAP code as ``"4.04 Not Found"``: with aiocoap's name of it, when it has one."""
+    try:
+        from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
+
+        cls, _, detail = code.partition(".")
+        name = Code((int(cls) << 5) | int(detail)).name_printable
+    except (ImportError, ValueError):
+        return code
+    return code if not name or "Unknown" in name else f"{code} {name}"
 
 
 # -- presentation ------------------------------------------------------------------------
@@ -174,9 +199,15 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def path_order(path: str) -> tuple[int, tuple[int, ...], str]:
+    """Sort key of a path: numeric (``/3/0/2`` before ``/3/0/10``); non-paths last."""
+    ids = _ids(path)
+    return (0, ids, "") if ids or path == "/" else (1, (), path)
+
+
 def value_table(pairs: list[tuple[str, Any]], names: Names) -> str:
     rows = []
-    for path, value in pairs:
+    for path, value in sorted(pairs, key=lambda pv: path_order(pv[0])):
         name, units = names.describe(path)
         rows.append([path, name, show_value(value), units])
     return table(rows, ["PATH", "NAME", "VALUE", "UNITS"])
@@ -202,13 +233,38 @@ def cmd_list(api: Api, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    rows = [[e["endpoint"], e["state"], e.get("address") or "", str(e.get("lifetime", "")),
-             e.get("binding") or "", str(e.get("readings", ""))]
+    now = time.time()
+    rows = [[e["endpoint"], e["state"], _ago(e.get("last_seen"), now),
+             e.get("address") or "", str(e.get("lifetime", "")), e.get("binding") or "",
+             str(e.get("readings", ""))]
             for e in result.get("endpoints", [])]
     if not rows:
         print("no endpoints")
         return 0
-    print(table(rows, ["ENDPOINT", "STATE", "ADDRESS", "LIFETIME", "BINDING", "READINGS"]))
+    print(table(rows, ["ENDPOINT", "STATE", "LAST-SEEN", "ADDRESS", "LIFETIME", "BINDING",
+                       "READINGS"]))
+    return 0
+
+
+def _ago(t: Any, now: float) -> str:
+    """How long ago ``t`` (epoch seconds) was: ``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``."""
+    if not isinstance(t, (int, float)) or isinstance(t, bool):
+        return "never"
+    age = max(0, int(now - t))
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age >= span:
+            return f"{age // span}{unit} ago"
+    return f"{age}s ago"
+
+
+def cmd_readings(api: Api, args: argparse.Namespace) -> int:
+    query = {"path": _lwm2m_path(args.path)} if args.path else None
+    result = api.call("GET", f"/api/v1/endpoints/{_ep(args.endpoint)}/readings", query=query)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    pairs = records_of(result)
+    print(value_table(pairs, args.names) if pairs else f"no readings from {args.endpoint}")
     return 0
 
 
@@ -225,14 +281,26 @@ def _print_result(result: Any, args: argparse.Namespace, what: str) -> int:
         print(value_table(pairs, args.names))
     else:
         code = result.get("code", "") if isinstance(result, dict) else ""
-        print(f"{what} {args.endpoint} {args.path}: {code or 'done'}".rstrip())
+        location = result.get("location") if isinstance(result, dict) else None
+        text = coap_text(code) if isinstance(code, str) and code else "done"
+        if location:
+            text += f", new instance {location}"
+        print(f"{what} {args.endpoint} {args.path}: {text}")
     return 0
+
+
+def _query(args: argparse.Namespace) -> dict[str, str]:
+    """``timeout``, and ``format`` when ``--format`` was given."""
+    query = {"timeout": str(args.timeout)}
+    if getattr(args, "format", None) is not None:
+        query["format"] = args.format
+    return query
 
 
 def cmd_read(api: Api, args: argparse.Namespace) -> int:
     path = _lwm2m_path(args.path)
     result = api.call("GET", f"/api/v1/endpoints/{_ep(args.endpoint)}/lwm2m{path}",
-                      query={"timeout": str(args.timeout)})
+                      query=_query(args))
     return _print_result(result, args, "read")
 
 
@@ -296,6 +364,58 @@ def cmd_discover(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create(api: Api, args: argparse.Namespace) -> int:
+    path = _lwm2m_path(args.path)
+    ids = _ids(path)
+    if len(ids) != 1:
+        raise CliError(f"create takes an object id like 3303 (got {args.path!r})", 2)
+    values: dict[str, Any] = {}
+    for item in args.values:
+        rid, sep, text = item.partition("=")
+        if not sep or not rid.isdigit():
+            raise CliError(f"{item!r} is not RES=VALUE (a resource id, e.g. 5750=kitchen)", 2)
+        instance = args.instance if args.instance is not None else 0
+        values[str(int(rid))] = _typed(text, args.names.type_of(f"{path}/{instance}/{rid}"))
+    body: dict[str, Any] = {"values": values}
+    if args.instance is not None:
+        body["instance"] = args.instance
+    result = api.call("POST", f"/api/v1/endpoints/{_ep(args.endpoint)}/lwm2m{path}",
+                      body=body, query={"timeout": str(args.timeout)})
+    return _print_result(result, args, "create")
+
+
+def cmd_delete(api: Api, args: argparse.Namespace) -> int:
+    path = _lwm2m_path(args.path)
+    if len(_ids(path)) != 2:
+        raise CliError(f"delete takes an object instance like /3303/1 (got {args.path!r})", 2)
+    result = api.call("DELETE", f"/api/v1/endpoints/{_ep(args.endpoint)}/lwm2m{path}",
+                      query={"timeout": str(args.timeout)})
+    return _print_result(result, args, "delete")
+
+
+ATTRIBUTE_TYPES: dict[str, type] = {"pmin": int, "pmax": int, "gt": float, "lt": float,
+                                    "st": float, "epmin": int, "epmax": int}
+
+
+def cmd_attributes(api: Api, args: argparse.Namespace) -> int:
+    path = _lwm2m_path(args.path)
+    body: dict[str, Any] = {name: getattr(args, name) for name in ATTRIBUTE_TYPES
+                            if getattr(args, name) is not None}
+    if args.unset:
+        body["unset"] = args.unset
+    if not body:
+        raise CliError("give at least one attribute (--pmin N, --pmax N, --gt X ...)"
+                       " or --unset NAME", 2)
+    result = api.call("PUT", f"/api/v1/endpoints/{_ep(args.endpoint)}/lwm2m{path}/attributes",
+                      body=body, query={"timeout": str(args.timeout)})
+    return _print_result(result, args, "attributes")
+
+
+def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
+    path = _lwm2m_path(args.path)
+    result = api.call("DELETE", f"/api/v1/endpoints/{_ep(args.endpoint)}/lwm2m{path}/observe",
+                      query={"timeout": str(args.timeout)})
+    return _print_result(result, args, "cancel")
 
 
 def _lines(resp: Any) -> Iterator[dict[str, Any]]:
@@ -316,30 +436,44 @@ def cmd_observe(api: Api, args: argparse.Namespace) -> int:
     ep = _ep(args.endpoint)
     if args.count is not None and args.count < 1:
         raise CliError("--count must be 1 or more", 2)
-    # Follow first, so no report between the Observe and the stream is missed.
-    stream = api.call("GET", f"/api/v1/endpoints/{ep}/notifications",
-                      query={"path": path or "/"}, stream=True)
+    # Follow first, so no report between the Observe and the stream is missed. Only
+    # this observation's Notifications count; the node's Sends of the same paths are
+    # another stream, shown (labelled "send") with --sends.
+    query = {"path": path or "/"}
+    if not args.sends:
+        query["kind"] = "notify"
+    stream = api.call("GET", f"/api/v1/endpoints/{ep}/notifications", query=query,
+                      stream=True)
     observed = False
     try:
         first = api.call("POST", f"/api/v1/endpoints/{ep}/lwm2m{path}/observe",
-                         query={"timeout": str(args.timeout)})
+                         query=_query(args))
         observed = True
+        obs_id = first.get("observation_id") if isinstance(first, dict) else None
         if args.json:
             print(json.dumps(first), flush=True)
         else:
             print(f"observing {args.endpoint} {path or '/'} (Ctrl-C to stop)", flush=True)
-        for seen, note in enumerate(_lines(stream), 1):
+        seen = 0
+        for note in _lines(stream):
             if note.get("event") == "gone":
                 raise CliError(f"{args.endpoint} is no longer registered ({note.get('state')})")
+            kind = note.get("kind", "notify")
+            if kind == "notify" and obs_id is not None \
+                    and note.get("observation", obs_id) != obs_id:
+                continue  # another observation under the same path
             if args.json:
                 print(json.dumps(note), flush=True)
             else:
+                label = "  send" if kind == "send" else ""
                 for p, v in records_of(note):
                     name, units = args.names.describe(p)
-                    print(f"{_clock(note.get('t'))}  {p}  {name}  {show_value(v)}"
+                    print(f"{_clock(note.get('t'))}{label}  {p}  {name}  {show_value(v)}"
                           f"{' ' + units if units else ''}", flush=True)
-            if args.count is not None and seen >= args.count:
-                return 0
+            if kind == "notify":
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    return 0
         raise CliError("the gateway closed the notification stream")
     finally:
         stream.close()
@@ -353,8 +487,6 @@ def cmd_observe(api: Api, args: argparse.Namespace) -> int:
 
 
 def _clock(t: Any) -> str:
-    import time
-
     if not isinstance(t, (int, float)):
         return "--:--:--"
     return time.strftime("%H:%M:%S", time.localtime(t))
@@ -367,6 +499,11 @@ COMMANDS = {
     "exec": cmd_exec,
     "observe": cmd_observe,
     "discover": cmd_discover,
+    "readings": cmd_readings,
+    "create": cmd_create,
+    "delete": cmd_delete,
+    "attributes": cmd_attributes,
+    "cancel": cmd_cancel,
 }
 
 
@@ -422,7 +559,13 @@ def register(subparsers: Any) -> None:
         p.add_argument("path", metavar="PATH", help="LwM2M path: /O, /O/I, /O/I/R or /O/I/R/RI")
         return p
 
-    op("read", "read an object, instance or resource")
+    def with_format(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=list(codecs.NAMES), metavar="FORMAT",
+                       help="Content-Format to ask the node for (default: one it listed"
+                       " when it registered; else TLV for LwM2M 1.0, SenML-CBOR for 1.1):"
+                       f" {', '.join(codecs.NAMES)}")
+
+    with_format(op("read", "read an object, instance or resource"))
     w = op("write", "write a resource (typed by its DDF definition)")
     w.add_argument("value", metavar="VALUE", help="the new value (hex for opaque)")
     w.add_argument("--update", action="store_true", help="partial update instead of replace")
@@ -432,7 +575,29 @@ def register(subparsers: Any) -> None:
     ob.add_argument("--count", type=int, metavar="N",
                     help="stop after N notifications (the first is the current value)")
     ob.add_argument("--keep", action="store_true", help="leave the observation on at exit")
+    ob.add_argument("--sends", action="store_true",
+                    help="also show the node's Sends of PATH, labelled 'send' (not counted)")
+    with_format(ob)
     op("discover", "list the resources and attributes under PATH")
+    rd = sub.add_parser("readings", parents=[common],
+                        help="the latest value of every path the node reported")
+    rd.add_argument("endpoint", metavar="ENDPOINT", help="the node's endpoint name")
+    rd.add_argument("path", metavar="PATH", nargs="?", help="only those under PATH")
+    cr = sub.add_parser("create", parents=[common],
+                        help="create an object instance (values typed by the DDF)")
+    cr.add_argument("endpoint", metavar="ENDPOINT", help="the node's endpoint name")
+    cr.add_argument("path", metavar="OBJECT", help="object id, e.g. 3303 or /3303")
+    cr.add_argument("values", metavar="RES=VALUE", nargs="*",
+                    help="resource values of the new instance, e.g. 5750=kitchen")
+    cr.add_argument("--instance", type=int, metavar="I",
+                    help="instance id (default: the gateway picks a free one)")
+    op("delete", "delete an object instance (/O/I)")
+    at = op("attributes", "write notification attributes (Write-Attributes)")
+    for name, kind in ATTRIBUTE_TYPES.items():
+        at.add_argument(f"--{name}", type=kind, metavar="N" if kind is int else "X")
+    at.add_argument("--unset", action="append", choices=list(ATTRIBUTE_TYPES),
+                    metavar="NAME", help="remove an attribute (repeatable)")
+    op("cancel", "cancel the observation of PATH")
     lw.set_defaults(func=run)
 
 

@@ -24,6 +24,16 @@ answered with an error code: 400 bad path or value, 401 missing or unknown token
 role may not, 404 unknown endpoint (or route), 409 the endpoint is not registered, 502 the
 node refused (its CoAP code in ``coap``), 504 the node did not answer in time. The routes
 are described in ``gateway/api/openapi.json`` (also served at ``/api/v1/openapi.json``).
+
+Read, Observe and composite Read / Observe take ``?format=NAME`` (``senml-json``,
+``senml-cbor``, ``tlv``, ``lwm2m-cbor``, ``text``, ``opaque``, or the number): the
+Content-Format to ask the node for, instead of the one negotiated from its registration
+(``dm.requests``). Endpoint details include ``takeovers`` (``lwm2m.registry``).
+
+The notification stream (``.../notifications``) labels each report with its ``kind``:
+``notify``, a Notification of the observation ``observation``, or ``send``, a report the
+node Sent; ``?kind=`` (or ``?observation=ID``) follows only those, so a client observing a
+path the node also Sends sees each value once.
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import RestConfig
 from ..errors import ConfigError, GatewayError, RequestError
+from ..logs import PeerLog
+from ..lwm2m import codecs
 from ..lwm2m.linkformat import parse_link_format
 from ..lwm2m.paths import PathError, format_path, is_under, parse_path
 
@@ -61,6 +73,7 @@ if TYPE_CHECKING:
 __all__ = ["ApiError", "RestApi", "Role", "Token", "load_tokens", "parse_tokens"]
 
 log = logging.getLogger("aiotkit.gateway.rest")
+_peer_log = PeerLog(log)  # what clients of the API make us write
 
 API = "/api/v1"
 MIN_TOKEN_CHARS = 16
@@ -216,6 +229,8 @@ class RestApi:
         self._config = config
         self._tokens = tokens
         self._runner: web.AppRunner | None = None
+        self._tcp: asyncio.Server | None = None
+        self._accept_guard: _AcceptGuard | None = None
         self._streams: set[tuple[str, asyncio.Queue[RegistryEvent | None]]] = set()
         self._clock = time.time
         self.port: int | None = None
@@ -234,20 +249,26 @@ class RestApi:
 
         if self._tokens is None:
             self._tokens = load_tokens(self._config.tokens_file)
+        # keepalive_timeout is aiohttp's one timer on a connection that has no whole
+        # request head: armed when it opens and after each response, it closes a
+        # connection that sent nothing or only part of its headers (header_timeout_s)
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                               shutdown_timeout=1.0)
+                               shutdown_timeout=1.0,
+                               keepalive_timeout=self._config.header_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, self._config.host, self._config.port)
+        loop = asyncio.get_running_loop()
+        limiter = _ConnectionLimit(runner.server, self._config.max_connections)
         try:
-            await site.start()
+            tcp = await loop.create_server(limiter, self._config.host, self._config.port,
+                                           reuse_address=True, backlog=128)
         except OSError as e:
             await runner.cleanup()
             raise GatewayError(f"cannot serve the REST API on {self._config.host}:"
                                f"{self._config.port}: {e.strerror or e}") from e
-        self._runner = runner
+        self._runner, self._tcp = runner, tcp
+        self._accept_guard = _AcceptGuard(loop, tcp)
         self._gateway.registry.add_listener(self._on_event)
-        server = site._server  # aiohttp exposes the bound port only through the server
-        sockets = getattr(server, "sockets", None) or []
+        sockets = list(tcp.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self._config.port
         if self._config.host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("REST API on %s: reachable from the network, and plain HTTP (put"
@@ -258,9 +279,17 @@ class RestApi:
             if queue.full():
                 queue.get_nowait()
             queue.put_nowait(None)
+        tcp, self._tcp = self._tcp, None
+        if tcp is not None:
+            tcp.close()  # accept no more; the runner then closes the connections
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        if tcp is not None:
+            await tcp.wait_closed()
+        if self._accept_guard is not None:
+            self._accept_guard.close()
+            self._accept_guard = None
 
     # -- application -------------------------------------------------------------------
 
@@ -272,6 +301,7 @@ class RestApi:
         v, o, a = Role.viewer, Role.operator, Role.admin
         r.add_get(API, self._guard(v, self._whoami))
         r.add_get(f"{API}/openapi.json", self._guard(v, self._openapi))
+        r.add_get(f"{API}/uplink", self._guard(v, self._uplink))
         r.add_get(f"{API}/endpoints", self._guard(v, self._endpoints))
         r.add_get(f"{API}/endpoints/{{ep}}", self._guard(v, self._endpoint))
         r.add_delete(f"{API}/endpoints/{{ep}}", self._guard(a, self._delete_registration))
@@ -318,6 +348,7 @@ class RestApi:
     async def _errors_impl(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         from aiohttp import web
 
+        request[_BODY_TIMEOUT] = self._config.body_timeout_s
         try:
             return await handler(request)
         except ApiError as e:
@@ -365,6 +396,21 @@ class RestApi:
 
         return web.Response(text=text, content_type="application/json")
 
+    async def _uplink(self, request: web.Request) -> web.StreamResponse:
+        """The MQTT uplink's outbox, and the messages the broker refused (set aside)."""
+        limit = _int_query(request, "limit", 100, 1, 10000)
+        store, uplink = self._gateway.store, self._gateway.uplink
+        pending, confirmed = store.outbox_counts()
+        dead = [{"id": d.id, "topic": d.topic, "reason": d.reason, "created": d.created,
+                 "set_aside": d.dead, "bytes": len(d.payload)}
+                for d in store.outbox_dead(limit)]
+        return _json({"enabled": uplink is not None,
+                      "connected": uplink is not None and uplink.connected,
+                      "pending": pending, "confirmed": confirmed,
+                      "dead_letters": store.outbox_dead_count(),
+                      "set_aside_since_start": uplink.set_aside if uplink else 0,
+                      "dead": dead})
+
     async def _endpoints(self, request: web.Request) -> web.StreamResponse:
         out = [{
             "endpoint": s.endpoint,
@@ -389,6 +435,7 @@ class RestApi:
         if summary is not None:
             body.update(last_seen=summary.last_seen, sends=summary.sends,
                         readings=summary.readings)
+        body["takeovers"] = self._gateway.registry.takeovers(reg.endpoint).to_json()
         return _json(body)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
@@ -406,7 +453,8 @@ class RestApi:
         base = parse_path(prefix) if prefix else ()
         summary = self._gateway.store.node_summary(reg.endpoint)
         values = summary.last_values if summary else {}
-        out = [{"path": p, "value": json_value(v)} for p, v in sorted(values.items())
+        out = [{"path": p, "value": json_value(v)}
+               for p, v in sorted(values.items(), key=lambda pv: _path_key(pv[0]))
                if _under(p, base)]
         return _json({"endpoint": reg.endpoint, "readings": out})
 
@@ -416,10 +464,17 @@ class RestApi:
         return _json({"endpoint": reg.endpoint, "observations": items})
 
     async def _notifications(self, request: web.Request) -> web.StreamResponse:
-        """Follow what the node reports (Notify and Send) as JSON lines, until the client
-        goes away, the registration ends (a last ``{"event": "gone"}``) or shutdown."""
+        """Follow what the node reports as JSON lines, until the client goes away, the
+        registration ends (a last ``{"event": "gone"}``) or shutdown. Each report says
+        its ``kind``: ``notify`` (with its ``observation`` id) or ``send``; ``?kind=``
+        keeps only one of them, ``?observation=ID`` only that observation's."""
         reg = self._registration(request)
         base = _path(request.query.get("path", "/"))
+        kinds = _report_kinds(request)
+        observation: int | None = None
+        if "observation" in request.query:
+            observation = _int_query(request, "observation", 0, 0, 2**63 - 1)
+            kinds = {"notify"}
         queue: asyncio.Queue[RegistryEvent | None] = asyncio.Queue(STREAM_QUEUE)
         sub = (reg.endpoint, queue)
         self._streams.add(sub)
@@ -438,12 +493,17 @@ class RestApi:
                                             "t": self._clock()}
                     await resp.write(json.dumps(line).encode() + b"\n")
                     break
-                if event.kind != "send":
+                kind = "send" if event.observation is None else "notify"
+                if event.kind != "send" or kind not in kinds or (
+                        observation is not None and event.observation != observation):
                     continue
                 records = [{"path": r.path, "value": json_value(r.value), "t": r.time}
                            for r in event.records if _under(r.path, base)]
                 if records:
-                    line = {"event": "report", "t": self._clock(), "records": records}
+                    line = {"event": "report", "kind": kind, "t": self._clock(),
+                            "records": records}
+                    if event.observation is not None:
+                        line["observation"] = event.observation
                     await resp.write(json.dumps(line).encode() + b"\n")
         except ConnectionResetError:  # the client went away
             pass
@@ -488,6 +548,7 @@ class RestApi:
         kwargs: dict[str, Any] = {}
         if op is None and method == "GET":
             name = "read"
+            kwargs.update(_accept(request))
         elif op is None and method == "PUT":
             name = "write"
             kwargs["value"] = _write_value(await _json_body(request))
@@ -517,6 +578,7 @@ class RestApi:
             kwargs.update(_attribute_args(await _json_body(request)))
         elif method == "POST":  # observe
             name = "observe"
+            kwargs.update(_accept(request))
         elif method == "DELETE":
             name = "cancel_observe"
         else:
@@ -537,7 +599,8 @@ class RestApi:
         if not isinstance(paths, list) or not paths:
             raise ApiError(400, "bad_value", 'give {"paths": ["/3/0/0", ...]}')
         parsed = [format_path(_path(p)) for p in paths]
-        return await self._operate(request, reg, names[op], parsed, {})
+        kwargs = _accept(request) if op != "cancel" else {}
+        return await self._operate(request, reg, names[op], parsed, kwargs)
 
     async def _operate(self, request: web.Request, reg: Registration, name: str,
                        path: str | list[str], kwargs: dict[str, Any]) -> web.StreamResponse:
@@ -650,6 +713,14 @@ def _path(text: Any) -> tuple[int, ...]:
         raise ApiError(400, "bad_path", str(e)) from e
 
 
+def _path_key(path: str) -> tuple[tuple[int, ...], str]:
+    """Numeric path order: ``/3/0/2`` before ``/3/0/10`` (anything else after, by text)."""
+    try:
+        return parse_path(path), ""
+    except PathError:
+        return (1 << 32,), path
+
+
 def _under(path: str, base: tuple[int, ...]) -> bool:
     try:
         return is_under(parse_path(path), base)
@@ -682,6 +753,28 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
     return v
 
 
+def _report_kinds(request: web.Request) -> set[str]:
+    """``?kind=notify`` or ``send`` (the notification stream): which reports to follow."""
+    text = request.query.get("kind")
+    if text is None:
+        return {"notify", "send"}
+    if text not in ("notify", "send"):
+        raise ApiError(400, "bad_query", "kind is notify or send")
+    return {text}
+
+
+def _accept(request: web.Request) -> dict[str, Any]:
+    """``?format=`` (a name of ``codecs.NAMES`` or a number): the Accept of a Read or
+    Observe, overriding the negotiated one; {} when not given."""
+    text = request.query.get("format")
+    if text is None:
+        return {}
+    try:
+        return {"accept": codecs.format_named(text)}
+    except codecs.UnknownContentFormat as e:
+        raise ApiError(400, "bad_query", f"format: {e}") from None
+
+
 def _timeout(request: web.Request) -> float | None:
     text = request.query.get("timeout")
     if text is None:
@@ -696,7 +789,13 @@ def _timeout(request: web.Request) -> float | None:
 
 
 async def _json_body(request: web.Request, *, required: bool = True) -> Any:
-    raw = await request.read()
+    limit: float = request.get(_BODY_TIMEOUT, 30.0)
+    try:
+        async with asyncio.timeout(limit):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "timeout", f"request body not received within {limit:g} s",
+                       headers={"Connection": "close"}) from None
     if not raw:
         if required:
             raise ApiError(400, "bad_value", "a JSON body is required")
@@ -772,3 +871,67 @@ def _from_json(value: Any) -> Any:
         raise ApiError(400, "bad_value", "a value is a string, number, boolean,"
                        ' {"base64": ...} or an object of those by id')
     return value
+
+
+_BODY_TIMEOUT = "aiot_body_timeout_s"  # request key: [rest] body_timeout_s
+_ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's context message
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
+         b"Content-Type: application/json\r\nContent-Length: 63\r\n\r\n"
+         b'{"error": "busy", "message": "too many connections, try again"}')
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over ``[rest] max_connections``: 503 and closed, nothing read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_BUSY)
+        transport.close()
+
+
+class _ConnectionLimit:
+    """The protocol factory of the REST port: aiohttp's server (``server``) while it
+    holds fewer than ``limit`` connections, else ``_Refused`` (one rate-limited line)."""
+
+    def __init__(self, server: Any, limit: int) -> None:
+        self._server = server
+        self._limit = limit
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self._server.connections) >= self._limit:
+            _peer_log.warning("rest-busy", "REST API: %d connections open, refusing more"
+                              " ([rest] max_connections)", self._limit)
+            return _Refused()
+        proto: asyncio.BaseProtocol = self._server()
+        return proto
+
+
+class _AcceptGuard:
+    """asyncio reports a failed accept (EMFILE, ENFILE, ENOBUFS, ENOMEM: out of file
+    descriptors or memory) to the loop's exception handler, with a traceback, each time
+    it retries (every second per socket), and keeps serving once descriptors are free.
+    For the REST port's sockets this writes one rate-limited line instead; everything
+    else goes to the handler that was there before."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: asyncio.Server) -> None:
+        self._loop = loop
+        self._fds = {s.fileno() for s in server.sockets}
+        self._previous = loop.get_exception_handler()
+        loop.set_exception_handler(self._handle)
+
+    def _handle(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        sock = context.get("socket")
+        exc = context.get("exception")
+        if (context.get("message") == _ACCEPT_FAILED and isinstance(exc, OSError)
+                and sock is not None and sock.fileno() in self._fds):
+            _peer_log.warning("rest-accept", "REST API: cannot accept a connection: %s;"
+                              " retrying", exc.strerror or exc)
+            return
+        if self._previous is not None:
+            self._previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def close(self) -> None:
+        if self._loop.get_exception_handler() == self._handle:
+            self._loop.set_exception_handler(self._previous)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import aiocoap  # type: ignore[import-untyped]
+import aiocoap.blockwise  # type: ignore[import-untyped]
 import aiocoap.error  # type: ignore[import-untyped]
 import aiocoap.message  # type: ignore[import-untyped]
 import aiocoap.meta  # type: ignore[import-untyped]
@@ -22,6 +23,7 @@ from aiocoap.numbers.constants import TransportTuning  # type: ignore[import-unt
 from aiocoap.numbers.contentformat import ContentFormat  # type: ignore[import-untyped]
 from aiocoap.numbers.optionnumbers import OptionNumber  # type: ignore[import-untyped]
 from aiocoap.numbers.types import Type  # type: ignore[import-untyped]
+from aiocoap.optiontypes import StringOption  # type: ignore[import-untyped]
 from aiocoap.transports.udp6 import UDP6EndpointAddress  # type: ignore[import-untyped]
 from aiocoap.util import hostportsplit  # type: ignore[import-untyped]
 
@@ -35,6 +37,7 @@ __all__ = [
     "PathCapable",
     "Resource",
     "Site",
+    "StringOption",
     "TransportTuning",
     "Type",
     "UDP6EndpointAddress",

@@ -2,7 +2,8 @@
 
 aiocoap serves CoAP over UDP (RFC 7252): message layer (retransmission, deduplication),
 token layer, request layer, the LwM2M resource (``lwm2m.server``). Three adjustments sit
-in its message layer, each on one context's instances (never the class):
+in its message layer, and two more below (a kept token, a text-option guard), each on
+one context's instances (never the class):
 
 **The datagram hook** (``DatagramHook``, one per UDP interface) is the one place that
 intercepts datagrams before aiocoap. The UDP transport hands every received datagram to
@@ -29,13 +30,27 @@ retransmitted for MAX_TRANSMIT_WAIT (93 s), and with NSTART = 1 every later CON 
 peer waits behind it, then fails with it. ``MessageLayer`` supplies the canceller: it
 ends the exchange (or drops the message from the backlog) and the next one goes out.
 
-All three touch private parts of ``aiocoap.messagemanager.MessageManager`` and its UDP
-message interface. They are installed only on aiocoap 0.4.7 up to (not including) 0.5
+All of them touch private parts of ``aiocoap.messagemanager.MessageManager``, its UDP
+message interface and its ``TokenManager`` (``request``, ``next_token``). They are installed only on aiocoap 0.4.7 up to (not including) 0.5
 whose internals were read (0.4.7 and 0.4.17: ``_recent_messages``,
 ``_deduplicate_message``, ``_store_response_for_duplicates``, ``_active_exchanges``,
 ``_backlogs``, ``_continue_backlog``, ``message_interface.datagram_msg_received``) and
 only when those attributes exist; otherwise ``install`` logs one line and the context
 keeps aiocoap's behaviour (and no fast path runs).
+
+**A request may keep its token** (``keep_token``). aiocoap's token layer gives every
+request a fresh token; a cancelling GET (Observe 1) must carry the token of the
+observation it cancels (RFC 7641 §3.6), or a client that matches observations by token
+keeps notifying. ``keep_token(message, token)`` marks a message (only that object, not
+the copies blockwise makes) and the token layer's ``request`` sends it with that token.
+Without the adjustments (an unchecked aiocoap) the mark is ignored: fresh token.
+
+**Text options that are not UTF-8.** aiocoap decodes Uri-Path, Uri-Query and the other
+string options as UTF-8 and raises on anything else, out of the transport's read
+callback: a traceback at ERROR per datagram. The hook (installed with or without the
+compact cache; fast paths only with it) checks what the fast paths left for aiocoap
+(``wire.bad_text_option``): a CON request is answered 4.00, a CON response RST, a
+NON/ACK/RST dropped, with one rate-limited log line (``logs.PeerLog``) and no traceback.
 """
 
 from __future__ import annotations
@@ -48,23 +63,35 @@ import socket
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
+from ..logs import PeerLog
 from . import wire
 from .aio import MessageManager as _MessageManager
 from .aio import Type, UDP6EndpointAddress, aiocoap
+from .blockwise import Block1Gate, BoundedSpool
 from .dedup import DedupCache
 
-__all__ = ["DatagramHook", "FastPath", "MessageLayer", "install", "supported"]
+__all__ = ["DatagramHook", "FastPath", "MessageLayer", "install", "keep_token", "supported"]
 
 Sockaddr = tuple[Any, ...]  # an IPv6 socket address: (host, port, flowinfo, scope id)
 Ancdata = list[tuple[int, int, bytes]]  # recvmsg's ancillary data (IPV6_PKTINFO)
 
 log = logging.getLogger("aiotkit.gateway.coap")
+_peer_log = PeerLog(log)
 
 _CHECKED = ((0, 4, 7), (0, 5))  # aiocoap versions whose MessageManager was read
 _INTERNALS = ("_recent_messages", "_deduplicate_message", "_store_response_for_duplicates",
               "_active_exchanges", "_backlogs", "_continue_backlog", "message_interface")
+_TOKEN_INTERNALS = ("request", "next_token")  # TokenManager: keep_token
 _CON = Type.CON
 _NEW = object()
+_KEEP = "_aiot_keep_token"  # the mark keep_token sets on one message object
+
+
+def keep_token(message: aiocoap.Message, token: bytes) -> None:
+    """Send ``message`` (a request) with ``token`` rather than a fresh one (module
+    docstring); the caller makes sure no other live request of its own uses it."""
+    message.token = token
+    setattr(message, _KEEP, token)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -158,15 +185,21 @@ class DatagramHook:
     """The one place a UDP interface's datagrams are intercepted before aiocoap (module
     docstring). ``add`` fast paths; ``close()`` before the context shuts down."""
 
-    def __init__(self, interface: Any, dedup: _Dedup) -> None:
+    def __init__(self, interface: Any, dedup: _Dedup | None) -> None:
         self._iface = interface
         self._dedup = dedup
-        self.cache: DedupCache = dedup.cache
         self.closed = False  # shut down: fast paths store nothing more, answer nothing
         self._paths: list[FastPath] = []
         self._slow: Callable[[bytes, Ancdata, int, Sockaddr], None] = (
             interface.datagram_msg_received)
         interface.datagram_msg_received = self._received
+
+    @property
+    def cache(self) -> DedupCache:
+        """The compact deduplication cache the fast paths share with aiocoap's layer."""
+        if self._dedup is None:
+            raise RuntimeError("no compact deduplication cache: no fast path can run")
+        return self._dedup.cache
 
     def add(self, path: FastPath) -> None:
         """Offer datagrams to ``path`` after the paths added before it."""
@@ -175,7 +208,8 @@ class DatagramHook:
     def admit(self, key: Hashable) -> None:
         """Record a new exchange ``key`` (no response yet), as a request aiocoap
         receives is recorded; keeps the cache's expiry running."""
-        self._dedup.admit(key)
+        if self._dedup is not None:
+            self._dedup.admit(key)
 
     def send(self, data: bytes, ancdata: Ancdata, address: Sockaddr) -> None:
         """Send ``data`` to ``address`` from the local address a datagram with
@@ -194,12 +228,13 @@ class DatagramHook:
 
     def _received(self, data: bytes, ancdata: Ancdata, flags: int,
                   address: Sockaddr) -> None:
-        if self._paths and type(address) is tuple and len(address) == 4:
-            try:
-                msg = wire.parse(data)
-            except wire.WireError:  # aiocoap judges (and logs) malformed datagrams
-                msg = None
-            if msg is not None and not msg.protected:
+        try:
+            msg: wire.Datagram | None = wire.parse(data)
+        except wire.WireError:  # aiocoap judges (and logs) malformed datagrams
+            msg = None
+        if msg is not None:
+            if self._paths and not msg.protected and type(address) is tuple \
+                    and len(address) == 4:
                 for path in self._paths:
                     try:
                         if path.take(msg, ancdata, address):
@@ -208,20 +243,47 @@ class DatagramHook:
                         log.exception("fast path %s failed; passing the datagram to"
                                       " aiocoap", type(path).__name__)
                         break
+            # below the fast paths (which take only options they know): aiocoap raises
+            # on a text option that is not UTF-8, with a traceback per datagram
+            bad = wire.bad_text_option(msg)
+            if bad is not None:
+                self._refuse_text(msg, bad, ancdata, address)
+                return
         self._slow(data, ancdata, flags, address)
+
+    def _refuse_text(self, msg: wire.Datagram, option: int, ancdata: Ancdata,
+                     address: Sockaddr) -> None:
+        """A datagram with option ``option`` not UTF-8: a CON request is answered 4.00
+        (piggybacked), a CON response RST, anything else dropped; one rate-limited line."""
+        peer = address[0] if type(address) is tuple and address else address
+        _peer_log.info("bad-utf8-option", "datagram from %s refused: option %d is not"
+                       " UTF-8", peer, option)
+        if self.closed or msg.mtype != wire.CON:
+            return
+        if 0 < msg.code < 32:  # a request (class 0, not Empty)
+            answer = wire.build(wire.ACK, wire.BAD_REQUEST, msg.mid, msg.token,
+                                payload=f"option {option} is not UTF-8".encode())
+        else:
+            answer = wire.build(wire.RST, wire.EMPTY, msg.mid)
+        self.send(answer, ancdata, address)
 
 
 class MessageLayer:
     """The adjustments on one ``MessageManager``; ``close()`` when its context is shut."""
 
     def __init__(self, mman: Any, cache: DedupCache | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, tman: Any = None) -> None:
         self._mman = mman
+        self._tman = tman
         mman.send_message = functools.partial(self._send_message, mman.send_message)
+        if tman is not None:
+            tman.request = functools.partial(self._request, tman.request)
         self._dedup = _Dedup(mman, cache, loop) if cache is not None else None
-        # the hook needs the compact cache: fast paths record their exchanges there
-        self.hook = (DatagramHook(mman.message_interface, self._dedup)
-                     if self._dedup is not None else None)
+        # the hook guards aiocoap always; fast paths need the compact cache (they record
+        # their exchanges there), so without it the hook is not offered to them
+        self._hook = DatagramHook(mman.message_interface, self._dedup)
+        self.hook = self._hook if self._dedup is not None else None
+        self.guard = self._hook  # the hook, with or without the cache (Block1Gate)
 
     @property
     def dedup(self) -> DedupCache | None:
@@ -229,10 +291,25 @@ class MessageLayer:
         return self._dedup.cache if self._dedup is not None else None
 
     def close(self) -> None:
-        if self.hook is not None:
-            self.hook.close()
+        self._hook.close()
+        if self._tman is not None and "request" in self._tman.__dict__:
+            del self._tman.request
         if self._dedup is not None:
             self._dedup.close()
+
+    def _request(self, request: Callable[[Any], None], pipe: Any) -> None:
+        """The token layer's ``request``, sending a message marked by ``keep_token`` with
+        its token (``next_token`` answers it, for this one call)."""
+        token = getattr(pipe.request, _KEEP, None)
+        if not token:
+            request(pipe)
+            return
+        tman = self._tman
+        tman.next_token = lambda: token
+        try:
+            request(pipe)
+        finally:
+            del tman.next_token
 
     def _send_message(self, send: Callable[..., Any], message: aiocoap.Message,
                       messageerror_monitor: Callable[[], None]) -> Callable[[], None] | None:
@@ -269,12 +346,13 @@ def _outgoing(data: bytes, remote: Any) -> aiocoap.Message:
     return msg
 
 
-def _message_managers(ctx: aiocoap.Context) -> list[Any]:
+def _message_managers(ctx: aiocoap.Context) -> list[tuple[Any, Any]]:
+    """(token manager, its message manager) of each UDP interface."""
     found = []
     for ri in ctx.request_interfaces:
         mman = getattr(ri, "token_interface", None)
         if type(mman) is _MessageManager:
-            found.append(mman)
+            found.append((ri, mman))
     return found
 
 
@@ -285,9 +363,11 @@ def install(ctx: aiocoap.Context, *, compact_dedup: bool = True,
 
     ``lifetime`` defaults to aiocoap's EXCHANGE_LIFETIME; ``clock`` to the loop's time.
     """
-    mmans = _message_managers(ctx)
+    managers = _message_managers(ctx)
     version = aiocoap.meta.version
-    missing = sorted({a for m in mmans for a in _INTERNALS if not hasattr(m, a)})
+    missing = sorted({a for _t, m in managers for a in _INTERNALS if not hasattr(m, a)}
+                     | {a for t, _m in managers for a in _TOKEN_INTERNALS
+                        if not hasattr(t, a)})
     if not supported(version) or missing:
         why = f"missing {', '.join(missing)}" if missing else "internals not checked"
         log.warning("aiocoap %s: %s; keeping its stock deduplication (about 3.4 kB per"
@@ -296,5 +376,33 @@ def install(ctx: aiocoap.Context, *, compact_dedup: bool = True,
         return []
     loop = asyncio.get_running_loop()
     life = wire.EXCHANGE_LIFETIME if lifetime is None else lifetime
-    return [MessageLayer(m, DedupCache(life, clock or loop.time) if compact_dedup else None,
-                         loop) for m in mmans]
+    layers = [MessageLayer(m, DedupCache(life, clock or loop.time) if compact_dedup else None,
+                           loop, t) for t, m in managers]
+    # a burst (a flood of 1 KiB blocks, a fleet's reports at once) waits in the socket's
+    # receive buffer while the loop is busy; the default (about 200 kB, some 180 such
+    # datagrams) drops the fleet's Sends with it, and each drop costs a 2 s retransmission
+    for _t, mman in managers:
+        _grow_receive_buffer(mman.message_interface)
+    # Block1 uploads the resource's bounded spool would refuse anyway are refused below
+    # aiocoap (coap/blockwise.py), with or without the compact cache
+    spool = getattr(ctx.serversite, "block1", None)
+    if isinstance(spool, BoundedSpool):
+        for layer in layers:
+            layer.guard.add(Block1Gate(layer.guard, spool))
+    return layers
+
+
+RECEIVE_BUFFER = 4 << 20  # bytes asked for; Linux caps it at net.core.rmem_max
+
+
+def _grow_receive_buffer(interface: Any) -> None:
+    """Ask for a ``RECEIVE_BUFFER`` receive buffer on the interface's UDP socket."""
+    transport = getattr(interface, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    except OSError as e:  # not a real socket (tests), or not allowed: keep the default
+        log.debug("cannot grow the UDP receive buffer: %s", e)

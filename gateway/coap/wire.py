@@ -12,7 +12,9 @@ never re-declared.
 RFC 7252 §3 calls a message format error: version other than 1, token length 9-15,
 an option nibble of 15 outside the payload marker, an option running past the end, a
 payload marker with no payload behind it. It never raises anything else, whatever the
-bytes. ``build`` and ``encode_options`` write the same format (options sorted by
+bytes. ``bad_text_option(msg)`` names a text option (Uri-Path, Uri-Query... : aiocoap's
+string options) whose value is not UTF-8: aiocoap's own decoder raises on it, so the
+datagram hook refuses such a datagram before aiocoap sees it (``coap.layer``). ``build`` and ``encode_options`` write the same format (options sorted by
 number, delta and length extended as §3.1 says).
 
 **OSCORE (issue 13) and the fast paths.** OSCORE (RFC 8613) protects a request or
@@ -43,7 +45,7 @@ from collections.abc import Hashable, Iterable
 from typing import Any, NamedTuple
 
 from ..errors import BadRequest
-from .aio import Code, OptionNumber, TransportTuning, Type
+from .aio import Code, OptionNumber, StringOption, TransportTuning, Type
 
 __all__ = [
     "ACK",
@@ -53,6 +55,7 @@ __all__ = [
     "Datagram",
     "WireError",
     "after_token",
+    "bad_text_option",
     "build",
     "dedup_key",
     "empty_ack",
@@ -74,12 +77,15 @@ CHANGED = int(Code.CHANGED)
 CONTENT = int(Code.CONTENT)
 NOT_FOUND = int(Code.NOT_FOUND)
 INTERNAL_SERVER_ERROR = int(Code.INTERNAL_SERVER_ERROR)
+BAD_REQUEST = int(Code.BAD_REQUEST)
 OBSERVE = int(OptionNumber.OBSERVE)  # RFC 7641 §2
 OSCORE = int(OptionNumber.OSCORE)  # RFC 8613 §2
 URI_PATH = int(OptionNumber.URI_PATH)
 CONTENT_FORMAT = int(OptionNumber.CONTENT_FORMAT)
 MAX_AGE = int(OptionNumber.MAX_AGE)
 URI_QUERY = int(OptionNumber.URI_QUERY)
+# the options aiocoap decodes as UTF-8 text (RFC 7252 §3.2 "string")
+TEXT_OPTIONS = frozenset(int(n) for n in OptionNumber if n.format is StringOption)
 _TUNING = TransportTuning()
 ACK_TIMEOUT: float = _TUNING.ACK_TIMEOUT  # §4.8
 ACK_RANDOM_FACTOR: float = _TUNING.ACK_RANDOM_FACTOR
@@ -154,6 +160,17 @@ def parse(data: bytes) -> Datagram:
         pos = n
     return Datagram(b0 >> 4 & 0x03, data[1], data[2] << 8 | data[3], bytes(data[4:4 + tkl]),
                     tuple(options), bytes(data[pos:]), protected)
+
+
+def bad_text_option(msg: Datagram) -> int | None:
+    """The number of the first text option of ``msg`` that is not UTF-8, or None."""
+    for number, value in msg.options:
+        if number in TEXT_OPTIONS:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def peek(data: bytes) -> tuple[int, int, int, int] | None:

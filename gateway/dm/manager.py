@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..coap.aio import Code, aiocoap
+from ..coap.layer import keep_token
 from ..errors import BadRequest
 from ..lwm2m import codecs
 from ..lwm2m.ddf import ObjectDef
@@ -360,6 +361,10 @@ class DeviceManagement:
             msg.opt.accept = wire.accept
         if wire.observe is not None:
             msg.opt.observe = wire.observe
+        if wire.observe == 1:  # a cancel carries the observation's own token (RFC 7641)
+            token = self._obs.release(reg.endpoint, wire.key)
+            if token is not None:
+                keep_token(msg, token)
         limit = self._cfg.request_timeout_s if timeout is None else timeout
         # Observe 1 (cancel) has no observation to follow: plain request, no blockwise
         request = self._ctx.request(msg, handle_blockwise=wire.observe != 1)

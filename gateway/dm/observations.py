@@ -6,7 +6,10 @@ last values, uplink outbox, listeners), and linked to its observation in
 ``dm_notifications``; the first answer to Observe is stored the same way. One older
 than the last seen for its observation (RFC 7641 §3.4) is dropped. A plain one-datagram
 Notification may be served below aiocoap (``gateway/coap/fastnotify.py``, which finds its
-observation with ``take_notification``); aiocoap hands the others to ``_on_notify``. After a
+observation with ``take_notification``); aiocoap hands the others to ``_on_notify``. A
+cancel (GET or FETCH with Observe 1) carries the observation's own token (RFC 7641 §3.6;
+``release`` gives it and lets the live request go, ``coap.layer.keep_token`` sends it):
+a client that matches observations by token ends the right one. After a
 gateway restart every persisted observation of a live registration is re-established
 at once (queue-mode clients: when they next wake); a new Register (which ends the
 client's observations) re-applies the endpoint's Write-Attributes and re-observes; a
@@ -242,6 +245,21 @@ class Observations:
         self._unlive(live)
         with contextlib.suppress(Exception):
             live.request.observation.cancel()
+
+    def release(self, endpoint: str, key: str) -> bytes | None:
+        """The token of ``endpoint``'s observation of ``key``, for the GET with Observe 1
+        that cancels it (RFC 7641 §3.6: same token); its live request is let go first,
+        so aiocoap no longer holds the token. None: no observation or token known."""
+        row = self.db.observation(endpoint, key)
+        if row is None:
+            return None
+        token = row.token
+        live = self.live.get(row.id)
+        if live is not None:
+            if live.peer is not None:
+                token = live.peer[2]
+            self._drop_live(live)
+        return bytes(token) if token else None
 
     def forget(self, endpoint: str, key: str) -> None:
         """The observation of ``key`` was cancelled: stop following it and delete it."""

@@ -4,7 +4,7 @@ the CoAP request that carries it (no I/O: ``build_request`` checks and encodes).
 ==================  ======  ==============================================  ==========
 operation           method  request (LwM2M TS Transport 1.1 §6.4, §6.5)     success
 ==================  ======  ==============================================  ==========
-read                GET     /O[/I[/R[/RI]]], Accept if asked                2.05
+read                GET     /O[/I[/R[/RI]]], Accept (negotiated, below)     2.05
 discover            GET     Accept 40 (link-format)                         2.05
 write (replace)     PUT     /O/I[/R[/RI]], payload in the client's format   2.04
 write (partial)     POST    /O/I[/R]                                        2.04
@@ -12,16 +12,35 @@ write_attributes    PUT     ?pmin=&pmax=&gt=&lt=&st=&epmin=&epmax=          2.04
 execute             POST    /O/I/R, optional text arguments                 2.04
 create              POST    /O, the new instance's resources                2.01
 delete              DELETE  /O/I                                            2.02
-observe             GET     Observe 0                                       2.05
-cancel_observe      GET     Observe 1 (and the old token is forgotten)      2.05
-read_composite      FETCH   /, SenML-CBOR list of paths, Accept 112         2.05
+observe             GET     Observe 0, Accept as read                       2.05
+cancel_observe      GET     Observe 1, the observation's token (RFC 7641)   2.05
+read_composite      FETCH   /, SenML list of paths, Accept the same SenML   2.05
 observe_composite   FETCH   as read_composite, Observe 0                    2.05
 write_composite     iPATCH  /, SenML-CBOR records of resources (instances)  2.04
 ==================  ======  ==============================================  ==========
 
-Values to write are typed by the DDF definitions and encoded in SenML-CBOR for LwM2M 1.1+
-clients, in OMA-TLV (plain text for a single resource) for LwM2M 1.0 clients, or in the
-format named by ``content_format``.
+**Content-Format negotiation** (TS Core 1.1 §6.2.1.1, §7.1). A Read or Observe always
+carries an Accept option, so the client never falls back to a default format it may
+not have (a 1.1 client built without TLV answers a Read without Accept 5.00):
+
+1. the ``accept`` the caller gave (``dm.read(..., accept=)``, REST ``?format=``,
+   ``aiot lwm2m read --format``) -- the override;
+2. else the first of SenML-CBOR (112), SenML-JSON (110), LwM2M-CBOR (11544), TLV
+   (11542) that the client listed in its registration (``</>;ct=110`` or
+   ``</>;ct="110 112"``, Core §6.2.1.1);
+3. else by the client's LwM2M version. 1.0 (Core 1.0 §6.4): plain text for one
+   single-instance resource (or one resource instance) -- what a 1.0 client answers
+   such a Read with by default -- and TLV, the multi-value format every 1.0 client
+   must have, for anything else (an object, an instance, a multiple resource, a
+   resource the DDF definitions do not know). 1.1 and later: SenML-CBOR (1.1 makes TLV
+   optional; SenML-CBOR is the format the Send and the composite operations of 1.1
+   are built on, and what 1.1 clients that list no ``ct`` speak in practice).
+
+Composite operations (1.1 and later) use SenML: SenML-JSON when the client listed it and
+not SenML-CBOR, else SenML-CBOR, for both the list of paths and the Accept. Values to
+write are typed by the DDF definitions and encoded in the format of rule 2, else
+OMA-TLV (plain text for a single resource) for LwM2M 1.0 clients, else SenML-CBOR; or
+in the format named by ``content_format``.
 
 ``WireRequest`` is a request as it goes on the wire (and into the queue, as JSON);
 ``DMResult`` what it got back; ``Failure`` why it got nothing; ``Deliver`` the one
@@ -56,8 +75,10 @@ __all__ = [
     "Operation",
     "WireRequest",
     "build_request",
+    "composite_format",
     "decode",
     "dumps",
+    "read_format",
 ]
 
 Operation = Literal[
@@ -190,11 +211,12 @@ def build_request(op: str, reg: Registration, path: str,
         if not paths:
             raise DMError(f"{op} needs at least one path")
         names = tuple(format_path(parse_path(p)) for p in paths)
-        body = cbor2.dumps([{0: n} for n in names])
+        cf = composite_format(reg)
+        body = (json.dumps([{"n": n} for n in names], separators=(",", ":")).encode()
+                if cf == codecs.CF_SENML_JSON else cbor2.dumps([{0: n} for n in names]))
         observe = {"observe_composite": 0, "cancel_observe_composite": 1}.get(op)
-        return WireRequest(op, "FETCH", "/", names, (), codecs.CF_SENML_CBOR,
-                           accept if accept is not None else codecs.CF_SENML_CBOR,
-                           body, observe)
+        return WireRequest(op, "FETCH", "/", names, (), cf,
+                           accept if accept is not None else cf, body, observe)
     if op == "write_composite":
         if not isinstance(value, Mapping) or not value:
             raise DMError("write_composite takes {path: value}, at least one")
@@ -212,7 +234,9 @@ def build_request(op: str, reg: Registration, path: str,
     if op in ("read", "observe", "cancel_observe"):
         _need(ids, 1, op)
         observe = {"observe": 0, "cancel_observe": 1}.get(op)
-        return WireRequest(op, "GET", text, accept=accept, observe=observe)
+        return WireRequest(op, "GET", text,
+                           accept=accept if accept is not None
+                           else read_format(reg, ids, objects), observe=observe)
     if op == "discover":
         _need(ids, 1, op)
         return WireRequest(op, "GET", text, accept=CF_LINK_FORMAT)
@@ -377,14 +401,54 @@ def _typed(path: str, value: Any, rtype: ResourceType | None) -> tuple[ValueKind
     return kind, value
 
 
+# rule 2 of the negotiation (module docstring): the formats a client may list, in the
+# order the gateway prefers them (all of them decoded and encoded by ``codecs``)
+_PREFERRED = (codecs.CF_SENML_CBOR, codecs.CF_SENML_JSON, codecs.CF_LWM2M_CBOR,
+              codecs.CF_TLV)
+
+
+def _listed(reg: Registration) -> int | None:
+    listed = content_formats(reg.object_links)
+    return next((cf for cf in _PREFERRED if cf in listed), None)
+
+
+def _lwm2m_10(reg: Registration) -> bool:
+    major, _, minor = reg.lwm2m_version.partition(".")
+    try:
+        return (int(major), int(minor or 0)) < (1, 1)
+    except ValueError:
+        return False
+
+
+def read_format(reg: Registration, ids: tuple[int, ...] = (),
+                objects: Mapping[int, ObjectDef] | None = None) -> int:
+    """The Content-Format a Read or Observe of ``ids`` on ``reg`` asks for (Accept)
+    when the caller named none: rules 2 and 3 of the negotiation (module docstring)."""
+    listed = _listed(reg)
+    if listed is not None:
+        return listed
+    if not _lwm2m_10(reg):
+        return codecs.CF_SENML_CBOR
+    rdef = resource_def(objects, ids)
+    if len(ids) == 4 or (len(ids) == 3 and rdef is not None and not rdef.multiple):
+        return codecs.CF_TEXT
+    return codecs.CF_TLV
+
+
+def composite_format(reg: Registration) -> int:
+    """The SenML format of a composite operation on ``reg`` (module docstring)."""
+    listed = content_formats(reg.object_links)
+    if codecs.CF_SENML_JSON in listed and codecs.CF_SENML_CBOR not in listed:
+        return codecs.CF_SENML_JSON
+    return codecs.CF_SENML_CBOR
+
+
 def _write_format(reg: Registration, ids: tuple[int, ...], records: list[Record], *,
                   single_ok: bool = True) -> int:
-    listed = content_formats(reg.object_links)
-    for cf in (codecs.CF_SENML_CBOR, codecs.CF_SENML_JSON, codecs.CF_LWM2M_CBOR,
-               codecs.CF_TLV):
-        if cf in listed:
-            return cf
-    if reg.lwm2m_version.startswith("1.0"):
+    listed = _listed(reg)
+    if listed is not None:
+        return listed
+    if _lwm2m_10(reg):
         if single_ok and len(ids) >= 3 and len(records) == 1 \
                 and records[0].path == format_path(ids):
             return codecs.CF_TEXT

@@ -50,12 +50,14 @@ import cbor2
 
 from ..coap.aio import Code, Resource, Site, aiocoap
 from ..errors import ConfigError
+from ..logs import PeerLog
 from .params import valid_binding, valid_endpoint
 from .senml import CF_SENML_CBOR
 
 __all__ = ["BootstrapAccount", "BootstrapConfig", "BootstrapServer", "parse_bootstrap"]
 
 log = logging.getLogger("aiotkit.gateway.bootstrap")
+_peer_log = PeerLog(log)  # what a peer's requests make us write
 
 NOSEC = 3  # /0/x/2 security mode
 SERVER_INSTANCE = 1  # /0/1 (/0/0 is usually the client's bootstrap-server account)
@@ -249,7 +251,8 @@ class BootstrapServer:
         return aiocoap.Message(code=Code.CHANGED)
 
     def _refuse(self, code: Code, why: str, peer: str) -> aiocoap.Message:
-        log.info("bootstrap request from %s refused: %s %s", peer, code, why)
+        _peer_log.info("refused", "bootstrap request from %s refused: %s %s", peer, code,
+                       why)
         return aiocoap.Message(code=code, payload=why.encode()[:_MAX_DIAGNOSTIC])
 
     async def _sequence(self, ep: str, acct: BootstrapAccount, remote: Any) -> None:

@@ -13,6 +13,10 @@ LwM2M    11544          nested maps keyed by path ids               ``lwm2mcbor`
  CBOR
 =======  =============  ==========================================  ===================
 
+``NAMES`` gives each format the name an operator types (``aiot lwm2m read --format
+senml-json``, REST ``?format=senml-json``); ``format_named(text)`` reads a name or a
+number.
+
 Every decoder returns ``Record`` objects (``senml.Record``) with full resource paths,
 ``/O/I/R`` or ``/O/I/R/RI``, all at or below the request ``path``. Formats that carry
 untyped values (text, TLV) need the resource's DDF type (``objects``, e.g.
@@ -57,10 +61,12 @@ __all__ = [
     "CF_TLV",
     "DECODABLE",
     "ENCODABLE",
+    "NAMES",
     "CodecError",
     "UnknownContentFormat",
     "decode",
     "encode",
+    "format_named",
 ]
 
 CF_TEXT = 0  # text/plain;charset=utf-8 (RFC 7252 §12.3)
@@ -69,6 +75,11 @@ CF_SENML_JSON = senml.CF_SENML_JSON  # 110
 CF_SENML_CBOR = senml.CF_SENML_CBOR  # 112
 CF_TLV = tlv.CF_TLV  # 11542
 CF_LWM2M_CBOR = lwm2mcbor.CF_LWM2M_CBOR  # 11544
+
+# the formats by the names operators use (the table above)
+NAMES: dict[str, int] = {"text": CF_TEXT, "opaque": CF_OPAQUE, "senml-json": CF_SENML_JSON,
+                         "senml-cbor": CF_SENML_CBOR, "tlv": CF_TLV,
+                         "lwm2m-cbor": CF_LWM2M_CBOR}
 
 Objects = Mapping[int, ObjectDef] | None
 RecordsOrValue = Record | Sequence[Record] | Value
@@ -88,6 +99,18 @@ class CodecError(BadRequest):
 
 class UnknownContentFormat(UnsupportedContentFormat):
     """A content format the gateway does not read or write (CoAP 4.15)."""
+
+
+def format_named(text: str) -> int:
+    """A format by its name in ``NAMES`` or its number (``senml-json`` or ``110``);
+    ``UnknownContentFormat`` for one the gateway cannot decode."""
+    cf = NAMES.get(text.strip().lower())
+    if cf is None and text.strip().isdigit() and len(text.strip()) <= 5:
+        cf = int(text)
+    if cf is None or cf not in DECODABLE:
+        raise UnknownContentFormat(
+            f"unknown format {text[:20]!r} (one of {', '.join(NAMES)} or its number)")
+    return cf
 
 
 def decode(content_format: int, payload: bytes, path: str | Sequence[int],

@@ -2,8 +2,11 @@
 
 Used by the registration interface (``lwm2m.server``), the bootstrap server and its
 configuration (``lwm2m.bootstrap``). Endpoint names become MQTT topic levels, so
-besides being 1..255 characters they hold no ``/``, ``+``, ``#``, space or control
-character.
+besides being 1..255 characters they hold no ``/``, ``+``, ``#`` or space, and follow
+the MQTT rules for UTF-8 strings (MQTT 5.0 §1.5.4, 3.1.1 §1.5.3): no C0 or C1 control
+(U+0000..U+001F, U+007F..U+009F), no Unicode noncharacter (U+FDD0..U+FDEF and the last
+two code points of every plane, U+xxFFFE/U+xxFFFF), no surrogate. A broker closes the
+connection on a topic that breaks them, which would stop the uplink for every node.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ DEFAULT_BINDING = "U"
 MAX_LIFETIME = 2**32 - 1
 MAX_ENDPOINT = 255
 
-_ENDPOINT = re.compile(rf"[^\x00-\x20\x7f/+#]{{1,{MAX_ENDPOINT}}}")
+# refused anywhere in an endpoint name (module docstring)
+_NOT_IN_ENDPOINT = (r"\x00-\x20\x7f-\x9f/+#\ud800-\udfff\ufdd0-\ufdef"
+                    + "".join(f"\\U{p:04x}fffe\\U{p:04x}ffff" for p in range(17)))
+_ENDPOINT = re.compile(rf"[^{_NOT_IN_ENDPOINT}]{{1,{MAX_ENDPOINT}}}")
 _VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
 _BINDING = re.compile(r"[UMHTSNQ]{1,8}")
 _LIFETIME = re.compile(r"[0-9]{1,10}")

@@ -16,6 +16,23 @@ batch, so batches grow with the load and the disk's latency by themselves. Each 
 future resolves, and the change is logged and announced, only after the COMMIT that
 holds it returned, so an acknowledgement still means "on disk"; an operation that fails
 inside the batch fails alone.
+
+**Bounds.** At most ``max_endpoints`` registrations are live: a Register of an endpoint
+the store does not know is refused ``Full`` (5.03 with Max-Age) beyond it, checked before
+it is queued (a flood of them costs one lookup each, no transaction) and again inside
+the batch; a known endpoint always registers again. The live count is taken once
+(``count_registered``) and kept by Register, De-register and expiry. Also refused 5.03
+(Max-Age 1): a new endpoint while ``MAX_NEW_PENDING`` new ones wait for their COMMIT (an
+open-loop flood; a client waiting for its answer never gets there) or beyond
+``new_per_s`` new ones in the last second (0: no such limit).
+
+**Takeovers.** A Register for an endpoint whose registration is live, from another
+address, takes the registration over. One is a node that rebooted behind a new port;
+back and forth is two nodes configured with the same endpoint name, each replacing the
+other's registration at every Register. Every takeover is counted per endpoint
+(``takeovers``, shown by the REST API; in memory, since the gateway started); one that
+returns the registration to the address it was taken from is logged as a WARNING with
+both addresses (rate-limited), the others at INFO.
 """
 
 from __future__ import annotations
@@ -29,14 +46,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
-from ..errors import NotFound, StoreError
+from ..coap.aio import Code
+from ..errors import NotFound, RequestError, StoreError
+from ..logs import PeerLog
 from ..storage.api import NotificationLink, Registration, SendResult, Storage
 from .senml import Record
 
-__all__ = ["MAX_BATCH", "MAX_BATCH_WAIT_S", "Registry", "RegistryEvent", "new_reg_id"]
+__all__ = ["FULL_RETRY_S", "MAX_BATCH", "MAX_BATCH_WAIT_S", "MAX_ENDPOINTS", "NEW_PER_S",
+           "Full",
+           "Registry", "RegistryEvent", "Takeovers",
+           "new_reg_id"]
 
 log = logging.getLogger("aiotkit.gateway.registry")
+_peer_log = PeerLog(log)
 
+MAX_ENDPOINTS = 10000  # registered endpoints at most ([registry] max_endpoints)
+NEW_PER_S = 0  # new endpoints admitted per second at most, 0: no limit ([registry] ...)
+# Registers of new endpoints waiting for their COMMIT at most: a client (or a whole
+# fleet starting) that waits for its answer never has this many in flight; more means
+# an open-loop flood, and the ones beyond are refused 5.03 (Max-Age 1) so that it cannot
+# queue the fleet's Sends behind it
+MAX_NEW_PENDING = 128
+FULL_RETRY_S = 60  # Max-Age of the 5.03 a Register of a new endpoint gets when full
 MAX_BATCH = 256  # operations per group commit at most
 MAX_BATCH_WAIT_S = 0.0  # how long the first of a batch waits for company (none busy)
 
@@ -64,6 +95,34 @@ class RegistryEvent:
     endpoint: str
     reg_id: str
     records: Sequence[Record] = ()  # a "send": its decoded records (already committed)
+    observation: int | None = None  # a "send" that is an Observe Notification: its id
+
+
+@dataclass(slots=True)
+class Takeovers:
+    """How often an endpoint's live registration was taken over from another address,
+    and the last time: when, from which address (the holder), by which (the new one)."""
+
+    count: int = 0
+    last_at: float | None = None
+    last_from: str | None = None
+    last_to: str | None = None
+    contested: int = 0  # of them, how many went back to the address they came from
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "contested": self.contested, "last_at": self.last_at,
+                "last_from": self.last_from, "last_to": self.last_to}
+
+
+class Full(RequestError):
+    """5.03 Service Unavailable: the registry holds ``max_endpoints`` live registrations
+    and the Register is for an endpoint it does not know; ``max_age``: retry after."""
+
+    code = Code.SERVICE_UNAVAILABLE
+
+    def __init__(self, diagnostic: str, max_age: int = FULL_RETRY_S) -> None:
+        super().__init__(diagnostic)
+        self.max_age = max_age
 
 
 def new_reg_id() -> str:
@@ -80,8 +139,19 @@ class Registry:
         *,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = new_reg_id,
+        max_endpoints: int = MAX_ENDPOINTS,
     ) -> None:
         self._store = store
+        # live registrations at most; a Register of an endpoint the store does not know
+        # is refused ``Full`` (5.03) beyond it, a known endpoint is always taken back
+        self.max_endpoints = max_endpoints
+        self._live_count: int | None = None  # registered endpoints (counted once, kept)
+        # new endpoints admitted per second at most (a Register flood of made-up names
+        # must not take the event loop and the disk from the fleet's Sends)
+        self.new_per_s = NEW_PER_S
+        self._new_window = 0.0
+        self._new_in_window = 0
+        self._new_pending = 0  # Registers of new endpoints queued, not yet committed
         self._clock = clock
         self._new_id = new_id
         self._listeners: list[Callable[[RegistryEvent], None]] = []
@@ -89,13 +159,20 @@ class Registry:
         self._flush: asyncio.Handle | None = None  # the flush of the queue, when due
         self._full: asyncio.Handle | None = None  # the flush of a full batch, soon
         self._committing: asyncio.Future[None] | None = None  # the COMMIT on its way
+        self._takeovers: dict[str, Takeovers] = {}  # endpoint -> its takeovers
+        self._prune_cursor = 0  # where the next prune_ended batch starts
+
+    def takeovers(self, endpoint: str) -> Takeovers:
+        """The takeovers of ``endpoint``'s registration since the gateway started."""
+        return self._takeovers.get(endpoint) or Takeovers()
 
     def add_listener(self, listener: Callable[[RegistryEvent], None]) -> None:
         """Call ``listener`` after each committed change (it must not raise or block)."""
         self._listeners.append(listener)
 
-    def _emit(self, kind: EventName, reg: Registration, records: Sequence[Record] = ()) -> None:
-        event = RegistryEvent(kind, reg.endpoint, reg.reg_id, records)
+    def _emit(self, kind: EventName, reg: Registration, records: Sequence[Record] = (),
+              observation: int | None = None) -> None:
+        event = RegistryEvent(kind, reg.endpoint, reg.reg_id, records, observation)
         for listener in self._listeners:
             try:
                 listener(event)
@@ -110,33 +187,95 @@ class Registry:
 
     def submit_register(self, endpoint: str,
                         **params: Unpack[RegisterParams]) -> asyncio.Future[Registration]:
-        """``register`` in the next group commit; the future resolves after COMMIT."""
-        return self._submit(lambda: self._save_register(endpoint, params), self._registered)
+        """``register`` in the next group commit; the future resolves after COMMIT.
+        A new endpoint with no room is refused here already (``Full``), without a
+        transaction: a flood of them costs a lookup each."""
+        if self._store.registration(endpoint) is not None:
+            return self._submit(lambda: self._save_register(endpoint, params),
+                                self._registered)
+        self._admit_new()
+        future = self._submit(lambda: self._save_register(endpoint, params), self._registered)
+        self._new_pending += 1
+        future.add_done_callback(self._new_done)
+        return future
+
+    def _new_done(self, _future: asyncio.Future[Registration]) -> None:
+        self._new_pending -= 1
+
+    def _admit_new(self) -> None:
+        """Raise ``Full`` unless a new endpoint may register now: room below
+        ``max_endpoints`` and, over the last second, fewer than ``new_per_s`` new ones."""
+        if self._count() >= self.max_endpoints:
+            raise Full(f"{self.max_endpoints} endpoints registered: no room for a new one")
+        if self._new_pending >= MAX_NEW_PENDING:  # an open-loop flood: shed it
+            raise Full("too many new endpoints registering at once", max_age=1)
+        now = time.monotonic()
+        if now - self._new_window >= 1.0:
+            self._new_window, self._new_in_window = now, 0
+        if self.new_per_s and self._new_in_window >= self.new_per_s:
+            raise Full("too many new endpoints registering at once", max_age=1)
+        self._new_in_window += 1
 
     def _save_register(self, endpoint: str,
-                       params: RegisterParams) -> tuple[Registration, str | None]:
+                       params: RegisterParams) -> tuple[Registration, Registration | None]:
         now = self._clock()
         old = self._store.registration(endpoint)
+        live = self._count()
+        if old is None and live >= self.max_endpoints:
+            raise Full(f"{self.max_endpoints} endpoints registered: no room for a new one")
         reg = Registration(endpoint=endpoint, reg_id=self._fresh_id(), registered_at=now,
                            updated_at=now, **params)
-        replaced = old.reg_id if old is not None and old.state == "registered" else None
+        replaced = old if old is not None and old.state == "registered" else None
         self._store.save_registration(
             reg, "registered", "registered", now,
-            detail=f"replaces {replaced}" if replaced else None,
+            detail=f"replaces {replaced.reg_id}" if replaced else None,
         )
+        if replaced is None:
+            self._live_count = live + 1
         return reg, replaced
 
-    def _registered(self, saved: tuple[Registration, str | None]) -> Registration:
+    def _count(self) -> int:
+        """Registered endpoints now: one COUNT at first use, then kept by Register,
+        De-register and expiry (the only ways a registration goes live or not)."""
+        if self._live_count is None:
+            self._live_count = self._store.count_registered()
+        return self._live_count
+
+    def _went_down(self) -> None:
+        if self._live_count is not None:
+            self._live_count = max(0, self._live_count - 1)
+
+    def _registered(self, saved: tuple[Registration, Registration | None]) -> Registration:
         """Log and announce a committed registration."""
         reg, replaced = saved
         log.info(
             "registered ep=%s reg=%s addr=%s lt=%d lwm2m=%s b=%s%s",
             reg.endpoint, reg.reg_id, _addr(reg.host, reg.port), reg.lifetime,
             reg.lwm2m_version, reg.binding,
-            f" (replaces reg={replaced})" if replaced else "",
+            f" (replaces reg={replaced.reg_id})" if replaced else "",
         )
+        if replaced is not None and (replaced.host, replaced.port) != (reg.host, reg.port):
+            self._taken_over(reg, _addr(replaced.host, replaced.port))
         self._emit("registered", reg)
         return reg
+
+    def _taken_over(self, reg: Registration, holder: str) -> None:
+        """Count a takeover of ``reg.endpoint`` from ``holder``; WARNING when it goes
+        back to the address it was taken from (two nodes, one name)."""
+        new = _addr(reg.host, reg.port)
+        seen = self._takeovers.setdefault(reg.endpoint, Takeovers())
+        contested = seen.last_from == new and seen.last_to == holder
+        seen.count += 1
+        seen.contested += contested
+        seen.last_at, seen.last_from, seen.last_to = reg.registered_at, holder, new
+        if contested:
+            _peer_log.warning(
+                "takeover", "ep=%s registered from %s again, taking the registration back"
+                " from %s (%d takeovers): two nodes share this endpoint name?",
+                reg.endpoint, new, holder, seen.count)
+        else:
+            _peer_log.info("takeover-moved", "ep=%s registration taken over by %s from %s",
+                           reg.endpoint, new, holder)
 
     def update(
         self,
@@ -183,6 +322,7 @@ class Registry:
         now = self._clock()
         if not self._store.set_state(reg, "deregistered", "deregistered", "deregistered", now):
             raise NotFound(f"no registration {reg_id}")
+        self._went_down()
         log.info("deregistered ep=%s reg=%s", reg.endpoint, reg_id)
         self._emit("deregistered", reg)
         return replace(reg, state="deregistered")
@@ -215,7 +355,8 @@ class Registry:
         return self._submit(
             lambda: self._record_send(reg, token, content_format, payload, records,
                                       notification),
-            lambda result: self._sent(reg, token, records, result),
+            lambda result: self._sent(reg, token, records, result,
+                                      notification.observation_id if notification else None),
         )
 
     def _submit(self, work: Callable[[], Any], done: Callable[[Any], _T]) -> asyncio.Future[_T]:
@@ -308,7 +449,7 @@ class Registry:
             reg, token, digest, content_format, records, self._clock(), notification=notification)
 
     def _sent(self, reg: Registration, token: bytes, records: Sequence[Record],
-              result: SendResult) -> SendResult:
+              result: SendResult, observation: int | None = None) -> SendResult:
         """Log and announce a committed Send; returns ``result``."""
         if result.duplicate:
             log.info("duplicate Send ep=%s token=%s acknowledged again, not stored twice",
@@ -316,7 +457,7 @@ class Registry:
         else:
             log.debug("Send ep=%s send=%d readings=%d", reg.endpoint, result.send_id,
                       result.readings)
-            self._emit("send", reg, records)
+            self._emit("send", reg, records, observation)
         return result
 
     # -- lifetime ----------------------------------------------------------------------
@@ -329,11 +470,27 @@ class Registry:
                 out.append(reg)
         return out
 
-    async def run_expiry(self, period: float) -> None:
-        """Check lifetimes every ``period`` seconds until cancelled."""
+    def prune_ended(self, older_than_s: float) -> list[str]:
+        """Forget endpoints that de-registered or expired over ``older_than_s`` ago (0:
+        never), one small batch of the store per call; returns the ones pruned."""
+        if older_than_s <= 0:
+            return []
+        pruned, self._prune_cursor = self._store.prune_ended(
+            self._clock() - older_than_s, after=self._prune_cursor)
+        for ep in pruned:
+            self._takeovers.pop(ep, None)
+        if pruned:
+            log.info("pruned %d endpoint(s) ended over %.0f s ago: %s", len(pruned),
+                     older_than_s, ", ".join(pruned[:10]) + (" ..." if len(pruned) > 10 else ""))
+        return pruned
+
+    async def run_expiry(self, period: float, prune_after_s: float = 0.0) -> None:
+        """Check lifetimes (and prune ended endpoints, ``prune_ended``) every ``period``
+        seconds until cancelled."""
         while True:
             try:
                 self.expire_due()
+                self.prune_ended(prune_after_s)
             except Exception:  # a bug or a disk error must not end expiry for good
                 log.exception("lifetime check failed; retrying in %.1f s", period)
             await asyncio.sleep(period)
@@ -342,6 +499,7 @@ class Registry:
         now = self._clock()
         if not self._store.set_state(reg, "offline", "expired", "offline", now):
             return False
+        self._went_down()
         log.info("expired ep=%s reg=%s (no update for %.0f s, lifetime %d s)",
                  reg.endpoint, reg.reg_id, now - reg.updated_at, reg.lifetime)
         self._emit("expired", reg)

@@ -6,14 +6,25 @@
 =====================  =========  ===========================================================
 request                success    refusals
 =====================  =========  ===========================================================
-POST /rd?ep=&lt=&...   2.01       4.00 missing/bad ep, lt, lwm2m, b, link-format; 4.15 CF
+POST /rd?ep=&lt=&...   2.01       4.00 missing/bad ep, lt, lwm2m, b, link-format; 4.15 CF;
+                                  4.13 + Size1 links over max_links_bytes; 5.03 + Max-Age
+                                  a new endpoint with max_endpoints registered (or past
+                                  new_endpoints_per_s; ``registry.Full``)
 POST /rd/{id}          2.04       4.04 unknown or expired id; 4.00 bad lt, b, link-format;
-                                  4.15 CF
+                                  4.15 CF; 4.13 + Size1 links over max_links_bytes
 DELETE /rd/{id}        2.02       4.04 unknown id
 POST /dp               2.04       4.15 CF not 110/112/11544; 4.04 sender not registered;
                                   4.13 payload too big; 4.00 bad SenML
 any, with OSCORE       --         4.01 (no security context to verify it)
 =====================  =========  ===========================================================
+
+A request in Block1 blocks is reassembled by ``coap.blockwise.BoundedSpool`` (in place
+of aiocoap's unbounded spool): 4.13 + Size1 at the block that passes ``max_payload``,
+5.03 + Max-Age beyond the transfers or bytes it may hold (``[coap]``). The bounds come
+from the config through ``configure`` (the constructor's defaults are the config's).
+Why 5.03 for a full registry rather than 4.13: nothing is wrong with the request, the
+server has no room now (RFC 7252 §5.9.3.4), and Max-Age tells the client when to retry;
+a known endpoint always registers again, whatever the count.
 
 Register answers with Location-Path ``rd``, ``{id}``. A Send that repeats an earlier one
 (same endpoint, token and payload within EXCHANGE_LIFETIME) is answered 2.04 again and
@@ -37,8 +48,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..coap.aio import Code, PathCapable, Resource, aiocoap, hostportsplit
+from ..coap.blockwise import Block1Limits, BoundedSpool
 from ..errors import (
     BadRequest,
     MethodNotAllowed,
@@ -48,6 +61,7 @@ from ..errors import (
     Unauthorized,
     UnsupportedContentFormat,
 )
+from ..logs import PeerLog
 from ..storage.api import Registration
 from . import codecs
 from .ddf import ObjectDef
@@ -61,21 +75,38 @@ from .params import (
     valid_lifetime,
     valid_version,
 )
-from .registry import Registry
+from .registry import Full, Registry
 from .senml import DECODERS, Record
 
+if TYPE_CHECKING:
+    from ..config import CoapConfig, RegistryConfig
+
 __all__ = [
+    "MAX_LINKS_BYTES",
+    "LinksTooLarge",
     "LwM2MResource",
     "peer_address",
     "sockaddr_peer",
 ]
 
 log = logging.getLogger("aiotkit.gateway.lwm2m")
+_peer_log = PeerLog(log)  # what a peer's requests make us write
 
 COAP_PORT = 5683
 _MAX_DIAGNOSTIC = 120
 # Send (TS Core 1.1 §6.4.1 / 1.2): SenML-CBOR, SenML-JSON, and LwM2M-CBOR from 1.2 clients
 _SEND_FORMATS = frozenset({*DECODERS, codecs.CF_LWM2M_CBOR})
+
+MAX_LINKS_BYTES = 16384  # a registration's object links at most ([registry] max_links_bytes)
+
+
+class LinksTooLarge(RequestEntityTooLarge):
+    """4.13 for object links over the bound; ``size1``: the most accepted (RFC 7959)."""
+
+    def __init__(self, message: str, size1: int) -> None:
+        super().__init__(message)
+        self.size1 = size1
+
 
 _V4_MAPPED = re.compile(r"::ffff:([0-9]{1,3}(?:\.[0-9]{1,3}){3})")  # as the kernel writes it
 
@@ -106,23 +137,52 @@ class LwM2MResource(Resource, PathCapable):
     """Root resource of the gateway's CoAP server."""
 
     def __init__(self, registry: Registry, *, max_payload: int, max_records: int,
-                 objects: Mapping[int, ObjectDef] | None = None) -> None:
+                 objects: Mapping[int, ObjectDef] | None = None,
+                 block1: Block1Limits | None = None,
+                 max_links: int = MAX_LINKS_BYTES) -> None:
         super().__init__()
         self._registry = registry
         self._max_payload = max_payload
         self._max_records = max_records
+        self._max_links = max_links  # bytes of a registration's object links at most
         self._objects = objects  # DDF types, for LwM2M-CBOR Sends
+        # aiocoap reassembles Block1 requests in the resource's ``_block1`` spool, with
+        # no bound; this one refuses past the limits (coap/blockwise.py)
+        self._block1 = BoundedSpool(block1 or Block1Limits(max_payload=max_payload))
+
+    @property
+    def block1(self) -> BoundedSpool:
+        """The Block1 reassembly of this resource (tests, benchmarks)."""
+        return self._block1
+
+    def configure(self, coap: CoapConfig, registry: RegistryConfig) -> None:
+        """Take the bounds from ``[coap]`` and ``[registry]`` (the daemon calls this
+        after construction; the constructor's defaults are the config's)."""
+        self._block1.limits = Block1Limits(
+            max_payload=coap.max_payload, per_peer=coap.max_block1_transfers_per_peer,
+            total=coap.max_block1_transfers, total_bytes=coap.max_block1_bytes,
+            idle_s=coap.block1_idle_s)
+        self._max_payload = coap.max_payload
+        self._max_links = registry.max_links_bytes
+        self._registry.max_endpoints = registry.max_endpoints
+        self._registry.new_per_s = registry.new_endpoints_per_s
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         path = request.opt.uri_path
         try:
             return await self._dispatch(request, path)
         except RequestError as e:
-            log.info("%s /%s from %s refused: %s %s", request.code, "/".join(path),
-                     request.remote.hostinfo, e.code, e.diagnostic)
-            return aiocoap.Message(
+            _peer_log.info("refused", "%s /%s from %s refused: %s %s", request.code,
+                           "/".join(path)[:40], request.remote.hostinfo, e.code,
+                           e.diagnostic)
+            answer = aiocoap.Message(
                 code=e.code, payload=e.diagnostic.encode("utf-8")[:_MAX_DIAGNOSTIC]
             )
+            if isinstance(e, Full):
+                answer.opt.max_age = e.max_age
+            elif isinstance(e, LinksTooLarge):
+                answer.opt.size1 = e.size1
+            return answer
         except Exception:
             log.exception("%s /%s from %s failed with an internal error", request.code,
                           "/".join(path), request.remote.hostinfo)
@@ -154,13 +214,14 @@ class LwM2MResource(Resource, PathCapable):
         if endpoint is None:
             raise BadRequest("missing ep (endpoint client name)")
         if not valid_endpoint(endpoint):
-            raise BadRequest("ep must be 1..255 characters without '/', '+', '#' or spaces")
+            raise BadRequest("ep must be 1..255 characters without '/', '+', '#', spaces,"
+                             " control characters or Unicode noncharacters")
         lifetime = _lifetime(query.get("lt", str(DEFAULT_LIFETIME)))
         version = query.get("lwm2m", DEFAULT_LWM2M_VERSION)
         if not valid_version(version):
             raise BadRequest("lwm2m must be a version such as 1.1")
         binding = _binding(query.get("b", DEFAULT_BINDING))
-        links = _links(request)
+        links = self._links(request)
         if links is None:
             raise BadRequest("missing object links (link-format payload)")
         host, port = peer_address(request.remote)
@@ -174,7 +235,7 @@ class LwM2MResource(Resource, PathCapable):
         query = _query(request)
         lt = query.get("lt")
         b = query.get("b")
-        links = _links(request)
+        links = self._links(request)
         host, port = peer_address(request.remote)
         self._registry.update(
             reg_id, host=host, port=port,
@@ -183,6 +244,13 @@ class LwM2MResource(Resource, PathCapable):
             object_links=links,
         )
         return aiocoap.Message(code=Code.CHANGED)
+
+    def _links(self, request: aiocoap.Message) -> str | None:
+        """The object-links payload as text (None when absent); 4.13 over the bound."""
+        if len(request.payload) > self._max_links:
+            raise LinksTooLarge(f"object links over {self._max_links} bytes",
+                                self._max_links)
+        return _links(request)
 
     def _deregister(self, reg_id: str) -> aiocoap.Message:
         self._registry.deregister(reg_id)

@@ -3,7 +3,12 @@
 It registers on ``/rd`` from the same socket it serves on (so the gateway's requests
 reach it), and serves its objects: Read (SenML-CBOR built here with cbor2, OMA-TLV, plain
 text), Discover (link-format), Write (PUT/POST), Write-Attributes, Execute, Create,
-Delete, Read-Composite / Observe-Composite (FETCH) and Observe. ``sleep()`` makes it
+Delete, Read-Composite / Observe-Composite (FETCH) and Observe. ``formats`` makes it a
+client built with only those content formats: it lists them in its registration
+(``</>;ct=110``), and a request for any other format -- a Read without Accept falls back
+to its default, TLV, which it does not have -- is answered 5.00, as such a client in C
+does. ``observe_tokens`` makes it match observations by token (RFC 7641 §3.6): a GET
+with Observe 1 cancels the observation with that token only. ``sleep()`` makes it
 stop answering (requests hang, as to a node whose radio is off); every request it sees
 is appended to ``seen``.
 """
@@ -11,6 +16,8 @@ is appended to ``seen``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Iterable
 from typing import Any, Self
 
@@ -22,7 +29,7 @@ from aiotkit.gateway.lwm2m import tlv
 from aiotkit.gateway.lwm2m.ddf import load_shipped
 from aiotkit.gateway.lwm2m.senml import Record
 
-SENML_CBOR, TLV, TEXT, LINK = 112, 11542, 0, 40
+SENML_CBOR, SENML_JSON, TLV, TEXT, LINK = 112, 110, 11542, 0, 40
 Path = tuple[int, ...]
 
 # (type, writable): the resources this client has
@@ -52,14 +59,18 @@ class FakeClient(resource.ObservableResource, resource.PathCapable):
     """The client's root resource; ``async with FakeClient(...) as c: await c.register()``."""
 
     def __init__(self, endpoint: str, gateway_uri: str, *, lwm2m: str = "1.1",
-                 binding: str = "U", lifetime: int = 300, default_format: int = SENML_CBOR):
+                 binding: str = "U", lifetime: int = 300, default_format: int = SENML_CBOR,
+                 formats: tuple[int, ...] | None = None):
         super().__init__()
         self.endpoint = endpoint
         self.gateway_uri = gateway_uri
         self.lwm2m = lwm2m
         self.binding = binding
         self.lifetime = lifetime
-        self.default_format = default_format
+        self.default_format = TLV if formats is not None else default_format
+        self.formats = formats
+        self.cancels: list[aiocoap.Message] = []  # GETs with Observe 1
+        self.observe_tokens: dict[bytes, tuple[str, Any]] = {}  # token -> (key, observation)
         self.values: dict[Path, Any] = {p: v for p, (_t, _w, v) in DEFAULT_OBJECTS.items()}
         self.types: dict[Path, tuple[str, bool]] = {
             p: (t, w) for p, (t, w, _v) in DEFAULT_OBJECTS.items()}
@@ -88,7 +99,11 @@ class FakeClient(resource.ObservableResource, resource.PathCapable):
 
     def links(self) -> str:
         instances = sorted({p[:2] for p in self.values} | {p[:2] for p in EXECUTABLE})
-        return ",".join(f"<{_text(i)}>" for i in instances)
+        root = []
+        if self.formats is not None:
+            ct = " ".join(str(f) for f in self.formats)
+            root = [f'</>;ct="{ct}"' if len(self.formats) > 1 else f"</>;ct={ct}"]
+        return ",".join(root + [f"<{_text(i)}>" for i in instances])
 
     async def request(self, code: Code, path: str, payload: bytes = b"",
                       cf: int | None = None) -> aiocoap.Message:
@@ -141,9 +156,11 @@ class FakeClient(resource.ObservableResource, resource.PathCapable):
         if not key or not any(_under(p, q) for q in _key_paths(key) for p in self.values):
             return  # not accepted: the first answer (4.04) ends it
         self.observers.setdefault(key, []).append(serverobservation)
+        self.observe_tokens[bytes(request.token)] = (key, serverobservation)
 
         def cancelled() -> None:
-            self.observers[key].remove(serverobservation)
+            if serverobservation in self.observers[key]:
+                self.observers[key].remove(serverobservation)
 
         serverobservation.accept(cancelled)
         self.new_observation.set()
@@ -159,10 +176,16 @@ class FakeClient(resource.ObservableResource, resource.PathCapable):
         except ValueError:
             return aiocoap.Message(code=Code.NOT_FOUND)
         code = request.code
+        if request.opt.observe == 1:  # a cancel: the observation with this token ends
+            self.cancels.append(request)
+            found = self.observe_tokens.pop(bytes(request.token), None)
+            if found is not None and found[1] in self.observers.get(found[0], []):
+                self.observers[found[0]].remove(found[1])
         if code == Code.FETCH:
-            names = [rec[0] for rec in cbor2.loads(request.payload)]
+            names = _fetch_names(request)
             paths = [tuple(int(p) for p in n.strip("/").split("/")) for n in names]
-            return self._content(paths, SENML_CBOR)
+            accept = request.opt.accept
+            return self._content(paths, int(accept) if accept is not None else SENML_CBOR)
         if code == Code.iPATCH and not path:  # Write-Composite
             return self._write(path, request)
         if code == Code.GET:
@@ -199,11 +222,17 @@ class FakeClient(resource.ObservableResource, resource.PathCapable):
                 if any(_under(p, base) for base in paths)]
 
     def _content(self, paths: list[Path], fmt: int) -> aiocoap.Message:
+        if self.formats is not None and fmt not in self.formats and fmt != LINK:
+            # not compiled in: a C client's encoder for it is missing (issue 12)
+            return aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR)
         found = self._records(paths)
         if not found:
             return aiocoap.Message(code=Code.NOT_FOUND)
         if fmt == SENML_CBOR:
             body = cbor2.dumps([{0: _text(p), **_senml_value(v)} for p, v in found])
+        elif fmt == SENML_JSON:
+            body = json.dumps([{"n": _text(p), **_senml_json_value(v)}
+                               for p, v in found]).encode()
         elif fmt == TLV:
             body = tlv.encode([Record(_text(p), *_kind(v)) for p, v in found], paths[0],
                               self.objects)
@@ -229,6 +258,12 @@ class FakeClient(resource.ObservableResource, resource.PathCapable):
 
     def _decode(self, request: aiocoap.Message, path: Path) -> list[tuple[Path, Any]] | None:
         cf = request.opt.content_format
+        if self.formats is not None and cf not in self.formats and cf != TEXT:
+            return None
+        if cf == SENML_JSON:
+            return [(tuple(int(x) for x in rec["n"].strip("/").split("/")),
+                     next(rec[k] for k in ("v", "vs", "vb", "vlo") if k in rec))
+                    for rec in json.loads(request.payload)]
         if cf == SENML_CBOR:
             out = []
             for rec in cbor2.loads(request.payload):
@@ -273,9 +308,15 @@ class FakeClient(resource.ObservableResource, resource.PathCapable):
         return aiocoap.Message(code=Code.CREATED, location_path=[str(i) for i in instance])
 
 
+def _fetch_names(request: aiocoap.Message) -> list[str]:
+    if request.opt.content_format == SENML_JSON:
+        return [rec["n"] for rec in json.loads(request.payload)]
+    return [rec[0] for rec in cbor2.loads(request.payload)]
+
+
 def _observe_key(request: aiocoap.Message) -> str:
     if request.code == Code.FETCH:
-        return ",".join(rec[0] for rec in cbor2.loads(request.payload))
+        return ",".join(_fetch_names(request))
     return "/" + "/".join(request.opt.uri_path)
 
 
@@ -293,6 +334,16 @@ def _senml_value(value: Any) -> dict[int, Any]:
     return {3: value}
 
 
+def _senml_json_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"vb": value}
+    if isinstance(value, (int, float)):
+        return {"v": value}
+    if isinstance(value, bytes):
+        return {"vd": base64.urlsafe_b64encode(value).decode().rstrip("=")}
+    return {"vs": value}
+
+
 def _kind(value: Any) -> tuple[str, Any]:
     if isinstance(value, bool):
         return "vb", value
@@ -303,4 +354,4 @@ def _kind(value: Any) -> tuple[str, Any]:
     return "vs", value
 
 
-__all__ = ["SENML_CBOR", "TEXT", "TLV", "FakeClient"]
+__all__ = ["SENML_CBOR", "SENML_JSON", "TEXT", "TLV", "FakeClient"]

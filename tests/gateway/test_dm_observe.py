@@ -249,3 +249,54 @@ def test_auto_observe_config_rejects_bad_paths(gateway_config, value, problem):
     with pytest.raises(ConfigError, match=problem) as info:
         gateway_config(f"[dm]\nobserve = {value}\n")
     assert "dm.observe" in str(info.value)
+
+
+def _observe_request(dev: FakeClient, key: str) -> object:
+    return next(m for m in reversed(dev.seen) if m.opt.observe == 0
+                and (m.code == Code.FETCH or "/" + "/".join(m.opt.uri_path) == key))
+
+
+async def test_cancel_observation_carries_the_observations_own_token(gateway_config,
+                                                                     running_gateway):
+    """A client that matches observations by token (RFC 7641 §3.6) stops notifying only
+    when the cancelling GET carries that token; a fresh token cancels nothing."""
+    cfg = gateway_config(FAST)
+    async with running_gateway(cfg) as gw, FakeClient("dev-1", cfg.coap_uri) as dev:
+        events = sends(gw)
+        await dev.register()
+        await gw.dm.observe("dev-1", TEMP)
+        await events.get()
+        token = _observe_request(dev, TEMP).token  # type: ignore[attr-defined]
+        assert dev.observing(TEMP) == 1
+        res = await gw.dm.cancel_observe("dev-1", TEMP)
+        assert res.code == "2.05"
+        [cancel] = dev.cancels
+        assert cancel.opt.observe == 1 and cancel.token == token
+        assert dev.observing(TEMP) == 0  # the client's observation is gone, not just ours
+        # the same for a composite observation
+        await gw.dm.observe_composite("dev-1", ["/3/0/9", TEMP])
+        key = f"/3/0/9,{TEMP}"
+        token = _observe_request(dev, key).token  # type: ignore[attr-defined]
+        await gw.dm.cancel_observe_composite("dev-1", ["/3/0/9", TEMP])
+        assert dev.cancels[-1].token == token and dev.observing(key) == 0
+        # and a read right after still works (the kept token left nothing behind)
+        assert (await gw.dm.read("dev-1", "/3/0/9")).values == {"/3/0/9": 87}
+
+
+async def test_cancel_after_a_gateway_restart_uses_the_reestablished_token(gateway_config,
+                                                                           running_gateway):
+    cfg = gateway_config(FAST)
+    async with FakeClient("dev-1", cfg.coap_uri) as dev:
+        async with running_gateway(cfg) as gw:
+            await dev.register()
+            await gw.dm.observe("dev-1", TEMP)
+        dev.new_observation.clear()
+        async with running_gateway(cfg) as gw:
+            await dev.new_observation.wait()  # re-observed at start, with a new token
+            token = _observe_request(dev, TEMP).token  # type: ignore[attr-defined]
+            while not gw.dm.observations("dev-1")[0]["live"]:
+                await asyncio.sleep(0.01)
+            before = dev.observing(TEMP)  # the first run's too: it shut down, no cancel
+            await gw.dm.cancel_observe("dev-1", TEMP)
+            assert dev.cancels[-1].token == token and token not in dev.observe_tokens
+            assert dev.observing(TEMP) == before - 1

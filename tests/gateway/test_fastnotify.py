@@ -144,19 +144,19 @@ async def test_notifications_are_acked_like_aiocoap_stored_once_in_order(
             cancel = asyncio.create_task(gw.dm.cancel_observe("node-1", PATH))
             await answer_observe(peer, None)
             await cancel
-            # aiocoap's: it ACKs the first after the cancel (its observation then stops
-            # listening) and answers the next with RST; neither is stored
+            # the cancel carried the observation's token (RFC 7641 §3.6) and its answer
+            # ended it: aiocoap knows the token no more and answers later ones RST;
+            # none is stored
             peer.send(notification(103, token, 10, b"4.5"))
-            late = await peer.answer(103)
+            late = await peer.answer(103, (RST,))
             peer.send(notification(104, token, 11, b"5.5"))
             reset = await peer.answer(104, (RST,))
             assert stored(gw)[old:] == [1.5, 2.5, 3.5]
             assert sum(f.served for f in gw.fast_notifies) == served
             seen[fast] = [acked, again, older, late, reset]
     assert seen[True] == seen[False]
-    assert seen[True][:4] == [b"\x60\x00\x00\x64"] * 2 + [b"\x60\x00\x00\x65",
-                                                          b"\x60\x00\x00\x67"]
-    assert seen[True][4] == b"\x70\x00\x00\x68"  # RST, MID 104
+    assert seen[True][:3] == [b"\x60\x00\x00\x64"] * 2 + [b"\x60\x00\x00\x65"]
+    assert seen[True][3:] == [b"\x70\x00\x00\x67", b"\x70\x00\x00\x68"]  # RST 103, 104
 
 
 async def test_a_notification_that_cannot_be_stored_is_not_acked_until_it_is(

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 
 import aiohttp
 import pytest
 from aiotkit.gateway.api.rest import Role, parse_tokens
 from aiotkit.gateway.config import load_config
 from aiotkit.gateway.errors import ConfigError
-from fakeclient import FakeClient
+from fakeclient import SENML_CBOR, SENML_JSON, TLV, FakeClient
 
 VIEWER, OPERATOR, ADMIN = ("viewer-token-0123456789", "operator-token-0123456789",
                            "admin-token-0123456789")
@@ -359,3 +360,111 @@ def test_rest_needs_a_tokens_file(tmp_path):
     path.write_text('[rest]\nenabled = true\nport = 70000\ntokens_file = "t"\n')
     with pytest.raises(ConfigError, match="rest.port"):
         load_config(path)
+
+
+async def test_read_and_observe_format_query_overrides_the_negotiated_content_format(
+        rest_config, running_gateway):
+    cfg = rest_config()
+    async with running_gateway(cfg) as gw, FakeClient(
+            "dev-1", cfg.coap_uri, formats=(SENML_CBOR, SENML_JSON)) as dev:
+        await dev.register()
+        s, api = await _api(gw)
+        async with s:
+            status, body = await api("GET", "/endpoints/dev-1/lwm2m/3/0?format=senml-json")
+            assert status == 200 and body["content_format"] == SENML_JSON
+            assert dev.seen[-1].opt.accept == SENML_JSON
+            status, body = await api("GET", "/endpoints/dev-1/lwm2m/3/0")
+            assert status == 200 and body["content_format"] == SENML_CBOR
+            status, body = await api("POST",
+                                     "/endpoints/dev-1/lwm2m/3303/0/5700/observe?format=110")
+            assert status == 200 and dev.seen[-1].opt.accept == SENML_JSON
+            status, body = await api("POST", "/endpoints/dev-1/composite/read?format=110",
+                                     json={"paths": ["/3/0/0"]})
+            assert status == 200 and body["content_format"] == SENML_JSON
+            status, body = await api("GET", "/endpoints/dev-1/lwm2m/3/0?format=tlv")
+            assert status == 502 and body["coap"] == "5.00"  # not built in
+            assert dev.seen[-1].opt.accept == TLV
+            for bad in ("xml", "99999", "-1"):
+                status, body = await api("GET", f"/endpoints/dev-1/lwm2m/3/0?format={bad}")
+                assert (status, body["error"]) == (400, "bad_query"), bad
+
+
+async def test_two_nodes_with_one_endpoint_name_are_warned_about_and_counted(
+        rest_config, running_gateway, caplog):
+    caplog.set_level(logging.INFO, logger="aiotkit.gateway.registry")
+    cfg = rest_config()
+    async with running_gateway(cfg) as gw, FakeClient("twin", cfg.coap_uri) as a, \
+            FakeClient("twin", cfg.coap_uri) as b:
+        s, api = await _api(gw)
+        async with s:
+            await a.register()
+            status, body = await api("GET", "/endpoints/twin", token=VIEWER)
+            assert status == 200 and body["takeovers"]["count"] == 0
+            for _ in range(3):  # each takes the registration from the other
+                await b.register()
+                await a.register()
+            status, body = await api("GET", "/endpoints/twin", token=VIEWER)
+            takeovers = body["takeovers"]
+            assert takeovers["count"] == 6 and takeovers["contested"] == 5
+            assert takeovers["last_to"] == body["address"]
+            assert takeovers["last_from"] != body["address"]
+            # a re-Register from the same address is no takeover
+            await a.register()
+            status, body = await api("GET", "/endpoints/twin", token=VIEWER)
+            assert body["takeovers"]["count"] == 6
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "aiotkit.gateway.registry" and r.levelno == logging.WARNING]
+    assert 1 <= len(warnings) <= 5  # rate-limited
+    # both addresses: the one taking the registration back, the one it is taken from
+    assert takeovers["last_from"] in warnings[0] and takeovers["last_to"] in warnings[0]
+    assert "ep=twin" in warnings[0]
+
+
+async def test_notification_stream_labels_sends_apart_from_the_observations_notifications(
+        rest_config, running_gateway):
+    """A node that Sends the path it is observed on: each report says whether it is a
+    Notification (and of which observation) or a Send; ``?kind=`` keeps one of them."""
+    cfg = rest_config()
+    async with running_gateway(cfg) as gw, FakeClient("dev-1", cfg.coap_uri) as dev:
+        await dev.register()
+        s, api = await _api(gw)
+        headers = {"Authorization": f"Bearer {VIEWER}"}
+        base = f"{api.base}/endpoints/dev-1/notifications?path=/3303"
+        async with s:
+            status, body = await api("GET", "/endpoints/dev-1/notifications?kind=both",
+                                     token=VIEWER)
+            assert (status, body["error"]) == (400, "bad_query")
+            async with s.get(base, headers=headers) as both, \
+                    s.get(base + "&kind=notify", headers=headers) as notes, \
+                    s.get(base + "&kind=send", headers=headers) as sends:
+                status, body = await api("POST",
+                                         "/endpoints/dev-1/lwm2m/3303/0/5700/observe")
+                obs = body["observation_id"]
+                resp = await dev.send(
+                    json.dumps([{"n": "/3303/0/5700", "v": 30.5}]).encode(), SENML_JSON)
+                assert resp.code.is_successful()
+                dev.set((3303, 0, 5700), 19.25)
+                seen = [json.loads(await both.content.readline()) for _ in range(3)]
+                assert sorted((n["kind"], n.get("observation"), n["records"][0]["value"])
+                              for n in seen) == [("notify", obs, 19.25),
+                                                 ("notify", obs, 21.5), ("send", None, 30.5)]
+                for _ in range(2):
+                    note = json.loads(await notes.content.readline())
+                    assert (note["kind"], note["observation"]) == ("notify", obs), note
+                send = json.loads(await sends.content.readline())
+                assert (send["kind"], send["records"][0]["value"]) == ("send", 30.5)
+
+
+async def test_latest_readings_come_in_numeric_path_order(rest_config, running_gateway):
+    cfg = rest_config()
+    async with running_gateway(cfg) as gw, FakeClient("dev-1", cfg.coap_uri) as dev:
+        await dev.register()
+        sent = [{"n": "/3/0/10", "v": 5}, {"n": "/3/0/2", "vs": "SN-1"},
+                {"n": "/33000/0/0", "v": 1}, {"n": "/3/0/9", "v": 80}]
+        assert (await dev.send(json.dumps(sent).encode(), SENML_JSON)).code.is_successful()
+        s, api = await _api(gw)
+        async with s:
+            status, body = await api("GET", "/endpoints/dev-1/readings", token=VIEWER)
+        assert status == 200
+        assert [r["path"] for r in body["readings"]] == [
+            "/3/0/2", "/3/0/9", "/3/0/10", "/33000/0/0"]

@@ -18,6 +18,9 @@ KEYS = {
     "registered_nodes", "nodes", "window", "failures", "notify", "notify_msgs_per_s",
     "notify_ratio_vs_aiocoap", "notify_acked_msgs_per_s", "aiocoap_notify_msgs_per_s",
     "notifications_acked", "notifications_stored", "observed_nodes", "rss_mb_after_notify",
+    "abuse_transfers", "abuse_p99_ratio", "abuse_rss_mb", "abuse_p99_ms",
+    "abuse_baseline_p99_ms", "abuse_baseline_rss_mb", "abuse_block1_codes",
+    "abuse_register_codes", "abuse_rest_opened", "abuse_rest_closed",
 }
 
 
@@ -28,7 +31,7 @@ def aiot(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
 
 def test_small_run_prints_a_complete_consistent_json_line():
     r = aiot("bench", "gateway", "--nodes", "50", "--messages", "200", "--passes", "2",
-             "--window", "16", "--observers", "20")
+             "--window", "16", "--observers", "20", "--abuse", "300", "--abuse-rest", "20")
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
     out = json.loads(lines[-1])
@@ -56,13 +59,22 @@ def test_small_run_prints_a_complete_consistent_json_line():
     assert out["notify_msgs_per_s"] in out["notify_passes_msgs_per_s"]
     assert out["notify_ratio_vs_aiocoap"] == pytest.approx(
         out["notify_msgs_per_s"] / out["aiocoap_notify_msgs_per_s"], abs=0.002)
+    # the abuse pass: both p99s measured, the uploads held or refused, never stored
+    assert out["abuse_transfers"] == 300
+    assert out["abuse_p99_ms"] > 0 and out["abuse_baseline_p99_ms"] > 0
+    assert out["abuse_p99_ratio"] == pytest.approx(
+        out["abuse_p99_ms"] / out["abuse_baseline_p99_ms"], rel=0.02)
+    assert out["abuse_rss_mb"] > 0 and out["abuse_rest_opened"] == 20
+    assert set(out["abuse_block1_codes"]) <= {"2.31", "5.03"}
+    assert set(out["abuse_register_codes"]) <= {"2.01", "5.03"}
+    assert "under abuse" in r.stdout
     assert "not measured" not in r.stdout
     assert "durable Notify ingest" in r.stdout and "before the gateway commits" in r.stdout
 
 
 def test_json_only_prints_just_the_json_line():
     r = aiot("bench", "gateway", "--nodes", "5", "--messages", "10", "--passes", "1",
-             "--json-only")
+             "--abuse", "0", "--json-only")
     assert r.returncode == 0, r.stdout + r.stderr
     (line,) = r.stdout.strip().splitlines()
     assert json.loads(line)["sends_stored"] == 10
@@ -76,6 +88,7 @@ def test_json_only_prints_just_the_json_line():
         (["--window", "0"], "--window must be at least 1"),
         (["--observers", "0"], "--observers must be at least 1"),
         (["--sockets", "0"], "--sockets must be at least 1"),
+        (["--abuse", "-1"], "--abuse must not be negative"),
         (["--sockets", "99999999"], "open-file limit"),
         (["--nodes", "many"], "invalid int value"),
         (["--frobnicate"], "unrecognized arguments"),
@@ -93,5 +106,5 @@ def test_bad_options_are_one_line_errors_with_status_2(args, message):
 def test_help_says_what_is_measured():
     r = aiot("bench", "gateway", "--help", timeout=30)
     assert r.returncode == 0
-    for word in ("--nodes", "--messages", "--window", "aiocoap", "Notify", "JSON"):
+    for word in ("--nodes", "--messages", "--window", "aiocoap", "Notify", "JSON", "--abuse"):
         assert word in r.stdout

@@ -45,6 +45,17 @@ SQLite (new ``sends`` rows: their count over the time from the pass's start to t
 latest ``received_at``, stamped inside the committing transaction); the bare server's
 rate is its ACK rate. ``notify_ratio_vs_aiocoap`` compares the two.
 
+Abuse (``--abuse N``, default 10,000; 0 skips it): one more Send pass against the
+gateway alone measures p99 and RSS without abuse; then the same pass runs again while a
+second generator (its own sockets and connections) attacks: it holds N Block1 uploads
+that never finish (block 0 of ``POST /dp?n=I``, 1 KiB, from 64 sockets), floods
+Registers of new endpoints up to the gateway's maximum (``[registry] max_endpoints``,
+default 10,000) and past it, and opens ``--abuse-rest`` REST connections that send their
+request head one byte a second. ``abuse_p99_ratio`` is the legitimate Sends' p99 under
+abuse over p99 without; ``abuse_rss_mb`` the gateway's RSS at the end of the abuse (goal:
+ratio within 2, RSS under 150 MB). What the gateway answered each kind of abuse is
+counted (``abuse_block1_codes``, ``abuse_register_codes``, ``abuse_rest_closed``).
+
 The last line is one JSON object (ingest_msgs_per_s, aiocoap_msgs_per_s,
 ingest_ratio_vs_aiocoap, registrations_per_s, p50_ms, p99_ms, rss_mb_10k_nodes,
 rss_kb_per_node, notify_msgs_per_s, notify_ratio_vs_aiocoap and more).
@@ -120,6 +131,12 @@ WINDOW_COUNTERS = 12  # /33000/0/0..11 (firmware/report.py Window)
 FEATURES = 20  # /33001/0/0..19: the default feature set (firmware/dsp/featspec.py)
 _OBSERVE_WAIT_S = 120.0  # every observer node must be observed within this
 _STORE_WAIT_S = 30.0  # acknowledged Notifications must be committed within this
+BLOCK1 = 27  # the Block1 option (RFC 7959 §2.1)
+REST_TOKEN = "bench-viewer-token-0123456789"
+ABUSE_SOCKETS = 64  # the abuse generator's UDP sockets
+ABUSE_BLOCK1_RATE = 2000.0  # unfinished Block1 uploads started per second
+ABUSE_REGISTER_RATE = 1000.0  # Registers of new endpoints per second
+MAX_ENDPOINTS = 10000  # the gateway's [registry] max_endpoints (its default)
 NOTIFY_NOTE = ("aiocoap ACKs a CON Notification as soon as it matches an observation, "
                "before the gateway commits it: notify_msgs_per_s counts Notifications "
                "committed to SQLite (rows / (last received_at - pass start)); the "
@@ -485,6 +502,12 @@ class _Phase:
 
 # --- the servers ----------------------------------------------------------------------------
 
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -610,8 +633,14 @@ def bare_server_main(argv: list[str]) -> int:
     return 0
 
 
-def gateway_config(dirpath: Path, port: int) -> Path:
+def gateway_config(dirpath: Path, port: int, rest_port: int = 0) -> Path:
     path = dirpath / "gateway.toml"
+    rest = ""
+    if rest_port:
+        (dirpath / "tokens").write_text(f"viewer {REST_TOKEN} bench\n")
+        (dirpath / "tokens").chmod(0o600)
+        rest = ("[rest]\nenabled = true\nhost = \"127.0.0.1\"\n"
+                f"port = {rest_port}\ntokens_file = \"tokens\"\n")
     path.write_text(
         "# aiot bench gateway: nosec on loopback, no uplink\n"
         "[gateway]\n"
@@ -624,7 +653,7 @@ def gateway_config(dirpath: Path, port: int) -> Path:
         "[dm]\n"
         f'observe = ["{NOTIFY_PATH}"]\n'
         "[mqtt]\n"
-        "enabled = false\n"
+        "enabled = false\n" + rest
     )
     return path
 
@@ -651,6 +680,192 @@ async def wait_stored(db: Path, after_id: int, want: int, timeout: float) -> tup
         if n >= want or time.monotonic() > deadline:
             return n, last
         await asyncio.sleep(0.02)
+
+
+# --- the abuse generator ---------------------------------------------------------------------
+
+class _AbuseProto(asyncio.DatagramProtocol):
+    def __init__(self, codes: dict[int, dict[str, int]]) -> None:
+        self.codes = codes  # token kind (first byte) -> answer code -> count
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        head = wire.peek(data)
+        if head is None or head[3] < 1 or head[1] == 0:
+            return
+        kind = self.codes.get(data[4])
+        if kind is not None:
+            shown = _code_str(head[1])
+            kind[shown] = kind.get(shown, 0) + 1
+
+
+class Abuse:
+    """A second generator: unfinished Block1 uploads, a Register flood of new endpoints
+    and slow REST connections, all while ``run`` is awaited (module docstring)."""
+
+    def __init__(self, server: tuple[str, int], rest_port: int, transfers: int,
+                 registers: int, rest_conns: int) -> None:
+        self.server = server
+        self.rest_port = rest_port
+        self.transfers = transfers
+        self.registers = registers
+        self.rest_conns = rest_conns
+        self.block1: dict[str, int] = {}
+        self.register: dict[str, int] = {}
+        self.transports: list[asyncio.DatagramTransport] = []
+        self.rest_opened = 0
+        self.rest_closed = 0  # slow connections the gateway closed
+        self.rest_refused = 0  # answered 503 / closed before the head was sent
+        self._writers: list[asyncio.StreamWriter] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        codes = {1: self.block1, 2: self.register}
+        for _ in range(min(ABUSE_SOCKETS, max(1, self.transfers))):
+            t, _p = await loop.create_datagram_endpoint(
+                lambda: _AbuseProto(codes), local_addr=("127.0.0.1", 0))
+            self.transports.append(t)
+        self._tasks = [asyncio.create_task(self._block1(), name="abuse-block1"),
+                       asyncio.create_task(self._registers(), name="abuse-register")]
+        if self.rest_port and self.rest_conns:
+            self._tasks.append(asyncio.create_task(self._rest(), name="abuse-rest"))
+
+    def flooding(self) -> bool:
+        """Whether the Block1 uploads and Registers are still going out."""
+        return not all(t.done() for t in self._tasks[:2])
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in self._writers:
+            w.close()
+        for transport in self.transports:
+            transport.close()
+
+    async def _paced(self, count: int, rate: float, send: Callable[[int], None]) -> None:
+        t0 = time.perf_counter()
+        for i in range(count):
+            if self._stop.is_set():
+                return
+            send(i)
+            ahead = t0 + (i + 1) / rate - time.perf_counter()
+            if ahead > 0.002 or i % 64 == 63:
+                await asyncio.sleep(max(ahead, 0))
+
+    async def _block1(self) -> None:
+        payload = bytes(1024)
+        socks = self.transports
+
+        def send(i: int) -> None:
+            token = b"\x01" + i.to_bytes(4, "big")
+            opts = [(wire.URI_PATH, b"dp"), (wire.CONTENT_FORMAT, wire.uint(CF_SENML_CBOR)),
+                    (wire.URI_QUERY, b"n=%d" % i), (BLOCK1, wire.uint(0 << 4 | 1 << 3 | 6))]
+            data = wire.header(wire.CON, wire.POST, i & 0xFFFF, token) + \
+                wire.after_token(opts, payload)
+            socks[i % len(socks)].sendto(data, self.server)
+
+        await self._paced(self.transfers, ABUSE_BLOCK1_RATE, send)
+
+    async def _registers(self) -> None:
+        socks = self.transports
+
+        def send(i: int) -> None:
+            token = b"\x02" + i.to_bytes(4, "big")
+            body = register_body(f"abuse-{i:06d}", lifetime=LIFETIME)
+            data = wire.header(wire.CON, wire.POST, (i + 0x8000) & 0xFFFF, token) + body
+            socks[i % len(socks)].sendto(data, self.server)
+
+        await self._paced(self.registers, ABUSE_REGISTER_RATE, send)
+
+    async def _rest(self) -> None:
+        head = (b"GET /api/v1/endpoints/bench-00000 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer " + REST_TOKEN.encode() + b"\r\n")
+        conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        for _ in range(self.rest_conns):
+            try:
+                conns.append(await asyncio.open_connection("127.0.0.1", self.rest_port))
+            except OSError:
+                self.rest_refused += 1
+        self.rest_opened = len(conns)
+        self._writers = [w for _r, w in conns]
+        live = list(conns)
+        k = 0
+        while live and not self._stop.is_set():  # one byte a second each, never done
+            still = []
+            for r, w in live:
+                if r.at_eof() or w.is_closing():  # the gateway closed it
+                    self.rest_closed += 1
+                    continue
+                w.write(head[k % len(head):k % len(head) + 1])
+                still.append((r, w))
+            live = still
+            k += 1
+            await asyncio.sleep(1.0)
+
+
+async def _abuse(args: argparse.Namespace, gen: LoadGenerator, gw: _Server,
+                 senders: list[int], send_bodies: list[bytes], rest_port: int,
+                 registered: int) -> dict[str, object]:
+    """The abuse pass: a Send pass without abuse, then the same with (module docstring)."""
+    sockets = args.sockets
+
+    def sends(count: int, offset: int) -> Iterator[tuple[int, bytes, int]]:
+        for k in range(offset, offset + count):
+            node = senders[k % len(senders)]
+            yield node % sockets, send_bodies[k % len(send_bodies)], wire.CHANGED
+
+    progress(f"gateway: Send pass without abuse, {args.messages} messages")
+    calm = await gen.run("gateway calm", gw.addr, sends(args.messages, 0), args.messages,
+                         args.window, gw.proc.alive)
+    await asyncio.sleep(0.5)
+    rss_calm = rss_kb(gw.proc.pid)
+    registers = (max(0, MAX_ENDPOINTS - registered) + max(100, args.abuse // 10)
+                 if args.abuse_registers is None else args.abuse_registers)
+    abuse = Abuse(gw.addr, rest_port, args.abuse, registers, args.abuse_rest)
+    progress(f"gateway: the same pass while {args.abuse} Block1 uploads are held, "
+             f"{registers} new endpoints register and {args.abuse_rest} REST connections "
+             "trickle their headers")
+    await abuse.start()
+    rss_peak = rss_calm
+    try:
+        await asyncio.sleep(min(2.0, args.abuse / ABUSE_BLOCK1_RATE))  # the uploads start
+        hits: list[PhaseResult] = []
+        offset = args.messages
+        while not hits or abuse.flooding():  # Sends measured for as long as it goes on
+            hits.append(await gen.run("gateway abused", gw.addr, sends(args.messages, offset),
+                                      args.messages, args.window, gw.proc.alive))
+            offset += args.messages
+            rss_peak = max(rss_peak, rss_kb(gw.proc.pid))
+        await asyncio.sleep(0.5)
+        rss_peak = max(rss_peak, rss_kb(gw.proc.pid))
+    finally:
+        await abuse.stop()
+    ms = 1000.0
+    calm_p99 = _pct(sorted(calm.latencies), 99)
+    hit_p99 = _pct(sorted(x for r in hits for x in r.latencies), 99)
+    hit_rate = sum(r.ok for r in hits) / max(sum(r.seconds for r in hits), 1e-9)
+    failures = {f"abuse {r.name} {i}": r.codes for i, r in enumerate([calm, *hits]) if r.failed}
+    return {
+        "abuse_transfers": args.abuse,
+        "abuse_baseline_p99_ms": round(calm_p99 * ms, 2),
+        "abuse_p99_ms": round(hit_p99 * ms, 2),
+        "abuse_p99_ratio": round(hit_p99 / calm_p99, 2) if calm_p99 else 0.0,
+        "abuse_baseline_rss_mb": round(rss_calm / 1024, 1),
+        "abuse_rss_mb": round(rss_peak / 1024, 1),
+        "abuse_baseline_msgs_per_s": round(calm.rate, 1),
+        "abuse_msgs_per_s": round(hit_rate, 1),
+        "abuse_sends": sum(r.ok for r in hits),
+        "abuse_block1_codes": dict(sorted(abuse.block1.items())),
+        "abuse_register_attempts": registers,
+        "abuse_register_codes": dict(sorted(abuse.register.items())),
+        "abuse_rest_opened": abuse.rest_opened,
+        "abuse_rest_closed": abuse.rest_closed,
+        "abuse_rest_refused": abuse.rest_refused,
+        "_failures": failures,
+    }
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -759,7 +974,8 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     senders = list(range(max(0, nodes - sockets), nodes))
 
     gw_port, bare_port = free_udp_port(), free_udp_port()
-    cfg = gateway_config(work, gw_port)
+    rest_port = free_tcp_port() if args.abuse else 0
+    cfg = gateway_config(work, gw_port, rest_port)
     db = work / "gateway.db"
     py = sys.executable
     gw_cmd = [py, "-m", "aiotkit.gateway.app", str(cfg)]
@@ -830,6 +1046,10 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         rss_after = rss_kb(gw.proc.pid)
         await _notify(args, gen, servers, gw, db, observers, model_bodies, decisions)
         rss_notify = rss_kb(gw.proc.pid)
+        abused: dict[str, object] = {"abuse_transfers": 0, "abuse_p99_ratio": None,
+                                     "abuse_rss_mb": None, "_failures": {}}
+        if args.abuse:
+            abused = await _abuse(args, gen, gw, senders, send_bodies, rest_port, registered)
     finally:
         gen.close()
         for s in servers:
@@ -840,6 +1060,8 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
                                 *((f"send {i + 1}", x) for i, x in enumerate(s.passes)),
                                 *((f"notify {i + 1}", x) for i, x in enumerate(s.notify))]
                 if r.failed}
+    abuse_failures: dict[str, dict[str, int]] = abused.pop("_failures")  # type: ignore[assignment]
+    failures.update(abuse_failures)
     for i, (r, n) in enumerate(zip(gw.notify, gw.stored_counts, strict=True)):
         if n < r.ok:  # acknowledged but not committed within _STORE_WAIT_S
             failures[f"gateway notify {i + 1}"] = {"not stored": r.ok - n}
@@ -908,6 +1130,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "rss_mb_after_notify": round(rss_notify / 1024, 1),
         "failures": failures,
         "notify": NOTIFY_NOTE,
+        **abused,
     }
     return result
 
@@ -941,6 +1164,15 @@ def _print_summary(r: dict[str, object]) -> None:
           f"{r['notify_ratio_vs_aiocoap']}; ACK p50 {r['notify_ack_p50_ms']} ms, "
           f"p99 {r['notify_ack_p99_ms']} ms; RSS after {r['rss_mb_after_notify']} MB")
     print(f"                      ({NOTIFY_NOTE})")
+    if r["abuse_transfers"]:
+        print(f"abuse                 Send p99 {r['abuse_p99_ms']} ms under abuse vs "
+              f"{r['abuse_baseline_p99_ms']} ms without (ratio {r['abuse_p99_ratio']}, goal "
+              f"<= 2); RSS {r['abuse_rss_mb']} MB vs {r['abuse_baseline_rss_mb']} MB (goal "
+              f"< 150); {r['abuse_msgs_per_s']} vs {r['abuse_baseline_msgs_per_s']} msgs/s")
+        print(f"                      {r['abuse_transfers']} Block1 uploads held: "
+              f"{r['abuse_block1_codes']}; {r['abuse_register_attempts']} new endpoints: "
+              f"{r['abuse_register_codes']}; REST {r['abuse_rest_opened']} slow connections,"
+              f" {r['abuse_rest_closed']} closed by the gateway")
     if r["failures"]:
         print(f"failures              {r['failures']}")
 
@@ -978,6 +1210,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "temporary folder, removed afterwards)")
     p.add_argument("--profile", metavar="FILE",
                    help="run the gateway under cProfile and write its stats to FILE")
+    p.add_argument("--abuse", type=int, default=10000, metavar="N",
+                   help="abuse pass: hold N unfinished Block1 uploads, flood Registers up "
+                   "to the gateway's maximum and hold slow REST connections while Sends "
+                   "run; prints p99 and RSS with and without (default 10000; 0 skips it)")
+    p.add_argument("--abuse-registers", type=int, metavar="R",
+                   help="Registers of new endpoints in the abuse pass (default: up to the "
+                   "gateway's max_endpoints, 10000, and 10%% of N past it)")
+    p.add_argument("--abuse-rest", type=int, default=300, metavar="C",
+                   help="slow REST connections of the abuse pass (default 300)")
     p.add_argument("--json-only", action="store_true",
                    help="print only the JSON line on stdout")
     return p
@@ -989,8 +1230,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"{PROG}: error: --{name} must be at least 1", file=sys.stderr)
             return 2
+    for name in ("abuse", "abuse_rest", "abuse_registers"):
+        if (getattr(args, name) or 0) < 0:
+            print(f"{PROG}: error: --{name.replace('_', '-')} must not be negative",
+                  file=sys.stderr)
+            return 2
     limit = _nofile_limit()
-    room = limit - 64
+    room = limit - 64 - (ABUSE_SOCKETS + args.abuse_rest if args.abuse else 0)
     if args.sockets is None:
         args.sockets = min(args.nodes, room)
     elif args.sockets < 1:
