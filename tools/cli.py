@@ -26,6 +26,23 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
     return run_cli(args.config)
 
 
+def cmd_gateway_check(args: argparse.Namespace) -> int:
+    from aiotkit.gateway.config import (
+        GatewayConfig,
+        check_runnable,
+        effective_toml,
+        load_config,
+    )
+
+    config = load_config(args.config) if args.config else GatewayConfig.default()
+    where = args.config or "the defaults"
+    print(f"# {where}: the effective configuration (every key, defaults filled in)")
+    print(effective_toml(config), end="")
+    check_runnable(config)  # what 'gateway run' would still refuse: exit 2, one line
+    print(f"# {where}: valid; 'aiot gateway run' accepts it")
+    return 0
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from aiotkit.tools.sim import Fleet, FleetConfig
 
@@ -44,6 +61,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         model=Path(args.model) if args.model else None,
         anomaly=Path(args.anomaly) if args.anomaly else None,
         models=not args.no_models,
+        keep_state=args.keep_state,
     )
     if args.dir:
         cfg.workdir = Path(args.dir)
@@ -66,14 +84,18 @@ def cmd_sim(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await fleet.start()
+        deadline = None if args.duration is None else loop.time() + args.duration
         try:
-            if args.duration is None:
-                await stop.wait()
-            else:
+            while not stop.is_set():
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    break
+                waits = [w for w in (args.progress or None, left) if w is not None]
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=args.duration)
+                    await asyncio.wait_for(stop.wait(), timeout=min(waits) if waits else None)
                 except TimeoutError:
-                    pass
+                    if args.progress and not args.verbose:
+                        print("aiot sim: " + progress_line(fleet), flush=True)
         finally:
             print("aiot sim: stopping nodes", flush=True)
             await fleet.stop()
@@ -84,6 +106,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def progress_line(fleet: Any) -> str:
+    """One line for the whole fleet: each node's state and reports sent so far."""
+    return ", ".join(f"{n.endpoint} {n.state} {n.sent} sent" for n in fleet.nodes)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -172,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gr.add_argument("--config", metavar="FILE", help="TOML configuration (defaults for all keys)")
     gr.set_defaults(func=cmd_gateway_run)
+    gc = gsub.add_parser(
+        "check",
+        help="validate a configuration and print it with every default",
+        description="Read FILE as 'gateway run' would, print the effective configuration "
+        "(every key with its value: defaults filled in, paths resolved, the MQTT password "
+        "redacted) as TOML, and exit 2 with one line if the file is invalid or asks for "
+        "something this gateway cannot run.",
+    )
+    gc.add_argument("--config", metavar="FILE", help="TOML configuration (default: none)")
+    gc.set_defaults(func=cmd_gateway_check)
 
     s = sub.add_parser(
         "sim",
@@ -208,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nodes report features only, no on-node inference")
     s.add_argument("--duration", type=nonneg_float, help="stop after this many seconds")
     s.add_argument("--verbose", action="store_true", help="print every report")
+    s.add_argument("--progress", type=nonneg_float, default=10.0, metavar="S",
+                   help="print each node's state and reports sent every S seconds "
+                   "(default 10; 0: never; not with --verbose)")
+    s.add_argument("--keep-state", action="store_true",
+                   help="keep each node's flash from the previous run (unsent reports, "
+                   "server account); by default every node starts as a freshly flashed "
+                   "board")
     s.set_defaults(func=cmd_sim)
 
     d = sub.add_parser(

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,18 @@ class SimNode:
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
 
+def _fresh_flash(d: Path) -> None:
+    """Empty a node's folder (its flash) as a new board would be: a report logged in an
+    earlier run against another gateway must not be delivered to this one. Only a folder
+    this simulator made (it holds the node's config.json) is emptied."""
+    if not d.exists():
+        return
+    if not d.is_dir() or (any(d.iterdir()) and not (d / "config.json").is_file()):
+        raise SimError(f"{d} exists and is not a simulated node's folder; "
+                       "choose another --dir")
+    shutil.rmtree(d)
+
+
 SHIPPED_MODEL_RATE = 12000
 SHIPPED_MODEL_WINDOW = 1024
 
@@ -109,6 +122,9 @@ class FleetConfig:
     model: Path | None = None
     anomaly: Path | None = None
     models: bool = True
+    # False: every node starts as a freshly flashed board (its folder is emptied); True:
+    # keep each node's flash from the previous run (unsent reports, server account, ...)
+    keep_state: bool = False
 
 
 class Fleet:
@@ -156,6 +172,8 @@ class Fleet:
         for i in range(cfg.nodes):
             ep = f"{cfg.prefix}-{i + 1}"
             d = Path(cfg.workdir) / ep
+            if not cfg.keep_state:
+                _fresh_flash(d)
             d.mkdir(parents=True, exist_ok=True)
             sig = signals[i % len(signals)].resolve()
             conf = {

@@ -95,3 +95,41 @@ def test_demo_shows_three_nodes_registered_with_readings(tmp_path, micropython):
         assert (label, flag) == want[ep] and 0.5 < float(confidence) <= 1, m.group(0)
     assert re.search(r"shadow check .*: (\d+) agree, 0 disagree, 0 not checked", final), final
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_sim_starts_nodes_as_fresh_boards_unless_told_to_keep_state(tmp_path):
+    """A report logged in an earlier run (against another gateway) must not be delivered
+    to this one: each node's folder (its flash) starts empty unless --keep-state."""
+    from aiotkit.boards.errors import UsageError
+    from aiotkit.tools.sim import Fleet, FleetConfig
+
+    old = tmp_path / "node-1"
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    (old / "unsent.log").write_bytes(b"a report for the previous gateway")
+    cfg = FleetConfig(gateway="coap://127.0.0.1:5683", nodes=1, workdir=tmp_path,
+                      models=False, keep_state=True)
+    Fleet(cfg).prepare()
+    assert (old / "unsent.log").exists()
+    cfg.keep_state = False
+    Fleet(cfg).prepare()
+    assert not (old / "unsent.log").exists() and (old / "config.json").is_file()
+    stranger = tmp_path / "other" / "node-1"
+    stranger.mkdir(parents=True)
+    (stranger / "notes.txt").write_text("not a node")
+    cfg.workdir = tmp_path / "other"
+    with pytest.raises(UsageError, match="not a simulated node's folder"):
+        Fleet(cfg).prepare()
+    assert (stranger / "notes.txt").exists()
+
+
+def test_sim_shows_progress_without_verbose(tmp_path, gateway, processes, micropython):
+    sim = ManagedProcess(
+        "sim",
+        aiot_cmd("sim", "--nodes", "1", "--gateway", gateway.uri, "--dir", str(tmp_path),
+                 "--report-ms", "200", "--window", "128", "--progress", "0.5",
+                 "--no-models"),
+    ).start()
+    processes.append(sim)
+    sim.wait_for(r"^aiot sim: node-1 registered [1-9]\d* sent$", timeout=30)
+    assert sim.stop(signal.SIGTERM, timeout=20) == 0, sim.output
