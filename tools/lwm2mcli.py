@@ -229,7 +229,14 @@ def _lwm2m_path(path: str) -> str:
 
 
 def cmd_list(api: Api, args: argparse.Namespace) -> int:
-    result = api.call("GET", "/api/v1/endpoints")
+    result: dict[str, Any] = {"endpoints": [], "next": None}
+    query: dict[str, str] = {}
+    while True:  # every page: the API hands out the fleet in pages by endpoint name
+        page = api.call("GET", "/api/v1/endpoints", query=query)
+        result["endpoints"] += page.get("endpoints", [])
+        if not page.get("next"):
+            break
+        query = {"after": page["next"]}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -80,6 +80,7 @@ MIN_TOKEN_CHARS = 16
 MAX_BODY_BYTES = 1 << 20
 DEFAULT_QUEUE_WAIT_S = 10.0  # how long a request to a queue-mode node waits before 202
 MAX_TIMEOUT_S = 300.0
+ENDPOINTS_PAGE = 1000  # endpoints per page of GET /api/v1/endpoints (?after=NAME&limit=N)
 STREAM_QUEUE = 256  # reports a slow notification reader may fall behind by
 _TOKEN_LINE = re.compile(r"(\S+)\s+(\S+)(?:\s+(\S+))?")
 _SHA256 = re.compile(r"sha256:([0-9a-fA-F]{64})")
@@ -412,6 +413,17 @@ class RestApi:
                       "dead": dead})
 
     async def _endpoints(self, request: web.Request) -> web.StreamResponse:
+        # one page by endpoint name: a bounded primary-key range however large the fleet
+        after = request.query.get("after", "")
+        try:
+            limit = int(request.query.get("limit", str(ENDPOINTS_PAGE)))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= ENDPOINTS_PAGE:
+            raise ApiError(400, "bad_query", f"limit must be 1..{ENDPOINTS_PAGE}")
+        page = self._gateway.store.node_summaries(after, limit + 1, values=False)
+        more = len(page) > limit
+        page = page[:limit]
         out = [{
             "endpoint": s.endpoint,
             "state": s.state,
@@ -425,8 +437,8 @@ class RestApi:
             "last_seen": s.last_seen,
             "sends": s.sends,
             "readings": s.readings,
-        } for s in self._gateway.store.node_summaries()]
-        return _json({"endpoints": out})
+        } for s in page]
+        return _json({"endpoints": out, "next": page[-1].endpoint if more else None})
 
     async def _endpoint(self, request: web.Request) -> web.StreamResponse:
         reg = self._registration(request)

@@ -399,12 +399,13 @@ class SqliteStorage:
 
     def due_for_expiry(self, now: float) -> list[Registration]:
         """Live registrations whose ``updated_at + lifetime`` has passed."""
+        # the expression index registrations_expiry: the due rows only, not the fleet
+        # (sorted here: an ORDER BY would make SQLite walk the primary key instead)
         rows = self._db.execute(
-            _SELECT_REG + " WHERE state = 'registered' AND updated_at + lifetime < ?"
-            " ORDER BY endpoint",
+            _SELECT_REG + " WHERE state = 'registered' AND updated_at + lifetime < ?",
             (now,),
         ).fetchall()
-        return [_registration(r) for r in rows]
+        return sorted((_registration(r) for r in rows), key=lambda r: r.endpoint)
 
     def prune_ended(self, before: float, *, after: int = 0,
                     scan: int = 1000) -> tuple[list[str], int]:
@@ -726,20 +727,26 @@ class SqliteStorage:
 
     # -- views -----------------------------------------------------------------------
 
-    def node_summaries(self) -> list[NodeSummary]:
-        """Per endpoint: registration, counters and last value by path.
+    def node_summaries(self, after: str = "", limit: int | None = None, *,
+                       values: bool = True) -> list[NodeSummary]:
+        """Per endpoint, in name order: registration, counters and (``values``) last value
+        by path. ``after``/``limit`` page through the fleet by endpoint name (a primary-key
+        range), so one page costs the same at 100,000 endpoints as at ten.
 
-        Two reads of small tables (registrations, latest: one row per endpoint); it
-        never scans readings, so calling it every second is cheap whatever the history.
+        Reads of small tables (registrations, latest: one row per endpoint); it never
+        scans readings, so calling it every second is cheap whatever the history.
         """
+        rows = self._db.execute(_SELECT_SUMMARY + " WHERE endpoint > ? ORDER BY endpoint"
+                                " LIMIT ?", (after, -1 if limit is None else limit)).fetchall()
         by_ep: dict[str, list[Any]] = {}
-        for ep, *row in self._db.execute(
-            _SELECT_LATEST.replace("SELECT", "SELECT l.endpoint,", 1)
-            + " ORDER BY l.endpoint, j.key"
-        ):
-            by_ep.setdefault(ep, []).append(row)
-        return [_summary(row, by_ep.get(row[0], ()))
-                for row in self._db.execute(_SELECT_SUMMARY + " ORDER BY endpoint")]
+        if values and rows:
+            for ep, *row in self._db.execute(
+                _SELECT_LATEST.replace("SELECT", "SELECT l.endpoint,", 1)
+                + " WHERE l.endpoint > ? AND l.endpoint <= ? ORDER BY l.endpoint, j.key",
+                (after, rows[-1][0]),
+            ):
+                by_ep.setdefault(ep, []).append(row)
+        return [_summary(row, by_ep.get(row[0], ())) for row in rows]
 
     def node_summary(self, endpoint: str) -> NodeSummary | None:
         """``endpoint`` at a glance: its own rows only (two primary-key lookups)."""
@@ -757,6 +764,9 @@ class SqliteStorage:
 _LOOKUP_INDEXES = (
     "CREATE INDEX IF NOT EXISTS events_endpoint ON events (endpoint, id)",
     "CREATE INDEX IF NOT EXISTS dm_requests_endpoint ON dm_requests (endpoint, id)",
+    # the expiry check, every second: 15 ms of the event loop at 100,000 registrations
+    ("CREATE INDEX IF NOT EXISTS registrations_expiry ON registrations (updated_at + lifetime)"
+     " WHERE state = 'registered'"),
 )
 
 # latest.paths, then each Send latest.sends names, oldest first (ORDER BY j.key)
