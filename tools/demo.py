@@ -42,8 +42,7 @@ def pick_port(preferred: int) -> int:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            port_: int = s.getsockname()[1]
-            return port_
+            return int(s.getsockname()[1])
     raise OSError("no free UDP port on loopback")
 
 

@@ -65,7 +65,7 @@ async def _guarded(coro: Any, timeout: float) -> None:
 
 
 def open_sockets() -> dict[str, str]:
-    """This process's open sockets: fd -> ``socket:[inode]``."""
+    """This process's open sockets: ``socket:[inode]`` -> fd."""
     found = {}
     fds = Path("/proc/self/fd")
     for fd in os.listdir(fds):

@@ -9,6 +9,7 @@ import inspect
 import pkgutil
 import subprocess
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 from aiotkit.boards.errors import AiotError, UsageError
@@ -91,5 +92,5 @@ def test_demo_mqtt_host_without_port_means_1883(value, parsed):
     from aiotkit.tools.demo import gateway_toml
 
     assert host_port(value) == parsed
-    toml = gateway_toml(__import__("pathlib").Path("gw.db"), 5683, parsed)
+    toml = gateway_toml(Path("gw.db"), 5683, parsed)
     assert f'host = "{parsed[0]}"\nport = {parsed[1]}\n' in toml
