@@ -9,7 +9,8 @@
 # source that waits for the reader (replay not in real time) is read one window per
 # report. lwm2m/session.py's Session keeps the registration alive meanwhile. Network and
 # sensor errors are logged and survived; SIGINT (KeyboardInterrupt) de-registers and
-# exits 0.
+# exits 0, and so does the end of stdin when AIOT_STOP=stdin (how tools/sim.py stops a
+# node: a signal lands anywhere, see lwm2m/session.py Session.stop_on).
 # Log lines on stdout (parsed by tools/sim.py and tests):
 #   aiot-node EP registered LOCATION | updated | sent SEQ | deregistered | error: MESSAGE
 #   aiot-node EP send refused: reports by notify only
@@ -438,6 +439,8 @@ class Node(Session):
 def main():
     """Boot: config, sensor, buffers, network modules; run until SIGINT, then
     de-register and exit 0. A config the node cannot run with exits 2 after one line."""
+    import os
+
     node = None
     try:
         from storage import config
@@ -454,6 +457,8 @@ def main():
         unload("storage.config")  # needed only at boot: give its RAM back
         try:
             node = Node(cfg, sensor, spec)  # the big buffers first, then the network code
+            if os.getenv("AIOT_STOP") == "stdin":  # the simulator's way to stop a node
+                node.stop_on(sys.stdin)
             if "model" in cfg or "anomaly" in cfg:
                 from tinyml import infer
 

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +229,7 @@ class Fleet:
         """The command line and environment that boot ``node`` (after :meth:`prepare`)."""
         env = dict(os.environ)
         env["MICROPYPATH"] = os.pathsep.join([".frozen", str(self._code)])
+        env["AIOT_STOP"] = "stdin"  # stop() closes the node's stdin (firmware/node.py)
         argv = [self._micropython, "-X", f"heapsize={self.cfg.heap}", "-m", "main"]
         return argv, env
 
@@ -239,7 +239,7 @@ class Fleet:
             *argv,
             cwd=node.workdir,
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C at the terminal reaches the supervisor only
@@ -297,14 +297,15 @@ class Fleet:
         return self._stopping
 
     async def stop(self, timeout: float = 8.0) -> None:
-        """SIGINT every node (they de-register), then kill what is left after ``timeout``."""
+        """Close every node's stdin (they de-register and exit), then kill what is left
+        after ``timeout``. Not SIGINT: MicroPython's unix port raises KeyboardInterrupt
+        inside whatever C code runs when the signal lands, which cut log lines and
+        could leave the node stuck on a lock it held."""
         self._stopping = True
         procs = [n.proc for n in self.nodes if n.proc and n.proc.returncode is None]
         for p in procs:
-            try:
-                p.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
+            if p.stdin is not None:
+                p.stdin.close()
         if procs:
             _, pending = await asyncio.wait(
                 [asyncio.create_task(p.wait()) for p in procs], timeout=timeout

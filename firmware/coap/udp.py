@@ -1,6 +1,7 @@
 # UDP transports for the Endpoint (coap/endpoint.py): UdpTransport, a connected socket
 # (one peer, the node as a client), and UdpServer, a bound socket answering any peer;
-# datagrams are received through poll with a timeout.
+# datagrams are received through poll with a timeout (which a stop stream, see
+# UdpTransport.stop_on, cuts short).
 from micropython import const
 import socket
 import select
@@ -24,6 +25,17 @@ class UdpTransport:
             raise
         self._poll = select.poll()
         self._poll.register(self._sock, select.POLLIN)
+        self._stop = None
+
+    def stop_on(self, stream):
+        """Stop when ``stream`` turns readable (a supervisor closed it): recv() raises
+        KeyboardInterrupt, the node's shutdown, where a wait is, not wherever a signal
+        happens to land (lwm2m/session.py Session.stop_on). None: no longer."""
+        if self._stop is not None:
+            self._poll.unregister(self._stop)
+        self._stop = stream
+        if stream is not None:
+            self._poll.register(stream, select.POLLIN)
 
     def send(self, buf, n):
         self._sock.write(buf, n)
@@ -31,7 +43,9 @@ class UdpTransport:
     def recv(self, timeout_ms):
         if timeout_ms < 0:
             timeout_ms = 0
-        for _ in self._poll.ipoll(timeout_ms):
+        for s, _ in self._poll.ipoll(timeout_ms):
+            if s is self._stop:
+                raise KeyboardInterrupt
             try:
                 # recv allocates the datagram; stream readinto would merge datagrams
                 return self._sock.recv(_MAX_DATAGRAM)

@@ -86,6 +86,28 @@ class Session:
         self.deadline_ms = -1  # bound on Register/Update/Send (-1: CoAP's whole schedule)
         self._fails = 0  # Registers failed in a row
         self._bs = "bootstrap" in cfg  # look for a stored account before connecting
+        self._stop = None  # stop_on(): the stream that stops the node, and its poll
+        self._stop_poll = None
+
+    def stop_on(self, stream):
+        """Shut down (KeyboardInterrupt, as Ctrl-C) when ``stream`` turns readable; call
+        before connecting. The simulator closes a node's stdin to stop it: a SIGINT on
+        the unix port raises KeyboardInterrupt inside whatever C code runs, a write or
+        an allocation, and can leave a log line cut or a lock held; this stops the
+        node only where it waits."""
+        import select
+
+        self._stop = stream
+        self._stop_poll = select.poll()
+        self._stop_poll.register(stream, select.POLLIN)
+
+    def _sleep(self, ms):
+        """clock.sleep_ms(ms), cut short by the stop stream."""
+        if self._stop_poll is None:
+            self.clock.sleep_ms(ms)
+            return
+        for _ in self._stop_poll.ipoll(ms):
+            raise KeyboardInterrupt
 
     def log(self, what, arg=None):
         if arg is None:
@@ -191,6 +213,8 @@ class Session:
                 from coap.udp import UdpTransport
 
                 t = self._transport = UdpTransport(self.cfg["host"], self.cfg["port"])
+                if self._stop is not None:
+                    t.stop_on(self._stop)
             self.ep = Endpoint(t, self.clock, self._rand, self.bufsize)
             self.tree = self._tree()
             from storage.serverobj import load
@@ -250,7 +274,7 @@ class Session:
         ep = self.ep
         clock = self.clock
         if ep is None:
-            clock.sleep_ms(ms)
+            self._sleep(ms)
             return
         until = time.ticks_add(clock.ticks_ms(), ms)
         watch = self.tree.watch
@@ -261,7 +285,7 @@ class Session:
             if self.queue:
                 a = time.ticks_diff(self._awake_until, clock.ticks_ms())
                 if a <= 0:
-                    clock.sleep_ms(left)  # the radio is off: what arrives is lost
+                    self._sleep(left)  # the radio is off: what arrives is lost
                     while ep.transport.recv(0) is not None:
                         pass
                     return
@@ -372,6 +396,10 @@ class Session:
 
     def shutdown(self, deadline_ms=_DEREGISTER_MS):
         """De-register if registered (best effort, bounded by deadline_ms)."""
+        if self._stop is not None:  # the stop stream stays readable: wait for the answer
+            self._stop = self._stop_poll = None
+            if self._transport is not None:
+                self._transport.stop_on(None)
         if not self.registered():
             return
         try:

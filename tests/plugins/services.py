@@ -60,8 +60,8 @@ class ManagedProcess:
             self.cmd,
             cwd=self.cwd,
             env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,  # open until close_stdin(): a node run by
+            stdout=subprocess.PIPE,  # tools/sim.py's command stops at its end
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
@@ -116,12 +116,25 @@ class ManagedProcess:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        return self._wait_or_kill(timeout)
+
+    def _wait_or_kill(self, timeout: float) -> int | None:
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
         return self.proc.returncode
+
+    def close_stdin(self, timeout: float = 10.0) -> int | None:
+        """End the process's input (how the simulator stops a node, AIOT_STOP=stdin) and
+        wait for it to exit; kill it if it does not within ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        return self._wait_or_kill(timeout)
 
     @property
     def output(self) -> str:
