@@ -1,9 +1,10 @@
-# Observe (RFC 7641) on the server side of the Endpoint (coap/endpoint.py): a bounded table of
-# observers (client address, token, the options of its GET), notifications rendered
-# by the same handler that answered the GET, with a 24-bit sequence number (section
-# 4.4), NON by default and CON when the application asks or when a day has passed
-# since the last confirmed one (section 4.5); one CON notification in flight at a time
-# (NSTART 1, RFC 7252 section 4.7), retransmitted with back-off and the observer
+# Observe (RFC 7641) on the server side of the Endpoint (coap/endpoint.py): a bounded
+# table of observers (client address, token, the method and options of its GET or
+# FETCH; a FETCH's payload is kept by the application, see lwm2m/attrs.py
+# Watch.add_composite), notifications rendered by the same handler that answered the
+# request, with a 24-bit sequence number (section 4.4), NON by default and CON when the
+# application asks or when a day has passed since the last confirmed one (section
+# 4.5); one CON notification in flight at a time (NSTART 1, RFC 7252 section 4.7), retransmitted with back-off and the observer
 # dropped when it is never acknowledged or answered with RST. Pending notifications
 # are one flag per observer: a bounded queue where a newer state replaces an older
 # one (section 4.5.2).
@@ -63,7 +64,7 @@ class Observers:
     def _find(self, peer, tok, toff, tkl):
         t = self.tok
         for i in range(self.n):
-            if self.key[i] >= 0 and self.tkl[i] == tkl and self.peer[i] == peer:
+            if self.key[i] >= 0 and self.tkl[i] & 0x0F == tkl and self.peer[i] == peer:
                 b = i * _TKL
                 k = 0
                 while k < tkl and t[b + k] == tok[toff + k]:
@@ -101,7 +102,7 @@ class Observers:
             self.fl = self.fmid = -1
         self.key[i] = key
         self.peer[i] = peer
-        self.tkl[i] = tkl
+        self.tkl[i] = tkl | m.code << 4  # the token length and the method (GET or FETCH)
         move(self.tok, i * _TKL, m.data, 4, tkl)
         move(self.opt, i * _OREQ, m.data, s, n)
         self.olen[i] = n
@@ -157,15 +158,15 @@ class Observers:
         return False
 
     def _send(self, i, con):
-        # Render observer i's GET again and send the answer as a notification; the
+        # Render observer i's GET (FETCH) again and send the answer as a notification; the
         # notification's MID, or -1 when the observation ended.
         ep = self.ep
         srv = self.srv
-        tkl = self.tkl[i]
+        tkl = self.tkl[i] & 0x0F
         n = self.olen[i]
         s = self._syn
-        s[0] = 0x40 | tkl  # a CON GET: what the observer sent
-        s[1] = 1
+        s[0] = 0x40 | tkl  # a CON GET or FETCH: what the observer sent
+        s[1] = self.tkl[i] >> 4
         s[2] = s[3] = 0
         move(s, 4, self.tok, i * _TKL, tkl)
         move(s, 4 + tkl, self.opt, i * _OREQ, n)

@@ -53,8 +53,8 @@ _SZX_MAX = const(6)  # 1024-byte blocks (RFC 7959 section 2.2; 7 is reserved)
 class Request:
     """What a handler reads. Fields: method (1 GET, 2 POST, 3 PUT, 4 DELETE, 5 FETCH..),
     con, mid, peer, npath, nquery, format / accept (Content-Format / Accept, -1 absent),
-    observe (-1 absent, 0 register, 1 deregister), notify (True when rendering a
-    notification), size1 (-1 absent), payload in data[pstart:pend] (the reassembled
+    observe (-1 absent, 0 register, 1 deregister; GET or FETCH), notify (True when
+    rendering a notification, okey then its observation's key), size1 (-1 absent), payload in data[pstart:pend] (the reassembled
     body after Block1), msg (the coap/decode.py Message, for other options)."""
 
     def __init__(self):
@@ -63,6 +63,7 @@ class Request:
         self.msg = None
         self.peer = None
         self.notify = False
+        self.okey = -1
         self.data = b""
         self.pstart = self.pend = 0
 
@@ -396,7 +397,8 @@ class Server:
             total = resp.n
         ok = code >> 5 == 2
         obs = self.obs
-        if obs is not None and oi < 0 and req.method == _GET and req.observe >= 0:
+        if (obs is not None and oi < 0 and req.observe >= 0
+                and (req.method == _GET or req.method == _FETCH)):
             if req.observe == 1:
                 obs.cancel(req.peer, tok, toff, tkl)
             elif ok and resp.observable >= 0 and off == 0:
@@ -474,6 +476,7 @@ class Server:
         if req._load(m, peer):
             return 0
         req.notify = True
+        req.okey = self.obs.key[oi]
         n = self._render(req, mtype, mid, tok, toff, tkl, oi)
         self._last_mid = -1  # not an answer to a request
         return n

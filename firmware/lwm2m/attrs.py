@@ -54,6 +54,7 @@ _IEVAL = const(9)
 _IVI = const(10)
 _IVE = const(11)
 _SO = const(6)
+_COMP = const(5)  # the depth byte of a composite observation's slot (paths in Watch.cp)
 _OGT = const(0)
 _OLT = const(1)
 _OST = const(2)
@@ -78,6 +79,7 @@ class Watch:
         self.so = [None] * (_SO * n)
         self.sb = bytearray(2 * n)  # per slot: depth of the path, flags (1 due, 2 epmin)
         self.notified = 0  # notifications triggered (diagnostics, tests)
+        self.cp = None  # per slot: the paths of a composite observation (made by the first)
 
     def live(self, s):
         return s in self.ep.server.obs.key
@@ -116,11 +118,50 @@ class Watch:
         self.ep.woken = True  # the idle loop recomputes its deadline (poll())
         return s
 
+    def add_composite(self, paths):
+        """An Observe-Composite (FETCH with Observe 0) of paths ([o, i, r, ri] each, -1
+        absent): its slot, or -1. It is due when an object it names changed (as an
+        observation of an object is), with the smallest pmin and pmax of its paths."""
+        if self.cp is None:
+            self.cp = [None] * self.n
+        cp = self.cp
+        free = -1
+        for s in range(self.n):
+            if self.sb[2 * s] == _COMP and cp[s] == paths:
+                if self.live(s):
+                    return s
+                free = s
+                break
+            if free < 0 and not self.live(s):
+                free = s
+        s = free
+        if s < 0:
+            return -1
+        b = s * _SI
+        for i in range(4):
+            self.si[b + i] = -2  # no single path: never matched as one
+        self.sb[2 * s] = _COMP
+        cp[s] = paths
+        self._resolve(s)
+        now = self.clock.ticks_ms()
+        self.si[b + _ILAST] = now
+        self.si[b + _IEVAL] = now
+        self.sb[2 * s + 1] = 0
+        self.ep.woken = True
+        return s
+
+    def paths(self, s):
+        """The paths of composite observation s, or None."""
+        if self.cp is None or not 0 <= s < self.n or self.sb[2 * s] != _COMP:
+            return None
+        return self.cp[s]
+
     def _value(self, s):
         # the slot's single value into tree.v; False for an object/instance/multi path
+        # or a composite observation
         b = s * _SI
         si = self.si
-        if self.sb[2 * s] < 3:
+        if not 3 <= self.sb[2 * s] <= 4:
             return False
         o = self.tree.obj(si[b])
         if o is None or not o.has(si[b + 1]):
@@ -201,6 +242,11 @@ class Watch:
         si = self.si
         for s in range(self.n):
             o = si[s * _SI]
+            if self.sb[2 * s] == _COMP:
+                o = -2
+                for q in self.cp[s]:
+                    if q[0] == oid or oid < 0 and q[0] >= 3313:
+                        o = q[0]
             if (o == oid or oid < 0 and o >= 3313) and self.live(s):
                 if now < 0:
                     now = self.clock.ticks_ms()
@@ -288,15 +334,23 @@ class Watch:
 
     def _resolve(self, s):
         b = s * _SI
-        p = self.si[b : b + 4]
         d = self.sb[2 * s]
         srv = self.tree.obj(1)
+        # a composite observation: the smallest of each attribute over its paths
+        ps = self.cp[s] if d == _COMP else (self.si[b : b + 4],)
         for i, j in enumerate((_PMIN, _PMAX, _EPMIN, _EPMAX)):
-            x = self.effective(p, d, j)
+            x = None
+            for p in ps:
+                y = self.effective(p, 4 - p.count(-1) if d == _COMP else d, j)
+                if y is not None and (x is None or y < x):
+                    x = y
             if x is None and srv is not None and j <= _PMAX:
                 x = srv.pmin if j == _PMIN else srv.pmax
             self.si[b + _IPMIN + i] = x * 1000 if x else -1
+        if d == _COMP:
+            return
         o = s * _SO
+        p = ps[0]
         for j in (_GT, _LT, _ST):
             self.so[o + j - _GT] = self.effective(p, d, j) if d >= 3 else None
 

@@ -13,7 +13,8 @@
 #   POST   /o                       Create (objects that allow it: 16 Portfolio), 2.01
 #   DELETE /o/i                     Delete (same objects), 2.02
 #   FETCH  /  (SenML-CBOR paths)    Read-Composite (Core section 6.3.8); paths that do
-#                                   not exist are left out (Observe-Composite: not yet)
+#                                   not exist are left out; at most 8 paths (4.00)
+#   FETCH  /  ... Observe 0/1       Observe-Composite / Cancel (section 6.4.3, attrs.py)
 #   iPATCH /  (SenML-CBOR records)  Write-Composite: resources and resource instances of
 #                                   any objects, all checked before any is written
 #
@@ -54,6 +55,7 @@ _CF_SENML_CBOR = const(112)
 _TYPE = const(0x07)  # the type bits of a resource's flags (lwm2m/objects.py)
 _SCRATCH = const(320)  # one SenML record / link; the longest string value is 255 bytes
 _BAD = object()  # _value(), _parse_text(): the payload value has the wrong type
+_PATHS_MAX = const(8)  # paths in a Read-/Observe-Composite request (more: 4.00)
 
 # SenML labels, RFC 8428 section 6 (CBOR): bn -2, n 0, v 2, vs 3, vb 4, vd 8
 _BN = const(-2)
@@ -226,23 +228,21 @@ class Tree:
 
     def composite(self, req, resp):
         """Read-Composite: the SenML-CBOR records of every path of the request's list
-        (records {0: "/o/i/r"} or with bn) that exists and may be read."""
-        if req.format != _CF_SENML_CBOR:
-            return _UNSUPPORTED_CF if req.format >= 0 else _BAD_REQUEST
-        if req.accept >= 0 and req.accept != _CF_SENML_CBOR:
-            return _NOT_ACCEPTABLE
-        try:
-            pack = _loads(req.payload())
-            paths = []
-            bn = ""
-            for rec in pack:
-                bn = rec.get(_BN, bn)
-                q = _parse_path(bn + rec.get(_N, ""))
-                if q is None:
-                    return _BAD_REQUEST
-                paths.append(q + [-1] * (4 - len(q)))
-        except (ValueError, TypeError, AttributeError):
-            return _BAD_REQUEST
+        (records {0: "/o/i/r"} or with bn) that exists and may be read. With Observe 0,
+        Observe-Composite (Core section 6.4.3): the list is kept with the observation
+        (lwm2m/attrs.py Watch.add_composite) and each notification reads it again."""
+        if req.notify:
+            paths = self.watch.paths(req.okey)
+            if paths is None:
+                return _NOT_FOUND
+        else:
+            if req.format != _CF_SENML_CBOR:
+                return _UNSUPPORTED_CF if req.format >= 0 else _BAD_REQUEST
+            if req.accept >= 0 and req.accept != _CF_SENML_CBOR:
+                return _NOT_ACCEPTABLE
+            paths = self._paths(req)
+            if paths is None:
+                return _BAD_REQUEST
         resp.option_uint(_CONTENT_FORMAT, _CF_SENML_CBOR)
         k = 0
         for rnd in range(2):
@@ -263,7 +263,30 @@ class Tree:
                 c = self.walk(resp if rnd else None, o, q[1], q[2], q[3])
                 if not rnd:
                     k += c
+        if req.observe == 0 and not req.notify and self.watch is not None:
+            s = self.watch.add_composite(paths)
+            if s >= 0:
+                resp.observable = s
         return _CONTENT
+
+    def _paths(self, req):
+        # the request's SenML list of paths: [[o, i, r, ri] (-1: absent)], None if it is
+        # not one or names more than _PATHS_MAX paths
+        try:
+            pack = _loads(req.payload())
+            if not isinstance(pack, list) or len(pack) > _PATHS_MAX:
+                return None
+            paths = []
+            bn = ""
+            for rec in pack:
+                bn = rec.get(_BN, bn)
+                q = _parse_path(bn + rec.get(_N, ""))
+                if q is None:
+                    return None
+                paths.append(q + [-1] * (4 - len(q)))
+        except (ValueError, TypeError, AttributeError):
+            return None
+        return paths
 
     def walk(self, resp, o, iid, rid, ri):
         """The SenML records of a read of o's path (ids < 0: all): counted (resp None)

@@ -12,8 +12,9 @@ instance, resource, resource instance, 226 Write (partial update), 227 Write (re
 in SenML-CBOR, 241 Execute: rebooting the device, 256 Write failure, 260 Discover, 281
 partially successful Read-Composite, 301 Observe and Notify, 303 cancel with Observe=1,
 306 Send, 230 Write-Composite, 1630/1635 Create/Delete a Portfolio (16) instance. The
-node offers neither TLV nor SenML-JSON (203/204/215/220/231/234), nor Observe-Composite
-(304-310); the gateway's side of those is tested against a fake client in tests/gateway.
+node offers neither TLV nor SenML-JSON (203/204/215/220/231/234); the gateway's side
+of those is tested against a fake client in tests/gateway. Observe-Composite (304-310)
+is tested here without case numbers.
 """
 
 from __future__ import annotations
@@ -307,3 +308,44 @@ async def test_int301_int303_int306_observe_with_pmin_then_cancel_and_sends_stor
         res = await gw.dm.cancel_observe(EP, "/33000/0/0")
         assert res.code == "2.05"
         assert gw.dm.observations(EP) == []
+
+
+@pytest.mark.timeout_s(TIMEOUT_S * 2)
+async def test_observe_composite_notifies_with_the_paths_attributes_then_cancels(
+        tmp_path, node_firmware):
+    """Observe-Composite (Core 6.4.3) served by the node: the FETCH registers, the
+    notifications read every path again, pmin of one path bounds them, a Cancel-
+    Observation-Composite ends them, and a list longer than the node keeps is 4.00."""
+    comp = ["/33000/0/0", "/3/0/0"]
+    async with node_and_gateway(tmp_path, node_firmware) as (gw, events, _):
+        await events.wait("send")  # a window is done: /33000/0/0 counts from 0
+        assert (await gw.dm.write_attributes(EP, "/33000/0/0", pmin=1)).code == "2.04"
+        res = await gw.dm.observe_composite(EP, comp)
+        assert res.code == "2.05"
+        assert set(res.values) == set(comp) and res.values["/3/0/0"] == "aiotkit"
+        first = res.values["/33000/0/0"]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        seqs: list[int] = []
+        mark = len(events.seen)
+        while len(seqs) < 3:
+            e = await events.wait("send", mark, timeout=15)
+            mark = events.seen.index(e) + 1
+            if sorted(r.path for r in e.records) == sorted(comp):  # a notification
+                seqs.append(int(next(r.value for r in e.records if r.path == comp[0])))
+        elapsed = loop.time() - t0
+        assert seqs == sorted(seqs) and seqs[0] >= first and len(set(seqs)) == 3
+        assert elapsed >= 1.5, f"3 notifications in {elapsed:.2f} s despite pmin 1"
+        assert [o["composite"] for o in gw.dm.observations(EP)] == [True]
+        res = await gw.dm.cancel_observe_composite(EP, comp)
+        assert res.code == "2.05"
+        assert gw.dm.observations(EP) == []
+        # the node's own Sends go on (every 200 ms); none is that notification any more
+        mark = len(events.seen)
+        for _ in range(8):
+            e = await events.wait("send", mark, timeout=15)
+            mark = events.seen.index(e) + 1
+            assert sorted(r.path for r in e.records) != sorted(comp)
+        with pytest.raises(OperationFailed) as info:
+            await gw.dm.read_composite(EP, [f"/3/0/{r}" for r in range(9)])
+        assert info.value.result.code == "4.00"
