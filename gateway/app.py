@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-from .coap.aio import aiocoap
+from .coap.aio import OscoreSiteWrapper, aiocoap
 from .coap.fastnotify import FastNotify
 from .coap.fastsend import FastSend
 from .coap.layer import MessageLayer
@@ -41,6 +41,7 @@ from .uplink.mqtt import TopicScheme, Uplink
 if TYPE_CHECKING:
     from .api.rest import RestApi
     from .inference.shadow import ShadowChecker
+    from .security import KeyStore
 
 __all__ = ["Gateway", "RateLimitFilter", "run_cli", "serve"]
 
@@ -91,11 +92,29 @@ def _limit_peer_noise() -> None:
             logger.addFilter(RateLimitFilter())
 
 
+class _KeyAdmission:
+    """``lwm2m.server.Admission`` over the OSCORE key store: ``secure`` (security =
+    "oscore") refuses every unprotected request; an endpoint with a live context is
+    never accepted unprotected."""
+
+    def __init__(self, keys: KeyStore, secure: bool) -> None:
+        self._keys = keys
+        self.secure = secure
+
+    def provisioned(self, endpoint: str) -> bool:
+        return self._keys.context(endpoint) is not None
+
+    def bind(self, endpoint: str, host: str, port: int) -> None:
+        self._keys.bind_address(endpoint, host, port)
+
+
 class Gateway:
     """One gateway daemon; construct, ``await start()``, ``await shutdown()``."""
 
-    def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.time):
+    def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.time,
+                 allow_nosec: bool = False):
         self.config = config
+        self.allow_nosec = allow_nosec  # the development switch security = "nosec" needs
         self._clock = clock
         self._store: Storage | None = None
         self._registry: Registry | None = None
@@ -110,6 +129,8 @@ class Gateway:
         self.rest: RestApi | None = None  # [rest] enabled: the REST API (gateway/api/rest.py)
         self.bootstrap: BootstrapServer | None = None  # [bootstrap] enabled: its own socket
         self._lock: DatabaseLock | None = None  # held from start to shutdown
+        # OSCORE contexts (gateway/security): when [security] names an at-rest key
+        self.keys: KeyStore | None = None
 
     @property
     def store(self) -> Storage:
@@ -140,7 +161,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the store and start serving; on failure everything started is undone."""
-        check_runnable(self.config)  # as 'aiot gateway check' does
+        check_runnable(self.config, allow_nosec=self.allow_nosec)  # as 'gateway check' does
         try:
             await self._start()
         except BaseException:
@@ -153,13 +174,18 @@ class Gateway:
         # one daemon per database (storage/lock.py), before anything else is opened
         self._lock = DatabaseLock(cfg.gateway.db)
         self._lock.acquire()
-        log.warning("security is nosec: CoAP traffic on %s is neither authenticated nor"
-                    " encrypted (development only)", cfg.coap.host)
+        if cfg.gateway.security == "nosec":
+            log.warning("security is nosec: CoAP traffic on %s is neither authenticated"
+                        " nor encrypted, anyone can take a node over (development only)",
+                        cfg.coap.host)
         encoder = TopicScheme(cfg.mqtt.topic_prefix) if cfg.mqtt.enabled else None
         self._store = SqliteStorage.open(
             cfg.gateway.db, encoder=encoder,
             keep_finished_s=cfg.dm.keep_finished_days * 86400.0,
             keep_finished_max=cfg.dm.keep_finished_max)
+        from .security import KeyStore
+
+        self.keys = KeyStore.from_config(self._store, cfg, clock=self._clock)
         self._registry = Registry(self._store, clock=self._clock)
         if cfg.mqtt.enabled:
             uplink = Uplink(cfg.mqtt, self._store, clock=self._clock)
@@ -170,21 +196,45 @@ class Gateway:
         self._dm = DeviceManagement(self._store, self._registry, cfg.dm, objects=objects,
                                     clock=self._clock)
         self._registry.add_listener(self._dm.on_event)
+        secure = cfg.gateway.security == "oscore"
+        keys = self.keys
+        if secure and keys is None:  # check_runnable saw a key; it did not open
+            raise ConfigError("gateway.security: \"oscore\" needs the OSCORE key store")
         site = LwM2MResource(self._registry, max_payload=cfg.coap.max_payload,
-                             max_records=cfg.coap.max_records, objects=objects)
+                             max_records=cfg.coap.max_records, objects=objects,
+                             admission=None if keys is None else _KeyAdmission(keys, secure))
         site.configure(cfg.coap, cfg.registry)  # Block1, endpoint and link-payload bounds
+        root: object = site
+        if keys is not None:
+            # OSCORE (issue 13): aiocoap verifies protected requests under the node's
+            # context (KeyStore.find_oscore) above the LwM2M resource, and protects the
+            # device-management requests to a node (KeyStore.credentials_from_request,
+            # by the address it registered from; after a restart, from its stored
+            # registration)
+            root = OscoreSiteWrapper(site, keys)
+            store = self._store
+            keys.locate = lambda host, port: getattr(store.by_address(host, port),
+                                                     "endpoint", None)
+            self._registry.add_listener(
+                lambda e: keys.unbind_address(e.endpoint)
+                if e.kind in ("deregistered", "expired") else None)
         try:
             self._coap = await aiocoap.Context.create_server_context(
-                site, bind=(cfg.coap.host, cfg.coap.port), transports=["udp6"],
+                root, bind=(cfg.coap.host, cfg.coap.port),
+                transports=["oscore", "udp6"] if keys is not None else ["udp6"],
                 loggername="aiotkit.gateway.coap",
             )
         except OSError as e:
             raise GatewayError(f"cannot serve CoAP on {cfg.coap_uri}: {e.strerror or e}") from e
+        if keys is not None:
+            self._coap.client_credentials = keys
         self._coap_layers = install_message_layer(self._coap,
                                                   compact_dedup=cfg.coap.compact_dedup)
         # the fast paths, each attached to the datagram hook of every UDP interface
-        # (coap/layer.py); the hook never offers them a protected (OSCORE) datagram
-        for hook in (layer.hook for layer in self._coap_layers if layer.hook is not None):
+        # (coap/layer.py); the hook never offers them a protected (OSCORE) datagram, and
+        # with OSCORE required they are not attached: they serve unprotected traffic only
+        for hook in (layer.hook for layer in self._coap_layers
+                     if layer.hook is not None and not secure):
             if cfg.coap.fast_send:
                 fast_send = FastSend(hook, site, self._registry)
                 hook.add(fast_send)
@@ -213,7 +263,7 @@ class Gateway:
         if cfg.rest.enabled:
             from .api.rest import RestApi
 
-            self.rest = RestApi(self, cfg.rest)
+            self.rest = RestApi(self, cfg.rest, keys=self.keys)
             await self.rest.start()
         mqtt = (f"mqtt://{cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix}"
                 if cfg.mqtt.enabled else "mqtt disabled")
@@ -247,6 +297,12 @@ class Gateway:
         except TimeoutError:
             log.error("shutdown took longer than %.1f s; closing the store anyway", timeout)
         finally:
+            if self.keys is not None:
+                keys, self.keys = self.keys, None
+                try:
+                    keys.close()  # the contexts' state, before the store closes
+                except GatewayError as e:
+                    log.error("OSCORE contexts not closed cleanly: %s", e)
             if self._store is not None:
                 self._store.close()
                 self._store = None
@@ -293,9 +349,10 @@ async def serve(
     ready_cb: Callable[[Gateway], Awaitable[None] | None] | None = None,
     *,
     stop: asyncio.Event | None = None,
+    allow_nosec: bool = False,
 ) -> None:
     """Run a gateway until ``stop`` is set (or the task is cancelled)."""
-    gateway = Gateway(config)
+    gateway = Gateway(config, allow_nosec=allow_nosec)
     await gateway.start()
     try:
         if ready_cb is not None:
@@ -307,7 +364,7 @@ async def serve(
         await gateway.shutdown()
 
 
-def run_cli(config_path: str | None) -> int:
+def run_cli(config_path: str | None, *, allow_nosec: bool = False) -> int:
     """``aiot gateway run [--config FILE]``: serve until SIGTERM/SIGINT; the exit code."""
     try:
         config = load_config(config_path) if config_path else GatewayConfig.default()
@@ -319,7 +376,7 @@ def run_cli(config_path: str | None) -> int:
     # silently get half the traffic. The daemon wants EADDRINUSE instead.
     os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")
     try:
-        asyncio.run(_serve_until_signal(config))
+        asyncio.run(_serve_until_signal(config, allow_nosec))
     except ConfigError as e:
         print(f"aiot gateway: error: {e}", file=sys.stderr)
         return 2
@@ -329,7 +386,7 @@ def run_cli(config_path: str | None) -> int:
     return 0
 
 
-async def _serve_until_signal(config: GatewayConfig) -> None:
+async def _serve_until_signal(config: GatewayConfig, allow_nosec: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -340,7 +397,7 @@ async def _serve_until_signal(config: GatewayConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await serve(config, stop=stop)
+        await serve(config, stop=stop, allow_nosec=allow_nosec)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -360,9 +417,12 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m aiotkit.gateway.app [CONFIG]`` (the ``aiot`` CLI calls ``run_cli``)."""
+    """``python -m aiotkit.gateway.app [CONFIG] [--allow-nosec]`` (the ``aiot`` CLI calls
+    ``run_cli``)."""
     args = sys.argv[1:] if argv is None else argv
-    return run_cli(args[0] if args else None)
+    allow_nosec = "--allow-nosec" in args
+    args = [a for a in args if a != "--allow-nosec"]
+    return run_cli(args[0] if args else None, allow_nosec=allow_nosec)
 
 
 if __name__ == "__main__":

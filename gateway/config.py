@@ -5,15 +5,18 @@ raise ``ConfigError`` with one line naming the file and the key, so a typo never
 silently falls back to a default. ``GatewayConfig.default()`` is the configuration of
 an empty file read from the current directory.
 
-``security = "oscore"`` (the default) loads but cannot start yet: ``Gateway.start()``
-refuses it with a ``ConfigError`` until OSCORE is implemented; ``"nosec"`` is the
-development-only option.
+``security = "oscore"`` is the default: every CoAP request must be verified under a
+node's OSCORE context. ``"nosec"`` (no protection) is for development only: it also needs
+the command-line switch (``aiot gateway run --allow-nosec``, ``Gateway(...,
+allow_nosec=True)``), and the gateway warns at start-up and at every unprotected
+Register.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,6 +34,7 @@ __all__ = [
     "MqttConfig",
     "RegistryConfig",
     "RestConfig",
+    "SecurityConfig",
     "check_runnable",
     "effective_toml",
     "load_config",
@@ -165,6 +169,19 @@ class RestConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """``[security]``: the key the OSCORE contexts' secrets are encrypted with at rest
+    (``gateway/security/atrest.py``). ``key_file`` (relative to the config file): a file
+    holding 32 random bytes as 64 hex digits (``chmod 600``); when empty the key comes
+    from the environment variable ``AIOT_GATEWAY_KEY`` (same format); with neither the
+    gateway has no key store. ``max_loaded``: security contexts kept in memory at most
+    (loaded on a node's first message; the least recently used beyond are closed)."""
+
+    key_file: str = ""
+    max_loaded: int = 20000
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole configuration; ``source`` is the file it came from (None: defaults)."""
 
@@ -175,6 +192,7 @@ class GatewayConfig:
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     rest: RestConfig = field(default_factory=RestConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # gateway/lwm2m/bootstrap.py
     source: Path | None = None
 
@@ -216,6 +234,7 @@ _SECTIONS: dict[str, type] = {
     "mqtt": MqttConfig,
     "shadow": ShadowConfig,
     "rest": RestConfig,
+    "security": SecurityConfig,
 }
 
 
@@ -319,6 +338,11 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
     _require(name, "rest.tokens_file", bool(rest.get("tokens_file")) or not rest.get("enabled"),
              "required when rest.enabled (every REST request needs a token)")
 
+    sec = dict(parsed["security"])
+    if sec.get("key_file"):
+        sec["key_file"] = str(base / Path(sec["key_file"]).expanduser())
+    _positive(name, "security.max_loaded", sec.get("max_loaded", 1))
+
     return GatewayConfig(
         gateway=GatewaySection(id=ident, db=db, security=security),
         coap=CoapConfig(**coap),
@@ -327,6 +351,7 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         mqtt=MqttConfig(**mq),
         shadow=ShadowConfig(**sh),
         rest=RestConfig(**rest),
+        security=SecurityConfig(**sec),
         bootstrap=bootstrap,
         source=source,
     )
@@ -421,14 +446,23 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def check_runnable(cfg: GatewayConfig) -> None:
-    """What a valid file may still ask for that this gateway cannot do; ``ConfigError``
-    names it. ``Gateway.start()`` and ``aiot gateway check`` both apply it."""
+def check_runnable(cfg: GatewayConfig, *, allow_nosec: bool = False) -> None:
+    """What a valid file may still ask for that this gateway will not do; ``ConfigError``
+    names it. ``Gateway.start()`` and ``aiot gateway check`` both apply it.
+    ``allow_nosec`` is the command line's development switch (``--allow-nosec``)."""
     where = cfg.source if cfg.source is not None else "<defaults>"
-    if cfg.gateway.security == "oscore":
+    if (cfg.gateway.security == "oscore" and not cfg.security.key_file
+            and not os.environ.get("AIOT_GATEWAY_KEY")):
         raise ConfigError(
-            f'{where}: gateway.security: "oscore" is not implemented yet; set'
-            ' security = "nosec" to run without protection (development only)'
+            f'{where}: gateway.security: "oscore" needs the key the OSCORE secrets are'
+            " encrypted with: [security] key_file (make one with 'aiot keys genkey FILE')"
+            " or AIOT_GATEWAY_KEY"
+        )
+    if cfg.gateway.security == "nosec" and not allow_nosec:
+        raise ConfigError(
+            f'{where}: gateway.security: "nosec" runs without any protection (anyone on'
+            " the network can take a node over): development only, and only with"
+            " --allow-nosec"
         )
     folder = cfg.gateway.db.parent
     if not folder.is_dir():

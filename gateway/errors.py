@@ -62,6 +62,13 @@ class Unauthorized(RequestError):
     code = Code.UNAUTHORIZED
 
 
+class Forbidden(RequestError):
+    """4.03: verified, but under another node's security context (an endpoint name, or
+    a registration, that is not the context's)."""
+
+    code = Code.FORBIDDEN
+
+
 class NotFound(RequestError):
     """4.04: no such registration (the client should register again)."""
 

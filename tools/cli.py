@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ from aiotkit.boards.errors import AiotError, UsageError
 from aiotkit.tools.args import host_port, nonneg_float, port, positive_int
 
 PROG = "aiot"
+_NOSEC_HELP = ('development only: accept a config with security = "nosec" (no OSCORE:'
+               " anyone on the network can take a node over)")
 
 
 def cmd_gateway_run(args: argparse.Namespace) -> int:
     from aiotkit.gateway.app import run_cli
 
-    return run_cli(args.config)
+    return run_cli(args.config, allow_nosec=args.allow_nosec)
 
 
 def cmd_gateway_check(args: argparse.Namespace) -> int:
@@ -38,13 +41,14 @@ def cmd_gateway_check(args: argparse.Namespace) -> int:
     where = args.config or "the defaults"
     print(f"# {where}: the effective configuration (every key, defaults filled in)")
     print(effective_toml(config), end="")
-    check_runnable(config)  # what 'gateway run' would still refuse: exit 2, one line
+    # what 'gateway run' would still refuse: exit 2, one line
+    check_runnable(config, allow_nosec=args.allow_nosec)
     print(f"# {where}: valid; 'aiot gateway run' accepts it")
     return 0
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from aiotkit.tools.sim import Fleet, FleetConfig
+    from aiotkit.tools.sim import Fleet, FleetConfig, rest_provisioner
 
     cfg = FleetConfig(
         gateway=args.gateway,
@@ -70,11 +74,20 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if args.verbose or " sent " not in line or line.endswith(" sent 0"):
             print(f"[{node.endpoint}] {line}", flush=True)
 
+    if args.nosec:
+        provision = None
+    elif not args.token:
+        raise UsageError("the nodes need OSCORE keys: give --token (admin role of the "
+                         "gateway's REST API, or AIOT_TOKEN), or --nosec for a gateway run "
+                         "with --allow-nosec")
+    else:
+        provision = rest_provisioner(args.url, args.token)
+
     async def main() -> int:
         import signal
 
-        fleet = Fleet(cfg, on_line=on_line)
-        fleet.prepare()
+        fleet = Fleet(cfg, on_line=on_line, provision=provision)
+        await asyncio.to_thread(fleet.prepare)  # builds, and asks the gateway for keys
         print(
             f"aiot sim: {cfg.nodes} node(s) -> {cfg.gateway}, folders in {cfg.workdir}",
             flush=True,
@@ -198,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         "readings and node status to MQTT when [mqtt] is enabled.",
     )
     gr.add_argument("--config", metavar="FILE", help="TOML configuration (defaults for all keys)")
+    gr.add_argument("--allow-nosec", action="store_true", help=_NOSEC_HELP)
     gr.set_defaults(func=cmd_gateway_run)
     gc = gsub.add_parser(
         "check",
@@ -208,17 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
         "something this gateway cannot run.",
     )
     gc.add_argument("--config", metavar="FILE", help="TOML configuration (default: none)")
+    gc.add_argument("--allow-nosec", action="store_true", help=_NOSEC_HELP)
     gc.set_defaults(func=cmd_gateway_check)
 
     s = sub.add_parser(
         "sim",
         help="run simulated nodes (real MicroPython processes) against a gateway",
         description="Start N MicroPython unix-port nodes, each with its own endpoint name and "
-        "folder, replaying bearing vibration recordings. Stops (nodes de-register) on Ctrl-C.",
+        "folder, replaying bearing vibration recordings. Each node gets its own OSCORE keys "
+        "from the gateway's REST API (--token of the admin role; new keys every run unless "
+        "--keep-state), or runs unprotected with --nosec (a gateway run with "
+        "--allow-nosec). Stops (nodes de-register) on Ctrl-C.",
     )
     s.add_argument("--nodes", type=positive_int, default=3, help="how many nodes (default 3)")
     s.add_argument("--gateway", required=True, metavar="coap://HOST:PORT", help="gateway URI")
     s.add_argument("--prefix", default="node", help="endpoint names are PREFIX-1.. (default node)")
+    s.add_argument("--url", default=os.environ.get("AIOT_URL", "http://127.0.0.1:8080"),
+                   help="the gateway's REST API, for the nodes' OSCORE keys (AIOT_URL; "
+                   "default http://127.0.0.1:8080)")
+    s.add_argument("--token", default=os.environ.get("AIOT_TOKEN"),
+                   help="admin token of the REST API (AIOT_TOKEN)")
+    s.add_argument("--nosec", action="store_true",
+                   help="development only: nodes without OSCORE (the gateway must run "
+                   "with --allow-nosec)")
     s.add_argument(
         "--dir", metavar="DIR", help="nodes' folders (default ~/.local/state/aiotkit/sim)"
     )
@@ -315,10 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--channel", default="DE", choices=["DE", "FE", "BA"], help="sensor (DE)")
     dc.set_defaults(func=cmd_data_convert)
 
-    from aiotkit.tools import lwm2mcli, modelcli
+    from aiotkit.tools import keyscli, lwm2mcli, modelcli
 
     modelcli.register(sub)
     lwm2mcli.register(sub)
+    keyscli.register(sub)
     return p
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -22,9 +23,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aiotkit.boards.errors import AiotError
 from aiotkit.gateway.lwm2m.senml import Value
 from aiotkit.gateway.storage import NodeSummary
-from aiotkit.tools.sim import Fleet, FleetConfig, SimNode
+from aiotkit.tools.sim import Fleet, FleetConfig, SimNode, keystore_provisioner
 
 if TYPE_CHECKING:
     from aiotkit.gateway.inference.shadow import ShadowChecker
@@ -52,10 +54,12 @@ def gateway_toml(db: Path, port: int, mqtt: tuple[str, int] | None) -> str:
         "[gateway]\n"
         'id = "demo"\n'
         f"db = {str(db)!r}\n"
-        'security = "nosec"   # development only: OSCORE is not implemented yet\n'
+        'security = "oscore"  # every node has its own OSCORE context\n'
         "[coap]\n"
         'host = "127.0.0.1"\n'
         f"port = {port}\n"
+        "[security]\n"
+        'key_file = "gateway.key"  # the at-rest key of the nodes\' secrets\n'
     )
     if mqtt:
         host, mport = mqtt
@@ -143,6 +147,13 @@ async def run_demo(
     state.mkdir(parents=True, exist_ok=True)
     db = state / "gateway.db"
     port = pick_port(port)
+    key = state / "gateway.key"
+    if not key.exists():  # the demo's own at-rest key, made once (aiot keys genkey)
+        from aiotkit.gateway.security import generate_key_hex
+
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_key_hex() + "\n")
     conf_path = state / "gateway.toml"
     conf_path.write_text(gateway_toml(db, port, mqtt))
     config = load_config(str(conf_path))
@@ -160,11 +171,14 @@ async def run_demo(
 
     gw = Gateway(config)
     await gw.start()
+    if gw.keys is None:  # the config names a key file
+        raise AiotError("aiot demo: the gateway has no OSCORE key store")
     uri = f"coap://127.0.0.1:{port}"
     print(f"aiot demo: gateway on {uri}, state in {state}", flush=True)
     fleet = Fleet(
         FleetConfig(gateway=uri, nodes=nodes, workdir=state / "nodes", report_ms=report_ms),
         on_line=on_line,
+        provision=keystore_provisioner(gw.keys),  # each node its own OSCORE keys
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from aiotkit.boards.errors import AiotError
@@ -516,16 +516,26 @@ COMMANDS = {
 
 def run(args: argparse.Namespace) -> int:
     """Entry point from ``aiot lwm2m``; never raises for an expected failure."""
-    token = args.token or os.environ.get("AIOT_TOKEN", "")
-    try:
+
+    def call() -> int:
+        token = args.token or os.environ.get("AIOT_TOKEN", "")
         if not token:
             raise CliError("no token: give --token or set AIOT_TOKEN", 2)
         url = args.url or os.environ.get("AIOT_URL") or DEFAULT_URL
         api = Api(url, token, args.timeout)
         args.names = Names()
         return COMMANDS[args.lwm2m_command](api, args)
+
+    return run_command(PROG, call)
+
+
+def run_command(prog: str, call: Callable[[], int]) -> int:
+    """``call()``'s exit status; a ``CliError`` is one line on stderr (its status), an
+    interrupt 130, a closed pipe 1. The ``aiot lwm2m`` and ``aiot keys`` entry points."""
+    try:
+        return call()
     except CliError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
         return 130

@@ -14,14 +14,18 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiotkit.boards import paths
 from aiotkit.boards.errors import AiotError, UsageError
 from aiotkit.tools import fwbuild
+
+if TYPE_CHECKING:
+    from aiotkit.gateway.security import KeyStore
 
 CONFIG_ERROR_EXIT = 2
 _LINE = re.compile(r"^aiot-node (\S+) (registered|updated|sent|deregistered|error:)\s*(.*)$")
@@ -126,12 +130,69 @@ class FleetConfig:
     keep_state: bool = False
 
 
-class Fleet:
-    """Start, watch and stop N MicroPython node processes."""
+# endpoint -> the node's side of its OSCORE context (the gateway's export:
+# NodeCredentials.to_json(), hex strings), what a simulated node is provisioned with
+Provision = Callable[[str], Mapping[str, Any]]
+_NODE_KEYS = ("secret", "salt", "sender_id", "recipient_id", "id_context")
 
-    def __init__(self, cfg: FleetConfig, on_line: Callable[[SimNode, str], None] | None = None):
+
+def keystore_provisioner(keys: KeyStore) -> Provision:
+    """Provision from a gateway's key store in this process (``aiot demo``, tests): a
+    new context for each endpoint (new keys for one that has a context) and its node
+    side, exported once."""
+    from aiotkit.gateway.security.errors import ContextExists
+
+    def provision(endpoint: str) -> Mapping[str, Any]:
+        try:
+            keys.create(endpoint)
+        except ContextExists:
+            keys.rotate(endpoint)
+        return keys.export(endpoint).to_json()
+
+    return provision
+
+
+def rest_provisioner(url: str, token: str) -> Provision:
+    """Provision through a running gateway's REST API (``aiot sim --token``, the admin
+    role): POST /api/v1/keys, or .../rotate for an endpoint that has a context, then
+    .../export."""
+    import urllib.parse
+
+    from aiotkit.tools.lwm2mcli import Api, CliError
+
+    api = Api(url, token, 30.0)
+
+    def provision(endpoint: str) -> Mapping[str, Any]:
+        quoted = urllib.parse.quote(endpoint, safe="")
+        try:
+            try:
+                api.call("POST", "/api/v1/keys", {"endpoint": endpoint})
+            except CliError as first:  # it has a context: new keys for it
+                try:
+                    api.call("POST", f"/api/v1/keys/{quoted}/rotate")
+                except CliError:
+                    raise first from None
+            body = api.call("POST", f"/api/v1/keys/{quoted}/export")
+        except CliError as e:
+            raise SimError(f"keys for {endpoint} from {url}: {e}") from None
+        node = body.get("node") if isinstance(body, dict) else None
+        if not isinstance(node, dict):
+            raise SimError(f"keys for {endpoint}: the gateway's export answer is not a node side")
+        return node
+
+    return provision
+
+
+class Fleet:
+    """Start, watch and stop N MicroPython node processes. With ``provision`` every node
+    gets its own OSCORE context (config "oscore"); without, the nodes run NoSec (a
+    gateway started with --allow-nosec only)."""
+
+    def __init__(self, cfg: FleetConfig, on_line: Callable[[SimNode, str], None] | None = None,
+                 provision: Provision | None = None):
         self.cfg = cfg
         self.on_line = on_line
+        self.provision = provision
         self.nodes: list[SimNode] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -188,10 +249,30 @@ class Fleet:
                 "verbose": cfg.verbose,
             }
             conf.update(self._models(d, sig))
+            keys = self._keys(d, ep)
+            if keys is not None:
+                conf["oscore"] = keys
             tmp = d / "config.json.tmp"
             tmp.write_text(json.dumps(conf, indent=1) + "\n")
             os.replace(tmp, d / "config.json")
             self.nodes.append(SimNode(endpoint=ep, workdir=d, signal=sig))
+
+    def _keys(self, d: Path, endpoint: str) -> dict[str, str] | None:
+        """The node's OSCORE keys: the ones its flash holds (--keep-state: its sequence
+        file goes with them), else new ones from ``provision``; None without."""
+        if self.provision is None:
+            return None
+        if self.cfg.keep_state:
+            try:
+                kept = json.loads((d / "config.json").read_text()).get("oscore")
+            except (OSError, ValueError, AttributeError):
+                kept = None
+            if isinstance(kept, dict) and kept:
+                return {k: str(v) for k, v in kept.items()}
+        node = self.provision(endpoint)
+        for name in ("oscore.seq", "oscore.seq.tmp"):  # new keys: a new sequence space
+            (d / name).unlink(missing_ok=True)
+        return {k: str(node[k]) for k in _NODE_KEYS if node.get(k)}
 
     def _models(self, d: Path, signal: Path) -> dict[str, str]:
         """Copy the node's models into its folder (its flash); the config keys for them."""

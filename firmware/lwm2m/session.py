@@ -19,6 +19,12 @@
 # (storage/serverobj.py) once the answer is out, and restored before the first Register
 # after a reboot.
 #
+# OSCORE (RFC 8613; config "oscore", oscore/keys.py): the UDP transport is wrapped in
+# oscore/transport.py OscoreTransport, so every exchange with the server (Register,
+# Update, De-register, Send, the answers to its requests and the notifications) is
+# protected; the sender sequence bound is kept in oscore.seq. The bootstrap exchange is
+# not protected yet.
+#
 # Client-initiated bootstrap (Core section 6.1.2; config "bootstrap" = coap://HOST:PORT of
 # the bootstrap server): before the first Register the session takes the server account
 # from server.json (an earlier bootstrap), else the config's "gateway", else it runs
@@ -43,6 +49,7 @@ _BS_AFTER = const(3)  # Registers failed in a row before bootstrapping again
 _REBOOT = const(1)  # Session._reboot: a Reboot (/3/0/4) ...
 _STORE = const(2)  # ... a write of /1/0 to keep (storage/serverobj.py)
 _KEEP = const(8)  # update(): not an Update, keep /1/0 (the server wrote it)
+_SEQ_FILE = "oscore.seq"  # the OSCORE sender sequence bound (oscore/seq.py), kept in flash
 
 PREFIX = "aiot-node"
 
@@ -215,6 +222,14 @@ class Session:
                 t = self._transport = UdpTransport(self.cfg["host"], self.cfg["port"])
                 if self._stop is not None:
                     t.stop_on(self._stop)
+                osc = self.cfg.get("oscore")
+                if osc is not None:  # every exchange with the server protected (RFC 8613)
+                    from oscore.context import Context
+                    from oscore.transport import OscoreTransport
+
+                    ctx = Context(osc["secret"], osc["sender_id"], osc["recipient_id"],
+                                  _SEQ_FILE, salt=osc["salt"], id_context=osc["id_context"])
+                    t = self._transport = OscoreTransport(t, ctx, reqsize=self.bufsize + 48)
             self.ep = Endpoint(t, self.clock, self._rand, self.bufsize)
             self.tree = self._tree()
             from storage.serverobj import load

@@ -21,7 +21,8 @@ _INTS = (
 # every key config.json may hold (a misspelt key is an error, not a default)
 _KEYS = ("endpoint", "bootstrap", "gateway", "log", "board", "signal", "features", "model",
          "anomaly", "realtime", "verbose", "model_stream", "queue", "lifetime", "window",
-         "hop", "report_ms", "model_arena", "awake_ms", "log_slots", "send_refusals")
+         "hop", "report_ms", "model_arena", "awake_ms", "log_slots", "send_refusals",
+         "oscore")
 
 
 class ConfigError(ValueError):
@@ -123,6 +124,10 @@ def check(cfg):
     for key in ("model", "anomaly"):  # .tflite paths, checked by tinyml/infer.py load()
         if key in cfg:
             out[key] = _str(cfg, key)
+    if "oscore" in cfg:  # the node's OSCORE context: checked by oscore/keys.py
+        from oscore.keys import parse
+
+        out["oscore"] = parse(cfg["oscore"], ConfigError)
     for key in ("realtime", "verbose", "model_stream", "queue"):
         v = cfg.get(key, False)
         if type(v) is not bool:

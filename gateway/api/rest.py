@@ -11,7 +11,8 @@ viewer    list endpoints, registration details, events, latest readings,
           observations, queued requests and their results
 operator  Read, Write, Execute, Create, Delete, Discover, Write-Attributes,
           Observe / Cancel, composite Read / Observe
-admin     also end a registration (``DELETE /api/v1/endpoints/{ep}``)
+admin     also end a registration (``DELETE /api/v1/endpoints/{ep}``), and manage
+          the nodes' OSCORE keys (``/api/v1/keys``)
 ========  ======================================================================
 
 Tokens file: one ``ROLE TOKEN [NAME]`` per line (``#`` starts a comment). ``TOKEN`` is the
@@ -29,6 +30,15 @@ Read, Observe and composite Read / Observe take ``?format=NAME`` (``senml-json``
 ``senml-cbor``, ``tlv``, ``lwm2m-cbor``, ``text``, ``opaque``, or the number): the
 Content-Format to ask the node for, instead of the one negotiated from its registration
 (``dm.requests``). Endpoint details include ``takeovers`` (``lwm2m.registry``).
+
+OSCORE keys (``gateway/security``; admin only): ``GET /api/v1/keys`` lists the contexts
+(``?after=EP&limit=N`` pages), ``POST /api/v1/keys {"endpoint": EP, "id_context": HEX?}``
+creates one (201), ``GET /api/v1/keys/{ep}`` shows one, ``POST .../rotate`` and
+``POST .../revoke`` do that; none of them ever answers a secret. The node's side (master
+secret included) leaves the gateway only through ``POST /api/v1/keys/{ep}/export``, and
+only once per creation or rotation (then 410 ``already_exported``: a second copy needs a
+rotation, which the next export shows). 503 ``keys_unavailable`` when the gateway has no
+at-rest key (``[security] key_file`` or ``AIOT_GATEWAY_KEY``).
 
 The notification stream (``.../notifications``) labels each report with its ``kind``:
 ``notify``, a Notification of the observation ``observation``, or ``send``, a report the
@@ -52,7 +62,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import RestConfig
 from ..errors import ConfigError, GatewayError, RequestError
@@ -68,6 +78,7 @@ if TYPE_CHECKING:
     from ..app import Gateway
     from ..dm import DeviceManagement
     from ..lwm2m.registry import RegistryEvent
+    from ..security import KeyStore
     from ..storage.api import Registration
 
 __all__ = ["ApiError", "RestApi", "Role", "Token", "load_tokens", "parse_tokens"]
@@ -85,6 +96,7 @@ STREAM_QUEUE = 256  # reports a slow notification reader may fall behind by
 _TOKEN_LINE = re.compile(r"(\S+)\s+(\S+)(?:\s+(\S+))?")
 _SHA256 = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _OPS = ("execute", "discover", "observe", "attributes")
+_T = TypeVar("_T")
 
 
 class Role(IntEnum):
@@ -225,10 +237,11 @@ class RestApi:
     """The REST API of one gateway: ``await start()``, ``url``, ``await shutdown()``."""
 
     def __init__(self, gateway: Gateway, config: RestConfig,
-                 tokens: list[Token] | None = None) -> None:
+                 tokens: list[Token] | None = None, *, keys: KeyStore | None = None) -> None:
         self._gateway = gateway
         self._config = config
         self._tokens = tokens
+        self._keys = keys
         self._runner: web.AppRunner | None = None
         self._tcp: asyncio.Server | None = None
         self._accept_guard: _AcceptGuard | None = None
@@ -316,6 +329,10 @@ class RestApi:
         tail = f"{API}/endpoints/{{ep}}/lwm2m{{tail:(/.*)?}}"
         for method in ("GET", "PUT", "POST", "DELETE"):
             r.add_route(method, tail, self._guard(o, self._lwm2m))
+        r.add_get(f"{API}/keys", self._guard(a, self._keys_list))
+        r.add_post(f"{API}/keys", self._guard(a, self._keys_create))
+        r.add_get(f"{API}/keys/{{ep}}", self._guard(a, self._keys_get))
+        r.add_post(f"{API}/keys/{{ep}}/{{action}}", self._guard(a, self._keys_action))
         return app
 
     def _guard(self, role: Role, handler: Handler) -> Handler:
@@ -654,6 +671,63 @@ class RestApi:
             raise ApiError(404, "not_found", f"no request {request_id} for {reg.endpoint}")
         return _json(found)
 
+    # -- admin: OSCORE keys -------------------------------------------------------------
+
+    def _key_store(self) -> KeyStore:
+        if self._keys is None:
+            raise ApiError(503, "keys_unavailable", "this gateway has no at-rest key for"
+                           " OSCORE contexts ([security] key_file or AIOT_GATEWAY_KEY)")
+        return self._keys
+
+    async def _keys_list(self, request: web.Request) -> web.StreamResponse:
+        keys = self._key_store()
+        limit = _int_query(request, "limit", ENDPOINTS_PAGE, 1, ENDPOINTS_PAGE)
+        page = keys.list(request.query.get("after", ""), limit + 1)
+        more = len(page) > limit
+        page = page[:limit]
+        return _json({"keys": [k.to_json() for k in page],
+                      "next": page[-1].endpoint if more else None})
+
+    async def _keys_create(self, request: web.Request) -> web.StreamResponse:
+        keys = self._key_store()
+        body = await _json_body(request)
+        ep = body.get("endpoint") if isinstance(body, dict) else None
+        if not isinstance(ep, str):
+            raise ApiError(400, "bad_value", 'give {"endpoint": NAME, "id_context": HEX?}')
+        raw = body.get("id_context")
+        id_context: bytes | None = None
+        if raw is not None:
+            try:
+                id_context = bytes.fromhex(raw)
+            except (ValueError, TypeError):
+                raise ApiError(400, "bad_value", "id_context is a hex string") from None
+        info = _key_call(lambda: keys.create(ep, id_context=id_context))
+        log.info("OSCORE context created for ep=%s by %s", ep, request["token"].name)
+        return _json(info.to_json(), status=201)
+
+    async def _keys_get(self, request: web.Request) -> web.StreamResponse:
+        keys = self._key_store()
+        ep = request.match_info["ep"]
+        return _json(_key_call(lambda: keys.get(ep)).to_json())
+
+    async def _keys_action(self, request: web.Request) -> web.StreamResponse:
+        keys = self._key_store()
+        ep, action = request.match_info["ep"], request.match_info["action"]
+        who = request["token"].name
+        if action == "export":
+            node = _key_call(lambda: keys.export(ep))
+            log.info("OSCORE keys of ep=%s exported by %s", ep, who)
+            return _json({"node": node.to_json(), "gateway_uri": self._gateway.coap_uri},
+                         headers={"Cache-Control": "no-store"})
+        if action == "rotate":
+            info = _key_call(lambda: keys.rotate(ep))
+        elif action == "revoke":
+            info = _key_call(lambda: keys.revoke(ep))
+        else:
+            raise ApiError(404, "not_found", "a key takes rotate, revoke or export")
+        log.info("OSCORE context of ep=%s: %s by %s", ep, action, who)
+        return _json(info.to_json())
+
     # -- helpers -----------------------------------------------------------------------
 
     def _registration(self, request: web.Request) -> Registration:
@@ -678,6 +752,16 @@ def _node_error(code: str, message: str, result: dict[str, Any] | None = None) -
     err = ApiError(_COAP_TO_HTTP.get(code, 502), "node_error", message, coap=code)
     err.result = result
     return err
+
+
+def _key_call(call: Callable[[], _T]) -> _T:
+    """A key-store call; its refusals as HTTP answers (``security.errors``)."""
+    from ..security import KeyRequestError
+
+    try:
+        return call()
+    except KeyRequestError as e:
+        raise ApiError(e.status, e.kind, str(e)) from None
 
 
 def _map_gateway_error(e: GatewayError) -> ApiError:

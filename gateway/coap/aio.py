@@ -17,6 +17,7 @@ import aiocoap.error  # type: ignore[import-untyped]
 import aiocoap.message  # type: ignore[import-untyped]
 import aiocoap.meta  # type: ignore[import-untyped]
 import aiocoap.resource  # type: ignore[import-untyped]
+from aiocoap import credentials, oscore
 from aiocoap.messagemanager import MessageManager  # type: ignore[import-untyped]
 from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
 from aiocoap.numbers.constants import TransportTuning  # type: ignore[import-untyped]
@@ -24,6 +25,7 @@ from aiocoap.numbers.contentformat import ContentFormat  # type: ignore[import-u
 from aiocoap.numbers.optionnumbers import OptionNumber  # type: ignore[import-untyped]
 from aiocoap.numbers.types import Type  # type: ignore[import-untyped]
 from aiocoap.optiontypes import StringOption  # type: ignore[import-untyped]
+from aiocoap.oscore_sitewrapper import OscoreSiteWrapper  # type: ignore[import-untyped]
 from aiocoap.transports.udp6 import UDP6EndpointAddress  # type: ignore[import-untyped]
 from aiocoap.util import hostportsplit  # type: ignore[import-untyped]
 
@@ -34,6 +36,7 @@ __all__ = [
     "Message",
     "MessageManager",
     "OptionNumber",
+    "OscoreSiteWrapper",
     "PathCapable",
     "Resource",
     "Site",
@@ -42,7 +45,9 @@ __all__ = [
     "Type",
     "UDP6EndpointAddress",
     "aiocoap",
+    "credentials",
     "hostportsplit",
+    "oscore",
 ]
 
 Message = aiocoap.Message

@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 from ..coap.aio import Code
-from ..errors import NotFound, RequestError, StoreError
+from ..errors import Forbidden, NotFound, RequestError, StoreError
 from ..logs import PeerLog
 from ..storage.api import NotificationLink, Registration, SendResult, Storage
 from .senml import Record
@@ -328,6 +328,22 @@ class Registry:
         return replace(reg, state="deregistered")
 
     # -- information reporting interface -----------------------------------------------
+
+    def owned(self, reg_id: str, endpoint: str | None) -> Registration:
+        """The live registration ``reg_id``, when ``endpoint`` (the OSCORE context the
+        request was verified under; None: unprotected) may change it: Update, De-register
+        and Send are accepted only under the context that registered (issue 13)."""
+        reg = self._live(reg_id)
+        if endpoint is not None and reg.endpoint != endpoint:
+            raise Forbidden(f"registration {reg_id} is not {endpoint}'s")
+        return reg
+
+    def sender_endpoint(self, endpoint: str) -> Registration:
+        """The live registration of ``endpoint`` (a Send verified under its context)."""
+        reg = self._store.registration(endpoint)
+        if reg is None or reg.state != "registered" or self._lapsed(reg):
+            raise NotFound(f"{endpoint} is not registered; register first")
+        return reg
 
     def sender(self, host: str, port: int) -> Registration:
         """The live registration the request from ``host``/``port`` belongs to."""

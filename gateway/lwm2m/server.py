@@ -15,8 +15,20 @@ POST /rd/{id}          2.04       4.04 unknown or expired id; 4.00 bad lt, b, li
 DELETE /rd/{id}        2.02       4.04 unknown id
 POST /dp               2.04       4.15 CF not 110/112/11544; 4.04 sender not registered;
                                   4.13 payload too big; 4.00 bad SenML
-any, with OSCORE       --         4.01 (no security context to verify it)
+any, unprotected       --         4.01 in ``oscore`` mode; in NoSec mode (development),
+                                  4.01 for an endpoint that has an OSCORE context
+any, verified          --         4.03 ep or registration of another context
+any, with OSCORE       --         4.01 (no security context verified it)
 =====================  =========  ===========================================================
+
+Security (issue 13): aiocoap's OSCORE site wrapper, above this resource, verifies a
+protected request under the node's context and hands it on with the context in
+``request.remote`` (``verified_endpoint``). A node registers only under its own name,
+and Update, De-register and Send are accepted only under the context that registered
+(``Registry.owned``); a verified Send is the context's, whatever address it came from
+(a new address is taken, as an Update would). ``Admission`` says whether unprotected
+requests are accepted at all (NoSec, a development mode, says so in a rate-limited
+WARNING at every unprotected Register).
 
 A request in Block1 blocks is reassembled by ``coap.blockwise.BoundedSpool`` (in place
 of aiocoap's unbounded spool): 4.13 + Size1 at the block that passes ``max_payload``,
@@ -34,9 +46,8 @@ diagnostic payload; anything else raised while handling is logged as a bug and a
 5.00, and the server keeps serving. The message layer (malformed datagrams,
 retransmissions, in-process deduplication) is aiocoap's, with a compact deduplication
 cache (``coap.layer``); the common Send (CON POST /dp, SenML, one datagram, from a
-registered IPv4 peer) is served below it by ``coap.fastsend`` through ``decode_send`` and
-the same group commit. A request carrying OSCORE that reaches this resource was verified
-by nothing (the gateway has no security context yet; ``coap.wire``): it is refused 4.01.
+registered IPv4 peer, unprotected: NoSec mode) is served below it by ``coap.fastsend``
+through ``decode_send`` and the same group commit.
 
 Register and Send are answered once committed: those that arrive together share one
 transaction (``Registry.submit_register``/``submit_send``, group commit), so the 2.01 or
@@ -48,12 +59,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..coap.aio import Code, PathCapable, Resource, aiocoap, hostportsplit
 from ..coap.blockwise import Block1Limits, BoundedSpool
 from ..errors import (
     BadRequest,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     RequestEntityTooLarge,
@@ -133,15 +145,57 @@ def peer_address(remote: aiocoap.interfaces.EndpointAddress) -> tuple[str, int]:
     return host, COAP_PORT if port is None else port
 
 
+class Admission(Protocol):
+    """Who may use the registration interface: the daemon's security mode and its
+    OSCORE contexts (issue 13). A request verified under a node's context reaches the
+    resource with the context in ``request.remote.security_context`` (aiocoap's OSCORE
+    site wrapper); its ``endpoint`` is the node the context belongs to."""
+
+    @property
+    def secure(self) -> bool:
+        """True: every request must be verified under a node's context (``oscore``)."""
+        ...
+
+    def provisioned(self, endpoint: str) -> bool:
+        """``endpoint`` has a context: it is never accepted unprotected."""
+        ...
+
+    def bind(self, endpoint: str, host: str, port: int) -> None:
+        """``endpoint`` was last verified from ``host``/``port``: requests to it go
+        there, protected under its context."""
+        ...
+
+
+class NoSecurity:
+    """The development mode without contexts: everything unprotected is accepted."""
+
+    secure = False
+
+    def provisioned(self, endpoint: str) -> bool:
+        return False
+
+    def bind(self, endpoint: str, host: str, port: int) -> None:
+        pass
+
+
+def verified_endpoint(request: aiocoap.Message) -> str | None:
+    """The endpoint whose OSCORE context verified ``request``, or None (unprotected)."""
+    ctx = getattr(request.remote, "security_context", None)
+    endpoint = getattr(ctx, "endpoint", None)
+    return endpoint if isinstance(endpoint, str) else None
+
+
 class LwM2MResource(Resource, PathCapable):
     """Root resource of the gateway's CoAP server."""
 
     def __init__(self, registry: Registry, *, max_payload: int, max_records: int,
                  objects: Mapping[int, ObjectDef] | None = None,
                  block1: Block1Limits | None = None,
-                 max_links: int = MAX_LINKS_BYTES) -> None:
+                 max_links: int = MAX_LINKS_BYTES,
+                 admission: Admission | None = None) -> None:
         super().__init__()
         self._registry = registry
+        self._admission: Admission = admission if admission is not None else NoSecurity()
         self._max_payload = max_payload
         self._max_records = max_records
         self._max_links = max_links  # bytes of a registration's object links at most
@@ -190,25 +244,43 @@ class LwM2MResource(Resource, PathCapable):
 
     async def _dispatch(self, request: aiocoap.Message,
                         path: tuple[str, ...]) -> aiocoap.Message:
-        if request.opt.oscore is not None:
-            # OSCORE is verified above this resource (aiocoap's OSCORE site wrapper,
-            # issue 13); one that reaches it was verified by nothing (coap/wire.py)
+        who = verified_endpoint(request)
+        if who is None and request.opt.oscore is not None:
+            # OSCORE is verified above this resource (aiocoap's OSCORE site wrapper);
+            # one that reaches it was verified by nothing (coap/wire.py)
             raise Unauthorized("OSCORE-protected request: no security context")
+        if who is None and self._admission.secure:
+            raise Unauthorized("OSCORE required: this gateway takes protected requests only")
         method = request.code
         if path == ("rd",):
             _allow(method, Code.POST)
-            return await self._register(request)
+            return await self._register(request, who)
         if len(path) == 2 and path[0] == "rd":
+            reg = self._owned(path[1], who)
             if method == Code.POST:
-                return self._update(request, path[1])
+                return self._update(request, reg, who)
             _allow(method, Code.DELETE)
-            return self._deregister(path[1])
+            return self._deregister(reg.reg_id)
         if path == ("dp",):
             _allow(method, Code.POST)
-            return await self._send(request)
+            return await self._send(request, who)
         raise NotFound("no such resource")
 
-    async def _register(self, request: aiocoap.Message) -> aiocoap.Message:
+    def _owned(self, reg_id: str, who: str | None) -> Registration:
+        # the registration an Update / De-register names, if the requester may change
+        # it: the context that registered it, or (NoSec) anyone but for an endpoint that
+        # has a context
+        reg = self._registry.owned(reg_id, who)
+        if who is None:
+            self._unprotected(reg.endpoint)
+        return reg
+
+    def _unprotected(self, endpoint: str) -> None:
+        # an unprotected request concerning endpoint (only in NoSec mode)
+        if self._admission.provisioned(endpoint):
+            raise Unauthorized(f"{endpoint} has an OSCORE context: protect the request")
+
+    async def _register(self, request: aiocoap.Message, who: str | None) -> aiocoap.Message:
         query = _query(request)
         endpoint = query.get("ep")
         if endpoint is None:
@@ -216,6 +288,14 @@ class LwM2MResource(Resource, PathCapable):
         if not valid_endpoint(endpoint):
             raise BadRequest("ep must be 1..255 characters without '/', '+', '#', spaces,"
                              " control characters or Unicode noncharacters")
+        if who is None:
+            self._unprotected(endpoint)
+            _peer_log.warning("nosec", "unprotected Register of %s from %s (NoSec mode:"
+                              " anyone can take this endpoint over)", endpoint[:40],
+                              request.remote.hostinfo)
+        elif endpoint != who:
+            raise Forbidden(f"ep {endpoint[:40]!r} is not the endpoint of the OSCORE"
+                            " context the request was verified under")
         lifetime = _lifetime(query.get("lt", str(DEFAULT_LIFETIME)))
         version = query.get("lwm2m", DEFAULT_LWM2M_VERSION)
         if not valid_version(version):
@@ -229,16 +309,21 @@ class LwM2MResource(Resource, PathCapable):
             endpoint, lifetime=lifetime, lwm2m_version=version, binding=binding,
             object_links=links, host=host, port=port,
         )
+        if who is not None:
+            self._admission.bind(endpoint, host, port)
         return aiocoap.Message(code=Code.CREATED, location_path=("rd", reg.reg_id))
 
-    def _update(self, request: aiocoap.Message, reg_id: str) -> aiocoap.Message:
+    def _update(self, request: aiocoap.Message, reg: Registration,
+                who: str | None) -> aiocoap.Message:
         query = _query(request)
         lt = query.get("lt")
         b = query.get("b")
         links = self._links(request)
         host, port = peer_address(request.remote)
+        if who is not None:
+            self._admission.bind(who, host, port)
         self._registry.update(
-            reg_id, host=host, port=port,
+            reg.reg_id, host=host, port=port,
             lifetime=None if lt is None else _lifetime(lt),
             binding=None if b is None else _binding(b),
             object_links=links,
@@ -256,7 +341,7 @@ class LwM2MResource(Resource, PathCapable):
         self._registry.deregister(reg_id)
         return aiocoap.Message(code=Code.DELETED)
 
-    async def _send(self, request: aiocoap.Message) -> aiocoap.Message:
+    async def _send(self, request: aiocoap.Message, who: str | None) -> aiocoap.Message:
         cf = request.opt.content_format
         if cf is None or int(cf) not in _SEND_FORMATS:
             raise UnsupportedContentFormat(
@@ -267,7 +352,15 @@ class LwM2MResource(Resource, PathCapable):
         # our Update gives for a lost registration, so a client has one rule: on 4.04,
         # register again.
         payload = request.payload
-        reg, records = self.decode_send(peer_address(request.remote), int(cf), payload)
+        if who is not None:  # verified: the context's registration, from any address
+            reg = self._registry.sender_endpoint(who)
+            host, port = peer_address(request.remote)
+            if (reg.host, reg.port) != (host, port):
+                self._admission.bind(who, host, port)
+                reg = self._registry.update(reg.reg_id, host=host, port=port)
+            records = self.decode_records(int(cf), payload)
+        else:
+            reg, records = self.decode_send(peer_address(request.remote), int(cf), payload)
         await self._registry.submit_send(
             reg, token=request.token, content_format=int(cf), payload=payload,
             records=records,
@@ -276,15 +369,22 @@ class LwM2MResource(Resource, PathCapable):
 
     def decode_send(self, peer: tuple[str, int], cf: int,
                     payload: bytes) -> tuple[Registration, list[Record]]:
-        """The registration of the Send's sender and its records (Content-Format ``cf``,
-        one the Send takes); raises the ``RequestError`` to answer with."""
+        """The registration of an unprotected Send's sender and its records
+        (Content-Format ``cf``, one the Send takes); raises the ``RequestError`` to
+        answer with. The fast path (coap/fastsend.py) comes here too."""
+        if self._admission.secure:
+            raise Unauthorized("OSCORE required: this gateway takes protected requests only")
         reg = self._registry.sender(*peer)
+        self._unprotected(reg.endpoint)
+        return reg, self.decode_records(cf, payload)
+
+    def decode_records(self, cf: int, payload: bytes) -> list[Record]:
+        """The records of a Send's payload; raises the ``RequestError`` to answer with."""
         if len(payload) > self._max_payload:
             raise RequestEntityTooLarge(f"payload over {self._max_payload} bytes")
         if cf in DECODERS:  # SenML: the hot path, straight to the decoder
-            return reg, DECODERS[cf](payload, max_records=self._max_records)
-        return reg, codecs.decode(cf, payload, "/", self._objects,
-                                  max_records=self._max_records)
+            return DECODERS[cf](payload, max_records=self._max_records)
+        return codecs.decode(cf, payload, "/", self._objects, max_records=self._max_records)
 
 
 def _allow(method: Code, allowed: Code) -> None:

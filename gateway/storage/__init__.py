@@ -8,7 +8,8 @@ attributes), and the records they trade in (``Registration``, ``SendResult``,
 the REST API, the uplink, ``aiot bench gateway`` and the tests use nothing else.
 
 ``sqlite`` implements it on one SQLite file (``SqliteStorage``; ``dmtables``: the
-device tables on their own connection); ``schema`` holds the tables and the migrations
+device tables on their own connection; ``keytables``: the OSCORE contexts' rows, on
+another, ``Storage.keys``: a ``KeyStorage``, ``OscoreRow``); ``schema`` holds the tables and the migrations
 (``PRAGMA user_version`` -> the step to the next version); ``lock`` keeps a second
 daemon off a database (``DatabaseLock`` on ``<db>.lock``). No SQL lives outside this
 package.
@@ -18,9 +19,11 @@ from .api import (
     DeadLetter,
     DeviceStorage,
     Event,
+    KeyStorage,
     NodeSummary,
     NotificationLink,
     ObservationRow,
+    OscoreRow,
     OutboxEncoder,
     OutboxMessage,
     OutboxRow,
@@ -41,9 +44,11 @@ __all__ = [
     "DeadLetter",
     "DeviceStorage",
     "Event",
+    "KeyStorage",
     "NodeSummary",
     "NotificationLink",
     "ObservationRow",
+    "OscoreRow",
     "OutboxEncoder",
     "OutboxMessage",
     "OutboxRow",

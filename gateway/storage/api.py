@@ -16,7 +16,12 @@ API, the uplink, the benchmark, the tests) sees the database only through these:
     device management's durable state: queued requests and their results,
     observations, Write-Attributes, and the Notifications each observation stored.
 
-``storage.sqlite.SqliteStorage`` implements both on one SQLite file
+``KeyStorage``
+    the gateway's OSCORE security contexts (``Storage.keys``): one row per endpoint with
+    its identifiers, its secrets sealed by ``gateway.security`` (never in clear here),
+    the durable sequence-number bound and the replay window of a clean stop.
+
+``storage.sqlite.SqliteStorage`` implements them on one SQLite file
 (``storage.schema``). A Notification's link to its observation (``NotificationLink``)
 is written by ``record_send`` in the transaction of its readings.
 """
@@ -36,9 +41,11 @@ __all__ = [
     "DeviceStorage",
     "Event",
     "EventKind",
+    "KeyStorage",
     "NodeSummary",
     "NotificationLink",
     "ObservationRow",
+    "OscoreRow",
     "OutboxEncoder",
     "OutboxMessage",
     "OutboxRow",
@@ -254,6 +261,63 @@ class ObservationRow:
     established: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class OscoreRow:
+    """One endpoint's OSCORE security context as stored (``oscore_contexts``).
+
+    ``sealed`` is the master secret and salt encrypted at rest (``gateway.security``);
+    ``seq_bound``: no sender sequence number at or above it was used; ``replay``: the
+    replay window as persisted on a clean close (JSON), None when unknown;
+    ``generation`` counts rotations (a state write of an older one is ignored)."""
+
+    endpoint: str
+    kid: bytes  # the node's sender ID: what the gateway looks up
+    kid_context: bytes | None
+    gateway_id: bytes  # the gateway's sender ID in this context
+    sealed: bytes
+    seq_bound: int
+    replay: str | None
+    created: float
+    rotated: float | None = None
+    revoked: float | None = None
+    exported: float | None = None
+    generation: int = 1
+
+    def __repr__(self) -> str:  # the sealed blob is not shown either
+        return (f"OscoreRow({self.endpoint!r}, kid={self.kid.hex()},"
+                f" generation={self.generation}, revoked={self.revoked})")
+
+
+class KeyStorage(Protocol):
+    """The OSCORE contexts' rows (``oscore_contexts``, ``oscore_meta``). Every call is
+    one short transaction of its own, durable when it returns (a sequence-number bound
+    must be on disk before a number under it goes out), independent of the group
+    commit."""
+
+    def oscore_row(self, endpoint: str) -> OscoreRow | None: ...
+
+    def oscore_rows(self, after: str = "", limit: int = -1) -> list[OscoreRow]: ...
+
+    def oscore_index(self) -> list[tuple[bytes, str]]: ...
+
+    def oscore_kid_taken(self, kid: bytes) -> bool: ...
+
+    def oscore_put(self, row: OscoreRow) -> None: ...
+
+    def oscore_save_state(self, endpoint: str, generation: int, seq_bound: int,
+                          replay: str | None) -> bool: ...
+
+    def oscore_revoke(self, endpoint: str, now: float) -> bool: ...
+
+    def oscore_mark_exported(self, endpoint: str, generation: int, now: float) -> bool: ...
+
+    def oscore_forget_replay(self) -> int: ...
+
+    def oscore_meta(self, key: str) -> str | None: ...
+
+    def oscore_set_meta(self, key: str, value: str) -> None: ...
+
+
 class DeviceStorage(Protocol):
     """Device management's durable state (``dm_*`` tables); each call is one short
     transaction of its own, independent of the group commit."""
@@ -316,6 +380,9 @@ class Storage(Protocol):
 
     @property
     def dm(self) -> DeviceStorage: ...
+
+    @property
+    def keys(self) -> KeyStorage: ...
 
     def close(self) -> None: ...
 

@@ -22,6 +22,8 @@ to version   what the step does
 5            ``outbox.dead``/``outbox.reason``: dead letters (a message the broker
              refused, set aside); ``sends.report``: what identifies a report
              across re-sends (``storage.sqlite.report_key``)
+6            ``oscore_contexts``: each endpoint's OSCORE security context, its
+             secrets sealed (``gateway.security``); ``oscore_meta``
 ===========  ====================================================================
 """
 
@@ -43,7 +45,7 @@ from ..lwm2m.senml import Record, Value, ValueKind
 __all__ = ["MIGRATIONS", "READING_ID_SPAN", "SCHEMA_VERSION", "Migration", "migrate",
            "readings_from_json", "readings_json", "report_key", "version"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 READING_ID_SPAN = 1 << 16  # readings per Send at most (config coap.max_records)
 _DM_META_VERSION = 1  # the last version the pre-4 dm_meta table could hold
 
@@ -283,6 +285,37 @@ CREATE INDEX sends_report ON sends (report) WHERE report IS NOT NULL
 """
 
 
+# Version 6: OSCORE security contexts (gateway/security), one per endpoint.
+# ``sealed`` holds the master secret and salt encrypted with the gateway's at-rest key
+# (AES-256-GCM, bound to endpoint and identifiers: gateway/security/atrest.py); nothing
+# secret is stored in clear. ``kid`` (the node's sender ID, what an incoming request
+# names) is unique, revoked rows included, so a revoked kid is never given to another
+# endpoint while its row stays. ``seq_bound``: the gateway used no sender sequence
+# number at or above it (RFC 8613 B.1.1); ``replay``: the replay window written at a
+# clean close (JSON), NULL when unknown (B.1.2: Echo recovery). ``oscore_meta`` holds
+# the key check and whether the last run ended cleanly.
+_SCHEMA_V6 = """
+CREATE TABLE oscore_contexts (
+    endpoint    TEXT PRIMARY KEY,
+    kid         BLOB NOT NULL UNIQUE,
+    kid_context BLOB,
+    gateway_id  BLOB NOT NULL,
+    sealed      BLOB NOT NULL,
+    seq_bound   INTEGER NOT NULL DEFAULT 0,
+    replay      TEXT,
+    created     REAL NOT NULL,
+    rotated     REAL,
+    revoked     REAL,
+    exported    REAL,
+    generation  INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE oscore_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID
+"""
+
+
 class Migration(NamedTuple):
     """What brings a file from one ``user_version`` to the next."""
 
@@ -297,6 +330,7 @@ MIGRATIONS: dict[int, Migration] = {
     2: Migration(_SCHEMA_V3),
     3: Migration(_SCHEMA_V4, _v4_from_dm_meta),
     4: Migration(_SCHEMA_V5),
+    5: Migration(_SCHEMA_V6),
 }
 
 

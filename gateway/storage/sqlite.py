@@ -19,7 +19,9 @@ Device management's tables (``dm``, ``storage.dmtables``) are used through a sec
 connection to the same file (WAL lets both work side by side): its short transactions
 never wait for a group commit's fsync. A Notification's ``dm_notifications`` row is the
 exception: ``record_send`` writes it on this connection, in the transaction of its
-readings.
+readings. The OSCORE contexts (``keys``, ``storage.keytables``) have a third connection
+for the same reason, and one more: a sequence-number bound they write must be durable
+when the call returns, never held in a group commit.
 
 A report is stored once: a node that re-sends, with a new token, a report the gateway
 committed but did not acknowledge (it crashed) is answered as for a retransmission,
@@ -68,6 +70,7 @@ from .api import (
     StoredValue,
 )
 from .dmtables import KEEP_FINISHED_MAX, KEEP_FINISHED_S, SqliteDeviceStorage
+from .keytables import SqliteKeyStorage
 from .schema import READING_ID_SPAN, readings_from_json, readings_json, report_key
 
 __all__ = ["EXCHANGE_LIFETIME_S", "KEEP_DEAD", "LATEST_MAX_PATHS", "LATEST_MAX_SENDS",
@@ -95,10 +98,12 @@ class SqliteStorage:
     ``SqliteStorage.open()``."""
 
     def __init__(self, conn: sqlite3.Connection, encoder: OutboxEncoder | None,
-                 dm: SqliteDeviceStorage | None) -> None:
+                 dm: SqliteDeviceStorage | None,
+                 keys: SqliteKeyStorage | None = None) -> None:
         self._conn = conn
         self._encoder = encoder
         self._dm = dm
+        self._keys = keys
         self._in_batch = False
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # on first use
         self._committing: concurrent.futures.Future[None] | None = None
@@ -150,13 +155,20 @@ class SqliteStorage:
                 raise
             dm = SqliteDeviceStorage(dm_conn, keep_finished_s=keep_finished_s,
                                      keep_finished_max=keep_finished_max)
+            keys_conn = _connect(path)
+            try:
+                keys_conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            except sqlite3.Error:
+                keys_conn.close()
+                dm.close()
+                raise
         except sqlite3.Error as e:
             conn.close()
             raise StoreError(f"{path}: {e}") from e
         except StoreError:
             conn.close()
             raise
-        return cls(conn, encoder, dm)
+        return cls(conn, encoder, dm, SqliteKeyStorage(keys_conn))
 
     @property
     def dm(self) -> SqliteDeviceStorage:
@@ -165,6 +177,13 @@ class SqliteStorage:
             raise StoreError("opened read-only: no device-management tables")
         return self._dm
 
+    @property
+    def keys(self) -> SqliteKeyStorage:
+        """The OSCORE security contexts' tables (``storage.keytables``)."""
+        if self._keys is None:
+            raise StoreError("opened read-only: no OSCORE contexts")
+        return self._keys
+
     def close(self) -> None:
         self.settle()
         if self._writer is not None:
@@ -172,6 +191,8 @@ class SqliteStorage:
             self._writer = None
         if self._dm is not None:
             self._dm.close()
+        if self._keys is not None:
+            self._keys.close()
         self._conn.close()
 
     def __enter__(self) -> Self:

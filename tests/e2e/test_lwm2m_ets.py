@@ -77,7 +77,7 @@ async def node_and_gateway(tmp_path: Path, node_firmware, **node_cfg: object
     conf.write_text('[gateway]\nid = "ets"\ndb = "gw.db"\nsecurity = "nosec"\n'
                     f"[coap]\nport = {free_port()}\n[dm]\nrequest_timeout_s = 10.0\n"
                     "[shadow]\nenabled = false\n")
-    gw = Gateway(load_config(conf))
+    gw = Gateway(load_config(conf), allow_nosec=True)
     events = Events()
     await gw.start()
     gw.registry.add_listener(events)

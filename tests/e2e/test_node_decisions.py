@@ -60,7 +60,7 @@ def test_four_nodes_decide_on_real_recordings_and_the_gateway_agrees(
     sub = Subscriber(mosquitto.host, mosquitto.port, "aiot/test/#")
     try:
         fleet = Fleet(FleetConfig(gateway=gw.uri, nodes=4, workdir=tmp_path / "nodes",
-                                  report_ms=100))
+                                  report_ms=100), provision=gw.provision())
         fleet.prepare()
         signal_of = {}
         for node in fleet.nodes:
@@ -142,6 +142,7 @@ async def test_gateway_flags_a_decision_the_models_do_not_give(tmp_path, gateway
 
     async def main() -> list[str]:
         ctx = await aiocoap.Context.create_client_context()
+        ctx.client_credentials = gateway.client_credentials("liar", tmp_path / "keys")
         try:
             reg = aiocoap.Message(code=aiocoap.POST, uri=f"{gateway.uri}/rd?ep=liar&lt=60",
                                   payload=b"</33002/0>")

@@ -136,7 +136,7 @@ async def _offline_then_online(tmp_path: Path, node_firmware) -> None:
         # 1. nobody listens on the gateway's port: the node measures and logs
         await node.start()
         await node.wait_for(r" logged \d+$", count=5)
-        gw = Gateway(load_config(conf))
+        gw = Gateway(load_config(conf), allow_nosec=True)
         await gw.start()
         up = time.time()
         offline = _logged(node, 0)
@@ -163,7 +163,7 @@ async def _offline_then_online(tmp_path: Path, node_firmware) -> None:
         await node.kill()
         lost_in_power_cut = _logged(node, mark)
         killed = time.time()
-        gw = Gateway(load_config(conf))
+        gw = Gateway(load_config(conf), allow_nosec=True)
         await gw.start()
         before = len(_windows(gw))
         mark = node.mark()
@@ -194,7 +194,7 @@ async def _bootstrap(tmp_path: Path, node_firmware) -> None:
     conf = _gateway_config(tmp_path, free_port(),
                            f"[bootstrap]\nenabled = true\nport = {bs_port}\n"
                            '[bootstrap.default]\nuri = ""\n')
-    gw = Gateway(load_config(conf))
+    gw = Gateway(load_config(conf), allow_nosec=True)
     await gw.start()
     node_dir = _node_dir(tmp_path, bootstrap=f"coap://127.0.0.1:{bs_port}")
     node = Node(node_dir, node_firmware)

@@ -110,7 +110,8 @@ def test_three_nodes_register_send_survive_gateway_restart_and_deregister(
     sub = Subscriber(mosquitto.host, mosquitto.port, "aiot/test/#")
     try:
         fleet = Fleet(FleetConfig(gateway=gw.uri, nodes=3, workdir=tmp_path / "nodes",
-                                  lifetime=20, window=256, report_ms=200))
+                                  lifetime=20, window=256, report_ms=200),
+                      provision=gw.provision())  # OSCORE: keys through the REST API
         fleet.prepare()
         nodes = {}
         for node in fleet.nodes:

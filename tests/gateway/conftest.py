@@ -40,6 +40,7 @@ def gateway_config(tmp_path: Path) -> Callable[..., GatewayConfig]:
 
 @contextlib.asynccontextmanager
 async def _running_gateway(config: GatewayConfig, **kwargs: Any) -> AsyncIterator[Gateway]:
+    kwargs.setdefault("allow_nosec", config.gateway.security == "nosec")
     gw = Gateway(config, **kwargs)
     await gw.start()
     try:

@@ -31,7 +31,8 @@ def config_file(tmp_path: Path, port: int, name: str = "gw.toml") -> Path:
 
 def daemon(config: Path, processes: list[ManagedProcess]) -> ManagedProcess:
     proc = ManagedProcess(
-        "gateway", [sys.executable, "-m", "aiotkit.gateway.app", str(config)]
+        "gateway", [sys.executable, "-m", "aiotkit.gateway.app", str(config),
+                    "--allow-nosec"]
     ).start()
     processes.append(proc)
     return proc

@@ -121,7 +121,7 @@ def test_a_mistyped_password_is_not_echoed(tmp_path):
     ("[gateway\n", "TOML syntax error"),
     ("[coap]\nport = \"x\"\n", "coap.port: must be an integer"),
     ("[gateway]\nunknown = 1\n", "unknown key gateway.unknown"),
-    ("", 'gateway.security: "oscore" is not implemented yet'),
+    ('[gateway]\nsecurity = "nosec"\n', "only with --allow-nosec"),
 ])
 def test_run_cli_reports_config_errors_in_one_line_and_exits_2(tmp_path, capsys, text,
                                                               expect):
@@ -132,7 +132,7 @@ def test_run_cli_reports_config_errors_in_one_line_and_exits_2(tmp_path, capsys,
     assert len(lines) == 1 and expect in lines[0] and str(path) in lines[0], err
 
 
-def test_oscore_error_points_at_the_development_option(tmp_path, capsys):
-    assert run_cli(str(write(tmp_path, '[gateway]\nsecurity = "oscore"\n'))) == 2
+def test_nosec_in_the_config_alone_does_not_start_a_gateway(tmp_path, capsys):
+    assert run_cli(str(write(tmp_path, '[gateway]\nsecurity = "nosec"\n'))) == 2
     err = capsys.readouterr().err
-    assert 'security = "nosec"' in err and "development only" in err
+    assert "--allow-nosec" in err and "development only" in err

@@ -56,7 +56,7 @@ def test_gateway_killed_right_after_acknowledging_a_send_has_stored_it(tmp_path)
         sock.bind(("127.0.0.1", 0))
         for run in range(3):
             gw = ServerProcess("the gateway", [sys.executable, "-m", "aiotkit.gateway.app",
-                                               str(cfg)],
+                                               str(cfg), "--allow-nosec"],
                                tmp_path / f"gateway-{run}.log", "aiot gateway ready",
                                tmp_path)
             gw.start()

@@ -14,7 +14,7 @@ from plugins.services import aiot_cmd, free_port
 
 
 def run_second(config) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(aiot_cmd("gateway", "run", "--config", str(config)),
+    return subprocess.run(aiot_cmd("gateway", "run", "--config", str(config), "--allow-nosec"),
                           capture_output=True, text=True, timeout=60, check=False,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
@@ -45,14 +45,14 @@ def test_second_gateway_on_the_same_database_refuses_to_start_naming_the_first(
 async def test_second_gateway_in_process_is_refused_until_the_first_shut_down(
         gateway_config):
     cfg = gateway_config()
-    first = Gateway(cfg)
+    first = Gateway(cfg, allow_nosec=True)
     await first.start()
     try:
         with pytest.raises(DatabaseLocked, match=rf"\(pid {os.getpid()} on "):
-            await Gateway(gateway_config(name="other.toml")).start()
+            await Gateway(gateway_config(name="other.toml"), allow_nosec=True).start()
     finally:
         await first.shutdown()
-    again = Gateway(cfg)
+    again = Gateway(cfg, allow_nosec=True)
     await again.start()
     await again.shutdown()
 

@@ -49,7 +49,7 @@ async def test_int101_int102_int306_int103_libcoap_client_through_a_registration
         '[gateway]\nid = "lc"\ndb = "gw.db"\nsecurity = "nosec"\n'
         f"[coap]\nport = {port}\n"
         '[rest]\nenabled = true\nport = 0\ntokens_file = "tokens"\n')
-    gw = Gateway(load_config(conf))
+    gw = Gateway(load_config(conf), allow_nosec=True)
     await gw.start()
     try:
         me = str(free_port())

@@ -31,7 +31,7 @@ async def _gateway(tmp_path: Path) -> Gateway:
         '[gateway]\nid = "interop"\ndb = "gw.db"\nsecurity = "nosec"\n'
         f"[coap]\nport = {free_port()}\n[dm]\nrequest_timeout_s = 5.0\n"
         '[rest]\nenabled = true\nport = 0\ntokens_file = "tokens"\n')
-    gw = Gateway(load_config(conf))
+    gw = Gateway(load_config(conf), allow_nosec=True)
     await gw.start()
     return gw
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -203,13 +205,24 @@ def aiot_cmd(*args: str) -> list[str]:
 
 
 class GatewayProcess:
-    """``aiot gateway run`` as a real subprocess on a free UDP port with its own database."""
+    """``aiot gateway run`` as a real subprocess on a free UDP port with its own database:
+    OSCORE required (an at-rest key file of its own) and the REST API on a free TCP port
+    with an admin ``token`` (``provision`` gives simulated nodes their keys through it);
+    ``security="nosec"`` for the tests about NoSec."""
 
-    def __init__(self, workdir: Path, mqtt: Mosquitto | None = None, extra: str = ""):
+    def __init__(self, workdir: Path, mqtt: Mosquitto | None = None, extra: str = "",
+                 security: str = "oscore"):
         self.workdir = workdir
         self.port = free_port()
+        self.rest_port = free_port(socket.SOCK_STREAM)
         self.db = workdir / "gateway.db"
         self.config = workdir / "gateway.toml"
+        self.security = security
+        self.token = secrets.token_hex(16)
+        (workdir / "rest-tokens").write_text(f"admin {self.token} tests\n")
+        key = workdir / "gateway.key"
+        key.write_text(secrets.token_hex(32) + "\n")
+        key.chmod(0o600)
         mqtt_conf = (
             f'[mqtt]\nenabled = true\nhost = "{mqtt.host}"\nport = {mqtt.port}\n'
             'topic_prefix = "aiot/test"\n'
@@ -220,10 +233,13 @@ class GatewayProcess:
             "[gateway]\n"
             'id = "test"\n'
             f'db = "{self.db}"\n'
-            'security = "nosec"\n'
+            f'security = "{security}"\n'
             "[coap]\n"
             'host = "127.0.0.1"\n'
-            f"port = {self.port}\n" + mqtt_conf + extra
+            f"port = {self.port}\n"
+            '[security]\nkey_file = "gateway.key"\n'
+            f'[rest]\nenabled = true\nport = {self.rest_port}\ntokens_file = "rest-tokens"\n'
+            + mqtt_conf + extra
         )
         self.proc: ManagedProcess | None = None
 
@@ -231,10 +247,44 @@ class GatewayProcess:
     def uri(self) -> str:
         return f"coap://127.0.0.1:{self.port}"
 
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def provision(self) -> Any:
+        """The simulator's provisioner for this gateway (None for a NoSec one)."""
+        if self.security == "nosec":
+            return None
+        from aiotkit.tools.sim import rest_provisioner
+
+        return rest_provisioner(self.rest_url, self.token)
+
+    def client_credentials(self, endpoint: str, folder: Path) -> Any:
+        """aiocoap client credentials that act as node ``endpoint`` (keys made through
+        the REST API, written as ``aiot keys export`` writes them)."""
+        from aiocoap import oscore
+        from aiocoap.credentials import CredentialsMap
+        from aiotkit.gateway.security import write_credentials
+
+        provision = self.provision()
+        assert provision is not None, "a NoSec gateway has no keys"
+        write_credentials(folder, provision(endpoint), self.uri)
+        creds = CredentialsMap()
+        creds[f"{self.uri}/*"] = oscore.FilesystemSecurityContext(str(folder / endpoint))
+        return creds
+
+    def sim_args(self) -> list[str]:
+        """``aiot sim`` options that give its nodes their keys from this gateway."""
+        if self.security == "nosec":
+            return ["--nosec"]
+        return ["--url", self.rest_url, "--token", self.token]
+
     def start(self, processes: list[ManagedProcess]) -> ManagedProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        nosec = ["--allow-nosec"] if self.security == "nosec" else []
         self.proc = ManagedProcess(
-            "gateway", aiot_cmd("gateway", "run", "--config", str(self.config)), env=env
+            "gateway", aiot_cmd("gateway", "run", "--config", str(self.config), *nosec),
+            env=env
         ).start()
         processes.append(self.proc)
         self.proc.wait_for(r"aiot gateway ready", timeout=30)
@@ -249,10 +299,11 @@ def gateway_factory(tmp_path: Path, processes):
     """Build (not start) gateways: ``gw = gateway_factory(mqtt=broker); gw.start(processes)``."""
     made: list[GatewayProcess] = []
 
-    def make(mqtt: Mosquitto | None = None, extra: str = "", name: str = "gw") -> GatewayProcess:
+    def make(mqtt: Mosquitto | None = None, extra: str = "", name: str = "gw",
+             security: str = "oscore") -> GatewayProcess:
         d = tmp_path / name
         d.mkdir(exist_ok=True)
-        gw = GatewayProcess(d, mqtt, extra)
+        gw = GatewayProcess(d, mqtt, extra, security)
         made.append(gw)
         return gw
 

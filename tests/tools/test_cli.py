@@ -32,11 +32,14 @@ def test_console_script_is_installed():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["sim", "--gateway", "http://127.0.0.1:5683"], "is not a coap://HOST:PORT URI"),
-        (["sim", "--gateway", "coap://127.0.0.1:99999"], "invalid port"),
-        (["sim", "--gateway", "coap://h:1", "--nodes", "0"], "must be greater than 0"),
-        (["sim", "--gateway", "coap://h:1", "--heap", "lots"], "is not like 64K"),
-        (["sim", "--gateway", "coap://h:1", "--signal", "missing.i16"], "does not exist"),
+        (["sim", "--nosec", "--gateway", "http://127.0.0.1:5683"],
+         "is not a coap://HOST:PORT URI"),
+        (["sim", "--nosec", "--gateway", "coap://127.0.0.1:99999"], "invalid port"),
+        (["sim", "--nosec", "--gateway", "coap://h:1", "--nodes", "0"], "must be greater than 0"),
+        (["sim", "--nosec", "--gateway", "coap://h:1", "--heap", "lots"], "is not like 64K"),
+        (["sim", "--nosec", "--gateway", "coap://h:1", "--signal", "missing.i16"],
+         "does not exist"),
+        (["sim", "--gateway", "coap://h:1"], "the nodes need OSCORE keys: give --token"),
         (["gateway", "run", "--config", "missing.toml"], "missing.toml"),
     ],
 )
@@ -60,7 +63,7 @@ def test_sim_runs_nodes_that_register_and_deregister(tmp_path, gateway, processe
     sim = ManagedProcess(
         "sim",
         aiot_cmd("sim", "--nodes", "2", "--gateway", gateway.uri, "--dir", str(tmp_path),
-                 "--report-ms", "200", "--window", "128"),
+                 "--report-ms", "200", "--window", "128", *gateway.sim_args()),
     ).start()
     processes.append(sim)
     for ep in ("node-1", "node-2"):
@@ -128,7 +131,7 @@ def test_sim_shows_progress_without_verbose(tmp_path, gateway, processes, microp
         "sim",
         aiot_cmd("sim", "--nodes", "1", "--gateway", gateway.uri, "--dir", str(tmp_path),
                  "--report-ms", "200", "--window", "128", "--progress", "0.5",
-                 "--no-models"),
+                 "--no-models", *gateway.sim_args()),
     ).start()
     processes.append(sim)
     sim.wait_for(r"^aiot sim: node-1 registered [1-9]\d* sent$", timeout=30)

@@ -39,7 +39,7 @@ async def gateway_with_node(tmp_path: Path, *, node: bool = True,
         '[gateway]\nid = "cli"\ndb = "gw.db"\nsecurity = "nosec"\n'
         f"[coap]\nport = {free_port()}\n[dm]\nrequest_timeout_s = 2.0\n"
         '[rest]\nenabled = true\nport = 0\ntokens_file = "tokens"\n')
-    gw = Gateway(load_config(conf))
+    gw = Gateway(load_config(conf), allow_nosec=True)
     await gw.start()
     try:
         if not node:

@@ -978,10 +978,10 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     cfg = gateway_config(work, gw_port, rest_port)
     db = work / "gateway.db"
     py = sys.executable
-    gw_cmd = [py, "-m", "aiotkit.gateway.app", str(cfg)]
+    gw_cmd = [py, "-m", "aiotkit.gateway.app", str(cfg), "--allow-nosec"]
     if args.profile:
         gw_cmd = [py, "-m", "cProfile", "-o", str(Path(args.profile).resolve()),
-                  "-m", "aiotkit.gateway.app", str(cfg)]
+                  "-m", "aiotkit.gateway.app", str(cfg), "--allow-nosec"]
     gw = _Server("gateway", ServerProcess("the gateway", gw_cmd, work / "gateway.log",
                                           "aiot gateway ready", work),
                  ("127.0.0.1", gw_port))

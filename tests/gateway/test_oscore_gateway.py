@@ -1,0 +1,180 @@
+"""The gateway with OSCORE required (``security = "oscore"``, the default) against nodes
+played by aiocoap with the node side ``aiot keys export`` gives (aiocoap's own OSCORE,
+a peer not written here): registration, Send and device management protected end to
+end, and the attacks of issue 13 refused with nothing stored.
+
+Before, with NoSec, anyone on the network took a node over: the registration id is in
+the retained MQTT status, an Update from another address moved the registration to the
+attacker (whose Sends were then stored as the victim's), and a DELETE removed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiocoap
+import cbor2
+import pytest
+from aiocoap import oscore, resource
+from aiocoap.credentials import CredentialsMap
+from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+from aiotkit.gateway.app import Gateway
+from aiotkit.gateway.config import load_config
+from aiotkit.gateway.security import generate_key_hex, write_credentials
+from plugins.services import free_port
+
+LINKS = b'</>;rt="oma.lwm2m";ct=112,</3/0>'
+
+
+class Device(resource.Resource):
+    """/3/0/0 of a node: its manufacturer, to protected requests only."""
+
+    async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+        if getattr(request.remote, "security_context", None) is None:
+            return aiocoap.Message(code=aiocoap.UNAUTHORIZED)
+        return aiocoap.Message(payload=cbor2.dumps([{-2: "/3/0/", 0: "0", 3: "acme"}]),
+                               content_format=112)
+
+
+class Node:
+    """An aiocoap context on its own port, holding one node's exported OSCORE side for
+    its requests to the gateway and for the gateway's requests to it."""
+
+    def __init__(self, ctx: aiocoap.Context, gateway: str) -> None:
+        self.ctx = ctx
+        self.gateway = gateway
+        self.location: tuple[str, ...] = ()
+
+    async def ask(self, code: Any, path: str, payload: bytes = b"", *, query: str = "",
+                  cf: int | None = None, location: tuple[str, ...] = ()) -> aiocoap.Message:
+        uri = f"{self.gateway}/{'/'.join(location) if location else path.strip('/')}"
+        msg = aiocoap.Message(code=code, uri=uri + (f"?{query}" if query else ""),
+                              payload=payload, content_format=cf)
+        return await self.ctx.request(msg).response
+
+    async def register(self, ep: str) -> aiocoap.Message:
+        r = await self.ask(aiocoap.POST, "rd", LINKS, query=f"ep={ep}&lt=60&lwm2m=1.1",
+                           cf=40)
+        if r.code == aiocoap.CREATED:
+            self.location = tuple(r.opt.location_path)
+        return r
+
+    async def send(self, value: int, location: tuple[str, ...] = ()) -> aiocoap.Message:
+        pack = cbor2.dumps([{-2: "/33000/0/", 0: "0", 2: value}])
+        return await self.ask(aiocoap.POST, "dp", pack, cf=112)
+
+
+@contextlib.asynccontextmanager
+async def oscore_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    (tmp_path / "gw.key").write_text(generate_key_hex() + "\n")
+    (tmp_path / "gw.key").chmod(0o600)
+    conf = tmp_path / "gw.toml"
+    conf.write_text('[gateway]\nid = "osc"\ndb = "gw.db"\n'  # security: the default
+                    f'[coap]\nport = {free_port()}\n[security]\nkey_file = "gw.key"\n'
+                    "[dm]\nrequest_timeout_s = 10.0\n[shadow]\nenabled = false\n")
+    gw = Gateway(load_config(conf))
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def node(gw: Gateway, folder: Path, ep: str | None,
+               name: str = "") -> AsyncIterator[Node]:
+    """A node holding ``ep``'s exported context (None: no context, unprotected)."""
+    creds = CredentialsMap()
+    if ep is not None:
+        if gw.keys is None:
+            raise AssertionError("the gateway has no key store")
+        gw.keys.create(ep)
+        write_credentials(folder, gw.keys.export(ep).to_json(), gw.coap_uri)
+        sc = oscore.FilesystemSecurityContext(str(folder / ep))  # one: it locks its folder
+        creds[f"{gw.coap_uri}/*"] = sc
+        creds[":gateway"] = sc
+    site = resource.Site()
+    site.add_resource(["3", "0", "0"], Device())
+    ctx = await aiocoap.Context.create_server_context(
+        OscoreSiteWrapper(site, creds), bind=("127.0.0.1", free_port()),
+        transports=["oscore", "udp6"])
+    ctx.client_credentials = creds
+    try:
+        yield Node(ctx, gw.coap_uri)
+    finally:
+        await ctx.shutdown()
+
+
+def stored_values(gw: Gateway, ep: str) -> list[object]:
+    return [r.value for r in gw.store.readings() if r.endpoint == ep]
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_node_registers_sends_and_is_managed_under_its_oscore_context(tmp_path):
+    async with oscore_gateway(tmp_path) as gw, node(gw, tmp_path / "a", "node-a") as a:
+        r = await a.register("node-a")
+        assert r.code == aiocoap.CREATED, r
+        assert (await a.send(7)).code == aiocoap.CHANGED
+        assert stored_values(gw, "node-a") == [7]
+        # device management goes to the node protected, under the same context
+        res = await gw.dm.read("node-a", "/3/0/0")
+        assert res.code == "2.05" and res.values == {"/3/0/0": "acme"}
+        r = await a.ask(aiocoap.POST, "", location=a.location)  # Update
+        assert r.code == aiocoap.CHANGED
+        r = await a.ask(aiocoap.DELETE, "", location=a.location)
+        assert r.code == aiocoap.DELETED
+        assert gw.store.registration("node-a").state == "deregistered"
+
+
+@pytest.mark.timeout_s(60)
+async def test_unprotected_requests_are_refused_4_01_when_oscore_is_required(tmp_path):
+    async with oscore_gateway(tmp_path) as gw, node(gw, tmp_path / "p", None) as plain:
+        r = await plain.register("anyone")
+        assert r.code == aiocoap.UNAUTHORIZED
+        assert gw.store.registration("anyone") is None
+        assert (await plain.send(1)).code == aiocoap.UNAUTHORIZED
+
+
+@pytest.mark.timeout_s(60)
+async def test_the_takeover_is_refused_registration_update_send_and_delete(tmp_path):
+    """The attack of the issue, with and without a valid context of another node."""
+    async with (oscore_gateway(tmp_path) as gw,
+                node(gw, tmp_path / "v", "victim") as victim,
+                node(gw, tmp_path / "m", "mallory") as mallory,
+                node(gw, tmp_path / "x", None) as plain):
+        assert (await victim.register("victim")).code == aiocoap.CREATED
+        before = gw.store.registration("victim")
+        # a valid context of another node cannot register under the victim's name
+        r = await mallory.register("victim")
+        assert r.code == aiocoap.FORBIDDEN, r
+        # nor update, delete or send into the victim's registration
+        assert (await mallory.ask(aiocoap.POST, "", location=victim.location)).code \
+            == aiocoap.FORBIDDEN
+        assert (await mallory.ask(aiocoap.DELETE, "", location=victim.location)).code \
+            == aiocoap.FORBIDDEN
+        assert (await mallory.register("mallory")).code == aiocoap.CREATED
+        assert (await mallory.send(666)).code == aiocoap.CHANGED
+        # unprotected, nothing at all
+        assert (await plain.ask(aiocoap.POST, "", location=victim.location)).code \
+            == aiocoap.UNAUTHORIZED
+        assert (await plain.ask(aiocoap.DELETE, "", location=victim.location)).code \
+            == aiocoap.UNAUTHORIZED
+        after = gw.store.registration("victim")
+        assert after.state == "registered" and (after.host, after.port) == (
+            before.host, before.port)
+        assert stored_values(gw, "victim") == [] and stored_values(gw, "mallory") == [666]
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_revoked_context_is_refused_and_the_registration_stays_its_own(tmp_path):
+    async with oscore_gateway(tmp_path) as gw, node(gw, tmp_path / "a", "node-a") as a:
+        assert (await a.register("node-a")).code == aiocoap.CREATED
+        assert gw.keys is not None
+        gw.keys.revoke("node-a")
+        with pytest.raises(oscore.NotAProtectedMessage) as info:  # an unknown kid now:
+            await a.send(1)  # the gateway's 4.01 cannot be protected (RFC 8613 8.2)
+        assert info.value.plain_message.code == aiocoap.UNAUTHORIZED
+        assert stored_values(gw, "node-a") == []
