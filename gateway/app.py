@@ -253,7 +253,8 @@ class Gateway:
         if self._uplink is not None:
             await self._uplink.start()
         if cfg.bootstrap.enabled:
-            bs = BootstrapServer(cfg.bootstrap, server_uri=cfg.coap_uri)
+            bs = BootstrapServer(cfg.bootstrap, server_uri=cfg.coap_uri, keys=self.keys,
+                                 secure=cfg.gateway.security == "oscore")
             try:
                 await bs.start()
             except OSError as e:

@@ -1,10 +1,10 @@
 # The node's LwM2M object model (OMA-TS-LightweightM2M_Core-V1_1 section 7.1): every
 # object is an Obj with a resource table and get/put/run methods; values pass through
 # one preallocated Val, so reading an integer, a string or a fixed-point sample (code *
-# 2**e) allocates nothing. The standard objects live here: 0 Security (from the
-# config; only the client reads it), 1 Server, 3 Device, 4 Connectivity Monitoring,
-# 5 Firmware Update (the state machine only) and 16 Portfolio (the multi-instance object
-# a server may Create and Delete). Resource IDs and types follow gateway/objects/*.xml.
+# 2**e) allocates nothing. The standard objects live here: 0 Security and 21 OSCORE
+# (from the config or a bootstrap; only the client reads them), 1 Server, 3 Device,
+# 4 Connectivity Monitoring, 5 Firmware Update (the state machine only) and 16 Portfolio
+# (the multi-instance object a server may Create and Delete). Resource IDs and types follow gateway/objects/*.xml.
 from micropython import const
 import gc
 import time
@@ -17,6 +17,7 @@ T_STR = const(3)
 T_BOOL = const(4)
 T_OPQ = const(5)
 T_TIME = const(6)
+T_LNK = const(7)  # Objlnk "O:I" (Security /0/x/17; never served: /0 and /21 are 4.01)
 S = const(0x08)  # not an LwM2M operation: sent in the node's reports (report.py)
 R = const(0x10)
 W = const(0x20)
@@ -139,15 +140,20 @@ class Obj:
 
 
 class Security(Obj):
-    """Object 0 (one instance, the gateway of the config, NoSec): the client's own
-    record. A LwM2M Server may not access it (Core section 7.1.1): 4.01."""
+    """Object 0 (one instance, the server account of the config or a bootstrap): URI,
+    bootstrap false, mode 3 NoSec, short server id and, with an OSCORE context, 17
+    OSCORE Security Mode linking to /21/0 (Core 1.1 E.1: OSCORE protects the exchange,
+    no (D)TLS under it). A LwM2M Server may not access it (Core section 7.1.1): 4.01."""
 
     oid = 0
-    res = (0 << 8 | T_STR, 1 << 8 | T_BOOL, 2 << 8 | T_INT, 10 << 8 | T_INT)
+    res = (0 << 8 | T_STR, 1 << 8 | T_BOOL, 2 << 8 | T_INT, 10 << 8 | T_INT, 17 << 8 | T_LNK)
+    lnk = None  # b"21:0" in OSCORE mode (a class default: no RAM without it)
 
     def __init__(self, cfg):
         self.uri = cfg["gateway"]
         self.ssid = 1
+        if "oscore" in cfg:
+            self.lnk = b"21:0"
 
     def get(self, iid, rid, ri, v):
         if rid == 0:
@@ -155,9 +161,37 @@ class Security(Obj):
         elif rid == 1:
             v.bool(False)
         elif rid == 2:
-            v.int(3)  # NoSec
-        else:
+            v.int(3)  # NoSec at the transport layer; OSCORE comes with 17
+        elif rid == 10:
             v.int(self.ssid)
+        else:
+            v.str(self.lnk or b"")  # 17: "" when the account has no OSCORE
+
+
+class Oscore(Obj):
+    """Object 21 OSCORE, one instance (0): the node's context with its server, as the
+    config's "oscore" or a bootstrap gave it (oscore/keys.py parse: bytes). No resource
+    has an operation: only a bootstrap server writes it (lwm2m/bootstrap.py); a LwM2M
+    Server gets 4.01 (Core section 7.1.1, as for /0); nothing here prints a value."""
+
+    oid = 21
+    res = (0 << 8 | T_OPQ, 1 << 8 | T_OPQ, 2 << 8 | T_OPQ, 3 << 8 | T_INT, 4 << 8 | T_INT,
+           5 << 8 | T_OPQ, 6 << 8 | T_OPQ)
+    _NAMES = ("secret", "sender_id", "recipient_id", None, None, "salt", "id_context")
+
+    def __init__(self, keys):
+        self._k = keys
+
+    def __repr__(self):
+        return "<OSCORE /21/0>"
+
+    def get(self, iid, rid, ri, v):
+        if rid == 3:
+            v.int(10)  # AES-CCM-16-64-128 (RFC 8152 table 10), the node's only AEAD
+        elif rid == 4:
+            v.int(-10)  # HKDF SHA-256 (RFC 8613 section 3.2.1)
+        else:
+            v.opaque(self._k[self._NAMES[rid]] or b"")  # id_context None: b""
 
 
 class Server(Obj):

@@ -19,11 +19,13 @@
 # (storage/serverobj.py) once the answer is out, and restored before the first Register
 # after a reboot.
 #
-# OSCORE (RFC 8613; config "oscore", oscore/keys.py): the UDP transport is wrapped in
-# oscore/transport.py OscoreTransport, so every exchange with the server (Register,
-# Update, De-register, Send, the answers to its requests and the notifications) is
-# protected; the sender sequence bound is kept in oscore.seq. The bootstrap exchange is
-# not protected yet.
+# OSCORE (RFC 8613; config "oscore", oscore/keys.py, or the /21 instance a bootstrap
+# delivered with the account, which wins: the gateway issued it last): the UDP transport
+# is wrapped in oscore/transport.py OscoreTransport, so every exchange with the server
+# (Register, Update, De-register, Send, the answers to its requests and the
+# notifications) is protected; the sender sequence bound is kept in oscore.seq. The
+# bootstrap exchange is protected with config "bootstrap_oscore" (lwm2m/bootstrap.py);
+# without it only a NoSec account can be bootstrapped.
 #
 # Client-initiated bootstrap (Core section 6.1.2; config "bootstrap" = coap://HOST:PORT of
 # the bootstrap server): before the first Register the session takes the server account
@@ -175,11 +177,23 @@ class Session:
                 self._fails = 0
                 self.log("bootstrapping from", cfg["bootstrap"])
                 try:
-                    acct = bootstrap.run(cfg["bootstrap"], self.name)
+                    acct = bootstrap.run(cfg["bootstrap"], self.name,
+                                         keys=cfg.get("bootstrap_oscore"))
                 except (bootstrap.BootstrapError, ValueError) + self._net_errors as e:
                     self.error("bootstrap", e)
                     return
-            if acct is None or acct["uri"] == cfg["gateway"]:
+            if acct is None:
+                return
+            keys = acct.get("oscore")
+            if keys is not None:  # /21 as bootstrapped: the account's own context
+                from oscore.keys import parse
+
+                try:
+                    keys = parse(keys, ValueError)
+                except ValueError as e:
+                    self.error("bootstrap", e)
+                    return
+            if acct["uri"] == cfg["gateway"] and (keys is None or keys == cfg.get("oscore")):
                 return
             from storage.config import parse_gateway
 
@@ -192,6 +206,9 @@ class Session:
             del bootstrap
             unload("lwm2m.bootstrap")  # boot-time code: give its RAM back
             unload("storage.config")
+            unload("oscore.keys")
+        if keys is not None:  # wins over config.json's: the gateway issued it last
+            cfg["oscore"] = keys
         self.log("server", acct["uri"])
         cfg["gateway"] = acct["uri"]
         cfg["host"] = host
@@ -254,6 +271,10 @@ class Session:
         cfg = self.cfg
         objs = [Security(cfg), Server(cfg, self), Device(cfg, self, self.clock),
                 Connectivity(cfg), Firmware(), Portfolio(self)]
+        if "oscore" in cfg:  # /21/0, linked from /0/0/17 (ascending oids: before 3313)
+            from lwm2m.objects import Oscore
+
+            objs.append(Oscore(cfg["oscore"]))
         objs += self.objects()
         return Tree(objs, self)
 

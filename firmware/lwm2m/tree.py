@@ -20,7 +20,7 @@
 #
 # Errors: unknown path 4.04, operation the resource does not allow 4.05, payload that
 # does not decode or has the wrong type 4.00, Content-Format not offered 4.15, Security
-# (0) 4.01 (Core section 7.1.1: a LwM2M Server may not access it).
+# (0) and OSCORE (21) 4.01 (Core section 7.1.1: a LwM2M Server may not access them).
 from micropython import const
 from array import array
 from cbor.encode import Writer
@@ -113,10 +113,11 @@ class Tree:
 
     def links(self):
         """The registration payload (Core section 6.2.1): </>;rt="oma.lwm2m";ct=112,
-        then every object instance (an object without instances as </o>); not 0."""
+        then every object instance (an object without instances as </o>); not 0 or 21
+        (Core section 6.2.1: Security and OSCORE are not listed)."""
         out = ['</>;rt="oma.lwm2m";ct=112']
         for o in self.objs:
-            if o.oid == 0:
+            if o.oid == 0 or o.oid == 21:
                 continue
             n = o.ninst()
             if not n:
@@ -144,8 +145,8 @@ class Tree:
         o = self.obj(p[0])
         if o is None:
             return _NOT_FOUND
-        if p[0] == 0:
-            return _UNAUTHORIZED
+        if p[0] == 0 or p[0] == 21:
+            return _UNAUTHORIZED  # Security, OSCORE: not for a LwM2M server
         code = self._check(o, n)
         if code:
             return code
@@ -253,7 +254,7 @@ class Tree:
                 resp.write(self.sb, w.pos)
             for q in paths:
                 o = self.obj(q[0])
-                if o is None or q[0] == 0:
+                if o is None or q[0] == 0 or q[0] == 21:
                     continue
                 for i in range(4):
                     self.p[i] = q[i]
@@ -422,7 +423,7 @@ class Tree:
             ob = o if o is not None else self.obj(q[0])
             if ob is None:
                 return _NOT_FOUND
-            if q[0] == 0:
+            if q[0] == 0 or q[0] == 21:
                 return _UNAUTHORIZED
             iid = q[1]
             for i in range(1, 4):

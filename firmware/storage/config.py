@@ -22,7 +22,7 @@ _INTS = (
 _KEYS = ("endpoint", "bootstrap", "gateway", "log", "board", "signal", "features", "model",
          "anomaly", "realtime", "verbose", "model_stream", "queue", "lifetime", "window",
          "hop", "report_ms", "model_arena", "awake_ms", "log_slots", "send_refusals",
-         "oscore")
+         "oscore", "bootstrap_oscore")
 
 
 class ConfigError(ValueError):
@@ -128,6 +128,13 @@ def check(cfg):
         from oscore.keys import parse
 
         out["oscore"] = parse(cfg["oscore"], ConfigError)
+    if "bootstrap_oscore" in cfg:  # the bootstrap server's context (lwm2m/bootstrap.py)
+        if "bootstrap" not in cfg:
+            raise ConfigError("'bootstrap_oscore' needs 'bootstrap'")
+        from oscore.keys import parse
+
+        out["bootstrap_oscore"] = parse(cfg["bootstrap_oscore"], ConfigError,
+                                        "bootstrap_oscore")
     for key in ("realtime", "verbose", "model_stream", "queue"):
         v = cfg.get(key, False)
         if type(v) is not bool:

@@ -26,11 +26,16 @@ def senml(records):
             w.put_text(base)
         w.put_int(0)
         w.put_text(name)
-        w.put_int(key)
+        if isinstance(key, str):
+            w.put_text(key)  # "vlo": an object link
+        else:
+            w.put_int(key)
         if key == 2:
             w.put_int(v)
         elif key == 4:
             w.put_bool(v)
+        elif key == 8:
+            w.put_bytes(v)
         else:
             w.put_text(v)
     return bytes(w.buf[: w.pos])
@@ -105,7 +110,8 @@ def test_bad_writes_and_paths_are_refused():
         m = one(ep, link, bytes(d))
         check(m.code == want, "%s: %x, want %x" % (what, m.code, want))
     check(not tree.finished and tree.errors == len(cases), "nothing accepted")
-    check(tree.obj == {0: {0: {0: _BS, 1: True, 2: 3}}, 1: {}}, "unchanged %r" % tree.obj)
+    check(tree.obj == {0: {0: {0: _BS, 1: True, 2: 3}}, 1: {}, 21: {}},
+          "unchanged %r" % tree.obj)
 
 
 def test_store_roundtrip_and_bad_files():
@@ -184,3 +190,115 @@ def test_run_refused_or_unfinished_raises():
     except bootstrap.BootstrapError as e:
         print(e)
     check("server.json" not in os.listdir(), "nothing persisted")
+
+
+# -- OSCORE: Security /0/x/17 and Object 21 (the node's side of its server context) --
+
+_SECRET = bytes(range(0xA0, 0xB0))  # 16 bytes; never printed (checked below)
+_SALT = b"\x5a\x17\x5a\x17\x5a\x17\x5a\x17"
+_OSC = [("/21/1/", "0", 8, _SECRET), ("", "1", 8, b"\x0b\x0c"), ("", "2", 8, b"\x00"),
+        ("", "3", 2, 10), ("", "4", 2, -10), ("", "5", 8, _SALT)]
+_SEC_OSC = _SEC + [("", "17", "vlo", "21:1")]
+
+
+def _secret_hex():
+    from binascii import hexlify
+
+    return hexlify(_SECRET).decode()
+
+
+def _printed_has_no_secret(*objs):
+    # what a log line could show of these: repr and str, the secret neither in hex nor raw
+    for o in objs:
+        for text in (repr(o), str(o)):
+            check(_secret_hex() not in text and repr(_SECRET) not in text,
+                  "a secret in %s" % type(o).__name__)
+
+
+def _sequence(tree, sec, osc, mid=40):
+    ep, link, c, _ = server(tree, observers=0)
+    codes = []
+    for p, rec in (("0/1", sec), ("21/1", osc), ("1/0", _SRV)):
+        codes.append(one(ep, link, put(p, senml(rec), mid=mid)).code)
+        mid += 1
+    codes.append(one(ep, link, req(CON, 2, mid, b"\x01", path("bs"))).code)
+    return codes
+
+
+def test_protected_bootstrap_stores_the_oscore_instance_and_link():
+    tree = bootstrap.Tree(_BS, True)
+    codes = _sequence(tree, _SEC_OSC, _OSC)
+    check(codes == [0x44, 0x44, 0x44, 0x44], "codes %r" % codes)
+    acct = tree.account()
+    want = {"secret": _secret_hex(), "sender_id": "0b0c", "recipient_id": "00",
+            "salt": "5a175a175a175a17"}
+    check(acct["oscore"] == want and acct["uri"] == "coap://gw:5683", "keys as hex")
+    _printed_has_no_secret(tree)
+    # kept with the account, in one rename; read back as oscore/keys.py parses it
+    bootstrap.save(acct, "s.json")
+    got = bootstrap.load("s.json")
+    check(got == acct and "s.json.tmp" not in os.listdir(), "roundtrip")
+    from oscore.keys import parse
+
+    keys = parse(got["oscore"], ValueError)
+    check(keys["secret"] == _SECRET and keys["sender_id"] == b"\x0b\x0c"
+          and keys["id_context"] is None, "parsed")
+    # Discover lists /21 instances (no values)
+    ep, link, c, _ = server(tree, observers=0)
+    m = one(ep, link, req(CON, 1, 60, b"\x01", path("") + [(17, 40)]))
+    links = body(m)
+    check(b"</21/1>" in links and _secret_hex().encode() not in links, links)
+
+
+def test_unprotected_bootstrap_refuses_keys_in_clear():
+    # the bootstrap server sends /21 over a plain exchange: 4.01, nothing is kept
+    tree = bootstrap.Tree(_BS)
+    codes = _sequence(tree, _SEC_OSC, _OSC)
+    check(codes == [0x81, 0x81, 0x44, 0x86], "codes %r" % codes)
+    check(tree.obj[21] == {} and 1 not in tree.obj[0], "nothing kept of either write")
+    check(tree.account() is None and not tree.finished, "no account")
+    # a NoSec account is still taken
+    codes = _sequence(bootstrap.Tree(_BS), _SEC, [("/21/1/", "3", 2, 10)], mid=70)
+    check(codes[0] == 0x44 and codes[3] == 0x44, "nosec %r" % codes)
+
+
+def test_unusable_oscore_instances_fail_the_finish():
+    cases = (
+        ("link to a missing instance", _SEC + [("", "17", "vlo", "21:7")], _OSC),
+        ("AEAD other than 10", _SEC_OSC, _OSC[:3] + [("", "3", 2, 11)]),
+        ("HMAC other than SHA-256", _SEC_OSC, _OSC[:3] + [("", "4", 2, 6)]),
+        ("secret too short", _SEC_OSC, [("/21/1/", "0", 8, b"short")] + _OSC[1:]),
+        ("no recipient id", _SEC_OSC, _OSC[:2]),
+        ("sender id = recipient id", _SEC_OSC, _OSC[:2] + [("", "2", 8, b"\x0b\x0c")]),
+        ("sender id of 8 bytes", _SEC_OSC, _OSC[:1] + [("", "1", 8, bytes(8))] + _OSC[2:]),
+    )
+    for what, sec, osc in cases:
+        tree = bootstrap.Tree(_BS, True)
+        codes = _sequence(tree, sec, osc)
+        check(codes == [0x44, 0x44, 0x44, 0x86], "%s: %r" % (what, codes))
+        check(tree.account() is None, what)
+
+
+def test_bad_oscore_writes_are_refused():
+    tree = bootstrap.Tree(_BS, True)
+    ep, link, c, _ = server(tree, observers=0)
+    cases = (
+        ("link to another object", put("0/1", senml([("/0/1/", "17", "vlo", "3:0")])), 0x80),
+        ("link as an int", put("0/1", senml([("/0/1/", "17", 2, 21)])), 0x80),
+        ("secret as text", put("21/1", senml([("/21/1/", "0", 3, "abc")])), 0x80),
+        ("secret of 65 bytes", put("21/1", senml([("/21/1/", "0", 8, bytes(65))])), 0x80),
+        ("bad base64", put("21/1/0", b"abc", cf=0), 0x80),
+    )
+    for mid, (what, data, want) in enumerate(cases):
+        d = bytearray(data)
+        d[3] = 100 + mid
+        m = one(ep, link, bytes(d))
+        check(m.code == want, "%s: %x, want %x" % (what, m.code, want))
+    # plain text: a link "21:I", opaque in base64 (Core section 7.3.1)
+    check(one(ep, link, put("0/1/17", b"21:3", cf=0, mid=120)).code == 0x44, "text link")
+    check(one(ep, link, put("21/3/0", b"oKGio6SlpqeoqaqrrK2urw==", cf=0, mid=121)).code
+          == 0x44, "base64")
+    check(tree.obj[21][3][0] == _SECRET and tree.obj[0][1][17] == "21:3", "text values")
+    # Bootstrap-Delete /21 and / remove the instances
+    check(one(ep, link, req(CON, 4, 122, b"\x01", path("21"))).code == 0x42, "delete")
+    check(tree.obj[21] == {}, "deleted")

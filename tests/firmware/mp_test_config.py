@@ -124,3 +124,22 @@ def test_misspelt_config_key_is_refused():
                  hop=64, report_ms=0, model_arena=0, awake_ms=100, log_slots=0,
                  send_refusals=0)
     config.check(every)
+
+
+def test_bootstrap_oscore_context_is_parsed_and_its_errors_name_it():
+    keys = {"secret": "00112233445566778899aabbccddeeff", "sender_id": "01",
+            "recipient_id": "00"}
+    cfg = config.check(dict(_GOOD, bootstrap="coap://127.0.0.1:5685", bootstrap_oscore=keys))
+    bs = cfg["bootstrap_oscore"]
+    if bs["secret"] != bytes(range(0, 256, 17)) or bs["salt"] != b"" or "oscore" in cfg:
+        raise AssertionError("parsed %r" % sorted(bs))
+    for bad, word in (
+        (dict(_GOOD, bootstrap_oscore=keys), "'bootstrap_oscore' needs 'bootstrap'"),
+        (dict(_GOOD, bootstrap="coap://h", bootstrap_oscore=dict(keys, secret="00")),
+         "'bootstrap_oscore.secret' must be 16..64 bytes"),
+        (dict(_GOOD, bootstrap="coap://h", bootstrap_oscore=dict(keys, kid="00")),
+         "unknown key 'bootstrap_oscore.kid'"),
+        (dict(_GOOD, bootstrap="coap://h", bootstrap_oscore="x"),
+         "'bootstrap_oscore' must be an object"),
+    ):
+        _config_error(json.dumps(bad), word)
