@@ -166,6 +166,15 @@ class RestConfig:
     body_timeout_s: float = 30.0
     # connections open at once at most; more are answered 503 and closed at once
     max_connections: int = 256
+    # the tokens file is read again (and its changes, revocations included, apply) at
+    # the first request this long after the last look; 0: at every request
+    tokens_check_s: float = 5.0
+    # one JSON line per state-changing request (gateway/api/audit.py); "": next to the
+    # database (gateway.db -> gateway.audit.jsonl); resolved at load
+    audit_file: str = ""
+    # PEM certificate (chain) and key: the API is served over TLS (https) only
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -337,6 +346,17 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         rest["tokens_file"] = str(base / Path(rest["tokens_file"]).expanduser())
     _require(name, "rest.tokens_file", bool(rest.get("tokens_file")) or not rest.get("enabled"),
              "required when rest.enabled (every REST request needs a token)")
+    _require(name, "rest.tokens_check_s", rest.get("tokens_check_s", 0.0) >= 0,
+             "must not be negative (0: at every request)")
+    audit = (base / Path(rest["audit_file"]).expanduser() if rest.get("audit_file")
+             else db.with_suffix(".audit.jsonl"))
+    _require(name, "rest.audit_file", audit != db, "must not be the database")
+    rest["audit_file"] = str(audit)
+    for key in ("tls_cert", "tls_key"):
+        if rest.get(key):
+            rest[key] = str(base / Path(rest[key]).expanduser())
+    _require(name, "rest.tls_key", bool(rest.get("tls_cert")) == bool(rest.get("tls_key")),
+             "rest.tls_cert and rest.tls_key go together (PEM files)")
 
     sec = dict(parsed["security"])
     if sec.get("key_file"):
@@ -471,3 +491,10 @@ def check_runnable(cfg: GatewayConfig, *, allow_nosec: bool = False) -> None:
     models = cfg.shadow.models
     if cfg.shadow.enabled and models and not Path(models).is_dir():
         raise ConfigError(f"{where}: shadow.models: {models} is not a folder")
+    if cfg.rest.enabled:
+        audit = Path(cfg.rest.audit_file).parent
+        if not audit.is_dir():
+            raise ConfigError(f"{where}: rest.audit_file: folder {audit} does not exist")
+        from .api.tls import server_context
+
+        server_context(cfg.rest)  # the certificate and key load

@@ -15,15 +15,26 @@ admin     also end a registration (``DELETE /api/v1/endpoints/{ep}``), and manag
           the nodes' OSCORE keys (``/api/v1/keys``)
 ========  ======================================================================
 
-Tokens file: one ``ROLE TOKEN [NAME]`` per line (``#`` starts a comment). ``TOKEN`` is the
-token itself (16 characters at least) or ``sha256:HEX``, the SHA-256 of the token, so the
-file need not hold the secret. Logs name a token by ``NAME`` (default ``ROLE#LINE``), never
-by its value.
+Tokens file (``gateway/api/tokens.py``): one ``ROLE TOKEN [NAME] [expires=TIME] [revoked]``
+per line; ``TOKEN`` may be ``sha256:HEX`` so the file need not hold the secret. Tokens
+are compared by their SHA-256 in constant time; the file is read again when it changed
+(``[rest] tokens_check_s``), so removing or revoking a line takes effect without a
+restart. Logs and the audit log name a token by ``NAME``, never by its value.
+
+Every route's minimum role is one table, ``ROUTES``: the application is built from it,
+and a request is authenticated (401 before anything else, unknown routes included) and
+checked against its route's role in one middleware, before any handler. Every
+state-changing request (any method but GET) is recorded in the audit log
+(``gateway/api/audit.py``, ``[rest] audit_file``); when it cannot be written the request
+is refused 503 ``audit_unavailable`` (fails closed). With ``[rest] tls_cert`` and
+``tls_key`` the API is served over TLS only.
 
 Errors are JSON ``{"error": KIND, "message": TEXT}``, plus ``"coap": "4.04"`` when the node
-answered with an error code: 400 bad path or value, 401 missing or unknown token, 403 the
-role may not, 404 unknown endpoint (or route), 409 the endpoint is not registered, 502 the
-node refused (its CoAP code in ``coap``), 504 the node did not answer in time. The routes
+answered with an error code: 400 bad path or value (or a malformed endpoint name), 401
+missing or unknown token (``unauthorized``), expired (``token_expired``) or revoked
+(``token_revoked``), 403 the role may not, 404 unknown endpoint (or route), 409 the
+endpoint is not registered, 502 the node refused (its CoAP code in ``coap``), 503 the
+audit log or the tokens file cannot be used, 504 the node did not answer in time. The routes
 are described in ``gateway/api/openapi.json`` (also served at ``/api/v1/openapi.json``).
 
 Read, Observe and composite Read / Observe take ``?format=NAME`` (``senml-json``,
@@ -50,7 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
+import functools
 import hmac
 import importlib.resources
 import json
@@ -60,16 +71,26 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from enum import IntEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import RestConfig
-from ..errors import ConfigError, GatewayError, RequestError
+from ..errors import GatewayError, RequestError
 from ..logs import PeerLog
 from ..lwm2m import codecs
 from ..lwm2m.linkformat import parse_link_format
+from ..lwm2m.params import valid_endpoint
 from ..lwm2m.paths import PathError, format_path, is_under, parse_path
+from .audit import AuditLog, AuditUnavailable, clip
+from .tokens import (
+    Role,
+    Token,
+    TokenFile,
+    TokensUnavailable,
+    load_tokens,
+    parse_tokens,
+    token_digest,
+    utc_text,
+)
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -81,92 +102,67 @@ if TYPE_CHECKING:
     from ..security import KeyStore
     from ..storage.api import Registration
 
-__all__ = ["ApiError", "RestApi", "Role", "Token", "load_tokens", "parse_tokens"]
+__all__ = ["ROUTES", "ApiError", "RestApi", "Role", "Token", "load_tokens", "minimum_role",
+           "parse_tokens"]
 
 log = logging.getLogger("aiotkit.gateway.rest")
 _peer_log = PeerLog(log)  # what clients of the API make us write
 
 API = "/api/v1"
-MIN_TOKEN_CHARS = 16
 MAX_BODY_BYTES = 1 << 20
 DEFAULT_QUEUE_WAIT_S = 10.0  # how long a request to a queue-mode node waits before 202
 MAX_TIMEOUT_S = 300.0
 ENDPOINTS_PAGE = 1000  # endpoints per page of GET /api/v1/endpoints (?after=NAME&limit=N)
 STREAM_QUEUE = 256  # reports a slow notification reader may fall behind by
-_TOKEN_LINE = re.compile(r"(\S+)\s+(\S+)(?:\s+(\S+))?")
-_SHA256 = re.compile(r"sha256:([0-9a-fA-F]{64})")
+MAX_KEY_ENDPOINT = 255  # an OSCORE context's endpoint name (gateway/security/keystore.py)
+_REQUEST_ID = re.compile(r"[0-9]{1,19}")  # a request id: ASCII digits, below 2**63
 _OPS = ("execute", "discover", "observe", "attributes")
+_READ_ONLY = frozenset({"GET", "HEAD", "OPTIONS"})  # methods that are not audited
 _T = TypeVar("_T")
 
-
-class Role(IntEnum):
-    """What a token may do; a higher role may do everything a lower one may."""
-
-    viewer = 1
-    operator = 2
-    admin = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    """One accepted token: the SHA-256 of its value, its role and a name for logs."""
-
-    digest: bytes
-    role: Role
-    name: str
-
-    def __repr__(self) -> str:  # never show even the digest
-        return f"Token({self.role.name}, {self.name!r})"
-
-
-def parse_tokens(text: str, source: str = "<tokens>") -> list[Token]:
-    """Parse a tokens file (see the module docstring); ``ConfigError`` names the line."""
-    tokens: list[Token] = []
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        m = _TOKEN_LINE.fullmatch(line)
-        if m is None:
-            raise ConfigError(f"{source}:{n}: expected ROLE TOKEN [NAME]")
-        role_name, secret, name = m.group(1), m.group(2), m.group(3)
-        if role_name not in Role.__members__:
-            raise ConfigError(f"{source}:{n}: role must be one of"
-                              f" {', '.join(Role.__members__)} (got {role_name!r})")
-        hashed = _SHA256.fullmatch(secret)
-        if hashed:
-            digest = bytes.fromhex(hashed.group(1))
-        elif len(secret) < MIN_TOKEN_CHARS:
-            raise ConfigError(f"{source}:{n}: a token needs {MIN_TOKEN_CHARS} characters"
-                              " at least (or give sha256:HEX)")
-        else:
-            digest = _digest(secret)
-        if any(hmac.compare_digest(t.digest, digest) for t in tokens):
-            raise ConfigError(f"{source}:{n}: the same token is listed twice")
-        tokens.append(Token(digest, Role[role_name], name or f"{role_name}#{n}"))
-    if not tokens:
-        raise ConfigError(f"{source}: no tokens (lines ROLE TOKEN [NAME])")
-    return tokens
+V, O, A = Role.viewer, Role.operator, Role.admin
+# Every route of the API: method, path under /api/v1, the least role that may call it,
+# and the RestApi method that serves it. The application is built from this table and
+# the middleware checks each request against it: a route cannot exist without a rule.
+ROUTES: tuple[tuple[str, str, Role, str], ...] = (
+    ("GET", "", V, "_whoami"),
+    ("GET", "/openapi.json", V, "_openapi"),
+    ("GET", "/uplink", V, "_uplink"),
+    ("GET", "/endpoints", V, "_endpoints"),
+    ("GET", "/endpoints/{ep}", V, "_endpoint"),
+    ("DELETE", "/endpoints/{ep}", A, "_delete_registration"),
+    ("GET", "/endpoints/{ep}/events", V, "_events"),
+    ("GET", "/endpoints/{ep}/readings", V, "_readings"),
+    ("GET", "/endpoints/{ep}/observations", V, "_observations"),
+    ("GET", "/endpoints/{ep}/notifications", V, "_notifications"),
+    ("GET", "/endpoints/{ep}/requests", V, "_requests"),
+    ("GET", "/endpoints/{ep}/requests/{id}", V, "_request"),
+    ("POST", "/endpoints/{ep}/composite/{op}", O, "_composite"),
+    ("GET", "/endpoints/{ep}/lwm2m{tail:(/.*)?}", O, "_lwm2m"),
+    ("PUT", "/endpoints/{ep}/lwm2m{tail:(/.*)?}", O, "_lwm2m"),
+    ("POST", "/endpoints/{ep}/lwm2m{tail:(/.*)?}", O, "_lwm2m"),
+    ("DELETE", "/endpoints/{ep}/lwm2m{tail:(/.*)?}", O, "_lwm2m"),
+    ("GET", "/keys", A, "_keys_list"),
+    ("POST", "/keys", A, "_keys_create"),
+    ("GET", "/keys/{ep}", A, "_keys_get"),
+    ("POST", "/keys/{ep}/{action}", A, "_keys_action"),
+)
+del V, O, A
 
 
-def load_tokens(path: str | Path) -> list[Token]:
-    """Read the tokens file at ``path``."""
-    p = Path(path)
-    try:
-        text = p.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise ConfigError(f"rest.tokens_file: {p}: cannot read ({why or e})") from e
-    try:
-        if p.stat().st_mode & 0o077:
-            log.warning("%s can be read by other users; chmod 600 it", p)
-    except OSError:
-        pass
-    return parse_tokens(text, str(p))
+def _canonical(path: str) -> str:
+    """A route path as aiohttp's ``resource.canonical`` shows it: ``{tail:RE}`` -> ``{tail}``."""
+    return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
 
 
-def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode("utf-8")).digest()
+_ROLES: dict[tuple[str, str], Role] = {(m, API + _canonical(p)): role
+                                       for m, p, role, _h in ROUTES}
+
+
+def minimum_role(method: str, canonical: str) -> Role | None:
+    """The least role that may call the route ``method canonical`` (``ROUTES``), None for
+    a route the table does not know (refused)."""
+    return _ROLES.get((method, canonical))
 
 
 class ApiError(GatewayError):
@@ -234,35 +230,51 @@ def _json(body: Any, *, status: int = 200,
 
 
 class RestApi:
-    """The REST API of one gateway: ``await start()``, ``url``, ``await shutdown()``."""
+    """The REST API of one gateway: ``await start()``, ``url``, ``await shutdown()``.
+    ``tokens``: a fixed list instead of ``[rest] tokens_file`` (never read again)."""
 
     def __init__(self, gateway: Gateway, config: RestConfig,
                  tokens: list[Token] | None = None, *, keys: KeyStore | None = None) -> None:
         self._gateway = gateway
         self._config = config
         self._tokens = tokens
+        self._token_file: TokenFile | None = None
         self._keys = keys
         self._runner: web.AppRunner | None = None
         self._tcp: asyncio.Server | None = None
         self._accept_guard: _AcceptGuard | None = None
         self._streams: set[tuple[str, asyncio.Queue[RegistryEvent | None]]] = set()
-        self._clock = time.time
+        self._clock = time.time  # wall clock: token expiry, report and audit times
+        self.audit = AuditLog(config.audit_file, clock=lambda: self._clock())
         self.port: int | None = None
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT`` where the API is served (after ``start``)."""
+        """``http(s)://HOST:PORT`` where the API is served (after ``start``)."""
         host = self._config.host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._config.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def tokens(self) -> TokenFile | None:
+        """The tokens file as read (None with a fixed list of tokens)."""
+        return self._token_file
 
     async def start(self) -> None:
-        """Read the tokens and start serving; ``GatewayError`` if the port is taken."""
+        """Read the tokens and start serving; ``GatewayError`` if the port is taken,
+        ``ConfigError`` if the tokens file or the TLS certificate cannot be used."""
         from aiohttp import web
 
+        from .tls import server_context
+
         if self._tokens is None:
-            self._tokens = load_tokens(self._config.tokens_file)
+            self._token_file = TokenFile(self._config.tokens_file,
+                                         self._config.tokens_check_s)
+            self._token_file.load()
+        tls = server_context(self._config)
+        self.audit.check_mode()
         # keepalive_timeout is aiohttp's one timer on a connection that has no whole
         # request head: armed when it opens and after each response, it closes a
         # connection that sent nothing or only part of its headers (header_timeout_s)
@@ -273,8 +285,12 @@ class RestApi:
         loop = asyncio.get_running_loop()
         limiter = _ConnectionLimit(runner.server, self._config.max_connections)
         try:
-            tcp = await loop.create_server(limiter, self._config.host, self._config.port,
-                                           reuse_address=True, backlog=128)
+            # the TLS handshake comes before aiohttp sees the connection: it has the
+            # header timeout of its own
+            tcp = await loop.create_server(
+                limiter, self._config.host, self._config.port, reuse_address=True,
+                backlog=128, ssl=tls,
+                ssl_handshake_timeout=self._config.header_timeout_s if tls else None)
         except OSError as e:
             await runner.cleanup()
             raise GatewayError(f"cannot serve the REST API on {self._config.host}:"
@@ -284,9 +300,10 @@ class RestApi:
         self._gateway.registry.add_listener(self._on_event)
         sockets = list(tcp.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self._config.port
-        if self._config.host not in ("127.0.0.1", "::1", "localhost"):
-            log.warning("REST API on %s: reachable from the network, and plain HTTP (put"
-                        " a TLS proxy in front)", self._config.host)
+        if self._config.host not in ("127.0.0.1", "::1", "localhost") and tls is None:
+            log.warning("REST API on %s: reachable from the network, and plain HTTP (set"
+                        " [rest] tls_cert and tls_key, or put a TLS proxy in front)",
+                        self._config.host)
 
     async def shutdown(self) -> None:
         for _ep, queue in list(self._streams):  # end the notification streams first
@@ -308,69 +325,93 @@ class RestApi:
     # -- application -------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        """The aiohttp application: the routes of ``ROUTES``, behind ``_middleware``."""
         from aiohttp import web
 
-        app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY_BYTES)
-        r = app.router
-        v, o, a = Role.viewer, Role.operator, Role.admin
-        r.add_get(API, self._guard(v, self._whoami))
-        r.add_get(f"{API}/openapi.json", self._guard(v, self._openapi))
-        r.add_get(f"{API}/uplink", self._guard(v, self._uplink))
-        r.add_get(f"{API}/endpoints", self._guard(v, self._endpoints))
-        r.add_get(f"{API}/endpoints/{{ep}}", self._guard(v, self._endpoint))
-        r.add_delete(f"{API}/endpoints/{{ep}}", self._guard(a, self._delete_registration))
-        r.add_get(f"{API}/endpoints/{{ep}}/events", self._guard(v, self._events))
-        r.add_get(f"{API}/endpoints/{{ep}}/readings", self._guard(v, self._readings))
-        r.add_get(f"{API}/endpoints/{{ep}}/observations", self._guard(v, self._observations))
-        r.add_get(f"{API}/endpoints/{{ep}}/notifications", self._guard(v, self._notifications))
-        r.add_get(f"{API}/endpoints/{{ep}}/requests", self._guard(v, self._requests))
-        r.add_get(f"{API}/endpoints/{{ep}}/requests/{{id}}", self._guard(v, self._request))
-        r.add_post(f"{API}/endpoints/{{ep}}/composite/{{op}}", self._guard(o, self._composite))
-        tail = f"{API}/endpoints/{{ep}}/lwm2m{{tail:(/.*)?}}"
-        for method in ("GET", "PUT", "POST", "DELETE"):
-            r.add_route(method, tail, self._guard(o, self._lwm2m))
-        r.add_get(f"{API}/keys", self._guard(a, self._keys_list))
-        r.add_post(f"{API}/keys", self._guard(a, self._keys_create))
-        r.add_get(f"{API}/keys/{{ep}}", self._guard(a, self._keys_get))
-        r.add_post(f"{API}/keys/{{ep}}/{{action}}", self._guard(a, self._keys_action))
+        app = web.Application(middlewares=[self._middleware],
+                              client_max_size=MAX_BODY_BYTES)
+        for method, path, _role, handler in ROUTES:
+            app.router.add_route(method, API + path, getattr(self, handler))
         return app
 
-    def _guard(self, role: Role, handler: Handler) -> Handler:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            token = self._authenticate(request)
-            if token.role < role:
-                raise ApiError(403, "forbidden",
-                               f"this needs the {role.name} role; the token has"
-                               f" {token.role.name}")
-            request["token"] = token
-            return await handler(request)
-
-        return guarded
+    def _admit(self, request: web.Request) -> Token:
+        """Authenticate the request and check its route's role (``ROUTES``)."""
+        token = self._authenticate(request)
+        match = request.match_info
+        resource = match.route.resource
+        if match.http_exception is not None or resource is None:
+            need = Role.viewer  # no such route or method: any valid token may learn that
+        else:
+            found = minimum_role(request.method, resource.canonical)
+            if found is None:  # a route registered outside the table: refused
+                log.error("REST API: %s %s has no rule in ROUTES; refused", request.method,
+                          resource.canonical)
+                raise ApiError(403, "forbidden", "this route has no access rule")
+            need = found
+        if token.role < need:
+            raise ApiError(403, "forbidden", f"this needs the {need.name} role; the token"
+                           f" has {token.role.name}")
+        _exchange(request).admitted = True
+        return token
 
     def _authenticate(self, request: web.Request) -> Token:
+        """The request's token (``_Exchange.token`` once known, even expired or revoked);
+        ApiError 401 otherwise. The token's value is never logged nor answered."""
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         challenge = {"WWW-Authenticate": 'Bearer realm="aiot"'}
         if scheme.lower() != "bearer" or not value.strip():
+            _peer_log.info("rest-no-token", "REST API: a request without a bearer token"
+                           " from %s", request.remote)
             raise ApiError(401, "unauthorized", "missing token (Authorization: Bearer TOKEN)",
                            headers=challenge)
-        digest = _digest(value.strip())
+        if self._token_file is not None:
+            tokens = self._token_file.tokens()
+        else:
+            tokens = self._tokens or []
+        digest = token_digest(value.strip())
         found = None
-        for t in self._tokens or ():  # compare with every token: no early exit on a match
+        for t in tokens:  # compare with every token: no early exit on a match
             if hmac.compare_digest(t.digest, digest):
                 found = t
         if found is None:
+            _peer_log.info("rest-bad-token", "REST API: an unknown token from %s",
+                           request.remote)
             raise ApiError(401, "unauthorized", "unknown token", headers=challenge)
+        _exchange(request).token = found
+        if found.revoked:
+            _peer_log.warning("rest-revoked", "REST API: revoked token %s used from %s",
+                              found.name, request.remote)
+            raise ApiError(401, "token_revoked", f"the token {found.name} is revoked",
+                           headers=challenge)
+        if found.expires is not None and found.expired(self._clock()):
+            _peer_log.warning("rest-expired", "REST API: expired token %s used from %s",
+                              found.name, request.remote)
+            raise ApiError(401, "token_expired", f"the token {found.name} expired at"
+                           f" {utc_text(found.expires)}", headers=challenge)
         return found
 
-    async def _errors_impl(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Admit the request, open its audit line if it changes state, run the handler;
+        every error as a JSON answer."""
         from aiohttp import web
 
-        request[_BODY_TIMEOUT] = self._config.body_timeout_s
+        ex = _exchange(request)
         try:
+            self._admit(request)
+            if request.method not in _READ_ONLY:
+                ex.audit_fd = self.audit.begin()
             return await handler(request)
         except ApiError as e:
             return web.json_response(e.body(), status=e.status, headers=e.headers)
+        except AuditUnavailable as e:
+            ex.audit_refused = True
+            return web.json_response({"error": "audit_unavailable", "message": str(e)},
+                                     status=503, headers={"Retry-After": "10"})
+        except TokensUnavailable:
+            return web.json_response({"error": "tokens_unavailable", "message":
+                                      "the tokens file cannot be used; see the gateway's log"},
+                                     status=503, headers={"Retry-After": "10"})
         except web.HTTPException as e:
             if e.status < 400:
                 raise
@@ -385,26 +426,60 @@ class RestApi:
             return web.json_response({"error": "internal", "message": "internal error"},
                                      status=500)
 
+    async def _errors_impl(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        ex = _Exchange(self._config.body_timeout_s)
+        request[_exchange_key()] = ex
+        status: int | None = None  # None: the request was cancelled before its answer
+        try:
+            resp = await self._serve(request, handler)
+            status = resp.status
+            return resp
+        finally:
+            if (request.method not in _READ_ONLY and ex.token is not None
+                    and not ex.audit_refused):
+                self.audit.record(ex.audit_fd, self._audit_entry(request, ex, status))
+
+    def _audit_entry(self, request: web.Request, ex: _Exchange,
+                     status: int | None) -> dict[str, Any]:
+        """The audit line of a request (``audit``): never a token, never a body."""
+        who = ex.token
+        assert who is not None
+        match = request.match_info
+        resource = match.route.resource
+        entry: dict[str, Any] = {"token": who.name, "role": who.role.name,
+                                 "method": request.method}
+        if match.http_exception is None and resource is not None:
+            entry["route"] = resource.canonical
+            entry["params"] = {k: clip(v) for k, v in match.items()}
+        else:
+            entry["route"] = None
+            entry["path"] = clip(request.path)
+        if ex.detail:
+            entry["detail"] = ex.detail
+        entry["status"] = status
+        entry["remote"] = request.remote
+        return entry
+
     @property
-    def _errors(self) -> Middleware:
+    def _middleware(self) -> Middleware:
         from aiohttp import web
 
-
         @web.middleware
-        async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             return await self._errors_impl(request, handler)
 
-        return errors
+        return middleware
 
     # -- viewer ------------------------------------------------------------------------
 
     async def _whoami(self, request: web.Request) -> web.StreamResponse:
-        token: Token = request["token"]
+        token = _who(request)
         return _json({
             "gateway": self._gateway.config.gateway.id,
             "coap": self._gateway.coap_uri,
             "role": token.role.name,
             "token": token.name,
+            "expires": utc_text(token.expires) if token.expires is not None else None,
         })
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
@@ -563,7 +638,7 @@ class RestApi:
             raise ApiError(409, "not_registered",
                            f"{reg.endpoint} is {reg.state}, not registered")
         ended = self._gateway.registry.deregister(reg.reg_id)
-        log.info("registration of ep=%s ended by %s", reg.endpoint, request["token"].name)
+        log.info("registration of ep=%s ended by %s", reg.endpoint, _who(request).name)
         return _json(_registration_json(ended))
 
     # -- operator ----------------------------------------------------------------------
@@ -613,7 +688,7 @@ class RestApi:
         else:
             raise ApiError(405, "method_not_allowed", "observe takes POST or DELETE")
         if name not in ("read", "discover"):
-            log.info("%s %s on ep=%s by %s", name, path, ep, request["token"].name)
+            log.info("%s %s on ep=%s by %s", name, path, ep, _who(request).name)
         return await self._operate(request, reg, name, path, kwargs)
 
     async def _composite(self, request: web.Request) -> web.StreamResponse:
@@ -628,6 +703,7 @@ class RestApi:
         if not isinstance(paths, list) or not paths:
             raise ApiError(400, "bad_value", 'give {"paths": ["/3/0/0", ...]}')
         parsed = [format_path(_path(p)) for p in paths]
+        _exchange(request).detail = {"paths": parsed[:32], "count": len(parsed)}
         kwargs = _accept(request) if op != "cancel" else {}
         return await self._operate(request, reg, names[op], parsed, kwargs)
 
@@ -694,6 +770,8 @@ class RestApi:
         ep = body.get("endpoint") if isinstance(body, dict) else None
         if not isinstance(ep, str):
             raise ApiError(400, "bad_value", 'give {"endpoint": NAME, "id_context": HEX?}')
+        _exchange(request).detail = {"endpoint": clip(ep)}
+        _key_endpoint(ep)
         raw = body.get("id_context")
         id_context: bytes | None = None
         if raw is not None:
@@ -702,18 +780,18 @@ class RestApi:
             except (ValueError, TypeError):
                 raise ApiError(400, "bad_value", "id_context is a hex string") from None
         info = _key_call(lambda: keys.create(ep, id_context=id_context))
-        log.info("OSCORE context created for ep=%s by %s", ep, request["token"].name)
+        log.info("OSCORE context created for ep=%s by %s", ep, _who(request).name)
         return _json(info.to_json(), status=201)
 
     async def _keys_get(self, request: web.Request) -> web.StreamResponse:
         keys = self._key_store()
-        ep = request.match_info["ep"]
+        ep = _key_endpoint(request.match_info["ep"])
         return _json(_key_call(lambda: keys.get(ep)).to_json())
 
     async def _keys_action(self, request: web.Request) -> web.StreamResponse:
         keys = self._key_store()
-        ep, action = request.match_info["ep"], request.match_info["action"]
-        who = request["token"].name
+        ep, action = _key_endpoint(request.match_info["ep"]), request.match_info["action"]
+        who = _who(request).name
         if action == "export":
             node = _key_call(lambda: keys.export(ep))
             log.info("OSCORE keys of ep=%s exported by %s", ep, who)
@@ -732,6 +810,8 @@ class RestApi:
 
     def _registration(self, request: web.Request) -> Registration:
         ep = request.match_info["ep"]
+        if not valid_endpoint(ep):  # '/', '..', NUL, controls, 256+ characters
+            raise ApiError(400, "bad_endpoint", f"{_shown(ep)} is not an endpoint name")
         reg = self._gateway.store.registration(ep)
         if reg is None:
             raise ApiError(404, "unknown_endpoint", f"no endpoint {ep!r}")
@@ -831,9 +911,26 @@ def _only(method: str, allowed: str, op: str) -> None:
 
 def _int_match(request: web.Request, name: str) -> int:
     text = request.match_info[name]
-    if not text.isdigit():
-        raise ApiError(404, "not_found", f"{text!r} is not a request id")
+    if not _REQUEST_ID.fullmatch(text) or int(text) >= 2**63:
+        raise ApiError(404, "not_found", f"{_shown(text)} is not a request id")
     return int(text)
+
+
+def _shown(text: str) -> str:
+    """A parameter from the request, for a message: its repr, cut at 64 characters."""
+    return repr(text) if len(text) <= 64 else repr(text[:64]) + "..."
+
+
+def _key_endpoint(ep: Any) -> str:
+    """An endpoint name as the key store takes it (1..255 characters, no control
+    character, no surrogate: ``gateway/security/keystore.py``), else 400."""
+    if not isinstance(ep, str) or not 1 <= len(ep) <= MAX_KEY_ENDPOINT or any(
+            ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF
+            for c in ep):
+        shown = _shown(ep) if isinstance(ep, str) else "it"
+        raise ApiError(400, "bad_endpoint", f"{shown} is not an endpoint name (1..255"
+                       " characters, no control characters)")
+    return ep
 
 
 def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -885,7 +982,7 @@ def _timeout(request: web.Request) -> float | None:
 
 
 async def _json_body(request: web.Request, *, required: bool = True) -> Any:
-    limit: float = request.get(_BODY_TIMEOUT, 30.0)
+    limit = _exchange(request).body_timeout_s
     try:
         async with asyncio.timeout(limit):
             raw = await request.read()
@@ -969,7 +1066,37 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-_BODY_TIMEOUT = "aiot_body_timeout_s"  # request key: [rest] body_timeout_s
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """What the middleware and the handlers share about one request."""
+
+    body_timeout_s: float  # [rest] body_timeout_s
+    token: Token | None = None  # the token presented, once known (expired or not)
+    admitted: bool = False  # the token is valid and its role may call the route
+    audit_fd: int | None = None  # the audit file, open for the request's line
+    audit_refused: bool = False  # the audit log could not be written: refused 503
+    detail: dict[str, Any] | None = None  # more for the audit line (never a secret)
+
+
+@functools.cache
+def _exchange_key() -> web.RequestKey[_Exchange]:
+    from aiohttp import web
+
+    return web.RequestKey("aiot_exchange", _Exchange)
+
+
+def _exchange(request: web.Request) -> _Exchange:
+    return request[_exchange_key()]
+
+
+def _who(request: web.Request) -> Token:
+    """The token of an admitted request."""
+    ex = _exchange(request)
+    assert ex.admitted and ex.token is not None
+    return ex.token
+
 _ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's context message
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
          b"Content-Type: application/json\r\nContent-Length: 63\r\n\r\n"

@@ -75,7 +75,8 @@ async def test_missing_wrong_and_unknown_tokens_are_401(rest_config, running_gat
                 assert body["error"] == "unauthorized"
         api = Http(s, gw.rest.url + "/api/v1")
         assert await api("GET", "", token=ADMIN) == (200, {
-            "gateway": "test", "coap": gw.coap_uri, "role": "admin", "token": "ada"})
+            "gateway": "test", "coap": gw.coap_uri, "role": "admin", "token": "ada",
+            "expires": None})
 
 
 async def test_int101_viewer_sees_registrations_but_may_not_operate(rest_config,
@@ -335,7 +336,7 @@ async def test_openapi_description_is_served(rest_config, running_gateway):
 @pytest.mark.parametrize("text, message", [
     ("", "no tokens"),
     ("viewer short\n", "16 characters"),
-    ("root 0123456789abcdef0123\n", "role must be one of"),
+    ("root 0123456789abcdef0123\n", "the first word is the role"),
     ("viewer\n", "expected ROLE TOKEN"),
     ("viewer 0123456789abcdef0123\nadmin 0123456789abcdef0123\n", "listed twice"),
 ])
