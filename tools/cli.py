@@ -301,11 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="aiot bench features [--windows N ...]: the node's feature extractor on "
         "the MicroPython unix port against numpy. aiot bench infer [--inputs N]: the node's "
         "int8 interpreter against tflite-micro. aiot bench gateway [--nodes N ...]: the "
-        "gateway under simulated LwM2M clients against bare aiocoap. aiot bench node "
+        "gateway under simulated LwM2M clients against bare aiocoap (and, with OSCORE "
+        "required, against itself unprotected). aiot bench node "
         "[--against DIR]: the node's code bytes, data heap and boot time to first Register. "
+        "aiot bench oscore [--reps R]: what OSCORE costs the node (protect/verify "
+        "microseconds, bytes allocated, flash writes) under the MicroPython unix port. "
         "'aiot bench NAME --help' for options.",
     )
-    be.add_argument("name", choices=["features", "gateway", "infer", "node"],
+    be.add_argument("name", choices=["features", "gateway", "infer", "node", "oscore"],
                     help="which benchmark")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
@@ -341,11 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--channel", default="DE", choices=["DE", "FE", "BA"], help="sensor (DE)")
     dc.set_defaults(func=cmd_data_convert)
 
-    from aiotkit.tools import keyscli, lwm2mcli, modelcli
+    from aiotkit.tools import keyscli, lwm2mcli, modelcli, tokenscli
 
     modelcli.register(sub)
     lwm2mcli.register(sub)
     keyscli.register(sub)
+    tokenscli.register(sub)
     return p
 
 

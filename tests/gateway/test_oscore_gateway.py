@@ -10,7 +10,9 @@ attacker (whose Sends were then stored as the victim's), and a DELETE removed it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiotkit.gateway.app import Gateway
 from aiotkit.gateway.config import load_config
 from aiotkit.gateway.security import generate_key_hex, write_credentials
-from plugins.services import free_port
+from plugins.services import free_port, require_tool
 
 LINKS = b'</>;rt="oma.lwm2m";ct=112,</3/0>'
 
@@ -178,3 +180,149 @@ async def test_a_revoked_context_is_refused_and_the_registration_stays_its_own(t
             await a.send(1)  # the gateway's 4.01 cannot be protected (RFC 8613 8.2)
         assert info.value.plain_message.code == aiocoap.UNAUTHORIZED
         assert stored_values(gw, "node-a") == []
+
+
+class Wire:
+    """A node's side as raw datagrams: requests protected with aiocoap's own context,
+    sent from a plain UDP socket, so they can be replayed and tampered with."""
+
+    def __init__(self, gw: Gateway, folder: Path, ep: str) -> None:
+        if gw.keys is None:
+            raise AssertionError("the gateway has no key store")
+        gw.keys.create(ep)
+        write_credentials(folder, gw.keys.export(ep).to_json(), gw.coap_uri)
+        self.ctx = oscore.FilesystemSecurityContext(str(folder / ep))
+        self.port = gw.config.coap.port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.mid = 100
+
+    def protect(self, code: Any, path: str, payload: bytes = b"", query: str = "",
+                cf: int | None = None) -> bytes:
+        msg = aiocoap.Message(code=code, uri_path=tuple(p for p in path.split("/") if p),
+                              uri_query=tuple(q for q in query.split("&") if q),
+                              payload=payload, content_format=cf)
+        protected, _ = self.ctx.protect(msg)
+        self.mid += 1
+        protected.mid, protected.token, protected.mtype = self.mid, b"tk", aiocoap.CON
+        return bytes(protected.encode())
+
+    async def exchange(self, datagram: bytes, mid: int | None = None) -> aiocoap.Message:
+        """Send (with a fresh MID unless given) and return the gateway's answer."""
+        data = bytearray(datagram)
+        self.mid += 1
+        data[2:4] = (mid if mid is not None else self.mid).to_bytes(2, "big")
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendto(self.sock, bytes(data), ("127.0.0.1", self.port))
+        raw = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), 10)
+        return aiocoap.Message.decode(raw)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def send_pack(value: int) -> bytes:
+    return cbor2.dumps([{-2: "/33000/0/", 0: "0", 2: value}])
+
+
+@pytest.mark.timeout_s(60)
+async def test_replayed_tampered_truncated_and_wrongly_keyed_requests_store_nothing(tmp_path):
+    async with oscore_gateway(tmp_path) as gw:
+        w = Wire(gw, tmp_path / "w", "node-w")
+        try:
+            reg = w.protect(aiocoap.POST, "rd", LINKS, "ep=node-w&lt=60", cf=40)
+            assert (await w.exchange(reg)).code == aiocoap.CHANGED  # protected: outer 2.04
+            send = w.protect(aiocoap.POST, "dp", send_pack(1), cf=112)
+            assert (await w.exchange(send)).code == aiocoap.CHANGED
+            assert stored_values(gw, "node-w") == [1]
+            # the same protected Send again, as a new message: a replay
+            r = await w.exchange(send)
+            assert r.code == aiocoap.UNAUTHORIZED and r.opt.oscore is None
+            # one ciphertext bit flipped; the tag cut short; the right kid, a wrong key
+            fresh = w.protect(aiocoap.POST, "dp", send_pack(2), cf=112)
+            flipped = bytearray(fresh)
+            flipped[-3] ^= 0x01
+            assert (await w.exchange(bytes(flipped))).code == aiocoap.BAD_REQUEST
+            assert (await w.exchange(fresh[:-2])).code == aiocoap.BAD_REQUEST
+            w.ctx.sender_key = bytes(16)  # what a node with another secret would use
+            wrong = w.protect(aiocoap.POST, "dp", send_pack(3), cf=112)
+            assert (await w.exchange(wrong)).code == aiocoap.BAD_REQUEST
+            assert stored_values(gw, "node-w") == [1]
+        finally:
+            w.close()
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_request_under_a_key_id_the_gateway_does_not_know_is_refused(tmp_path):
+    async with oscore_gateway(tmp_path) as gw:
+        w = Wire(gw, tmp_path / "w", "node-w")
+        try:
+            w.ctx.sender_id = b"\x7f\x7e\x7d"  # a kid no context of the gateway has
+            r = await w.exchange(w.protect(aiocoap.POST, "rd", LINKS, "ep=node-w", cf=40))
+            assert r.code == aiocoap.UNAUTHORIZED
+            assert gw.store.registration("node-w") is None
+        finally:
+            w.close()
+
+
+@pytest.mark.timeout_s(60)
+async def test_nosec_gateway_refuses_unprotected_requests_for_a_provisioned_endpoint(tmp_path):
+    """In the development mode too, an endpoint that has an OSCORE context is never
+    accepted unprotected (its name cannot be taken over); other endpoints can."""
+    (tmp_path / "gw.key").write_text(generate_key_hex() + "\n")
+    (tmp_path / "gw.key").chmod(0o600)
+    conf = tmp_path / "gw.toml"
+    conf.write_text('[gateway]\nid = "dev"\ndb = "gw.db"\nsecurity = "nosec"\n'
+                    f'[coap]\nport = {free_port()}\n[security]\nkey_file = "gw.key"\n'
+                    "[shadow]\nenabled = false\n")
+    gw = Gateway(load_config(conf), allow_nosec=True)
+    await gw.start()
+    try:
+        async with node(gw, tmp_path / "a", "node-a") as a, \
+                node(gw, tmp_path / "p", None) as plain:
+            assert (await plain.register("node-a")).code == aiocoap.UNAUTHORIZED
+            assert (await a.register("node-a")).code == aiocoap.CREATED
+            assert (await plain.ask(aiocoap.DELETE, "", location=a.location)).code \
+                == aiocoap.UNAUTHORIZED
+            assert (await plain.register("dev-board")).code == aiocoap.CREATED
+    finally:
+        await gw.shutdown()
+
+
+@pytest.mark.timeout_s(90)
+async def test_aiocoap_client_with_exported_credentials_registers_and_sends(tmp_path):
+    """The peer check of the issue: the node side as exported (aiocoap's credentials
+    format), used by the real ``aiocoap-client`` command against the real gateway."""
+    client = require_tool("aiocoap-client", "pip install 'aiocoap[oscore]'")
+    async with oscore_gateway(tmp_path) as gw:
+        assert gw.keys is not None
+        gw.keys.create("node-c")
+        creds = write_credentials(tmp_path / "creds", gw.keys.export("node-c").to_json(),
+                                  gw.coap_uri)
+        (tmp_path / "creds" / "links").write_bytes(LINKS)
+        (tmp_path / "creds" / "pack").write_bytes(send_pack(42))
+
+        async def run(*args: str) -> str:
+            proc = await asyncio.create_subprocess_exec(
+                client, "--credentials", str(creds), *args, cwd=tmp_path / "creds",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, out.decode(errors="replace")
+            return out.decode(errors="replace")
+
+        await run("-m", "POST", "--content-format", "application/link-format",
+                  "--payload", "@links", f"{gw.coap_uri}/rd?ep=node-c&lt=60")
+        reg = gw.store.registration("node-c")
+        assert reg is not None and reg.state == "registered"
+        await run("-m", "POST", "--content-format", "application/senml+cbor",
+                  "--payload", "@pack", f"{gw.coap_uri}/dp")
+        assert stored_values(gw, "node-c") == [42]
+        # the same client without the credentials: refused, nothing stored
+        proc = await asyncio.create_subprocess_exec(
+            client, "-m", "POST", "--content-format", "application/senml+cbor",
+            "--payload", "@pack", f"{gw.coap_uri}/dp", cwd=tmp_path / "creds",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert b"4.01" in out or b"Unauthorized" in out, out
+        assert stored_values(gw, "node-c") == [42]

@@ -20,9 +20,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+
+from plugins.secretscan import remember
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,7 +50,10 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 class ManagedProcess:
     """A subprocess whose merged output is collected line by line, for waiting on events."""
 
+    made: ClassVar[list[ManagedProcess]] = []  # of the running test (plugins/secretscan.py)
+
     def __init__(self, name: str, cmd: list[str], *, cwd=None, env=None):
+        ManagedProcess.made.append(self)
         self.name = name
         self.cmd = cmd
         self.cwd = cwd
@@ -221,7 +226,10 @@ class GatewayProcess:
         self.token = secrets.token_hex(16)
         (workdir / "rest-tokens").write_text(f"admin {self.token} tests\n")
         key = workdir / "gateway.key"
-        key.write_text(secrets.token_hex(32) + "\n")
+        key_hex = secrets.token_hex(32)
+        key.write_text(key_hex + "\n")
+        remember(self.token)
+        remember(key_hex)
         key.chmod(0o600)
         mqtt_conf = (
             f'[mqtt]\nenabled = true\nhost = "{mqtt.host}"\nport = {mqtt.port}\n'

@@ -56,9 +56,27 @@ abuse over p99 without; ``abuse_rss_mb`` the gateway's RSS at the end of the abu
 ratio within 2, RSS under 150 MB). What the gateway answered each kind of abuse is
 counted (``abuse_block1_codes``, ``abuse_register_codes``, ``abuse_rest_closed``).
 
+OSCORE (``--no-oscore`` skips it): a second gateway process runs with ``security =
+"oscore"`` and a ``[security] key_file`` made for the run; before it starts, every node
+gets a context through the gateway's own ``KeyStore`` (created and exported in its
+database, ``oscore_load.provision``), and every request of the pass is protected
+beforehand with aiocoap's OSCORE on the node's side (sequence numbers counting up from
+0), so the generator only sends bytes in the timed part. Every node registers
+protected, then the gateway's ``--passes`` Send passes interleave with the others (bare
+aiocoap, the gateway unprotected, the gateway protected). OSCORE answers every request
+2.04 outside (RFC 8613 §4.2), so what counts is read from its database: registrations,
+and Sends committed per pass over the pass's time. ``oscore_ingest_msgs_per_s`` is the
+median of those passes; ``oscore_ratio_vs_nosec`` and ``oscore_ratio_vs_aiocoap`` divide
+it by the medians of the same run's unprotected passes (goals 0.8 and 1.0);
+``oscore_rss_mb`` is the gateway's RSS with every node provisioned and registered (goal
+under 100 MB with 10,000 nodes; ``oscore_rss_mb_after_ingest`` after the Sends);
+``oscore_goals`` says which goal is met. The fast Send/Notify paths serve unprotected
+traffic only: the protected pass measures aiocoap's request path with its OSCORE.
+
 The last line is one JSON object (ingest_msgs_per_s, aiocoap_msgs_per_s,
 ingest_ratio_vs_aiocoap, registrations_per_s, p50_ms, p99_ms, rss_mb_10k_nodes,
-rss_kb_per_node, notify_msgs_per_s, notify_ratio_vs_aiocoap and more).
+rss_kb_per_node, notify_msgs_per_s, notify_ratio_vs_aiocoap, oscore_ingest_msgs_per_s,
+oscore_ratio_vs_nosec, oscore_rss_mb and more).
 
 The load generator speaks CoAP through the gateway's own wire module
 (``aiotkit.gateway.coap.wire``) and reads the gateway's database through its storage
@@ -103,7 +121,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiotkit.boards.errors import AiotError
 from aiotkit.gateway.coap import wire
@@ -137,6 +155,9 @@ ABUSE_SOCKETS = 64  # the abuse generator's UDP sockets
 ABUSE_BLOCK1_RATE = 2000.0  # unfinished Block1 uploads started per second
 ABUSE_REGISTER_RATE = 1000.0  # Registers of new endpoints per second
 MAX_ENDPOINTS = 10000  # the gateway's [registry] max_endpoints (its default)
+OSCORE_GOAL_VS_NOSEC = 0.8  # protected durable ingest / the gateway's unprotected
+OSCORE_GOAL_VS_AIOCOAP = 1.0  # ... / bare unprotected aiocoap
+OSCORE_GOAL_RSS_MB = 100  # the OSCORE gateway with every node provisioned
 NOTIFY_NOTE = ("aiocoap ACKs a CON Notification as soon as it matches an observation, "
                "before the gateway commits it: notify_msgs_per_s counts Notifications "
                "committed to SQLite (rows / (last received_at - pass start)); the "
@@ -633,7 +654,10 @@ def bare_server_main(argv: list[str]) -> int:
     return 0
 
 
-def gateway_config(dirpath: Path, port: int, rest_port: int = 0) -> Path:
+def gateway_config(dirpath: Path, port: int, rest_port: int = 0,
+                   key_file: Path | None = None) -> Path:
+    """The gateway's configuration: nosec, or OSCORE required with the at-rest key in
+    ``key_file`` (that of the contexts ``provision`` made)."""
     path = dirpath / "gateway.toml"
     rest = ""
     if rest_port:
@@ -641,19 +665,22 @@ def gateway_config(dirpath: Path, port: int, rest_port: int = 0) -> Path:
         (dirpath / "tokens").chmod(0o600)
         rest = ("[rest]\nenabled = true\nhost = \"127.0.0.1\"\n"
                 f"port = {rest_port}\ntokens_file = \"tokens\"\n")
+    mode, security = "nosec", ""
+    if key_file is not None:
+        mode, security = "oscore", f"[security]\nkey_file = {json.dumps(str(key_file))}\n"
     path.write_text(
-        "# aiot bench gateway: nosec on loopback, no uplink\n"
+        f"# aiot bench gateway: {mode} on loopback, no uplink\n"
         "[gateway]\n"
         'id = "bench"\n'
         'db = "gateway.db"\n'
-        'security = "nosec"\n'
+        f'security = "{mode}"\n'
         "[coap]\n"
         'host = "127.0.0.1"\n'
         f"port = {port}\n"
         "[dm]\n"
         f'observe = ["{NOTIFY_PATH}"]\n'
         "[mqtt]\n"
-        "enabled = false\n" + rest
+        "enabled = false\n" + rest + security
     )
     return path
 
@@ -960,6 +987,181 @@ class _Server:
     stored_counts: list[int] = field(default_factory=list)  # and how many were stored
 
 
+@dataclass
+class _Oscore:
+    """The protected pass's state: a second gateway (OSCORE required), its database, and
+    the nodes' requests protected beforehand (``oscore_load``)."""
+
+    server: _Server
+    db: Path
+    reg_bodies: list[bytes]  # node i's protected Register (sequence number 0)
+    pass_bodies: list[list[tuple[int, bytes]]]  # per Send pass: (socket, protected Send)
+    provision_s: float
+    protect_us: float
+    register: PhaseResult | None = None
+    registered: int = 0
+    stored: list[int] = field(default_factory=list)  # Sends committed, per pass
+    rates: list[float] = field(default_factory=list)  # durable Sends/s, per pass
+    rss: dict[str, int] = field(default_factory=dict)  # kB, by moment
+
+
+def _oscore_prepare(args: argparse.Namespace, work: Path, endpoints: list[str],
+                    senders: list[int], payloads: list[bytes]) -> _Oscore:
+    """Provision every node in a fresh database through the gateway's KeyStore, protect
+    every request of the run (Register, then each pass's Sends, in the order they go
+    out: a node's sequence numbers count up) and make the gateway's command."""
+    from aiotkit.gateway.coap.aio import Code
+
+    from .oscore_load import NodeSide, protected_body, provision
+
+    owork = work / "oscore"
+    owork.mkdir()
+    db, key_file = owork / "gateway.db", owork / "gateway.key"
+    progress(f"OSCORE: provisioning {len(endpoints)} nodes through the KeyStore ({db})")
+    creds, provision_s = provision(db, key_file, endpoints)
+    count = len(endpoints) + args.passes * args.messages
+    progress(f"OSCORE: protecting {count} requests beforehand (aiocoap's OSCORE)")
+    t0 = time.perf_counter()
+    sides = [NodeSide(c) for c in creds]
+    reg_bodies = [protected_body(sides[i], Code.POST, path=("rd",),
+                                 query=(f"ep={ep}", f"lt={LIFETIME}", "lwm2m=1.1", "b=U"),
+                                 content_format=CF_LINK_FORMAT, payload=OBJECT_LINKS)
+                  for i, ep in enumerate(endpoints)]
+    pass_bodies = []
+    for p in range(args.passes):
+        bodies = []
+        for k in range(p * args.messages, (p + 1) * args.messages):
+            node = senders[k % len(senders)]
+            bodies.append((node % args.sockets, protected_body(
+                sides[node], Code.POST, path=("dp",), content_format=CF_SENML_CBOR,
+                payload=payloads[k % len(payloads)])))
+        pass_bodies.append(bodies)
+    protect_us = (time.perf_counter() - t0) / count * 1e6
+    port = free_udp_port()
+    cfg = gateway_config(owork, port, key_file=key_file)
+    py = sys.executable
+    cmd = [py, "-m", "aiotkit.gateway.app", str(cfg)]
+    if args.profile_oscore:
+        cmd = [py, "-m", "cProfile", "-o", str(Path(args.profile_oscore).resolve()), *cmd[1:]]
+    server = _Server("gateway-oscore", ServerProcess(
+        "the OSCORE gateway", cmd, owork / "gateway.log", "aiot gateway ready", owork),
+        ("127.0.0.1", port))
+    return _Oscore(server, db, reg_bodies, pass_bodies, provision_s, protect_us)
+
+
+async def _oscore_register(args: argparse.Namespace, gen: LoadGenerator, o: _Oscore) -> None:
+    """Every provisioned node registers, protected; outer 2.04 is OSCORE's answer to any
+    request (RFC 8613 §4.2), so what registered is read from the database."""
+    s, nodes = o.server, len(o.reg_bodies)
+    progress(f"{s.name}: {nodes} nodes registering, protected (window {args.window})")
+
+    def regs() -> Iterator[tuple[int, bytes, int]]:
+        for i, body in enumerate(o.reg_bodies):
+            yield i % args.sockets, body, wire.CHANGED
+
+    o.register = r = await gen.run(f"{s.name} register", s.addr, regs(), nodes, args.window,
+                                   s.proc.alive)
+    progress(f"  {r.rate:.0f} registrations/s"
+             + (f", {r.failed} failed {r.codes}" if r.failed else ""))
+    await asyncio.sleep(0.5)
+    o.rss["registered"] = rss_kb(s.proc.pid)
+    with stored(o.db) as store:
+        o.registered = store.count_registered()
+
+
+async def _oscore_send_pass(args: argparse.Namespace, gen: LoadGenerator, o: _Oscore,
+                            p: int) -> None:
+    """Send pass ``p`` of the protected gateway: durable ingest is the Sends committed
+    (new rows in its database) over the pass's time."""
+    s = o.server
+    progress(f"{s.name}: Send pass {p + 1}/{args.passes}, {args.messages} protected "
+             f"messages (window {args.window})")
+    with stored(o.db) as store:
+        before = store.last_send_id()
+    items = ((sock, body, wire.CHANGED) for sock, body in o.pass_bodies[p])
+    r = await gen.run(f"{s.name} send", s.addr, items, args.messages, args.window,
+                      s.proc.alive)
+    s.passes.append(r)
+    n, _last = await wait_stored(o.db, before, r.ok, _STORE_WAIT_S)
+    o.stored.append(n)
+    o.rates.append(min(n, r.ok) / r.seconds if r.seconds > 0 else 0.0)
+    progress(f"  {r.rate:.0f} acked/s, {o.rates[-1]:.0f} stored/s"
+             + (f", {r.failed} failed {r.codes}" if r.failed else ""))
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    if not v:
+        return 0.0
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def _oscore_result(args: argparse.Namespace, o: _Oscore | None, gw: _Server, bare: _Server,
+                   failures: dict[str, dict[str, int]]) -> dict[str, object]:
+    """The protected pass's keys (None when skipped) and its failures into ``failures``."""
+    keys = ("oscore_ingest_msgs_per_s", "oscore_ratio_vs_nosec", "oscore_ratio_vs_aiocoap",
+            "oscore_nosec_msgs_per_s", "oscore_aiocoap_msgs_per_s",
+            "oscore_passes_msgs_per_s", "oscore_sends_acked", "oscore_sends_stored",
+            "oscore_registrations_per_s", "oscore_registered_nodes",
+            "oscore_provisioned_nodes", "oscore_p50_ms", "oscore_p99_ms", "oscore_rss_mb",
+            "oscore_rss_mb_idle", "oscore_rss_mb_registered", "oscore_rss_mb_after_ingest",
+            "oscore_provision_s", "oscore_protect_us", "oscore_goals")
+    if o is None:
+        return dict.fromkeys(keys)
+    s = o.server
+    if o.register is not None and o.register.failed:
+        failures[f"{s.name} register"] = o.register.codes
+    if o.registered < len(o.reg_bodies):
+        failures[f"{s.name} register"] = {
+            **failures.get(f"{s.name} register", {}),
+            "not registered": len(o.reg_bodies) - o.registered}
+    for i, (r, n) in enumerate(zip(s.passes, o.stored, strict=True)):
+        codes = dict(r.codes)
+        if n < r.ok:  # outer 2.04 but nothing committed: an inner error
+            codes["not stored"] = r.ok - n
+        if codes:
+            failures[f"{s.name} send {i + 1}"] = codes
+    med = _median(o.rates)
+    nosec = _median([r.rate for r in gw.passes])
+    base = _median([r.rate for r in bare.passes])
+    lat = sorted(x for r in s.passes for x in r.latencies)
+    ratio_nosec = round(med / nosec, 3) if nosec else 0.0
+    ratio_bare = round(med / base, 3) if base else 0.0
+    # with every node provisioned and registered (each context loaded), as
+    # rss_mb_10k_nodes is for the unprotected gateway; after the Sends aiocoap also holds
+    # every exchange for EXCHANGE_LIFETIME (the unprotected gateway grows too)
+    rss, rss_after = o.rss["registered"] / 1024, o.rss["after"] / 1024
+    ms = 1000.0
+    out: dict[str, object] = {
+        "oscore_ingest_msgs_per_s": round(med, 1),
+        "oscore_ratio_vs_nosec": ratio_nosec,
+        "oscore_ratio_vs_aiocoap": ratio_bare,
+        "oscore_nosec_msgs_per_s": round(nosec, 1),
+        "oscore_aiocoap_msgs_per_s": round(base, 1),
+        "oscore_passes_msgs_per_s": [round(x, 1) for x in o.rates],
+        "oscore_sends_acked": sum(r.ok for r in s.passes),
+        "oscore_sends_stored": sum(o.stored),
+        "oscore_registrations_per_s": round(o.register.rate, 1) if o.register else 0.0,
+        "oscore_registered_nodes": o.registered,
+        "oscore_provisioned_nodes": len(o.reg_bodies),
+        "oscore_p50_ms": round(_pct(lat, 50) * ms, 2),
+        "oscore_p99_ms": round(_pct(lat, 99) * ms, 2),
+        "oscore_rss_mb": round(rss, 1),
+        "oscore_rss_mb_idle": round(o.rss["idle"] / 1024, 1),
+        "oscore_rss_mb_registered": round(o.rss["registered"] / 1024, 1),
+        "oscore_rss_mb_after_ingest": round(rss_after, 1),
+        "oscore_provision_s": round(o.provision_s, 2),
+        "oscore_protect_us": round(o.protect_us, 1),
+        "oscore_goals": {"ratio_vs_nosec >= 0.8": ratio_nosec >= OSCORE_GOAL_VS_NOSEC,
+                         "ratio_vs_aiocoap >= 1.0": ratio_bare >= OSCORE_GOAL_VS_AIOCOAP,
+                         f"rss_mb < {OSCORE_GOAL_RSS_MB}": rss < OSCORE_GOAL_RSS_MB,
+                         f"rss_mb_after_ingest < {OSCORE_GOAL_RSS_MB}":
+                         rss_after < OSCORE_GOAL_RSS_MB},
+    }
+    return out
+
+
 async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     rng = random.Random(5)
     nodes, sockets = args.nodes, args.sockets
@@ -992,6 +1194,8 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
                                             work / "bare.log", _BARE_READY, work),
                    ("127.0.0.1", bare_port))
     servers = (bare, gw)
+    osc = (_oscore_prepare(args, work, endpoints, senders, payloads)
+           if args.oscore else None)
     gen = LoadGenerator(sockets)
     gen.decision = decisions[0]
     observers = senders[:args.observers]
@@ -1000,6 +1204,10 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         progress(f"starting the gateway (db {db}) and a bare aiocoap server")
         for s in servers:
             s.proc.start()
+        if osc is not None:
+            progress(f"starting the OSCORE gateway (db {osc.db})")
+            osc.server.proc.start()
+            osc.rss["idle"] = rss_kb(osc.server.proc.pid)
         rss_idle = rss_kb(gw.proc.pid)
         bare_rss_idle = rss_kb(bare.proc.pid)
         progress(f"opening {sockets} client sockets for {nodes} nodes")
@@ -1030,8 +1238,10 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
             stored_before = store.count_sends()
         rss_10k, bare_rss = rss["register"]
         rss_storm, bare_rss_storm = rss["reregister"]
+        if osc is not None:
+            await _oscore_register(args, gen, osc)
         offset = 0
-        for p in range(args.passes):
+        for p in range(args.passes):  # interleaved: bare, nosec gateway, OSCORE gateway
             for s in servers:
                 progress(f"{s.name}: Send pass {p + 1}/{args.passes}, {args.messages} "
                          f"messages from {len(senders)} nodes (window {args.window})")
@@ -1040,10 +1250,16 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 s.passes.append(r)
                 progress(f"  {r.rate:.0f} msgs/s"
                          + (f", {r.failed} failed {r.codes}" if r.failed else ""))
+            if osc is not None:
+                await _oscore_send_pass(args, gen, osc, p)
             offset += args.messages
         with stored(db) as store:
             stored_count = store.count_sends() - stored_before
         rss_after = rss_kb(gw.proc.pid)
+        if osc is not None:
+            await asyncio.sleep(0.5)
+            osc.rss["after"] = rss_kb(osc.server.proc.pid)
+            osc.server.proc.stop()  # idle from here: the Notify and abuse passes are nosec
         await _notify(args, gen, servers, gw, db, observers, model_bodies, decisions)
         rss_notify = rss_kb(gw.proc.pid)
         abused: dict[str, object] = {"abuse_transfers": 0, "abuse_p99_ratio": None,
@@ -1052,7 +1268,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
             abused = await _abuse(args, gen, gw, senders, send_bodies, rest_port, registered)
     finally:
         gen.close()
-        for s in servers:
+        for s in (*servers, *([osc.server] if osc is not None else [])):
             s.proc.stop()
 
     failures = {f"{s.name} {name}": r.codes for s in servers
@@ -1075,6 +1291,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     lat = sorted(x for r in gw.passes for x in r.latencies)
     bare_lat = sorted(x for r in bare.passes for x in r.latencies)
     reg_lat = sorted(gw.phases["reregister"].latencies)
+    oscore = _oscore_result(args, osc, gw, bare, failures)
     ms = 1000.0
     result: dict[str, object] = {
         "ingest_msgs_per_s": round(gw_best.rate, 1),
@@ -1131,6 +1348,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "failures": failures,
         "notify": NOTIFY_NOTE,
         **abused,
+        **oscore,
     }
     return result
 
@@ -1173,6 +1391,28 @@ def _print_summary(r: dict[str, object]) -> None:
               f"{r['abuse_block1_codes']}; {r['abuse_register_attempts']} new endpoints: "
               f"{r['abuse_register_codes']}; REST {r['abuse_rest_opened']} slow connections,"
               f" {r['abuse_rest_closed']} closed by the gateway")
+    if r["oscore_ingest_msgs_per_s"] is not None:
+        goals = cast("dict[str, bool]", r["oscore_goals"])
+        missed = [g for g, ok in goals.items() if not ok]
+        print(f"OSCORE durable ingest {r['oscore_ingest_msgs_per_s']:>9} msgs/s (median of "
+              f"{r['passes']} passes interleaved with the others; "
+              f"{r['oscore_provisioned_nodes']} nodes provisioned through the KeyStore, "
+              f"{r['oscore_registered_nodes']} registered protected at "
+              f"{r['oscore_registrations_per_s']}/s)")
+        print(f"                      ratio {r['oscore_ratio_vs_nosec']} vs the gateway "
+              f"unprotected ({r['oscore_nosec_msgs_per_s']} msgs/s median, goal >= "
+              f"{OSCORE_GOAL_VS_NOSEC}), {r['oscore_ratio_vs_aiocoap']} vs bare aiocoap "
+              f"unprotected ({r['oscore_aiocoap_msgs_per_s']} msgs/s median, goal >= "
+              f"{OSCORE_GOAL_VS_AIOCOAP}); p50 {r['oscore_p50_ms']} ms, p99 "
+              f"{r['oscore_p99_ms']} ms")
+        print(f"OSCORE gateway RSS    {r['oscore_rss_mb']} MB with {r['oscore_provisioned_nodes']}"
+              f" nodes provisioned and registered (goal < {OSCORE_GOAL_RSS_MB} MB with 10000; "
+              f"idle {r['oscore_rss_mb_idle']} MB), {r['oscore_rss_mb_after_ingest']} MB after "
+              f"the Sends (unprotected gateway {r['rss_mb_after_ingest']} MB: aiocoap keeps "
+              f"every exchange {wire.EXCHANGE_LIFETIME:.0f} s)")
+        print(f"OSCORE goals          {'all met' if not missed else 'MISSED: ' + ', '.join(missed)}"
+              f" (load generator: {r['oscore_protect_us']} us to protect a request, "
+              f"before the timed part)")
     if r["failures"]:
         print(f"failures              {r['failures']}")
 
@@ -1188,7 +1428,11 @@ def build_parser() -> argparse.ArgumentParser:
             "registrations/s, durable Send ingest msgs/s (2.04 only after the SQLite "
             "commit), durable Notify ingest (Notifications committed/s), p50/p99 latency, "
             "the gateway's RSS with every node registered, and the ratios against "
-            "aiocoap. The last line is a JSON object."
+            "aiocoap. A second gateway with OSCORE required (every node provisioned "
+            "through its KeyStore, Registers and Sends protected beforehand with "
+            "aiocoap's OSCORE) runs Send passes interleaved with the unprotected ones: "
+            "oscore_ingest_msgs_per_s (median, Sends committed), oscore_ratio_vs_nosec, "
+            "oscore_ratio_vs_aiocoap and oscore_rss_mb. The last line is a JSON object."
         ),
     )
     p.add_argument("--nodes", type=int, default=10000, metavar="N",
@@ -1219,6 +1463,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "gateway's max_endpoints, 10000, and 10%% of N past it)")
     p.add_argument("--abuse-rest", type=int, default=300, metavar="C",
                    help="slow REST connections of the abuse pass (default 300)")
+    p.add_argument("--no-oscore", dest="oscore", action="store_false",
+                   help="skip the protected pass (a second gateway with OSCORE required, "
+                   "every node provisioned through its KeyStore, protected Registers and "
+                   "Sends interleaved with the unprotected passes)")
+    p.add_argument("--profile-oscore", metavar="FILE",
+                   help="run the OSCORE gateway under cProfile and write its stats to FILE")
     p.add_argument("--json-only", action="store_true",
                    help="print only the JSON line on stdout")
     return p

