@@ -471,6 +471,10 @@ def check_runnable(cfg: GatewayConfig, *, allow_nosec: bool = False) -> None:
     names it. ``Gateway.start()`` and ``aiot gateway check`` both apply it.
     ``allow_nosec`` is the command line's development switch (``--allow-nosec``)."""
     where = cfg.source if cfg.source is not None else "<defaults>"
+    if cfg.security.key_file or os.environ.get("AIOT_GATEWAY_KEY"):
+        from .security.atrest import AtRestKey  # its format, not yet the database's check
+
+        AtRestKey.load(cfg.security)  # KeyConfigError (a ConfigError) names what is wrong
     if (cfg.gateway.security == "oscore" and not cfg.security.key_file
             and not os.environ.get("AIOT_GATEWAY_KEY")):
         raise ConfigError(

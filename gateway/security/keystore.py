@@ -482,6 +482,7 @@ class KeyStore:
 
 def _check_endpoint(endpoint: str) -> None:
     if not endpoint or len(endpoint) > 255 or any(
-            ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in endpoint):
+            ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF
+            for c in endpoint):
         raise KeyRequestError("an endpoint name is 1..255 characters, without control"
-                              " characters")
+                              " characters or surrogates")

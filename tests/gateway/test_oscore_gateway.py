@@ -326,3 +326,21 @@ async def test_aiocoap_client_with_exported_credentials_registers_and_sends(tmp_
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert b"4.01" in out or b"Unauthorized" in out, out
         assert stored_values(gw, "node-c") == [42]
+
+
+def test_gateway_check_refuses_a_bad_key_file_in_one_line(tmp_path):
+    """Before, 'aiot gateway check' passed a config whose key file was unreadable or
+    not a key; only 'run' found out."""
+    from aiotkit.gateway.config import check_runnable
+    from aiotkit.gateway.errors import ConfigError
+
+    conf = tmp_path / "gw.toml"
+    conf.write_text('[gateway]\ndb = "gw.db"\n[security]\nkey_file = "gw.key"\n')
+    (tmp_path / "gw.key").write_text("not a key\n")
+    with pytest.raises(ConfigError, match="security.key_file"):
+        check_runnable(load_config(conf))
+    (tmp_path / "gw.key").unlink()
+    with pytest.raises(ConfigError, match="cannot read"):
+        check_runnable(load_config(conf))
+    (tmp_path / "gw.key").write_text(generate_key_hex() + "\n")
+    check_runnable(load_config(conf))

@@ -507,3 +507,18 @@ def test_a_version_5_database_migrates_to_6_with_its_rows(tmp_path):
         assert [r.endpoint for r in store.registrations()] == ["n"]
         assert store.keys.oscore_rows() == []
         assert store.keys.oscore_meta("run") is None
+
+
+def test_the_key_store_refuses_an_endpoint_name_with_a_surrogate(tmp_path):
+    """Before, the store took a lone surrogate (only the REST API refused it); such a
+    name cannot be stored as UTF-8 nor registered."""
+    from aiotkit.gateway.security.errors import KeyRequestError
+
+    storage, ks = open_store(tmp_path / "gw.db")
+    try:
+        with pytest.raises(KeyRequestError, match="surrogates"):
+            ks.create("node-\udcff")
+        assert len(ks) == 0
+    finally:
+        ks.close()
+        storage.close()
