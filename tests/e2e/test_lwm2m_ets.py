@@ -1,6 +1,7 @@
 """OMA ETS interoperability cases, node <-> gateway: a real MicroPython node (the
 precompiled firmware in the unix-sim heap) and the real gateway (``Gateway``, its
-device-management API ``gw.dm``) on loopback.
+device-management API ``gw.dm``) on loopback, every exchange OSCORE-protected (the node
+provisioned from the gateway's key store, as ``aiot sim`` does).
 
 Case IDs and titles are those of OMA-ETS-LightweightM2M-V1_1 (``LightweightM2M-1.1-int-NNN``),
 as Zephyr's LwM2M interoperability suite (tests/net/lib/lwm2m/interop) lists them:
@@ -34,6 +35,8 @@ from aiotkit.gateway.config import load_config
 from aiotkit.gateway.dm import OperationFailed
 from aiotkit.gateway.lwm2m.codecs import CodecError
 from aiotkit.gateway.lwm2m.registry import RegistryEvent
+from aiotkit.gateway.security import generate_key_hex
+from aiotkit.tools.sim import keystore_provisioner
 from plugins.services import free_port
 
 pytestmark = pytest.mark.e2e
@@ -74,18 +77,23 @@ class Events:
 async def node_and_gateway(tmp_path: Path, node_firmware, **node_cfg: object
                            ) -> AsyncIterator[tuple[Gateway, Events, asyncio.subprocess.Process]]:
     conf = tmp_path / "gw.toml"
-    conf.write_text('[gateway]\nid = "ets"\ndb = "gw.db"\nsecurity = "nosec"\n'
+    (tmp_path / "gw.key").write_text(generate_key_hex() + "\n")
+    (tmp_path / "gw.key").chmod(0o600)
+    conf.write_text('[gateway]\nid = "ets"\ndb = "gw.db"\n'  # OSCORE: the default
                     f"[coap]\nport = {free_port()}\n[dm]\nrequest_timeout_s = 10.0\n"
-                    "[shadow]\nenabled = false\n")
-    gw = Gateway(load_config(conf), allow_nosec=True)
+                    '[shadow]\nenabled = false\n[security]\nkey_file = "gw.key"\n')
+    gw = Gateway(load_config(conf))
     events = Events()
     await gw.start()
+    assert gw.keys is not None
+    node_keys = keystore_provisioner(gw.keys)(EP)
     gw.registry.add_listener(events)
     node_dir = tmp_path / "node"
     node_dir.mkdir()
     shutil.copy(paths.replay_dir() / "normal-97.i16", node_dir / "signal.i16")
     cfg = {"endpoint": EP, "gateway": gw.coap_uri, "lifetime": 30, "window": 256,
            "report_ms": 200, "signal": "signal.i16", "realtime": True, "features": False}
+    cfg["oscore"] = {k: node_keys[k] for k in ("secret", "salt", "sender_id", "recipient_id")}
     cfg.update(node_cfg)
     (node_dir / "config.json").write_text(json.dumps(cfg))
     argv = node_firmware.argv()
