@@ -22,6 +22,9 @@ import pytest
 from aiotkit.boards import paths
 from aiotkit.gateway.app import Gateway
 from aiotkit.gateway.config import load_config
+from aiotkit.gateway.security import KeyStore, generate_key_hex
+from aiotkit.gateway.storage import SqliteStorage
+from aiotkit.tools.sim import keystore_provisioner
 from plugins.services import free_port
 
 pytestmark = pytest.mark.e2e
@@ -89,11 +92,32 @@ class Node:
         self.proc = self._pump = None
 
 
-def _gateway_config(tmp_path: Path, port: int, extra: str = "") -> Path:
+def _gateway_config(tmp_path: Path, port: int, extra: str = "",
+                    security: str = "oscore") -> Path:
     conf = tmp_path / "gw.toml"
-    conf.write_text('[gateway]\nid = "log"\ndb = "gw.db"\nsecurity = "nosec"\n'
-                    f"[coap]\nport = {port}\n[shadow]\nenabled = false\n" + extra)
+    (tmp_path / "gw.key").write_text(generate_key_hex() + "\n")
+    (tmp_path / "gw.key").chmod(0o600)
+    conf.write_text(f'[gateway]\nid = "log"\ndb = "gw.db"\nsecurity = "{security}"\n'
+                    f"[coap]\nport = {port}\n[shadow]\nenabled = false\n"
+                    '[security]\nkey_file = "gw.key"\n' + extra)
     return conf
+
+
+def _node_keys(conf: Path) -> dict[str, str]:
+    """The node's OSCORE keys from the gateway's key store, made before the gateway
+    runs (the node starts first), as provisioning does."""
+    config = load_config(conf)
+    storage = SqliteStorage.open(config.gateway.db)
+    try:
+        keys = KeyStore.from_config(storage, config)
+        assert keys is not None
+        try:
+            node = keystore_provisioner(keys)(EP)
+        finally:
+            keys.close()
+    finally:
+        storage.close()
+    return {k: node[k] for k in ("secret", "salt", "sender_id", "recipient_id")}
 
 
 def _node_dir(tmp_path: Path, **cfg: object) -> Path:
@@ -130,13 +154,14 @@ def _logged(node: Node, start: int) -> list[int]:
 async def _offline_then_online(tmp_path: Path, node_firmware) -> None:
     port = free_port()
     conf = _gateway_config(tmp_path, port)
-    node = Node(_node_dir(tmp_path, gateway=f"coap://127.0.0.1:{port}"), node_firmware)
+    node = Node(_node_dir(tmp_path, gateway=f"coap://127.0.0.1:{port}",
+                          oscore=_node_keys(conf)), node_firmware)
     gw: Gateway | None = None
     try:
         # 1. nobody listens on the gateway's port: the node measures and logs
         await node.start()
         await node.wait_for(r" logged \d+$", count=5)
-        gw = Gateway(load_config(conf), allow_nosec=True)
+        gw = Gateway(load_config(conf))
         await gw.start()
         up = time.time()
         offline = _logged(node, 0)
@@ -163,7 +188,7 @@ async def _offline_then_online(tmp_path: Path, node_firmware) -> None:
         await node.kill()
         lost_in_power_cut = _logged(node, mark)
         killed = time.time()
-        gw = Gateway(load_config(conf), allow_nosec=True)
+        gw = Gateway(load_config(conf))
         await gw.start()
         before = len(_windows(gw))
         mark = node.mark()
@@ -190,10 +215,12 @@ async def test_reports_made_while_the_gateway_is_away_arrive_in_order_also_after
 
 
 async def _bootstrap(tmp_path: Path, node_firmware) -> None:
+    # the NoSec bootstrap of a development gateway; the protected one (bootstrap context,
+    # Object 21 delivered) is tests/gateway/test_bootstrap_oscore.py
     bs_port = free_port()
     conf = _gateway_config(tmp_path, free_port(),
                            f"[bootstrap]\nenabled = true\nport = {bs_port}\n"
-                           '[bootstrap.default]\nuri = ""\n')
+                           '[bootstrap.default]\nuri = ""\n', security="nosec")
     gw = Gateway(load_config(conf), allow_nosec=True)
     await gw.start()
     node_dir = _node_dir(tmp_path, bootstrap=f"coap://127.0.0.1:{bs_port}")
