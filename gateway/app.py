@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Self
 
 from .coap.aio import OscoreSiteWrapper, aiocoap
 from .coap.fastnotify import FastNotify
+from .coap.fastoscore import FastOscore
 from .coap.fastsend import FastSend
 from .coap.layer import MessageLayer
 from .coap.layer import install as install_message_layer
@@ -123,6 +124,7 @@ class Gateway:
         self._coap_layers: list[MessageLayer] = []
         self.fast_sends: list[FastSend] = []  # coap/fastsend.py, one per UDP interface
         self.fast_notifies: list[FastNotify] = []  # coap/fastnotify.py, the same
+        self.fast_oscores: list[FastOscore] = []  # coap/fastoscore.py, the same
         self._dm: DeviceManagement | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.shadow: ShadowChecker | None = None  # when numpy and tflite-micro are there
@@ -231,10 +233,17 @@ class Gateway:
         self._coap_layers = install_message_layer(self._coap,
                                                   compact_dedup=cfg.coap.compact_dedup)
         # the fast paths, each attached to the datagram hook of every UDP interface
-        # (coap/layer.py); the hook never offers them a protected (OSCORE) datagram, and
-        # with OSCORE required they are not attached: they serve unprotected traffic only
-        for hook in (layer.hook for layer in self._coap_layers
-                     if layer.hook is not None and not secure):
+        # (coap/layer.py). The plain ones are never offered a protected (OSCORE)
+        # datagram, and with OSCORE required they are not attached: they serve
+        # unprotected traffic only. The protected Send path verifies OSCORE itself with
+        # the key store's contexts and is offered protected datagrams only.
+        hooks = [layer.hook for layer in self._coap_layers if layer.hook is not None]
+        if keys is not None and secure and cfg.coap.fast_oscore:
+            for hook in hooks:
+                fast_oscore = FastOscore(hook, site, self._registry, keys)
+                hook.add(fast_oscore, protected=True)
+                self.fast_oscores.append(fast_oscore)
+        for hook in (h for h in hooks if not secure):
             if cfg.coap.fast_send:
                 fast_send = FastSend(hook, site, self._registry)
                 hook.add(fast_send)

@@ -67,7 +67,10 @@ class CoapConfig:
     below aiocoap's request layers (``gateway/coap/fastsend.py``; needs compact_dedup).
     ``fast_notify``: the same for plain Notifications of live observations
     (``gateway/coap/fastnotify.py``; needs compact_dedup); a CON one is ACKed after its
-    COMMIT, not on arrival as aiocoap does."""
+    COMMIT, not on arrival as aiocoap does. ``fast_oscore``: with OSCORE, the common
+    protected Send verified (RFC 8613, the node's context and replay window) and stored
+    below aiocoap (``gateway/coap/fastoscore.py``; needs compact_dedup); anything it does
+    not fully verify goes to aiocoap's OSCORE layer unchanged."""
 
     host: str = "127.0.0.1"
     port: int = 5683
@@ -76,6 +79,7 @@ class CoapConfig:
     compact_dedup: bool = True
     fast_send: bool = True
     fast_notify: bool = True
+    fast_oscore: bool = True
     # Block1 uploads being reassembled (gateway/coap/blockwise.py): at most this many per
     # peer and in all (more: 5.03 with Max-Age), this many bytes buffered in all, and
     # dropped after this long without a block; one past max_payload is 4.13 at once

@@ -10,12 +10,15 @@ intercepts datagrams before aiocoap. The UDP transport hands every received data
 the interface's ``datagram_msg_received``; the hook takes that call, parses the datagram
 once (``coap.wire.parse``) and offers it to its fast paths in order. A fast path
 implements ``FastPath``: ``take(msg, ancdata, address)`` serves the datagram and returns
-True, or returns False and aiocoap gets it unchanged. A malformed datagram, one from an
-address that is not a plain UDP socket address, and one carrying OSCORE (see
-``coap.wire``) are never offered. The fast paths answer through ``send`` (from the
-local address the datagram came to, as aiocoap answers) and share the compact
-deduplication cache (``cache``, ``admit``) with aiocoap's layer. Today's fast paths:
-``coap.fastsend`` (LwM2M Send) and ``coap.fastnotify`` (Observe Notifications).
+True, or returns False and aiocoap gets it unchanged. A malformed datagram and one
+from an address that is not a plain UDP socket address are never offered. A datagram
+carrying OSCORE (see ``coap.wire``) is offered only to the paths added with
+``protected=True``, which verify it themselves (``coap.fastoscore``), a plain one only
+to the others. The fast paths answer through ``send`` (from the local address the
+datagram came to, as aiocoap answers) and share the compact deduplication cache
+(``cache``, ``admit``) with aiocoap's layer. Today's fast paths: ``coap.fastsend``
+(LwM2M Send) and ``coap.fastnotify`` (Observe Notifications), plain; ``coap.fastoscore``
+(the protected LwM2M Send), protected.
 
 **Compact deduplication** (§4.5, ``[coap] compact_dedup``): ``coap.dedup.DedupCache``
 in place of aiocoap's per-exchange ``Message`` and timer. Semantics are aiocoap's: a
@@ -169,8 +172,9 @@ class _Dedup:
 
 
 class FastPath(Protocol):
-    """A server of one kind of plain datagram below aiocoap, offered datagrams by a
-    ``DatagramHook`` (``coap.fastsend``, ``coap.fastnotify``)."""
+    """A server of one kind of datagram below aiocoap, offered datagrams by a
+    ``DatagramHook`` (``coap.fastsend``, ``coap.fastnotify``; protected:
+    ``coap.fastoscore``)."""
 
     served: int  # datagrams it served (tests, benchmarks)
 
@@ -189,7 +193,8 @@ class DatagramHook:
         self._iface = interface
         self._dedup = dedup
         self.closed = False  # shut down: fast paths store nothing more, answer nothing
-        self._paths: list[FastPath] = []
+        self._paths: list[FastPath] = []  # offered plain datagrams
+        self._protected: list[FastPath] = []  # offered OSCORE datagrams (coap.wire)
         self._slow: Callable[[bytes, Ancdata, int, Sockaddr], None] = (
             interface.datagram_msg_received)
         interface.datagram_msg_received = self._received
@@ -201,9 +206,10 @@ class DatagramHook:
             raise RuntimeError("no compact deduplication cache: no fast path can run")
         return self._dedup.cache
 
-    def add(self, path: FastPath) -> None:
-        """Offer datagrams to ``path`` after the paths added before it."""
-        self._paths.append(path)
+    def add(self, path: FastPath, *, protected: bool = False) -> None:
+        """Offer datagrams to ``path`` after the paths added before it: plain ones, or
+        (``protected``) only those carrying OSCORE, which ``path`` verifies itself."""
+        (self._protected if protected else self._paths).append(path)
 
     def admit(self, key: Hashable) -> None:
         """Record a new exchange ``key`` (no response yet), as a request aiocoap
@@ -223,6 +229,7 @@ class DatagramHook:
         """Datagrams go straight to aiocoap again; no fast path answers any more."""
         self.closed = True
         self._paths.clear()
+        self._protected.clear()
         if self._iface.__dict__.get("datagram_msg_received") == self._received:
             del self._iface.datagram_msg_received
 
@@ -233,9 +240,9 @@ class DatagramHook:
         except wire.WireError:  # aiocoap judges (and logs) malformed datagrams
             msg = None
         if msg is not None:
-            if self._paths and not msg.protected and type(address) is tuple \
-                    and len(address) == 4:
-                for path in self._paths:
+            paths = self._protected if msg.protected else self._paths
+            if paths and type(address) is tuple and len(address) == 4:
+                for path in paths:
                     try:
                         if path.take(msg, ancdata, address):
                             return

@@ -2,7 +2,7 @@
 
 Every byte-level look at a CoAP datagram on the gateway side goes through here: the
 datagram hook (``coap.layer``) parses each datagram once and offers it to the fast
-paths (``coap.fastsend``, ``coap.fastnotify``); the load generator of ``aiot bench
+paths (``coap.fastsend``, ``coap.fastnotify``, ``coap.fastoscore``); the load generator of ``aiot bench
 gateway`` builds and reads its requests with the same functions. aiocoap keeps its own
 codec for everything it serves; the numbers below are aiocoap's (``aiocoap.numbers``),
 never re-declared.
@@ -24,18 +24,27 @@ OSCORE option (9). aiocoap places OSCORE above its message layer
 (``aiocoap.oscore_sitewrapper`` for a server site, ``transports.oscore`` for requests
 the gateway sends): deduplication and retransmission see the outer message, and the
 security context (replay window, sequence numbers) verifies and unprotects the inner
-one before any resource sees it. Decision: **protected traffic goes to aiocoap.** The
-datagram hook offers a datagram to a fast path only when it carries no OSCORE option
-(``Datagram.protected``); a protected Send or Notification takes aiocoap's path, where
-the OSCORE layer verifies it with the node's security context, and only a verified
-inner message is stored. A fast path never sees, stores or answers one. A later issue
-may let a fast path unprotect with the same security contexts (and the same replay
-windows) to keep its speed; until then the rule is: a fast path handles exactly the
-plain messages it fully understands, and everything else, protected or not
-understood, goes to aiocoap unchanged. Until OSCORE is configured the gateway has no
-security context, so the LwM2M resource and device management refuse a protected
-message themselves (4.01 / not stored): nothing unverified is ever taken as data.
-``tests/gateway/test_oscore_step_aside.py`` fails if that ever changes.
+one before any resource sees it. Decision (first "protected traffic goes to aiocoap",
+changed for one case by the protected-ingest issue): **protected traffic goes to
+aiocoap, but for the common protected Send, which ``coap.fastoscore`` verifies
+itself.** The datagram hook offers a datagram carrying an OSCORE option
+(``Datagram.protected``) only to fast paths added as protected, and a plain one only
+to the others: the plain Send and Notification paths never see, store or answer a
+protected datagram. ``coap.fastoscore`` takes a protected CON POST whose kid names a
+context of the key store, verifies it exactly as aiocoap's context would (the replay
+window read, the nonce and AAD of RFC 8613 §5, AES-CCM), and takes it only when the
+inner message is the plain Send ``coap.fastsend`` takes, from a registered endpoint;
+only then does it strike the sequence number out of the *same* replay window, store
+the Send (group commit) and answer the protected 2.04. Anything it does not fully
+verify or understand goes to aiocoap unchanged, with no state changed, and aiocoap
+verifies it itself: the rule stays that a fast path handles exactly the messages it
+fully understands (and, if protected, has verified), and everything else goes to
+aiocoap unchanged. ``oscore_option`` (RFC 8613 §6.1) and ``plaintext`` (the inner
+message, §5.3) read the protected parts. Until OSCORE is configured the gateway has no
+security context and no protected fast path, so the LwM2M resource and device
+management refuse a protected message themselves (4.01 / not stored): nothing
+unverified is ever taken as data. ``tests/gateway/test_oscore_step_aside.py`` fails if
+that ever changes.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ __all__ = [
     "NON",
     "RST",
     "Datagram",
+    "OscoreOption",
     "WireError",
     "after_token",
     "bad_text_option",
@@ -62,8 +72,10 @@ __all__ = [
     "encode_options",
     "header",
     "option_uint",
+    "oscore_option",
     "parse",
     "peek",
+    "plaintext",
     "uint",
 ]
 
@@ -109,7 +121,7 @@ class Datagram(NamedTuple):
     token: bytes
     options: tuple[tuple[int, bytes], ...]  # (number, value), in wire order
     payload: bytes
-    protected: bool  # it carries an OSCORE option (RFC 8613): aiocoap's (docstring)
+    protected: bool  # it carries an OSCORE option (RFC 8613): see the docstring
 
     def option(self, number: int) -> bytes | None:
         """The value of the first option ``number``, or None."""
@@ -133,6 +145,14 @@ def parse(data: bytes) -> Datagram:
     pos = 4 + tkl
     if pos > n:
         raise WireError("token past the end")
+    options, pos, protected = _options(data, pos)
+    return Datagram(b0 >> 4 & 0x03, data[1], data[2] << 8 | data[3], bytes(data[4:4 + tkl]),
+                    options, bytes(data[pos:]), protected)
+
+
+def _options(data: bytes, pos: int) -> tuple[tuple[tuple[int, bytes], ...], int, bool]:
+    """The options from ``pos`` on, where the payload starts, whether one is OSCORE."""
+    n = len(data)
     options: list[tuple[int, bytes]] = []
     number = 0
     protected = False
@@ -158,8 +178,66 @@ def parse(data: bytes) -> Datagram:
         pos = end
     else:
         pos = n
-    return Datagram(b0 >> 4 & 0x03, data[1], data[2] << 8 | data[3], bytes(data[4:4 + tkl]),
-                    tuple(options), bytes(data[pos:]), protected)
+    return tuple(options), pos, protected
+
+
+def plaintext(data: bytes) -> tuple[int, tuple[tuple[int, bytes], ...], bytes]:
+    """(code, options, payload) of an OSCORE plaintext (RFC 8613 §5.3: the inner code,
+    the Class E options, the payload marker and payload as §3 writes them);
+    ``WireError`` if it is malformed (an inner OSCORE option included, §4.1)."""
+    if not data:
+        raise WireError("empty plaintext")
+    options, pos, protected = _options(data, 1)
+    if protected:
+        raise WireError("an OSCORE option inside OSCORE")
+    return data[0], options, bytes(data[pos:])
+
+
+class OscoreOption(NamedTuple):
+    """The OSCORE option's value decompressed (RFC 8613 §6.1)."""
+
+    piv: bytes  # the Partial IV as sent (b"": none)
+    kid_context: bytes | None
+    kid: bytes | None
+
+
+_OSCORE_N = 0x07  # flag bits (RFC 8613 §6.1): n, the Partial IV's length
+_OSCORE_K = 0x08  # k: a kid follows
+_OSCORE_H = 0x10  # h: a kid context follows (its length byte first)
+_OSCORE_RESERVED = 0xE0  # must be 0 (0x20: the group flag of Group OSCORE, not ours)
+
+
+def oscore_option(value: bytes) -> OscoreOption | None:
+    """The OSCORE option ``value`` decompressed (RFC 8613 §6.1), or None when it is
+    malformed, uses a reserved bit (Group OSCORE's included) or a Partial IV length of
+    6 or 7 (reserved); an empty value has no Partial IV and no kid."""
+    if not value:
+        return OscoreOption(b"", None, None)
+    flags = value[0]
+    if flags & _OSCORE_RESERVED or flags == 0:  # all-zero flags: the value is empty
+        return None
+    n = flags & _OSCORE_N
+    if n > 5:
+        return None
+    pos = 1 + n
+    if pos > len(value):
+        return None
+    piv = bytes(value[1:pos])
+    kid_context = None
+    if flags & _OSCORE_H:
+        if pos >= len(value):
+            return None
+        s = value[pos]
+        pos += 1
+        if pos + s > len(value):
+            return None
+        kid_context = bytes(value[pos:pos + s])
+        pos += s
+    if flags & _OSCORE_K:
+        return OscoreOption(piv, kid_context, bytes(value[pos:]))
+    if pos != len(value):
+        return None  # bytes no flag accounts for
+    return OscoreOption(piv, kid_context, None)
 
 
 def bad_text_option(msg: Datagram) -> int | None:

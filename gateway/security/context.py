@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         sender_sequence_number: int
         recipient_replay_window: Any
         echo_recovery: bytes | None
+        common_iv: bytes
         alg_aead: Any
         hashfun: Any
 

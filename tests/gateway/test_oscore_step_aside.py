@@ -1,12 +1,16 @@
 """Protected (OSCORE) messages are never taken by a path that did not verify them.
 
-The decision in ``gateway/coap/wire.py``: the fast paths step aside for any datagram
-carrying an OSCORE option (9); protected traffic goes to aiocoap, where (issue 13) the
-OSCORE layer verifies it with the node's security context. Until then the gateway has
-no security context, so nothing verifies a protected message: a protected Send or
-Notification from a registered node, sent on the socket exactly as the fast paths
-would otherwise take it, must not be stored, must not be answered 2.04 / ACKed after a
-commit by a fast path, and must not count as served there.
+The decision in ``gateway/coap/wire.py``: the plain fast paths (Send, Notification)
+are never offered a datagram carrying an OSCORE option (9); protected traffic goes to
+aiocoap, where the OSCORE layer verifies it with the node's security context, except
+the common protected Send, which ``coap.fastoscore`` verifies itself with the same
+context. Without a security context (a NoSec gateway) nothing verifies a protected
+message: a protected Send or Notification from a registered node, sent on the socket
+exactly as the plain fast paths would otherwise take it, must not be stored, must not
+be answered 2.04 / ACKed after a commit by a fast path, and must not count as served
+there. With OSCORE required, a protected Send the OSCORE fast path does not fully
+verify (bad option, unknown kid, bad tag, replayed, reserved flags) is never answered
+or stored by it either: aiocoap gets it and refuses it.
 """
 
 from __future__ import annotations
@@ -82,3 +86,37 @@ async def test_unverified_oscore_notification_is_not_stored_nor_acked_by_the_fas
         assert events.empty()
         assert stored(gw) == before
         assert sum(f.served for f in gw.fast_notifies) == 0
+
+
+async def test_a_protected_send_the_oscore_fast_path_cannot_verify_is_never_its(
+        tmp_path: Any) -> None:
+    from test_fastoscore import oscore_gateway, registered, served
+    from test_oscore_gateway import send_pack, stored_values
+
+    async with oscore_gateway(tmp_path) as gw, registered(gw, tmp_path / "w", "node-w") as w:
+        assert gw.fast_oscores and not gw.fast_sends  # attached, and verifying alone
+        good, _ = w.request(send_pack(1))
+        msg = wire.parse(good)
+        (number, option), = msg.options
+        assert number == wire.OSCORE
+        kid = option[1 + (option[0] & 7):]
+        variants = {
+            "no kid": bytes((option[0] & ~0x08,)) + option[1:1 + (option[0] & 7)],
+            "no Partial IV": bytes((0x08,)) + kid,
+            "group flag": bytes((option[0] | 0x20,)) + option[1:],
+            "reserved flag": bytes((option[0] | 0x80,)) + option[1:],
+            "Partial IV of 6 bytes": bytes((0x0E,)) + b"\x00" * 6 + kid,
+            "unknown kid": option[:1 + (option[0] & 7)] + b"\x7f\x7e",
+            "another Partial IV": bytes((0x09, 0x63)) + kid,
+            "OSCORE option only": b"",
+        }
+        for what, value in variants.items():
+            w.mid += 1
+            datagram = wire.build(wire.CON, wire.POST, w.mid, b"tk",
+                                  [(wire.OSCORE, value)], msg.payload)
+            answer = aiocoap.Message.decode(await w.roundtrip(datagram))
+            assert answer.code != Code.CHANGED, what  # aiocoap refused it
+        # none struck the sequence number: the genuine one goes through after all that
+        answer = aiocoap.Message.decode(await w.roundtrip(w.new_mid(good)))
+        assert answer.code == Code.CHANGED
+        assert served(gw) == 1 and stored_values(gw, "node-w") == [1]
