@@ -1,5 +1,5 @@
-"""The errors of aiotkit.ota: an image that is refused, and a key or trust file that is
-unusable. Both are AiotErrors, so ``aiot ota`` prints them as one line."""
+"""The errors of aiotkit.ota: an image or a bundle that is refused, and a key or trust
+file that is unusable. All are AiotErrors, so ``aiot ota`` prints them as one line."""
 
 from __future__ import annotations
 
@@ -26,3 +26,13 @@ class ImageBuildError(UsageError):
 
 class KeyFileError(UsageError):
     """A private key, public key or trust file that cannot be used (exit status 2)."""
+
+
+class BundleError(OtaError):
+    """A bundle is refused (or cannot be made). ``reason`` is one of
+    ``aiotkit.ota.bundle.REASONS``; the message says what exactly."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"bundle rejected ({reason}): {message}")
+        self.reason = reason
+        self.detail = message

@@ -154,6 +154,11 @@ TLV_TYPES: tuple[TlvType, ...] = (
             "aiotkit: what the payload is (app, model, gateway), ASCII"),
     TlvType("AIOT_BOARD", 0xA171, "protected", 1, 32, True, True,
             "aiotkit: the board the image is for (a boards/NAME.json name), ASCII"),
+    TlvType("AIOT_MODEL_ID", 0xA172, "protected", 35, 81, True, True,
+            "aiotkit, models only: SHA-256 of the .tflite (32 bytes), then the model "
+            "card's NAME@VERSION, ASCII"),
+    TlvType("AIOT_FEATURE_SPEC", 0xA173, "protected", 4, 4, True, True,
+            "aiotkit, models only: the feature-spec version the model was trained on, u32"),
 )
 TLV_BY_NUMBER = {t.number: t for t in TLV_TYPES}
 TLV = {t.name: t.number for t in TLV_TYPES}
@@ -162,9 +167,12 @@ SIGNATURE_TLVS: dict[int, Algorithm] = {TLV["ED25519"]: "ed25519",
 KEY_TLVS = (TLV["KEYHASH"], TLV["PUBKEY"])
 SIG_TLV_OF: dict[Algorithm, int] = {a: n for n, a in SIGNATURE_TLVS.items()}
 REQUIRED_TLVS = ("SHA256", "SEC_CNT", "AIOT_PAYLOAD_TYPE", "AIOT_BOARD")
+MODEL_TLVS = ("AIOT_MODEL_ID", "AIOT_FEATURE_SPEC")  # required in a model, refused elsewhere
 
 PAYLOAD_TYPES = ("app", "model", "gateway")
 _BOARD = re.compile(rb"[a-z0-9][a-z0-9._-]{0,31}\Z")
+_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}\Z")
+_MODEL_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,15}\Z")
 
 # Why an image is refused: the reason code of every ImageRejected (ota/README.md).
 REASONS: dict[str, str] = {
@@ -197,6 +205,10 @@ REASONS: dict[str, str] = {
     "wrong-board": "the image is for another board",
     "wrong-payload-type": "the image carries another kind of payload",
     "too-large": "the image does not fit the target slot",
+    "unexpected-tlv": "a model's TLV in an image that is not a model",
+    "bad-model-id": "the model id TLV is malformed or names another .tflite than the payload",
+    "wrong-feature-spec": "the model was trained on another feature-spec version than the "
+                          "device's",
 }
 
 
@@ -374,6 +386,42 @@ class VerifiedImage:
     header: Header
     payload: memoryview
     size: int
+    model: ModelId | None = None  # a model's identity (payload type model)
+    feature_spec: int | None = None  # the feature-spec version a model was trained on
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """A model's identity as its card gives it, carried in ``AIOT_MODEL_ID``: the
+    SHA-256 of the .tflite, then ``NAME@VERSION`` in ASCII."""
+
+    name: str
+    version: str
+    sha256: bytes
+
+    def encode(self) -> bytes:
+        if not _MODEL_NAME.match(self.name):
+            raise ImageBuildError(f"model name {self.name!r}: lower-case letters, digits, "
+                                  "'.', '_', '-' (max 32)")
+        if not _MODEL_VERSION.match(self.version):
+            raise ImageBuildError(f"model version {self.version!r}: letters, digits, "
+                                  "'.', '+', '-' (max 16)")
+        if len(self.sha256) != 32:
+            raise ImageBuildError("model sha256: 32 bytes")
+        return self.sha256 + f"{self.name}@{self.version}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ModelId:
+        try:
+            name, _, version = raw[32:].decode("ascii").partition("@")
+        except UnicodeDecodeError:
+            name = version = ""
+        if len(raw) < 35 or not _MODEL_NAME.match(name) or not _MODEL_VERSION.match(version):
+            raise _reject("bad-model-id", "AIOT_MODEL_ID is not SHA-256 + NAME@VERSION")
+        return cls(name, version, bytes(raw[:32]))
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version} sha256 {self.sha256.hex()}"
 
 
 def _ascii(mv: memoryview, t: Tlv) -> bytes:
@@ -381,7 +429,8 @@ def _ascii(mv: memoryview, t: Tlv) -> bytes:
 
 
 def verify(image: Buffer, trusted: KeySet, *, floor: int, slot_size: int, board: str,
-           payload_type: str, trailer_size: int = 0) -> VerifiedImage:
+           payload_type: str, trailer_size: int = 0,
+           feature_spec: int | None = None) -> VerifiedImage:
     """Check ``image`` as a bootloader would, and more; raise :class:`ImageRejected`
     with a specific reason on the first fault, else return what was verified.
 
@@ -392,8 +441,14 @@ def verify(image: Buffer, trusted: KeySet, *, floor: int, slot_size: int, board:
     every signature TLV directly after a KEYHASH/PUBKEY naming a key of ``trusted`` that
     is not revoked and of the signature's algorithm, every such signature valid, each key
     once, and at least one by an ``active`` key. Only then, on authentic content, the
-    device's policy: board, payload type, security counter not below ``floor``.
+    device's policy: board, payload type, security counter not below ``floor``; for a
+    ``model``, its AIOT_MODEL_ID (naming the payload's SHA-256) and its
+    AIOT_FEATURE_SPEC, which must equal ``feature_spec`` (the device's: a model trained
+    on other features would compute nonsense). A model's TLVs in any other image are
+    refused.
     """
+    if payload_type == "model" and feature_spec is None:
+        raise ValueError("a model is verified against the device's feature_spec version")
     mv = memoryview(image).cast("B")
     p = parse(mv)
     seen: dict[int, Tlv] = {}
@@ -443,12 +498,31 @@ def verify(image: Buffer, trusted: KeySet, *, floor: int, slot_size: int, board:
     counter = _U32.unpack_from(mv, seen[TLV["SEC_CNT"]].offset)[0]
     if counter < floor:
         raise _reject("rollback", f"security counter {counter} is below the floor {floor}")
+    payload = mv[p.payload_offset:p.payload_offset + p.header.img_size]
+    model: ModelId | None = None
+    trained_on: int | None = None
+    if got_type == b"model":
+        for name in MODEL_TLVS:
+            if TLV[name] not in seen:
+                raise _reject("missing-tlv", f"a model without {name}")
+        model = ModelId.decode(_ascii(mv, seen[TLV["AIOT_MODEL_ID"]]))
+        if not hmac.compare_digest(model.sha256, hashlib.sha256(payload).digest()):
+            raise _reject("bad-model-id", f"model {model.name}@{model.version} names another"
+                          " .tflite than the payload")
+        trained_on = _U32.unpack_from(mv, seen[TLV["AIOT_FEATURE_SPEC"]].offset)[0]
+        if trained_on != feature_spec:
+            raise _reject("wrong-feature-spec", f"model {model.name}@{model.version} is for "
+                          f"feature spec {trained_on}, this device computes {feature_spec}")
+    else:
+        for name in MODEL_TLVS:
+            if TLV[name] in seen:
+                raise _reject("unexpected-tlv", f"{name} in a {got_type!r} image")
 
     return VerifiedImage(
         version=p.header.version, security_counter=counter,
         payload_type=got_type.decode(), board=got_board.decode(), digest=digest,
-        signed_by=signed_by, header=p.header,
-        payload=mv[p.payload_offset:p.payload_offset + p.header.img_size], size=p.size)
+        signed_by=signed_by, header=p.header, payload=payload, size=p.size, model=model,
+        feature_spec=trained_on)
 
 
 # From this many hashed bytes up, the signatures are verified on a worker thread while
@@ -576,12 +650,16 @@ def build(payload: Buffer, signers: Sequence[Signer], *, version: ImageVersion,
           security_counter: int, payload_type: str, board: str,
           header_size: int = DEFAULT_HEADER_SIZE, load_addr: int = 0, flags: int = 0,
           slot_size: int = 0, trailer_size: int = 0, key_format: str = "hash",
-          pad_value: int = 0xFF) -> bytes:
+          pad_value: int = 0xFF, model: ModelId | None = None,
+          feature_spec: int | None = None) -> bytes:
     """A signed image: header (padded with ``pad_value`` to ``header_size``, as imgtool's
     ``--pad-header``), payload, protected TLVs (SEC_CNT, AIOT_PAYLOAD_TYPE, AIOT_BOARD),
     SHA256, then per signer a KEYHASH (or PUBKEY with ``key_format="full"``) and its
     signature. ``slot_size`` (0: no check) refuses an image that, with
-    ``trailer_size``, would not fit."""
+    ``trailer_size``, would not fit. A ``model`` payload also carries AIOT_MODEL_ID
+    (``model``, whose sha256 must be the payload's) and AIOT_FEATURE_SPEC
+    (``feature_spec``); other payloads carry neither. A model built without them (as
+    ``aiot ota sign`` would) is refused by :func:`verify` (``missing-tlv``)."""
     if not signers:
         raise ImageBuildError("at least one signing key is needed")
     if len({s.key_id for s in signers}) != len(signers):
@@ -600,11 +678,24 @@ def build(payload: Buffer, signers: Sequence[Signer], *, version: ImageVersion,
     body = memoryview(payload).cast("B")
     if len(body) > U32_MAX - header_size:
         raise ImageBuildError("payload too large for a u32 image size")
-    prot = tlv_area(TLV_PROT_INFO_MAGIC, [
+    protected = [
         (TLV["SEC_CNT"], _U32.pack(security_counter)),
         (TLV["AIOT_PAYLOAD_TYPE"], payload_type.encode()),
         (TLV["AIOT_BOARD"], check_board(board)),
-    ])
+    ]
+    if (model is None) != (feature_spec is None):
+        raise ImageBuildError("a model's identity and its feature-spec version go together")
+    if payload_type == "model" and model is not None and feature_spec is not None:
+        if model.sha256 != hashlib.sha256(body).digest():
+            raise ImageBuildError(f"model {model.name}@{model.version}: its sha256 is not "
+                                  "the payload's")
+        if not 0 <= feature_spec <= U32_MAX:
+            raise ImageBuildError(f"feature spec {feature_spec}: 0..{U32_MAX}")
+        protected += [(TLV["AIOT_MODEL_ID"], model.encode()),
+                      (TLV["AIOT_FEATURE_SPEC"], _U32.pack(feature_spec))]
+    elif model is not None or feature_spec is not None:
+        raise ImageBuildError(f"a {payload_type} image carries no model identity")
+    prot = tlv_area(TLV_PROT_INFO_MAGIC, protected)
     header = Header(IMAGE_MAGIC, load_addr, header_size, len(prot), len(body), flags,
                     version, 0).pack()
     out = bytearray(header)
