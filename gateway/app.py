@@ -4,7 +4,8 @@
 Start order: the database's lock (``storage/lock.py``: a second daemon on the same
 database refuses to start, naming the first), store, registry, device management (``gateway/dm/manager.py``: its tables, then,
 once the CoAP server runs, re-established observations and queues), CoAP server,
-expiry task, MQTT uplink (if enabled); shutdown stops device management and serving
+expiry task, MQTT uplink (if enabled), the OTA service (``gateway/ota``: campaigns
+resume), REST API; shutdown stops device management and serving
 first, then the tasks, then closes the stores, bounded by a timeout. When serving,
 exactly one line ``aiot gateway ready coap://HOST:PORT ...`` is logged.
 """
@@ -42,6 +43,7 @@ from .uplink.mqtt import TopicScheme, Uplink
 if TYPE_CHECKING:
     from .api.rest import RestApi
     from .inference.shadow import ShadowChecker
+    from .ota import Delivery, OtaService
     from .security import KeyStore
 
 __all__ = ["Gateway", "RateLimitFilter", "run_cli", "serve"]
@@ -113,8 +115,12 @@ class Gateway:
     """One gateway daemon; construct, ``await start()``, ``await shutdown()``."""
 
     def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.time,
-                 allow_nosec: bool = False):
+                 allow_nosec: bool = False, ota_delivery: Delivery | None = None):
         self.config = config
+        # the OTA service (gateway/ota): images and campaigns; ota_delivery reaches the
+        # nodes (None: none yet, every offer fails: gateway/ota/delivery.py)
+        self.ota: OtaService | None = None
+        self._ota_delivery = ota_delivery
         self.allow_nosec = allow_nosec  # the development switch security = "nosec" needs
         self._clock = clock
         self._store: Storage | None = None
@@ -270,6 +276,11 @@ class Gateway:
                 raise GatewayError(f"cannot serve LwM2M bootstrap on coap://{cfg.bootstrap.host}"
                                    f":{cfg.bootstrap.port}: {e.strerror or e}") from e
             self.bootstrap = bs
+        from .ota import OtaService
+
+        self.ota = OtaService(self._store, cfg.ota, cfg.gateway.db,
+                              delivery=self._ota_delivery, clock=self._clock)
+        await self.ota.start()  # campaigns resume where the database says
         if cfg.rest.enabled:
             from .api.rest import RestApi
 
@@ -327,6 +338,9 @@ class Gateway:
         if self.bootstrap is not None:
             bs, self.bootstrap = self.bootstrap, None
             await bs.shutdown()
+        if self.ota is not None:
+            ota, self.ota = self.ota, None
+            await ota.shutdown()
         if self._coap is not None:
             ctx, self._coap = self._coap, None
             layers, self._coap_layers = self._coap_layers, []

@@ -32,6 +32,7 @@ __all__ = [
     "GatewayConfig",
     "GatewaySection",
     "MqttConfig",
+    "OtaConfig",
     "RegistryConfig",
     "RestConfig",
     "SecurityConfig",
@@ -195,6 +196,19 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class OtaConfig:
+    """``[ota]``: the OTA service (``gateway/ota``). ``trust_file`` (relative to the
+    config file): the trust set uploaded images are verified against (``aiot ota trust``);
+    empty: uploads are refused. ``images_dir``: where verified images are kept, by their
+    SHA-256; empty: ``<db>.ota-images`` next to the database. ``max_image_bytes``: the
+    largest upload accepted."""
+
+    trust_file: str = ""
+    images_dir: str = ""
+    max_image_bytes: int = 4194304
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole configuration; ``source`` is the file it came from (None: defaults)."""
 
@@ -207,6 +221,7 @@ class GatewayConfig:
     rest: RestConfig = field(default_factory=RestConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # gateway/lwm2m/bootstrap.py
+    ota: OtaConfig = field(default_factory=OtaConfig)
     source: Path | None = None
 
     @classmethod
@@ -248,6 +263,7 @@ _SECTIONS: dict[str, type] = {
     "shadow": ShadowConfig,
     "rest": RestConfig,
     "security": SecurityConfig,
+    "ota": OtaConfig,
 }
 
 
@@ -367,6 +383,12 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         sec["key_file"] = str(base / Path(sec["key_file"]).expanduser())
     _positive(name, "security.max_loaded", sec.get("max_loaded", 1))
 
+    ota = dict(parsed["ota"])
+    for key in ("trust_file", "images_dir"):
+        if ota.get(key):
+            ota[key] = str(base / Path(ota[key]).expanduser())
+    _positive(name, "ota.max_image_bytes", ota.get("max_image_bytes", 1))
+
     return GatewayConfig(
         gateway=GatewaySection(id=ident, db=db, security=security),
         coap=CoapConfig(**coap),
@@ -376,6 +398,7 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         shadow=ShadowConfig(**sh),
         rest=RestConfig(**rest),
         security=SecurityConfig(**sec),
+        ota=OtaConfig(**ota),
         bootstrap=bootstrap,
         source=source,
     )

@@ -344,13 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--channel", default="DE", choices=["DE", "FE", "BA"], help="sensor (DE)")
     dc.set_defaults(func=cmd_data_convert)
 
-    from aiotkit.tools import keyscli, lwm2mcli, modelcli, otacli, tokenscli
+    from aiotkit.tools import firmwarecli, keyscli, lwm2mcli, modelcli, otacli, tokenscli
 
     modelcli.register(sub)
     lwm2mcli.register(sub)
     keyscli.register(sub)
     tokenscli.register(sub)
     otacli.register(sub)
+    firmwarecli.register(sub)
     return p
 
 

@@ -28,7 +28,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from aiotkit.tools.lwm2mcli import DEFAULT_URL, Api, CliError, run_command
+from aiotkit.tools.lwm2mcli import DEFAULT_URL, Api, CliError, api_from, run_command
 
 PROG = "aiot keys"
 KEYS = "/api/v1/keys"
@@ -180,16 +180,12 @@ def run(args: argparse.Namespace) -> int:
     def call() -> int:
         if args.keys_command == "genkey":
             return cmd_genkey(args)
-        token = args.token or os.environ.get("AIOT_TOKEN", "")
-        if not token:
-            raise CliError("no token: give --token or set AIOT_TOKEN (an admin token)", 2)
+        api = api_from(args, " (an admin token)")
         if getattr(args, "id_context", None) is not None:
             try:
                 bytes.fromhex(args.id_context)
             except ValueError:
                 raise CliError(f"--id-context {args.id_context!r} is not hex", 2) from None
-        url = args.url or os.environ.get("AIOT_URL") or DEFAULT_URL
-        api = Api(url, token, args.timeout)
         return COMMANDS[args.keys_command](api, args)
 
     return run_command(PROG, call)

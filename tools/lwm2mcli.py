@@ -518,15 +518,21 @@ def run(args: argparse.Namespace) -> int:
     """Entry point from ``aiot lwm2m``; never raises for an expected failure."""
 
     def call() -> int:
-        token = args.token or os.environ.get("AIOT_TOKEN", "")
-        if not token:
-            raise CliError("no token: give --token or set AIOT_TOKEN", 2)
-        url = args.url or os.environ.get("AIOT_URL") or DEFAULT_URL
-        api = Api(url, token, args.timeout)
+        api = api_from(args)
         args.names = Names()
         return COMMANDS[args.lwm2m_command](api, args)
 
     return run_command(PROG, call)
+
+
+def api_from(args: argparse.Namespace, role: str = "") -> Api:
+    """The REST client of ``--url`` / ``AIOT_URL`` and ``--token`` / ``AIOT_TOKEN``
+    (``role``: the role to name when the token is missing)."""
+    token = args.token or os.environ.get("AIOT_TOKEN", "")
+    if not token:
+        raise CliError(f"no token: give --token or set AIOT_TOKEN{role}", 2)
+    url = args.url or os.environ.get("AIOT_URL") or DEFAULT_URL
+    return Api(url, token, args.timeout)
 
 
 def run_command(prog: str, call: Callable[[], int]) -> int:

@@ -4,7 +4,8 @@
 keeps the trust file a device verifies against; ``sign`` makes an image from a payload
 file; ``verify`` checks an image as a device would (fails closed, with a reason code);
 ``inspect`` dumps an image's header and TLVs. ota/README.md describes the format and the
-key rotation path.
+key rotation path. ``image upload|list`` and ``campaign create|list|show|start|pause|
+resume|abort`` talk to a running gateway's OTA service (``tools/otaservicecli.py``).
 
 Passphrases never come from the command line: ``--passphrase-file FILE`` (one per
 ``--key``, or one for all), else the ``AIOT_OTA_PASSPHRASE`` environment variable, else a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import json
 import os
 import sys
@@ -188,8 +190,67 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_identity(model: Path, card_path: Path | None) -> tuple[bytes, Any, int]:
+    """The .tflite's bytes, its identity (the card's name and version, the file's
+    SHA-256) and its feature-spec version; the card must describe this very file and
+    agree with the model's own ``aiot.model`` metadata."""
+    from aiotkit.models import tflmeta
+    from aiotkit.ota.image import ModelId
+
+    blob = _read(str(model), "model")
+    card_path = card_path or model.with_name("card.json")
+    try:
+        card = json.loads(_read(str(card_path), "model card"))
+        name, version = card["name"], card["version"]
+        card_sha, spec = card["model"]["sha256"], card["feature_spec"]["version"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"model card {card_path}: not a model card ({e})") from None
+    digest = hashlib.sha256(blob).digest()
+    if card_sha != digest.hex():
+        raise UsageError(f"model card {card_path} describes another .tflite (sha256 "
+                         f"{str(card_sha)[:16]}..., {model} is {digest.hex()[:16]}...)")
+    try:
+        meta = tflmeta.aiot_model(blob)
+    except ValueError as e:
+        raise UsageError(f"{model}: {e}") from None
+    inner = (meta.get("feature_spec") or {}).get("version")
+    if type(spec) is not int or inner != spec:
+        raise UsageError(f"{model}: feature spec {inner!r} in the model, {spec!r} in its card")
+    return blob, ModelId(str(name), str(version), digest), spec
+
+
+def cmd_sign_model(args: argparse.Namespace) -> int:
+    from aiotkit.ota import image, keys
+
+    blob, model, spec = model_identity(Path(args.model),
+                                       Path(args.card) if args.card else None)
+    version = image.ImageVersion.parse(args.version or model.version)
+    image.check_board(args.board)
+    slot = args.slot_size if args.slot_size is not None else _board_slot(args.board) or 0
+    trailer = image.mcuboot_trailer_size(4) if slot else 0
+    pems = [_read(k, "--key") for k in args.key]
+    passphrases = _passphrases(args, len(pems), new=False)
+    signers = [keys.load_signer(pem, pw, where=k)
+               for pem, pw, k in zip(pems, passphrases, args.key, strict=True)]
+    data = image.build(blob, signers, version=version, security_counter=args.security_counter,
+                       payload_type="model", board=args.board, slot_size=slot,
+                       trailer_size=trailer, model=model, feature_spec=spec)
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise UsageError(f"folder {out.parent} does not exist")
+    keys.write_atomic(out, data, mode=0o644)
+    print(f"{out}: {len(data)} bytes, model {model.name}@{model.version} (sha256 "
+          f"{model.sha256.hex()}), feature spec {spec}, for {args.board}, version {version},"
+          f" security counter {args.security_counter}, image sha256 "
+          f"{hashlib.sha256(data).hexdigest()}")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from aiotkit.ota import image, keys
+
+    if args.payload_type == "model" and args.feature_spec is None:
+        raise UsageError("--payload-type model needs --feature-spec N (the device's)")
 
     data = _read(args.image, "image")
     trust = keys.load_keyset(Path(args.trust))
@@ -197,16 +258,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if slot is None:
         raise UsageError(f"board {args.board!r} is not shipped: give --slot-size")
     v = image.verify(data, trust, floor=args.floor, slot_size=slot, board=args.board,
-                     payload_type=args.payload_type, trailer_size=args.trailer_size)
+                     payload_type=args.payload_type, trailer_size=args.trailer_size,
+                     feature_spec=args.feature_spec if args.payload_type == "model" else None)
     names = [trust[k].name for k in v.signed_by]
+    model = f", model {v.model.name}@{v.model.version} feature spec {v.feature_spec}" \
+        if v.model else ""
     if args.json:
         print(json.dumps({"ok": True, "version": str(v.version),
                           "security_counter": v.security_counter,
                           "payload_type": v.payload_type, "board": v.board,
-                          "sha256": v.digest.hex(), "signed_by": names, "size": v.size}))
+                          "sha256": v.digest.hex(), "signed_by": names, "size": v.size,
+                          **({"model": {"name": v.model.name, "version": v.model.version,
+                                        "sha256": v.model.sha256.hex(),
+                                        "feature_spec": v.feature_spec}}
+                             if v.model else {})}))
     else:
         print(f"{args.image}: OK, version {v.version}, security counter {v.security_counter},"
-              f" {v.payload_type} for {v.board}, sha256 {v.digest.hex()}, signed by "
+              f" {v.payload_type} for {v.board}{model}, sha256 {v.digest.hex()}, signed by "
               + ", ".join(names))
     return 0
 
@@ -226,6 +294,11 @@ def inspect_dict(data: bytes) -> dict[str, Any]:
             entry["value"] = int.from_bytes(raw, "little")
         elif t.type in (image.TLV["AIOT_BOARD"], image.TLV["AIOT_PAYLOAD_TYPE"]):
             entry["value"] = raw.decode("ascii", "replace")
+        elif t.type == image.TLV["AIOT_FEATURE_SPEC"] and t.length == 4:
+            entry["value"] = int.from_bytes(raw, "little")
+        elif t.type == image.TLV["AIOT_MODEL_ID"] and t.length > 32:
+            entry["value"] = (raw[32:].decode("ascii", "replace") + " sha256 "
+                              + raw[:32].hex())
         tlvs.append(entry)
     flags = [k for k, v in image.IMAGE_FLAGS.items() if h.flags & v]
     return {
@@ -356,8 +429,32 @@ def register(subparsers: Any) -> None:
     vf.add_argument("-S", "--slot-size", type=_int, help="slot size (default: the board's)")
     vf.add_argument("--trailer-size", type=_int, default=0,
                     help="bytes at the slot's end the image may not use (0)")
+    vf.add_argument("--feature-spec", type=_int, metavar="N",
+                    help="with --payload-type model: the device's feature-spec version; a "
+                    "model for another is refused (wrong-feature-spec)")
     vf.add_argument("--json", action="store_true", help="print JSON")
     vf.set_defaults(func=cmd_verify)
+
+    sm = osub.add_parser(
+        "sign-model", help="make a signed model image from a .tflite and its model card",
+        description="Sign MODEL.tflite as payload type 'model' for a board, carrying the "
+        "model card's identity (AIOT_MODEL_ID 0xa172: the file's SHA-256 and NAME@VERSION) "
+        "and its feature-spec version (AIOT_FEATURE_SPEC 0xa173), both protected. The card "
+        "(default card.json beside the model) must name this file's SHA-256 and the "
+        "feature spec in the model's own metadata. A device verifies with "
+        "'aiot ota verify --payload-type model --feature-spec N'.")
+    sm.add_argument("model", metavar="MODEL.tflite")
+    sm.add_argument("output", metavar="IMAGE")
+    sm.add_argument("--card", metavar="card.json", help="model card (default: beside it)")
+    sm.add_argument("-k", "--key", action="append", required=True, metavar="KEY.pem",
+                    help="encrypted private key; repeat to sign with several")
+    sm.add_argument("--board", required=True, help="board name (boards/NAME.json)")
+    sm.add_argument("--security-counter", type=_int, required=True, metavar="N",
+                    help="u32; devices refuse an image below their floor")
+    sm.add_argument("-v", "--version", help="image version (default: the card's version)")
+    sm.add_argument("-S", "--slot-size", type=_int, help="slot size (default: the board's)")
+    _add_passphrase_file(sm, True)
+    sm.set_defaults(func=cmd_sign_model)
 
     ins = osub.add_parser(
         "inspect", help="dump an image's header and TLVs (no signature check)",
@@ -366,3 +463,7 @@ def register(subparsers: Any) -> None:
     ins.add_argument("image", metavar="IMAGE")
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.set_defaults(func=cmd_inspect)
+
+    from aiotkit.tools import otaservicecli
+
+    otaservicecli.register(osub)

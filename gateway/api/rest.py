@@ -11,8 +11,9 @@ viewer    list endpoints, registration details, events, latest readings,
           observations, queued requests and their results
 operator  Read, Write, Execute, Create, Delete, Discover, Write-Attributes,
           Observe / Cancel, composite Read / Observe
-admin     also end a registration (``DELETE /api/v1/endpoints/{ep}``), and manage
-          the nodes' OSCORE keys (``/api/v1/keys``)
+admin     also end a registration (``DELETE /api/v1/endpoints/{ep}``), manage
+          the nodes' OSCORE keys (``/api/v1/keys``), upload OTA images and create,
+          start, pause, resume and abort OTA campaigns (viewers read them)
 ========  ======================================================================
 
 Tokens file (``gateway/api/tokens.py``): one ``ROLE TOKEN [NAME] [expires=TIME] [revoked]``
@@ -51,6 +52,15 @@ only once per creation or rotation (then 410 ``already_exported``: a second copy
 rotation, which the next export shows). 503 ``keys_unavailable`` when the gateway has no
 at-rest key (``[security] key_file`` or ``AIOT_GATEWAY_KEY``).
 
+OTA (``gateway/ota``): ``POST /api/v1/ota/images?board=B&payload_type=T`` takes the
+image as the raw request body (``application/octet-stream``, at most ``[ota]
+max_image_bytes``): verified against ``[ota] trust_file`` and the board's slot, 201 with
+its metadata (200 if those bytes were stored already), or 422 ``image_rejected`` with the
+verifier's ``reason``, nothing stored. ``GET .../ota/images[/{sha256}]``. Campaigns:
+``POST /api/v1/ota/campaigns`` (a draft; ``"start": true`` starts it), ``GET`` one with
+its per-wave and per-node progress, ``POST .../{id}/start|pause|resume|abort``; 409
+``wrong_state`` when the campaign's state does not allow it.
+
 The notification stream (``.../notifications``) labels each report with its ``kind``:
 ``notify``, a Notification of the observation ``observation``, or ``send``, a report the
 node Sent; ``?kind=`` (or ``?observation=ID``) follows only those, so a client observing a
@@ -80,6 +90,7 @@ from ..lwm2m import codecs
 from ..lwm2m.linkformat import parse_link_format
 from ..lwm2m.params import valid_endpoint
 from ..lwm2m.paths import PathError, format_path, is_under, parse_path
+from ..ota.errors import OtaServiceError
 from .audit import AuditLog, AuditUnavailable, clip
 from .tokens import (
     Role,
@@ -99,8 +110,9 @@ if TYPE_CHECKING:
     from ..app import Gateway
     from ..dm import DeviceManagement
     from ..lwm2m.registry import RegistryEvent
+    from ..ota import OtaService
     from ..security import KeyStore
-    from ..storage.api import Registration
+    from ..storage.api import OtaImageRow, Registration
 
 __all__ = ["ROUTES", "ApiError", "RestApi", "Role", "Token", "load_tokens", "minimum_role",
            "parse_tokens"]
@@ -146,6 +158,16 @@ ROUTES: tuple[tuple[str, str, Role, str], ...] = (
     ("POST", "/keys", A, "_keys_create"),
     ("GET", "/keys/{ep}", A, "_keys_get"),
     ("POST", "/keys/{ep}/{action}", A, "_keys_action"),
+    ("GET", "/ota/images", V, "_ota_images"),
+    ("POST", "/ota/images", A, "_ota_upload"),
+    ("GET", "/ota/images/{id}", V, "_ota_image"),
+    ("GET", "/ota/campaigns", V, "_ota_campaigns"),
+    ("POST", "/ota/campaigns", A, "_ota_create"),
+    ("GET", "/ota/campaigns/{id}", V, "_ota_campaign"),
+    ("POST", "/ota/campaigns/{id}/start", A, "_ota_start"),
+    ("POST", "/ota/campaigns/{id}/pause", A, "_ota_pause"),
+    ("POST", "/ota/campaigns/{id}/resume", A, "_ota_resume"),
+    ("POST", "/ota/campaigns/{id}/abort", A, "_ota_abort"),
 )
 del V, O, A
 
@@ -806,6 +828,128 @@ class RestApi:
         log.info("OSCORE context of ep=%s: %s by %s", ep, action, who)
         return _json(info.to_json())
 
+    # -- OTA images and campaigns (gateway/ota) ------------------------------------------
+
+    def _ota_service(self) -> OtaService:
+        ota = self._gateway.ota
+        if ota is None:
+            raise ApiError(503, "ota_unavailable", "the OTA service is not running")
+        return ota
+
+    async def _ota_images(self, request: web.Request) -> web.StreamResponse:
+        return _json({"images": [_image_json(r) for r in self._ota_service().images.list()]})
+
+    async def _ota_image(self, request: web.Request) -> web.StreamResponse:
+        row = self._ota_service().images.get(request.match_info["id"].lower())
+        if row is None:
+            raise ApiError(404, "unknown_image", "no such image (give its sha256)")
+        return _json(_image_json(row))
+
+    async def _ota_upload(self, request: web.Request) -> web.StreamResponse:
+        images = self._ota_service().images
+        board = request.query.get("board", "")
+        payload_type = request.query.get("payload_type", "app")
+        if not board:
+            raise ApiError(400, "bad_query", "give ?board=NAME (and payload_type, app by"
+                           " default): what the image must be for")
+        _exchange(request).detail = {"board": clip(board), "payload_type": clip(payload_type)}
+        data = await _raw_body(request, images.max_bytes)
+        try:
+            row, new = await images.upload(data, board=board, payload_type=payload_type)
+        except OtaServiceError as e:
+            if e.reason is not None:
+                _exchange(request).detail = {**(_exchange(request).detail or {}),
+                                             "refused": e.reason}
+                log.warning("OTA image refused (%s) from %s", e.reason, _who(request).name)
+            return _ota_error(e)
+        _exchange(request).detail = {**(_exchange(request).detail or {}), "image": row.id}
+        if new:
+            log.info("OTA image %s (%s %s for %s) uploaded by %s", row.id[:16],
+                     row.payload_type, row.version, row.board, _who(request).name)
+        return _json(_image_json(row), status=201 if new else 200)
+
+    async def _ota_campaigns(self, request: web.Request) -> web.StreamResponse:
+        from ..ota.campaigns import summary
+
+        return _json({"campaigns": [summary(r)
+                                    for r in self._ota_service().campaigns.campaigns()]})
+
+    async def _ota_campaign(self, request: web.Request) -> web.StreamResponse:
+        engine = self._ota_service().campaigns
+        return await _ota_do(lambda: _done(engine.progress(_campaign_id(request))))
+
+    async def _ota_create(self, request: web.Request) -> web.StreamResponse:
+        from ..ota.campaigns import NodeInfo, Target
+
+        ota = self._ota_service()
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_value", "give a JSON object (see openapi.json)")
+        image_id = body.get("image")
+        if not isinstance(image_id, str):
+            raise ApiError(400, "bad_value", "image is the sha256 of an uploaded image")
+        _exchange(request).detail = {"image": clip(image_id), "name": clip(
+            str(body.get("name", "")))}
+        image = ota.images.get(image_id.lower())
+        if image is None:
+            raise ApiError(404, "unknown_image", "no such image: upload it first")
+        nodes_raw = body.get("nodes")
+        if nodes_raw is None:
+            nodes = ota.inventory.nodes()
+        else:
+            nodes = _node_infos(nodes_raw, NodeInfo)
+
+        async def create() -> dict[str, Any]:
+            engine = ota.campaigns
+            cid = engine.create(
+                name=body.get("name", f"{image.payload_type} {image.version}"),
+                image=image.id, board=image.board, target=Target.from_json(body.get("target")),
+                waves=body.get("waves", ["1", "100%"]),
+                max_failure_ratio=body.get("max_failure_ratio", 0.0),
+                report_timeout_s=body.get("report_timeout_s", 3600.0), nodes=nodes)
+            log.info("OTA campaign %d created by %s", cid, _who(request).name)
+            if body.get("start") is True:
+                await engine.start_campaign(cid)
+            return engine.progress(cid)
+
+        return await _ota_do(create, status=201)
+
+    async def _ota_action(self, request: web.Request, action: str) -> web.StreamResponse:
+        engine = self._ota_service().campaigns
+        cid = _campaign_id(request)
+        reason: str | None = None
+        if action == "abort":
+            body = await _json_body(request, required=False)
+            raw = body.get("reason") if isinstance(body, dict) else None
+            reason = (f"aborted by {_who(request).name}" + (f": {raw[:200]}"
+                      if isinstance(raw, str) and raw else ""))
+
+        async def act() -> dict[str, Any]:
+            if action == "start":
+                await engine.start_campaign(cid)
+            elif action == "pause":
+                await engine.pause(cid)
+            elif action == "resume":
+                await engine.resume(cid)
+            else:
+                await engine.abort(cid, reason or "aborted")
+            log.info("OTA campaign %d: %s by %s", cid, action, _who(request).name)
+            return engine.progress(cid)
+
+        return await _ota_do(act)
+
+    async def _ota_start(self, request: web.Request) -> web.StreamResponse:
+        return await self._ota_action(request, "start")
+
+    async def _ota_pause(self, request: web.Request) -> web.StreamResponse:
+        return await self._ota_action(request, "pause")
+
+    async def _ota_resume(self, request: web.Request) -> web.StreamResponse:
+        return await self._ota_action(request, "resume")
+
+    async def _ota_abort(self, request: web.Request) -> web.StreamResponse:
+        return await self._ota_action(request, "abort")
+
     # -- helpers -----------------------------------------------------------------------
 
     def _registration(self, request: web.Request) -> Registration:
@@ -979,6 +1123,83 @@ def _timeout(request: web.Request) -> float | None:
     if not 0 < v <= MAX_TIMEOUT_S:
         raise ApiError(400, "bad_query", f"timeout must be over 0 and at most {MAX_TIMEOUT_S}")
     return v
+
+
+async def _raw_body(request: web.Request, limit: int) -> bytes:
+    """The request body as bytes, at most ``limit`` (413 beyond, without reading it all),
+    within ``[rest] body_timeout_s``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "too_large", f"the body is over {limit} bytes",
+                       headers={"Connection": "close"})
+    wait = _exchange(request).body_timeout_s
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(wait):
+            while chunk := await request.content.read(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "too_large", f"the body is over {limit} bytes",
+                                   headers={"Connection": "close"})
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "timeout", f"request body not received within {wait:g} s",
+                       headers={"Connection": "close"}) from None
+    if not size:
+        raise ApiError(400, "bad_value", "the image is the request body; it is empty")
+    return b"".join(chunks)
+
+
+def _image_json(row: OtaImageRow) -> dict[str, Any]:
+    return {"id": row.id, "sha256": row.id, "version": row.version,
+            "payload_type": row.payload_type, "board": row.board,
+            "security_counter": row.security_counter, "signers": list(row.signers),
+            "size": row.size, "uploaded": row.uploaded}
+
+
+def _campaign_id(request: web.Request) -> int:
+    text = request.match_info["id"]
+    if not _REQUEST_ID.fullmatch(text):
+        raise ApiError(404, "unknown_campaign", f"no campaign {_shown(text)}")
+    return int(text)
+
+
+def _ota_error(e: OtaServiceError) -> web.Response:
+    body: dict[str, Any] = {"error": e.kind, "message": e.message}
+    if e.reason is not None:
+        body["reason"] = e.reason
+    return _json(body, status=e.status)
+
+
+async def _done(value: _T) -> _T:
+    return value
+
+
+async def _ota_do(fn: Callable[[], Awaitable[Any]], *, status: int = 200) -> web.Response:
+    """``await fn()`` as a JSON answer; an ``OtaServiceError`` as its error."""
+    try:
+        return _json(await fn(), status=status)
+    except OtaServiceError as e:
+        return _ota_error(e)
+
+
+def _node_infos(raw: Any, make: Any) -> list[Any]:
+    """``nodes``: [{"endpoint", "board", "firmware", "model", "tags"}] as ``NodeInfo``."""
+    if not isinstance(raw, list) or len(raw) > 100_000:
+        raise ApiError(400, "bad_value", "nodes is a list of {endpoint, board, firmware,"
+                       " model, tags}")
+    out = []
+    for n in raw:
+        if not isinstance(n, dict) or not isinstance(n.get("endpoint"), str):
+            raise ApiError(400, "bad_value", "each node has an endpoint (a string)")
+        fields = {k: n.get(k) for k in ("board", "firmware", "model")}
+        if any(v is not None and not isinstance(v, str) for v in fields.values()):
+            raise ApiError(400, "bad_value", "a node's board, firmware, model are strings")
+        tags = n.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ApiError(400, "bad_value", "a node's tags are a list of strings")
+        out.append(make(n["endpoint"], tags=tuple(tags), **fields))
+    return out
 
 
 async def _json_body(request: web.Request, *, required: bool = True) -> Any:

@@ -9,7 +9,8 @@ the REST API, the uplink, ``aiot bench gateway`` and the tests use nothing else.
 
 ``sqlite`` implements it on one SQLite file (``SqliteStorage``; ``dmtables``: the
 device tables on their own connection; ``keytables``: the OSCORE contexts' rows, on
-another, ``Storage.keys``: a ``KeyStorage``, ``OscoreRow``); ``schema`` holds the tables and the migrations
+another, ``Storage.keys``: a ``KeyStorage``, ``OscoreRow``; ``otatables``: the OTA service's
+images, campaigns and nodes, on a fourth, ``Storage.ota``); ``schema`` holds the tables and the migrations
 (``PRAGMA user_version`` -> the step to the next version); ``lock`` keeps a second
 daemon off a database (``DatabaseLock`` on ``<db>.lock``). No SQL lives outside this
 package.
@@ -24,6 +25,10 @@ from .api import (
     NotificationLink,
     ObservationRow,
     OscoreRow,
+    OtaCampaignRow,
+    OtaImageRow,
+    OtaNodeRow,
+    OtaStorage,
     OutboxEncoder,
     OutboxMessage,
     OutboxRow,
@@ -49,6 +54,10 @@ __all__ = [
     "NotificationLink",
     "ObservationRow",
     "OscoreRow",
+    "OtaCampaignRow",
+    "OtaImageRow",
+    "OtaNodeRow",
+    "OtaStorage",
     "OutboxEncoder",
     "OutboxMessage",
     "OutboxRow",

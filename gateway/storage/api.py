@@ -21,6 +21,10 @@ API, the uplink, the benchmark, the tests) sees the database only through these:
     its identifiers, its secrets sealed by ``gateway.security`` (never in clear here),
     the durable sequence-number bound and the replay window of a clean stop.
 
+``OtaStorage``
+    the OTA service's images, campaigns and each campaign's nodes (``Storage.ota``,
+    ``gateway.ota``).
+
 ``storage.sqlite.SqliteStorage`` implements them on one SQLite file
 (``storage.schema``). A Notification's link to its observation (``NotificationLink``)
 is written by ``record_send`` in the transaction of its readings.
@@ -46,6 +50,10 @@ __all__ = [
     "NotificationLink",
     "ObservationRow",
     "OscoreRow",
+    "OtaCampaignRow",
+    "OtaImageRow",
+    "OtaNodeRow",
+    "OtaStorage",
     "OutboxEncoder",
     "OutboxMessage",
     "OutboxRow",
@@ -374,6 +382,81 @@ class DeviceStorage(Protocol):
     def attributes(self, endpoint: str) -> dict[str, list[str]]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class OtaImageRow:
+    """A verified OTA image as stored (``ota_images``): ``id`` is the SHA-256 (hex) of
+    its bytes, the name of its file; ``signers``: hex ids of the keys that counted."""
+
+    id: str
+    version: str
+    payload_type: str
+    board: str
+    security_counter: int
+    signers: tuple[str, ...]
+    size: int
+    uploaded: float
+
+
+@dataclass(frozen=True, slots=True)
+class OtaCampaignRow:
+    """An OTA campaign as stored (``ota_campaigns``); ``wave``: the index of the wave
+    under way (or the last one, once it ended); ``reason``: why it was aborted."""
+
+    id: int
+    name: str
+    image: str
+    target: dict[str, Any]
+    waves: tuple[str, ...]
+    max_failure_ratio: float
+    report_timeout_s: float
+    state: str
+    wave: int
+    reason: str | None
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class OtaNodeRow:
+    """One target node of a campaign (``ota_nodes``)."""
+
+    campaign: int
+    endpoint: str
+    wave: int
+    state: str
+    offered: float | None
+    heard: float | None
+    reason: str | None
+
+
+class OtaStorage(Protocol):
+    """The OTA service's rows; every call one short transaction, durable on return."""
+
+    def ota_put_image(self, row: OtaImageRow) -> bool: ...
+
+    def ota_image(self, image_id: str) -> OtaImageRow | None: ...
+
+    def ota_images(self) -> list[OtaImageRow]: ...
+
+    def ota_create_campaign(self, row: OtaCampaignRow,
+                            nodes: Iterable[tuple[str, int]]) -> int: ...
+
+    def ota_campaign(self, campaign_id: int) -> OtaCampaignRow | None: ...
+
+    def ota_campaigns(self, states: tuple[str, ...] = ()) -> list[OtaCampaignRow]: ...
+
+    def ota_set_campaign(self, campaign_id: int, *, state: str, wave: int,
+                         reason: str | None, now: float) -> None: ...
+
+    def ota_nodes(self, campaign_id: int) -> list[OtaNodeRow]: ...
+
+    def ota_node_campaigns(self, endpoint: str, states: tuple[str, ...]) -> list[int]: ...
+
+    def ota_set_node(self, campaign_id: int, endpoint: str, *, state: str,
+                     offered: float | None = None, heard: float | None = None,
+                     reason: str | None = None) -> None: ...
+
+
 class Storage(Protocol):
     """The gateway's storage (module docstring). Synchronous, for the event loop's
     thread; a write returns once committed, or, inside a batch, once in the batch."""
@@ -383,6 +466,9 @@ class Storage(Protocol):
 
     @property
     def keys(self) -> KeyStorage: ...
+
+    @property
+    def ota(self) -> OtaStorage: ...
 
     def close(self) -> None: ...
 

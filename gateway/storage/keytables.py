@@ -13,13 +13,10 @@ Nothing secret is written in clear: ``sealed`` is what ``gateway.security`` encr
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from ..errors import StoreError
 from .api import OscoreRow
+from .owntx import OwnConnection
 
 __all__ = ["SqliteKeyStorage"]
 
@@ -35,36 +32,10 @@ def _row(r: tuple[Any, ...]) -> OscoreRow:
                      rotated, revoked, exported, int(generation))
 
 
-class SqliteKeyStorage:
+class SqliteKeyStorage(OwnConnection):
     """OSCORE tables on their own connection (made by ``SqliteStorage.open``)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._db = conn
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise StoreError(f"OSCORE contexts: {e}") from e
-        try:
-            yield db
-        except sqlite3.IntegrityError as e:
-            db.execute("ROLLBACK")
-            raise StoreError(f"OSCORE contexts: {e}") from e
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        try:
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise StoreError(f"OSCORE contexts: {e}") from e
+    what = "OSCORE contexts"
 
     def oscore_row(self, endpoint: str) -> OscoreRow | None:
         r = self._db.execute(f"SELECT {_COLS} FROM oscore_contexts WHERE endpoint = ?",

@@ -24,6 +24,9 @@ to version   what the step does
              across re-sends (``storage.sqlite.report_key``)
 6            ``oscore_contexts``: each endpoint's OSCORE security context, its
              secrets sealed (``gateway.security``); ``oscore_meta``
+7            the OTA service's tables (``gateway.ota``): ``ota_images`` (verified
+             images, their files content-addressed), ``ota_campaigns``,
+             ``ota_nodes`` (each target node's wave and state)
 ===========  ====================================================================
 """
 
@@ -45,7 +48,7 @@ from ..lwm2m.senml import Record, Value, ValueKind
 __all__ = ["MIGRATIONS", "READING_ID_SPAN", "SCHEMA_VERSION", "Migration", "migrate",
            "readings_from_json", "readings_json", "report_key", "version"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 READING_ID_SPAN = 1 << 16  # readings per Send at most (config coap.max_records)
 _DM_META_VERSION = 1  # the last version the pre-4 dm_meta table could hold
 
@@ -316,6 +319,55 @@ CREATE TABLE oscore_meta (
 """
 
 
+# Version 7: the OTA service (gateway/ota). ``ota_images``: one row per verified image,
+# ``id`` the SHA-256 (hex) of its bytes, which are a file of that name in the images
+# folder; ``signers``: JSON list of the key ids (hex) whose signatures counted.
+# ``ota_campaigns``: ``target`` and ``waves`` as JSON (what the operator asked for),
+# ``wave`` the index of the wave under way, ``reason`` why it stopped (aborted).
+# ``ota_nodes``: each target node's wave, state and times (``offered``: when it was
+# offered the image; ``heard``: its last report; a silent node's deadline is the later
+# of the two plus the campaign's ``report_timeout_s``, so it survives a restart).
+_SCHEMA_V7 = """
+CREATE TABLE ota_images (
+    id               TEXT PRIMARY KEY,
+    version          TEXT NOT NULL,
+    payload_type     TEXT NOT NULL,
+    board            TEXT NOT NULL,
+    security_counter INTEGER NOT NULL,
+    signers          TEXT NOT NULL,
+    size             INTEGER NOT NULL,
+    uploaded         REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE ota_campaigns (
+    id                INTEGER PRIMARY KEY,
+    name              TEXT NOT NULL,
+    image             TEXT NOT NULL REFERENCES ota_images (id),
+    target            TEXT NOT NULL,
+    waves             TEXT NOT NULL,
+    max_failure_ratio REAL NOT NULL,
+    report_timeout_s  REAL NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('draft', 'running', 'paused',
+                                                     'aborted', 'completed')),
+    wave              INTEGER NOT NULL DEFAULT 0,
+    reason            TEXT,
+    created           REAL NOT NULL,
+    updated           REAL NOT NULL
+);
+CREATE TABLE ota_nodes (
+    campaign INTEGER NOT NULL REFERENCES ota_campaigns (id),
+    endpoint TEXT NOT NULL,
+    wave     INTEGER NOT NULL,
+    state    TEXT NOT NULL CHECK (state IN ('pending', 'offered', 'updating', 'succeeded',
+                                            'failed', 'timed_out')),
+    offered  REAL,
+    heard    REAL,
+    reason   TEXT,
+    PRIMARY KEY (campaign, endpoint)
+) WITHOUT ROWID;
+CREATE INDEX ota_nodes_endpoint ON ota_nodes (endpoint, state)
+"""
+
+
 class Migration(NamedTuple):
     """What brings a file from one ``user_version`` to the next."""
 
@@ -331,6 +383,7 @@ MIGRATIONS: dict[int, Migration] = {
     3: Migration(_SCHEMA_V4, _v4_from_dm_meta),
     4: Migration(_SCHEMA_V5),
     5: Migration(_SCHEMA_V6),
+    6: Migration(_SCHEMA_V7),
 }
 
 

@@ -71,6 +71,7 @@ from .api import (
 )
 from .dmtables import KEEP_FINISHED_MAX, KEEP_FINISHED_S, SqliteDeviceStorage
 from .keytables import SqliteKeyStorage
+from .otatables import SqliteOtaStorage
 from .schema import READING_ID_SPAN, readings_from_json, readings_json, report_key
 
 __all__ = ["EXCHANGE_LIFETIME_S", "KEEP_DEAD", "LATEST_MAX_PATHS", "LATEST_MAX_SENDS",
@@ -99,8 +100,10 @@ class SqliteStorage:
 
     def __init__(self, conn: sqlite3.Connection, encoder: OutboxEncoder | None,
                  dm: SqliteDeviceStorage | None,
-                 keys: SqliteKeyStorage | None = None) -> None:
+                 keys: SqliteKeyStorage | None = None,
+                 ota: SqliteOtaStorage | None = None) -> None:
         self._conn = conn
+        self._ota = ota
         self._encoder = encoder
         self._dm = dm
         self._keys = keys
@@ -162,13 +165,22 @@ class SqliteStorage:
                 keys_conn.close()
                 dm.close()
                 raise
+            ota_conn = _connect(path)
+            try:
+                ota_conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                ota_conn.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.Error:
+                ota_conn.close()
+                keys_conn.close()
+                dm.close()
+                raise
         except sqlite3.Error as e:
             conn.close()
             raise StoreError(f"{path}: {e}") from e
         except StoreError:
             conn.close()
             raise
-        return cls(conn, encoder, dm, SqliteKeyStorage(keys_conn))
+        return cls(conn, encoder, dm, SqliteKeyStorage(keys_conn), SqliteOtaStorage(ota_conn))
 
     @property
     def dm(self) -> SqliteDeviceStorage:
@@ -184,6 +196,13 @@ class SqliteStorage:
             raise StoreError("opened read-only: no OSCORE contexts")
         return self._keys
 
+    @property
+    def ota(self) -> SqliteOtaStorage:
+        """The OTA service's tables (``storage.otatables``)."""
+        if self._ota is None:
+            raise StoreError("opened read-only: no OTA tables")
+        return self._ota
+
     def close(self) -> None:
         self.settle()
         if self._writer is not None:
@@ -193,6 +212,8 @@ class SqliteStorage:
             self._dm.close()
         if self._keys is not None:
             self._keys.close()
+        if self._ota is not None:
+            self._ota.close()
         self._conn.close()
 
     def __enter__(self) -> Self:

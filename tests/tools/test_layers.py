@@ -14,7 +14,7 @@ ALLOWED = {
     "boards": set(),
     "models": {"boards"},
     "ota": {"boards"},
-    "gateway": {"boards", "models"},
+    "gateway": {"boards", "models", "ota"},
     "tools": {"boards", "models", "ota", "gateway", "firmware"},
 }
 
