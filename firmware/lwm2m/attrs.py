@@ -90,32 +90,10 @@ class Watch:
         """A Read with Observe 0 of the tree's path (depth n): its slot, or -1."""
         p = self.tree.p
         si = self.si
-        sb = self.sb
-        free = -1
-        for s in range(self.n):
-            b = s * _SI
-            if (sb[2 * s] == n and si[b] == p[0] and si[b + 1] == p[1]
-                    and si[b + 2] == p[2] and si[b + 3] == p[3]):
-                if self.live(s):
-                    return s  # another observer of the same path: same key
-                free = s
-                break
-            if free < 0 and not self.live(s):
-                free = s
-        s = free
-        if s < 0:
-            return -1
-        b = s * _SI
-        for i in range(4):
-            si[b + i] = p[i]
-        sb[2 * s] = n
-        self._resolve(s)
-        now = self.clock.ticks_ms()
-        si[b + _ILAST] = now
-        si[b + _IEVAL] = now
-        sb[2 * s + 1] = 0
-        self._snapshot(s, True)
-        self.ep.woken = True  # the idle loop recomputes its deadline (poll())
+        s = self._claim(lambda s, b: self.sb[2 * s] == n and si[b] == p[0]
+                        and si[b + 1] == p[1] and si[b + 2] == p[2] and si[b + 3] == p[3])
+        if s >= 0 and not self.live(s):  # live: another observer of the same path
+            self._start(s, n, p)
         return s
 
     def add_composite(self, paths):
@@ -125,30 +103,40 @@ class Watch:
         if self.cp is None:
             self.cp = [None] * self.n
         cp = self.cp
+        s = self._claim(lambda s, b: self.sb[2 * s] == _COMP and cp[s] == paths)
+        if s >= 0 and not self.live(s):
+            cp[s] = paths
+            self._start(s, _COMP, (-2, -2, -2, -2))  # no single path: never matched as one
+        return s
+
+    def _claim(self, same):
+        # the slot same(s, s * _SI) names (live: observed already, shared as it is),
+        # else the first slot that is not live; -1 when none is free
         free = -1
         for s in range(self.n):
-            if self.sb[2 * s] == _COMP and cp[s] == paths:
+            if same(s, s * _SI):
                 if self.live(s):
                     return s
                 free = s
                 break
             if free < 0 and not self.live(s):
                 free = s
-        s = free
-        if s < 0:
-            return -1
+        return free
+
+    def _start(self, s, depth, ids):
+        # slot s now observes ids (depth 1..4, or _COMP): attributes, times, values
+        si = self.si
         b = s * _SI
         for i in range(4):
-            self.si[b + i] = -2  # no single path: never matched as one
-        self.sb[2 * s] = _COMP
-        cp[s] = paths
+            si[b + i] = ids[i]
+        self.sb[2 * s] = depth
         self._resolve(s)
         now = self.clock.ticks_ms()
-        self.si[b + _ILAST] = now
-        self.si[b + _IEVAL] = now
+        si[b + _ILAST] = now
+        si[b + _IEVAL] = now
         self.sb[2 * s + 1] = 0
-        self.ep.woken = True
-        return s
+        self._snapshot(s, True)
+        self.ep.woken = True  # the idle loop recomputes its deadline (poll())
 
     def paths(self, s):
         """The paths of composite observation s, or None."""
