@@ -1,7 +1,8 @@
 """Shared pieces of the OSCORE key-store tests: a store on a fresh database, a node's
 side as aiocoap loads it (``FilesystemSecurityContext`` from what the gateway
-exported), messages put on the wire and read back, and an aiocoap server whose site is
-wrapped in ``OscoreSiteWrapper`` with a ``KeyStore`` as its credentials."""
+exported), messages put on the wire and read back, an aiocoap server whose site is
+wrapped in ``OscoreSiteWrapper`` with a ``KeyStore`` as its credentials, and a whole
+gateway with OSCORE required (``oscore_gateway``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Any
 import aiocoap
 from aiocoap import oscore, resource
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
-from aiotkit.gateway.config import SecurityConfig
+from aiotkit.gateway.app import Gateway
+from aiotkit.gateway.config import SecurityConfig, load_config
 from aiotkit.gateway.security import KeyStore, generate_key_hex, write_credentials
 from aiotkit.gateway.storage import SqliteStorage
+from plugins.services import free_port
 
 KEY = generate_key_hex()
 
@@ -89,3 +92,25 @@ async def oscore_server(ks: KeyStore, port: int) -> AsyncIterator[aiocoap.Contex
         yield ctx
     finally:
         await ctx.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def oscore_gateway(tmp_path: Path, coap: str = "") -> AsyncIterator[Gateway]:
+    """A gateway with OSCORE required (the default) in ``tmp_path``; ``coap``: more
+    ``[coap]`` lines. Started again on the same folder, it keeps its database."""
+    key = tmp_path / "gw.key"
+    if not key.exists():
+        key.write_text(generate_key_hex() + "\n")
+        key.chmod(0o600)
+    conf = tmp_path / "gw.toml"
+    if not conf.exists():
+        conf.write_text('[gateway]\nid = "osc"\ndb = "gw.db"\n'
+                        f'[coap]\nport = {free_port()}\n{coap}'
+                        '[security]\nkey_file = "gw.key"\n'
+                        "[dm]\nrequest_timeout_s = 10.0\n[shadow]\nenabled = false\n")
+    gw = Gateway(load_config(conf))
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.shutdown()

@@ -30,37 +30,14 @@ from aiocoap.message import Direction
 from aiotkit.gateway.app import Gateway
 from aiotkit.gateway.coap import wire
 from aiotkit.gateway.coap.fastoscore import Suite
-from aiotkit.gateway.config import load_config
 from aiotkit.gateway.errors import StoreError
-from aiotkit.gateway.security import generate_key_hex
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plugins.services import free_port, require_tool
+from oscorekit import oscore_gateway
+from plugins.services import require_tool
 from test_oscore_gateway import LINKS, Wire, node, send_pack, stored_values
 
 FIRMWARE = Path(__file__).parents[2] / "firmware"
-
-
-@contextlib.asynccontextmanager
-async def oscore_gateway(tmp_path: Path, coap: str = "") -> AsyncIterator[Gateway]:
-    """A gateway with OSCORE required (the default) in ``tmp_path``; ``coap``: more
-    ``[coap]`` lines. Started again on the same folder, it keeps its database."""
-    key = tmp_path / "gw.key"
-    if not key.exists():
-        key.write_text(generate_key_hex() + "\n")
-        key.chmod(0o600)
-    conf = tmp_path / "gw.toml"
-    if not conf.exists():
-        conf.write_text('[gateway]\nid = "osc"\ndb = "gw.db"\n'
-                        f'[coap]\nport = {free_port()}\n{coap}'
-                        '[security]\nkey_file = "gw.key"\n'
-                        "[dm]\nrequest_timeout_s = 10.0\n[shadow]\nenabled = false\n")
-    gw = Gateway(load_config(conf))
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.shutdown()
 
 
 def served(gw: Gateway) -> int:

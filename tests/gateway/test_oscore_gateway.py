@@ -26,6 +26,7 @@ from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiotkit.gateway.app import Gateway
 from aiotkit.gateway.config import load_config
 from aiotkit.gateway.security import generate_key_hex, write_credentials
+from oscorekit import oscore_gateway
 from plugins.services import free_port, require_tool
 
 LINKS = b'</>;rt="oma.lwm2m";ct=112,</3/0>'
@@ -67,22 +68,6 @@ class Node:
     async def send(self, value: int, location: tuple[str, ...] = ()) -> aiocoap.Message:
         pack = cbor2.dumps([{-2: "/33000/0/", 0: "0", 2: value}])
         return await self.ask(aiocoap.POST, "dp", pack, cf=112)
-
-
-@contextlib.asynccontextmanager
-async def oscore_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    (tmp_path / "gw.key").write_text(generate_key_hex() + "\n")
-    (tmp_path / "gw.key").chmod(0o600)
-    conf = tmp_path / "gw.toml"
-    conf.write_text('[gateway]\nid = "osc"\ndb = "gw.db"\n'  # security: the default
-                    f'[coap]\nport = {free_port()}\n[security]\nkey_file = "gw.key"\n'
-                    "[dm]\nrequest_timeout_s = 10.0\n[shadow]\nenabled = false\n")
-    gw = Gateway(load_config(conf))
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.shutdown()
 
 
 @contextlib.asynccontextmanager
