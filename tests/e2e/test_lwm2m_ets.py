@@ -122,6 +122,22 @@ async def node_and_gateway(tmp_path: Path, node_firmware, **node_cfg: object
         await gw.shutdown()
 
 
+async def window_notifications(events: Events, paths: list[str], n: int
+                               ) -> tuple[list[int], float]:
+    """The window counters (/33000/0/0) of the next ``n`` notifications of exactly
+    ``paths`` (the node's own Sends name more), and the seconds they took."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    seqs: list[int] = []
+    mark = len(events.seen)
+    while len(seqs) < n:
+        e = await events.wait("send", mark, timeout=15)
+        mark = events.seen.index(e) + 1
+        if sorted(r.path for r in e.records) == sorted(paths):
+            seqs.append(int(next(r.value for r in e.records if r.path == "/33000/0/0")))
+    return seqs, loop.time() - t0
+
+
 async def links_until(gw: Gateway, events: Events, mark: int, ok) -> None:
     """Wait for the node's Updates from event ``mark`` on until ``ok(its links)``."""
     while True:
@@ -298,16 +314,7 @@ async def test_int301_int303_int306_observe_with_pmin_then_cancel_and_sends_stor
         res = await gw.dm.observe(EP, "/33000/0/0")
         assert res.code == "2.05" and "/33000/0/0" in res.values
         first = res.values["/33000/0/0"]
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        seqs: list[int] = []
-        mark = len(events.seen)
-        while len(seqs) < 3:
-            e = await events.wait("send", mark, timeout=15)
-            mark = events.seen.index(e) + 1
-            if [r.path for r in e.records] == ["/33000/0/0"]:  # a notification
-                seqs.append(int(e.records[0].value))
-        elapsed = loop.time() - t0
+        seqs, elapsed = await window_notifications(events, ["/33000/0/0"], 3)
         assert seqs == sorted(seqs) and seqs[0] >= first
         assert elapsed >= 1.5, f"3 notifications in {elapsed:.2f} s despite pmin 1"
         assert [o["paths"] for o in gw.dm.observations(EP)] in ([["/33000/0/0"]],
@@ -332,16 +339,7 @@ async def test_observe_composite_notifies_with_the_paths_attributes_then_cancels
         assert res.code == "2.05"
         assert set(res.values) == set(comp) and res.values["/3/0/0"] == "aiotkit"
         first = res.values["/33000/0/0"]
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        seqs: list[int] = []
-        mark = len(events.seen)
-        while len(seqs) < 3:
-            e = await events.wait("send", mark, timeout=15)
-            mark = events.seen.index(e) + 1
-            if sorted(r.path for r in e.records) == sorted(comp):  # a notification
-                seqs.append(int(next(r.value for r in e.records if r.path == comp[0])))
-        elapsed = loop.time() - t0
+        seqs, elapsed = await window_notifications(events, comp, 3)
         assert seqs == sorted(seqs) and seqs[0] >= first and len(set(seqs)) == 3
         assert elapsed >= 1.5, f"3 notifications in {elapsed:.2f} s despite pmin 1"
         assert [o["composite"] for o in gw.dm.observations(EP)] == [True]
