@@ -67,7 +67,7 @@ class Raw(Wire):
         """Send ``datagram`` as it is (its MID included) and return the answer's bytes."""
         loop = asyncio.get_running_loop()
         await loop.sock_sendto(self.sock, datagram, ("127.0.0.1", self.port))
-        return await asyncio.wait_for(loop.sock_recv(self.sock, 2048), 10)
+        return await self.answer()
 
     def open(self, answer: bytes, request_id: Any) -> aiocoap.Message:
         """The answer verified with the node's context, as its client does."""

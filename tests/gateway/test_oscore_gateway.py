@@ -200,8 +200,20 @@ class Wire:
         data[2:4] = (mid if mid is not None else self.mid).to_bytes(2, "big")
         loop = asyncio.get_running_loop()
         await loop.sock_sendto(self.sock, bytes(data), ("127.0.0.1", self.port))
+        return aiocoap.Message.decode(await self.answer())
+
+    async def answer(self) -> bytes:
+        """The gateway's answer to the request just sent: piggybacked, or separate
+        (RFC 7252 section 5.2.2: an empty ACK first when answering takes a while, then
+        the response as a CON, which is acknowledged here)."""
+        loop = asyncio.get_running_loop()
         raw = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), 10)
-        return aiocoap.Message.decode(raw)
+        if raw[1] == 0 and raw[0] >> 4 & 3 == 2:  # an empty ACK: the response follows
+            raw = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), 10)
+            if raw[0] >> 4 & 3 == 0:  # a CON response: ACK it (type 2, code 0, its MID)
+                await loop.sock_sendto(self.sock, bytes([0x60, 0, raw[2], raw[3]]),
+                                       ("127.0.0.1", self.port))
+        return raw
 
     def close(self) -> None:
         self.sock.close()
