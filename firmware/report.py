@@ -1,6 +1,7 @@
 # The node's report objects over node.Node's state (README "For firmware developers";
 # DDF: gateway/objects/3313.xml, 33000.xml, 33001.xml, 33002.xml): 3313/0 IPSO
-# accelerometer, 33000/0 the window, 33001/0 its features, 33002/0 the decision.
+# accelerometer, 33000/0 the window, 33001/0 its features, 33002/0 the decision (and,
+# while the node runs a candidate model beside the active one, the candidate's).
 #
 # Each object's resource table (`res`: rid << 8 | type | operations, lwm2m/objects.py)
 # and its get() are the only description of it: the LwM2M object tree reads them (Read,
@@ -21,6 +22,12 @@ _N = const(0)
 # windows): bit rid
 _NEEDS_CLF = const(1 << 1 | 1 << 2 | 1 << 3 | 1 << 7)
 _NEEDS_AE = const(1 << 4 | 1 << 5 | 1 << 6 | 1 << 8 | 1 << 12)
+# the candidate's (tinyml/infer.py Decider.cand, installed through Object 9): 13 slot,
+# 14 id, 18 windows, 19 agreements, and 15 label (a classifier) or 16 score,
+# 17 anomalous, 20 anomalous windows (an anomaly model)
+_NEEDS_CAND = const(1 << 13 | 1 << 14 | 1 << 18 | 1 << 19)
+_NEEDS_CAND_CLF = const(1 << 15)
+_NEEDS_CAND_AE = const(1 << 16 | 1 << 17 | 1 << 20)
 
 
 @micropython.viper
@@ -135,19 +142,33 @@ class Decision(Obj):
     # 0 window sequence, 1 label index, 2 label, 3 confidence, 4 anomaly score,
     # 5 anomalous, 6 threshold, 7 classifier id, 8 anomaly model id, 9 raw feature
     # outputs (int32 little-endian), 10 sensor scale exponent, 11 inference time (us),
-    # 12 anomalous windows since the last report
+    # 12 anomalous windows since the last report; the candidate model's (only while the
+    # node has one): 13 its Object 9 slot, 14 its id, 15 label index, 16 anomaly score,
+    # 17 anomalous, and from its install or the node's boot 18 windows it ran,
+    # 19 windows it agreed with the active model, 20 windows it flagged
     RES = (0 << 8 | T_INT | R | S, 1 << 8 | T_INT | R | S, 2 << 8 | T_STR | R | S,
            3 << 8 | T_FLOAT | R | S, 4 << 8 | T_INT | R | S, 5 << 8 | T_BOOL | R | S,
            6 << 8 | T_INT | R | S, 7 << 8 | T_OPQ | R | S, 8 << 8 | T_OPQ | R | S,
            9 << 8 | T_OPQ | R | S, 10 << 8 | T_INT | R | S, 11 << 8 | T_INT | R | S,
-           12 << 8 | T_INT | R | S)
+           12 << 8 | T_INT | R | S, 13 << 8 | T_INT | R | S, 14 << 8 | T_OPQ | R | S,
+           15 << 8 | T_INT | R | S, 16 << 8 | T_INT | R | S, 17 << 8 | T_BOOL | R | S,
+           18 << 8 | T_INT | R | S, 19 << 8 | T_INT | R | S, 20 << 8 | T_INT | R | S)
 
     def __init__(self, node):
         self.node = node
-        d = node.decider
-        skip = (0 if d.clf is not None else _NEEDS_CLF) | (0 if d.ae is not None else _NEEDS_AE)
-        self.res = tuple(r for r in self.RES if not skip >> (r >> 8) & 1)
+        self.tables()
         self._fb = bytearray(4 * len(node.feat))  # the raw outputs, for the shadow check
+
+    def tables(self):
+        """The resource table for the models the node has now."""
+        d = self.node.decider
+        skip = (0 if d.clf is not None else _NEEDS_CLF) | (0 if d.ae is not None else _NEEDS_AE)
+        m = d.cand
+        if m is None:
+            skip |= _NEEDS_CAND | _NEEDS_CAND_CLF | _NEEDS_CAND_AE
+        else:
+            skip |= _NEEDS_CAND_AE if m.labels else _NEEDS_CAND_CLF
+        self.res = tuple(r for r in self.RES if not skip >> (r >> 8) & 1)
 
     def get(self, iid, rid, ri, v):
         nd = self.node
@@ -177,8 +198,24 @@ class Decision(Obj):
             v.int(nd.sensor.scale_e)
         elif rid == 11:
             v.int(d.us)
-        else:
+        elif rid == 12:
             v.int(d.anomalies)
+        elif rid == 13:
+            v.int(d.c_slot)
+        elif rid == 14:
+            v.opaque(d.cand.id)
+        elif rid == 15:
+            v.int(d.c_label)
+        elif rid == 16:
+            v.int(d.c_score)
+        elif rid == 17:
+            v.bool(d.c_anom)
+        elif rid == 18:
+            v.int(d.c_windows)
+        elif rid == 19:
+            v.int(d.c_agree)
+        else:
+            v.int(d.c_anomalies)
 
 
 class Report:
@@ -193,12 +230,24 @@ class Report:
             objs.append(Decision(node))
         self.objs = objs
         self.v = Val()
+        self.count()
+
+    def count(self):
+        """Recount the records of a report (after a table changed: Decision.tables())."""
         n = 0
-        for o in objs:
+        for o in self.objs:
             for r in o.res:
                 if r & S:
                     n += 1
         self.n = n  # records in a report
+
+    def models_changed(self):
+        """The node's decider changed its models (a candidate set, dropped or promoted):
+        the decision's resources and the report's records follow."""
+        for o in self.objs:
+            if o.oid == 33002:
+                o.tables()
+        self.count()
 
     def write(self, w):
         """The Send report into cbor Writer w: a SenML-CBOR pack (RFC 8428 section 6) of

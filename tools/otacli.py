@@ -464,6 +464,7 @@ def register(subparsers: Any) -> None:
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.set_defaults(func=cmd_inspect)
 
-    from aiotkit.tools import otaservicecli
+    from aiotkit.tools import modelscli, otaservicecli
 
     otaservicecli.register(osub)
+    modelscli.register(osub)

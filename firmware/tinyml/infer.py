@@ -230,14 +230,14 @@ def _sha8(path):
 
 
 class Model:
-    """One model of kind ``kind`` loaded from ``path`` for a node whose extractor has
+    """One model of kind ``kind`` (None: the kind its metadata gives) loaded from ``path`` for a node whose extractor has
     ``formats`` ((frac, unit) per output) under the feature spec ``spec`` and whose sensor
     has scale exponent ``scale_e``; raises ModelError or TFLiteError with the reason."""
 
     def __init__(self, path, kind, spec, formats, scale_e, stream=False, arena_limit=0):
         from tinyml.interpreter import Interpreter
 
-        what = "'%s' %s" % ("model" if kind == "classifier" else kind, path)
+        what = "'%s' %s" % ("model" if kind in ("classifier", None) else kind, path)
         try:
             ip = Interpreter(path, arena_limit, stream)
         except OSError:
@@ -247,6 +247,8 @@ class Model:
         self.ip = ip
         m = _meta(ip, what)
         ip.model = ip.metadata = None  # the parse tree: only loading needed it
+        if kind is None and m.get("kind") in ("classifier", "anomaly"):
+            kind = m["kind"]  # either kind (a model installed through ota/models.py)
         if m.get("kind") != kind:
             raise ModelError("%s is a %s model, not %s" % (what, m.get("kind"), kind))
         bad = _same_spec(m.get("feature_spec"), spec)
@@ -299,7 +301,26 @@ class Model:
 
 class Decider:
     """Classifier and/or anomaly model on the node's features; decide(feat) fills the
-    decision attributes (label -1 / score -1 when that model is absent)."""
+    decision attributes (label -1 / score -1 when that model is absent).
+
+    A candidate (``cand``: a Model of either kind, installed through Object 9,
+    ota/models.py) runs beside them on the same features, after the active models
+    decide: its label (classifier) or score and flag (anomaly) go to the c_*
+    attributes, and the counts c_windows (windows it ran), c_agree (windows its decision
+    was the active model's of its kind: the same label, or the same anomalous flag) and
+    c_anomalies (windows it flagged) run from its install or the node's boot: the
+    gateway takes differences (gateway/ota/models.py). Nothing here allocates. The
+    candidate's state are class defaults until one is set: a node without one keeps the
+    instance it had."""
+
+    cand = None
+    c_slot = -1  # the candidate's Object 9 instance
+    c_label = -1
+    c_score = -1
+    c_anom = False
+    c_windows = 0
+    c_agree = 0
+    c_anomalies = 0
 
     def __init__(self, classifier, anomaly):
         self.clf = classifier
@@ -310,6 +331,24 @@ class Decider:
         self.anomalous = False
         self.us = 0
         self.anomalies = 0  # anomalous windows since the last report
+
+    def candidate(self, model, slot=-1):
+        """Run ``model`` (a Model, or None: none) as the candidate from now on."""
+        self.cand = model
+        self.c_slot = slot
+        self.c_label = -1
+        self.c_score = -1
+        self.c_anom = False
+        self.c_windows = 0
+        self.c_agree = 0
+        self.c_anomalies = 0
+
+    def active(self, model):
+        """``model`` decides for its kind from now on (a promoted candidate)."""
+        if model.labels:  # a classifier
+            self.clf = model
+        else:
+            self.ae = model
 
     def decide(self, feat):
         t0 = time.ticks_us()
@@ -328,6 +367,28 @@ class Decider:
             if s > a.threshold:
                 self.anomalies += 1
         self.us = time.ticks_diff(time.ticks_us(), t0)
+        m = self.cand
+        if m is not None:
+            self._shadow(m, feat)
+
+    def _shadow(self, m, feat):
+        # the candidate on the same features; counts against the active decision
+        m.run(feat)
+        self.c_windows += 1
+        if m.labels:  # a classifier
+            i = _argmax(m.y, m.ny)
+            self.c_label = i
+            same = i == self.label
+        else:
+            s = _sqerr(m.y, m.xq, m.k)
+            self.c_score = s
+            flag = s > m.threshold
+            self.c_anom = flag
+            same = flag == self.anomalous
+            if flag:
+                self.c_anomalies += 1
+        if same:
+            self.c_agree += 1
 
 
 def load(cfg, spec, formats, scale_m, scale_e):

@@ -111,6 +111,7 @@ if TYPE_CHECKING:
     from ..dm import DeviceManagement
     from ..lwm2m.registry import RegistryEvent
     from ..ota import OtaService
+    from ..ota.models import ModelService
     from ..security import KeyStore
     from ..storage.api import OtaImageRow, Registration
 
@@ -168,6 +169,8 @@ ROUTES: tuple[tuple[str, str, Role, str], ...] = (
     ("POST", "/ota/campaigns/{id}/pause", A, "_ota_pause"),
     ("POST", "/ota/campaigns/{id}/resume", A, "_ota_resume"),
     ("POST", "/ota/campaigns/{id}/abort", A, "_ota_abort"),
+    ("GET", "/ota/models", V, "_ota_models"),
+    ("GET", "/ota/models/candidates", V, "_ota_candidates"),
 )
 del V, O, A
 
@@ -835,6 +838,19 @@ class RestApi:
         if ota is None:
             raise ApiError(503, "ota_unavailable", "the OTA service is not running")
         return ota
+
+    def _model_service(self) -> ModelService:
+        models = self._gateway.models
+        if models is None:
+            raise ApiError(503, "ota_unavailable", "the model service is not running")
+        return models
+
+    async def _ota_models(self, request: web.Request) -> web.StreamResponse:
+        return _json({"models": self._model_service().registry()})
+
+    async def _ota_candidates(self, request: web.Request) -> web.StreamResponse:
+        return _json({"candidates": self._model_service().candidates(
+            request.query.get("endpoint") or None)})
 
     async def _ota_images(self, request: web.Request) -> web.StreamResponse:
         return _json({"images": [_image_json(r) for r in self._ota_service().images.list()]})

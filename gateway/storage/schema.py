@@ -27,6 +27,8 @@ to version   what the step does
 7            the OTA service's tables (``gateway.ota``): ``ota_images`` (verified
              images, their files content-addressed), ``ota_campaigns``,
              ``ota_nodes`` (each target node's wave and state)
+8            the model registry and candidate evaluation (``gateway.ota.models``):
+             ``model_versions``, ``model_placements``, ``model_candidates``
 ===========  ====================================================================
 """
 
@@ -48,7 +50,7 @@ from ..lwm2m.senml import Record, Value, ValueKind
 __all__ = ["MIGRATIONS", "READING_ID_SPAN", "SCHEMA_VERSION", "Migration", "migrate",
            "readings_from_json", "readings_json", "report_key", "version"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 READING_ID_SPAN = 1 << 16  # readings per Send at most (config coap.max_records)
 _DM_META_VERSION = 1  # the last version the pre-4 dm_meta table could hold
 
@@ -368,6 +370,56 @@ CREATE INDEX ota_nodes_endpoint ON ota_nodes (endpoint, state)
 """
 
 
+# Version 8: models (gateway/ota/models.py). ``model_versions``: one row per signed model
+# image in the image store (``image`` its id), with its card's identity (``name``,
+# ``version``, ``sha256`` of the .tflite) and feature-spec version. ``model_placements``:
+# where models run, per endpoint, as its latest decision report says (``model``: the
+# node's 8-byte model id, hex; ``slot``: its /9 instance, -1 the config's; ``role``).
+# ``model_candidates``: each candidate a node ran: running totals since the gateway first
+# saw it (``windows``, ``agree``, ``anomalies``), the node's own counters at its last
+# report (``seen_*``: a node counts from its boot, the totals add the differences), and
+# the decision (``state``, ``reason``).
+_SCHEMA_V8 = """
+CREATE TABLE model_versions (
+    image        TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    sha256       TEXT NOT NULL,
+    feature_spec INTEGER NOT NULL,
+    board        TEXT NOT NULL,
+    signers      TEXT NOT NULL,
+    security_counter INTEGER NOT NULL,
+    uploaded     REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX model_versions_sha ON model_versions (sha256);
+CREATE TABLE model_placements (
+    endpoint TEXT NOT NULL,
+    model    TEXT NOT NULL,
+    slot     INTEGER NOT NULL,
+    role     TEXT NOT NULL CHECK (role IN ('active', 'candidate')),
+    updated  REAL NOT NULL,
+    PRIMARY KEY (endpoint, model, role)
+) WITHOUT ROWID;
+CREATE TABLE model_candidates (
+    endpoint       TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    slot           INTEGER NOT NULL,
+    windows        INTEGER NOT NULL DEFAULT 0,
+    agree          INTEGER NOT NULL DEFAULT 0,
+    anomalies      INTEGER NOT NULL DEFAULT 0,
+    seen_windows   INTEGER NOT NULL DEFAULT 0,
+    seen_agree     INTEGER NOT NULL DEFAULT 0,
+    seen_anomalies INTEGER NOT NULL DEFAULT 0,
+    state          TEXT NOT NULL CHECK (state IN ('evaluating', 'promoting', 'promoted',
+                                                  'refusing', 'refused')),
+    reason         TEXT,
+    started        REAL NOT NULL,
+    updated        REAL NOT NULL,
+    PRIMARY KEY (endpoint, model)
+) WITHOUT ROWID
+"""
+
+
 class Migration(NamedTuple):
     """What brings a file from one ``user_version`` to the next."""
 
@@ -384,6 +436,7 @@ MIGRATIONS: dict[int, Migration] = {
     4: Migration(_SCHEMA_V5),
     5: Migration(_SCHEMA_V6),
     6: Migration(_SCHEMA_V7),
+    7: Migration(_SCHEMA_V8),
 }
 
 

@@ -71,6 +71,7 @@ from .api import (
 )
 from .dmtables import KEEP_FINISHED_MAX, KEEP_FINISHED_S, SqliteDeviceStorage
 from .keytables import SqliteKeyStorage
+from .modeltables import SqliteModelStorage
 from .otatables import SqliteOtaStorage
 from .schema import READING_ID_SPAN, readings_from_json, readings_json, report_key
 
@@ -202,6 +203,12 @@ class SqliteStorage:
         if self._ota is None:
             raise StoreError("opened read-only: no OTA tables")
         return self._ota
+
+    @property
+    def models(self) -> SqliteModelStorage:
+        """The model registry's and candidates' tables (``storage.modeltables``), on the
+        OTA tables' connection."""
+        return SqliteModelStorage(self.ota._db)
 
     def close(self) -> None:
         self.settle()

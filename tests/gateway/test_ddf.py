@@ -13,13 +13,13 @@ from aiotkit.gateway.lwm2m.ddf import DDFError, load_dir, load_file, load_shippe
 ROOT = Path(__file__).resolve().parents[2]
 OBJECTS_DIR = ROOT / "gateway" / "objects"
 REGISTRY = ROOT.parent / "shared" / "data" / "lwm2m-registry"
-OMA_FILES = ["0.xml", "1.xml", "2.xml", "3.xml", "4.xml", "5.xml", "21.xml", "3303.xml",
+OMA_FILES = ["0.xml", "1.xml", "2.xml", "3.xml", "4.xml", "5.xml", "9.xml", "21.xml", "3303.xml",
              "3313.xml"]
 
 
 def test_every_shipped_definition_loads():
     objects = load_shipped()
-    assert sorted(objects) == [0, 1, 2, 3, 4, 5, 16, 21, 3303, 3313, 33000, 33001, 33002]
+    assert sorted(objects) == [0, 1, 2, 3, 4, 5, 9, 16, 21, 3303, 3313, 33000, 33001, 33002]
     from_dir = load_dir(OBJECTS_DIR)
     assert {i: o.resources for i, o in from_dir.items()} == \
         {i: o.resources for i, o in objects.items()}
@@ -64,7 +64,10 @@ def test_aiotkit_objects_are_as_documented():
     types = {i: r.type for i, r in decision.resources.items()}
     assert types == {0: "integer", 1: "integer", 2: "string", 3: "float", 4: "integer",
                      5: "boolean", 6: "integer", 7: "opaque", 8: "opaque", 9: "opaque",
-                     10: "integer", 11: "integer", 12: "integer"}
+                     10: "integer", 11: "integer", 12: "integer",
+                     # the candidate model's (firmware/ota/models.py)
+                     13: "integer", 14: "opaque", 15: "integer", 16: "integer",
+                     17: "boolean", 18: "integer", 19: "integer", 20: "integer"}
     assert decision.resources[3].range == "0..1"
     for obj in (window, features, decision):
         assert all(r.operations == "R" and not r.multiple for r in obj.resources.values())

@@ -499,13 +499,14 @@ def test_a_version_5_database_migrates_to_6_with_its_rows(tmp_path):
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE oscore_contexts")
     conn.execute("DROP TABLE oscore_meta")
-    for table in ("ota_nodes", "ota_campaigns", "ota_images"):  # version 7's
+    for table in ("ota_nodes", "ota_campaigns", "ota_images",  # version 7's
+                  "model_versions", "model_placements", "model_candidates"):  # 8's
         conn.execute(f"DROP TABLE {table}")
     conn.execute("PRAGMA user_version = 5")
     conn.commit()
     conn.close()
     with SqliteStorage.open(path) as store:
-        assert store.pragmas()["user_version"] == SCHEMA_VERSION == 7
+        assert store.pragmas()["user_version"] == SCHEMA_VERSION == 8
         assert [r.endpoint for r in store.registrations()] == ["n"]
         assert store.keys.oscore_rows() == []
         assert store.keys.oscore_meta("run") is None

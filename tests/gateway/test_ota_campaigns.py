@@ -288,7 +288,7 @@ async def test_a_restart_mid_campaign_resumes_its_wave_and_its_timers(tmp_path):
         assert d.offers == []
 
 
-def test_a_version_6_file_migrates_to_7_with_empty_ota_tables(tmp_path):
+def test_a_version_6_file_migrates_with_empty_ota_tables(tmp_path):
     import sqlite3
 
     from aiotkit.gateway.storage import schema
@@ -305,5 +305,5 @@ def test_a_version_6_file_migrates_to_7_with_empty_ota_tables(tmp_path):
     conn.execute("PRAGMA user_version = 6")
     conn.close()
     with SqliteStorage.open(path) as store:
-        assert store.pragmas()["user_version"] == 7
+        assert store.pragmas()["user_version"] == schema.SCHEMA_VERSION == 8
         assert store.ota.ota_images() == [] and store.ota.ota_campaigns() == []
