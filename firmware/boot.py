@@ -6,12 +6,17 @@
 # and the process ends: the board reboots (tools/sim.py restarts it) and the counter
 # decides. A config error (exit 2) in a test boot becomes a reboot (3): the supervisor
 # restarts after it, so the new app is rolled back instead of the node stopping.
+import gc
 import sys
 from ota import slots
 
 
 def _boot():
     s = slots.select()
+    if slots.rolled_back is not None:  # the app's /5/0/5 says 8; this says why
+        print("aiot-node: update failed:", slots.rolled_back)
+    elif slots.testing():
+        print("aiot-node: test boot of slot", s)
     if s is not None:
         d = slots.folder(s)
         try:
@@ -19,6 +24,7 @@ def _boot():
         except OSError:
             open(d + "/main.py").close()  # neither: OSError, a failed boot
         sys.path.insert(0, d)
+    gc.collect()  # the selector's garbage goes before the app allocates its buffers
     import main  # noqa: F401 (the app runs on import)
 
 

@@ -106,6 +106,8 @@ class Node(Session):
     """The window loop over ``sensor`` (common sensor interface, board.py), with the
     feature spec ``spec`` (None: no features); see lwm2m/session.py for the rest."""
 
+    software = None  # Object 9 (ota/models.py Software), set by main() with models
+
     def __init__(self, cfg, sensor, spec=None, transport=None, clock=None, rand=None):
         from dsp.sampler import Sampler
 
@@ -156,16 +158,30 @@ class Node(Session):
 
     def use(self, decider):
         """Run ``decider`` (tinyml/infer.py Decider) on every window's features and report
-        its decision in /33002/0 (README, "For firmware developers")."""
+        its decision in /33002/0 (README, "For firmware developers"), and its candidate
+        model's beside it (ota/models.py, Object 9)."""
         self.decider = decider
         self.bufsize = 1024  # the decision adds about 250 bytes to the report
+
+    def load(self):
+        # the flash log and the report's module with the network modules, before the
+        # connection's buffers fragment the heap (each needs a contiguous block)
+        import gc
+
+        if self.cfg.get("log_slots") and self.flog is None:
+            gc.collect()
+            self._open_log()
+        super().load()
+        gc.collect()
+        import report  # noqa: F401
 
     def objects(self):
         if self.report is None:
             from report import Report
 
             self.report = Report(self)
-        return self.report.objs
+        sw = self.software
+        return self.report.objs if sw is None else self.report.objs + [sw]
 
     @property
     def seq(self):
@@ -407,12 +423,16 @@ class Node(Session):
         if self.tree is not None:
             self.tree.watch.changed()  # observations of the window's objects
 
+    def self_test(self):
+        # a test boot's self-test (lwm2m/session.py): the sensor gave a window
+        return self.sampler.seq > 0
+
     def _due(self):
         return time.ticks_diff(self.clock.ticks_ms(), self._last_report) >= self._report_ms
 
     def run(self, windows=-1):
         """The window loop; forever, or for ``windows`` more reports (tests)."""
-        if not self._started and self.cfg.get("log_slots"):
+        if not self._started and self.cfg.get("log_slots") and self.flog is None:
             self._open_log()
         if self.flog is not None:
             self.maintain()  # the window loop goes on while the gateway is away
@@ -461,9 +481,12 @@ def main():
                 node.stop_on(sys.stdin)
             if "model" in cfg or "anomaly" in cfg:
                 from tinyml import infer
+                from ota import models  # Object 9: the model slots (ota/models.py)
 
+                models.boot(cfg)  # an activated slot's model in place of the config's
                 node.use(infer.load(cfg, spec, node.ex.formats if node.ex else None,
                                     sensor.scale_m, sensor.scale_e))
+                node.software = models.Software(node, spec)  # and its candidate, if any
             node.load()
         except ValueError as e:  # SamplerError, FeatureError, ModelError: window, spec, model
             print("%s: config error: %s" % (PREFIX, e))

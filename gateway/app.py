@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .api.rest import RestApi
     from .inference.shadow import ShadowChecker
     from .ota import Delivery, OtaService
+    from .ota.models import ModelService
     from .security import KeyStore
 
 __all__ = ["Gateway", "RateLimitFilter", "run_cli", "serve"]
@@ -121,6 +122,8 @@ class Gateway:
         # nodes (None: none yet, every offer fails: gateway/ota/delivery.py)
         self.ota: OtaService | None = None
         self._ota_delivery = ota_delivery
+        # candidate models on the nodes and the model registry (gateway/ota/models.py)
+        self.models: ModelService | None = None
         self.allow_nosec = allow_nosec  # the development switch security = "nosec" needs
         self._clock = clock
         self._store: Storage | None = None
@@ -276,11 +279,14 @@ class Gateway:
                 raise GatewayError(f"cannot serve LwM2M bootstrap on coap://{cfg.bootstrap.host}"
                                    f":{cfg.bootstrap.port}: {e.strerror or e}") from e
             self.bootstrap = bs
-        from .ota import OtaService
-
-        self.ota = OtaService(self._store, cfg.ota, cfg.gateway.db,
-                              delivery=self._ota_delivery, clock=self._clock)
+        self.ota = self._start_ota_service(site)
         await self.ota.start()  # campaigns resume where the database says
+        from .ota.models import ModelService
+
+        assert isinstance(self._store, SqliteStorage)  # its model tables
+        self.models = ModelService(self._store.models, self._store.ota, self.ota.images.folder,
+                                   cfg.models, self._dm.execute, clock=self._clock)
+        self._registry.add_listener(self.models.on_event)
         if cfg.rest.enabled:
             from .api.rest import RestApi
 
@@ -291,6 +297,35 @@ class Gateway:
         rest = f", rest {self.rest.url}" if self.rest is not None else ""
         log.info("aiot gateway ready %s (db %s, %s%s)", cfg.coap_uri, cfg.gateway.db, mqtt,
                  rest)
+
+    def _start_ota_service(self, site: LwM2MResource) -> OtaService:
+        # images, campaigns, and their delivery: LwM2M /5 pulling /fw/<image id> from
+        # this CoAP server (gateway/ota/delivery.py, package.py) unless one was given
+        from .ota import OtaService
+        from .ota.delivery import LwM2MDelivery
+        from .ota.package import Packages
+
+        cfg = self.config
+        delivery = self._ota_delivery
+        if self._store is None or self._dm is None:
+            raise GatewayError("the OTA service starts after the store and device management")
+        ota = OtaService(self._store, cfg.ota, cfg.gateway.db, delivery=delivery,
+                         clock=self._clock)
+        site.packages = Packages(ota.images.folder)
+        if delivery is None:
+            def version_of(image_id: str) -> str | None:
+                row = ota.images.get(image_id)
+                return None if row is None else row.version
+
+            def type_of(image_id: str) -> str | None:
+                row = ota.images.get(image_id)
+                return None if row is None else row.payload_type
+
+            lwm2m = LwM2MDelivery(self._dm, cfg.coap_uri, version_of,
+                                  poll_s=cfg.ota.poll_s, type_of=type_of)
+            lwm2m.report = ota.campaigns.report
+            ota.campaigns.delivery = lwm2m
+        return ota
 
     def _start_shadow(self) -> None:
         sh = self.config.shadow
@@ -338,6 +373,9 @@ class Gateway:
         if self.bootstrap is not None:
             bs, self.bootstrap = self.bootstrap, None
             await bs.shutdown()
+        if self.models is not None:
+            models, self.models = self.models, None
+            await models.shutdown()
         if self.ota is not None:
             ota, self.ota = self.ota, None
             await ota.shutdown()

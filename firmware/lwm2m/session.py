@@ -33,6 +33,7 @@
 # lwm2m/bootstrap.py; after _BS_AFTER Registers in a row failed it bootstraps again. The
 # bootstrap module is imported only for that and dropped from sys.modules afterwards.
 from micropython import const
+import sys
 import time
 
 _BACKOFF_MIN_MS = const(2000)  # registration retry back-off: 2 s doubling ...
@@ -59,8 +60,6 @@ PREFIX = "aiot-node"
 def unload(name):
     """Give a boot-time module's RAM back: drop it from sys.modules and from its
     package (MicroPython keeps an imported submodule as an attribute of its package)."""
-    import sys
-
     sys.modules.pop(name, None)
     pkg, _, sub = name.rpartition(".")
     p = sys.modules.get(pkg)
@@ -70,6 +69,15 @@ def unload(name):
 
 class Session:
     """Registration of endpoint ``name``; transport/clock/rand injectable for tests."""
+
+    # Firmware Update (/5, ota/update.py): a Package URI to fetch ("": cancel; None: stage
+    # and reboot), the download in progress, blocks still to fetch; a self-test owed by a
+    # test boot. Class defaults: an instance gets its own only while updating (the
+    # node's instance dict stays as small as it was)
+    _fw = False
+    _dl = None
+    _fetching = False
+    _owed = False
 
     def __init__(self, cfg, transport=None, clock=None, rand=None):
         self.cfg = cfg
@@ -97,6 +105,9 @@ class Session:
         self._bs = "bootstrap" in cfg  # look for a stored account before connecting
         self._stop = None  # stop_on(): the stream that stops the node, and its poll
         self._stop_poll = None
+        s = sys.modules.get("ota.slots")  # boot.py booted this app
+        if s is not None and s.testing():
+            self._owed = True
 
     def stop_on(self, stream):
         """Shut down (KeyboardInterrupt, as Ctrl-C) when ``stream`` turns readable; call
@@ -270,12 +281,13 @@ class Session:
 
         cfg = self.cfg
         objs = [Security(cfg), Server(cfg, self), Device(cfg, self, self.clock),
-                Connectivity(cfg), Firmware(), Portfolio(self)]
+                Connectivity(cfg), Firmware(self), Portfolio(self)]
         if "oscore" in cfg:  # /21/0, linked from /0/0/17 (ascending oids: before 3313)
             from lwm2m.objects import Oscore
 
             objs.append(Oscore(cfg["oscore"]))
         objs += self.objects()
+        objs.sort(key=lambda o: o.oid)  # ascending: the node's own may hold 9 (ota/models.py)
         return Tree(objs, self)
 
     # -- events from the object tree (lwm2m/tree.py Tree) --
@@ -314,7 +326,7 @@ class Session:
             return
         until = time.ticks_add(clock.ticks_ms(), ms)
         watch = self.tree.watch
-        while not (self._upd or self._reboot):
+        while not (self._upd or self._reboot or self._fw is not False):
             left = time.ticks_diff(until, clock.ticks_ms())
             if left <= 0:
                 return
@@ -368,9 +380,11 @@ class Session:
             unload("storage.serverobj")
         if self._reboot:
             self.log("rebooting")
-            import sys
-
             sys.exit(_REBOOT_STATUS)
+        if self._owed:  # a test boot: confirm once the self-test passes
+            from ota.update import self_test
+
+            self._owed = self_test(self)
         if not self._upd and time.ticks_diff(self._next, self.clock.ticks_ms()) > 0:
             return
         c = self.client
@@ -409,6 +423,18 @@ class Session:
     def registered(self):
         return self.client is not None and self.client.registered
 
+    # -- Firmware Update (/5, lwm2m/objects.py Firmware; the work is ota/update.py) --
+
+    def firmware(self, uri):
+        """From /5: a Package URI to fetch ("": cancel the download), or None: stage the
+        downloaded image and reboot; acted on once the answer is out."""
+        self._fw = uri
+        self.ep.woken = True
+
+    def self_test(self):
+        """The app's part of a test boot's self-test (node.Node: a window was read)."""
+        return True
+
     def ensure_registered(self):
         """Return once registered (retrying, with back-off, for as long as it takes)."""
         while not self.registered():
@@ -417,14 +443,23 @@ class Session:
                 self.wait(time.ticks_diff(self._next, self.clock.ticks_ms()))
 
     def idle_until(self, due):
-        """Serve the endpoint and keep the registration alive until ticks ``due``."""
+        """Serve the endpoint and keep the registration alive until ticks ``due``; a
+        firmware download fetches its blocks meanwhile."""
         clock = self.clock
         while True:
             self.maintain()
+            busy = self._fw is not False or self._fetching
+            if busy:
+                from ota.update import work
+
+                work(self)
             now = clock.ticks_ms()
             left = time.ticks_diff(due, now)
             if left <= 0:
                 return
+            if busy and self.registered():
+                self.ep.serve(0)  # answer the server between blocks
+                continue
             m = time.ticks_diff(self._next, now)
             if m < left:
                 left = m if m > 0 else 1

@@ -34,6 +34,7 @@ FAILED = const(8)  # ... "Firmware update failed"
 _REASON_MAX = const(80)
 
 running = None  # the slot this boot runs (select()); None: the base firmware
+rolled_back = None  # select() rolled a test back at this boot: the reason
 _testing = False  # this boot tests the pending slot and has not confirmed it
 _t0 = 0  # ticks_ms at select()
 _failed = False  # this boot's failure reason is recorded (the first one is kept)
@@ -92,7 +93,7 @@ def select():
     """At boot, before the app: the slot to boot (None: the base firmware). A pending
     slot boots in test mode, its counter raised and saved first; after `tries` test
     boots without confirm() the confirmed slot boots and the result is FAILED."""
-    global running, _testing, _t0
+    global running, _testing, _t0, rolled_back
     s = load()
     p = s["pending"]
     _t0 = time.ticks_ms()
@@ -109,6 +110,7 @@ def select():
         s["boots"] = 0
         s["result"] = FAILED
         _save(s)
+        rolled_back = s["reason"]
     running = s["confirmed"]
     _testing = False
     return running
@@ -161,14 +163,17 @@ def fail(reason):
 def target():
     """The slot an update may be written into: neither the running nor the confirmed
     one. A slot staged but not yet booted is unstaged first (a half-written slot is
-    never booted). SlotError while a test boot runs (the other slot is the fallback)."""
+    never booted); the state is saved (the factory state, derived from the folders,
+    becomes explicit before a slot folder is written). SlotError while a test boot runs (the other slot is the fallback)."""
     s = load()
     for t in SLOTS:
         if t != running and t != s["confirmed"]:
             if s["pending"] == t:
                 s["pending"] = None
                 s["boots"] = 0
-                _save(s)
+            # saved: a factory state is derived from the folders, and this one is about
+            # to be written (slots/<t> must not pass for a confirmed slot a)
+            _save(s)
             return t
     raise SlotError("no free slot")
 

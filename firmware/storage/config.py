@@ -18,11 +18,19 @@ _INTS = (
     # that server and reports by Observe/Notify only (0: never)
     ("send_refusals", 3, 0, 1000),
 )
+# Update keys (ota/update.py): checked when given, their defaults applied where they are
+# used (the config dict every node keeps stays as small as before)
+_OTA_INTS = (
+    ("ota_slot", 4096, 16777216),  # bytes of an app slot (default 512 KB: an image must fit)
+    # a test boot of a new app confirms once registered with a window read, or fails
+    # (rolled back at a later boot) after this long (default 60 s; lwm2m/session.py)
+    ("ota_selftest_ms", 1000, 3600000),
+)
 # every key config.json may hold (a misspelt key is an error, not a default)
 _KEYS = ("endpoint", "bootstrap", "gateway", "log", "board", "signal", "features", "model",
          "anomaly", "realtime", "verbose", "model_stream", "queue", "lifetime", "window",
          "hop", "report_ms", "model_arena", "awake_ms", "log_slots", "send_refusals",
-         "oscore", "bootstrap_oscore")
+         "oscore", "bootstrap_oscore", "ota_trust", "ota_slot", "ota_selftest_ms")
 
 
 class ConfigError(ValueError):
@@ -107,6 +115,14 @@ def check(cfg):
         out["host"], out["port"] = parse_gateway(gw)
     out["gateway"] = gw
     out["log"] = _str(cfg, "log", "unsent.log")
+    if "ota_trust" in cfg:  # the signing keys' trust file (default ota-trust.json)
+        out["ota_trust"] = _str(cfg, "ota_trust")
+    for key, lo, hi in _OTA_INTS:
+        if key in cfg:
+            v = cfg[key]
+            if type(v) is not int or not lo <= v <= hi:
+                raise ConfigError("'%s' must be an integer in %d..%d" % (key, lo, hi))
+            out[key] = v
     out["board"] = _str(cfg, "board", "unix-sim")
     if out["board"] != "unix-sim":
         raise ConfigError("'board' %s is not supported (only unix-sim)" % out["board"])

@@ -74,6 +74,8 @@ from ..errors import (
     UnsupportedContentFormat,
 )
 from ..logs import PeerLog
+from ..ota.package import PATH as PACKAGE_PATH
+from ..ota.package import PackageError, Packages
 from ..storage.api import Registration
 from . import codecs
 from .ddf import ObjectDef
@@ -203,6 +205,7 @@ class LwM2MResource(Resource, PathCapable):
         # aiocoap reassembles Block1 requests in the resource's ``_block1`` spool, with
         # no bound; this one refuses past the limits (coap/blockwise.py)
         self._block1 = BoundedSpool(block1 or Block1Limits(max_payload=max_payload))
+        self.packages: Packages | None = None  # firmware packages (/fw), set by the daemon
 
     @property
     def block1(self) -> BoundedSpool:
@@ -264,7 +267,41 @@ class LwM2MResource(Resource, PathCapable):
         if path == ("dp",):
             _allow(method, Code.POST)
             return await self._send(request, who)
+        if len(path) == 2 and path[0] == PACKAGE_PATH:
+            _allow(method, Code.GET)
+            return self._package(request, path[1], who)
         raise NotFound("no such resource")
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        # a Package is cut into blocks by _package (stateless: a node resumes at any
+        # block); everything else goes through aiocoap's Block1 spool and Block2 cache
+        return not (request.code == Code.GET and request.opt.uri_path[:1] == (PACKAGE_PATH,))
+
+    def _package(self, request: aiocoap.Message, image_id: str,
+                 who: str | None) -> aiocoap.Message:
+        # GET /fw/<image id>: one block of a signed image (gateway/ota/package.py), for a
+        # registered node only (verified under its context, or its address in NoSec)
+        if self.packages is None:
+            raise NotFound("no firmware packages here")
+        if who is not None:
+            self._registry.sender_endpoint(who)
+        else:
+            self._registry.sender(*peer_address(request.remote))
+        want = request.opt.block2
+        num, szx = (0, request.remote.maximum_block_size_exp) if want is None else (
+            want.block_number, want.size_exponent)
+        try:
+            b = self.packages.block(image_id, num, szx)
+        except PackageError as e:
+            if e.reason == "not_found":
+                raise NotFound(str(e)) from None
+            raise BadRequest(str(e)) from None
+        answer = aiocoap.Message(code=Code.CONTENT, payload=b.payload, etag=b.etag)
+        if b.more or num or want is not None:
+            answer.opt.block2 = (b.num, b.more, b.szx)
+        if num == 0:
+            answer.opt.size2 = b.size
+        return answer
 
     def _owned(self, reg_id: str, who: str | None) -> Registration:
         # the registration an Update / De-register names, if the requester may change

@@ -10,7 +10,8 @@
     failure threshold that aborts a campaign by itself, report timeouts (a silent node
     has failed), pause / resume / abort; every decision stored before it is acted on, so
     a restarted gateway carries on where it stopped. Delivery to the nodes goes through
-    the ``Delivery`` protocol (``delivery``): LwM2M /5 is to come.
+    the ``Delivery`` protocol (``delivery``): ``LwM2MDelivery``, Firmware Update /5 for
+    apps and Software Management /9 for models, pulling ``package``'s ``/fw/<id>``.
 ``service``
     ``OtaService``, what ``Gateway`` starts and stops and the REST API calls.
 """

@@ -101,7 +101,8 @@ class ImageStore:
             v = await asyncio.to_thread(
                 ota_image.verify, data, trusted, floor=0, slot_size=slot, board=board,
                 payload_type=payload_type,
-                trailer_size=ota_image.mcuboot_trailer_size(TRAILER_ALIGN))
+                trailer_size=ota_image.mcuboot_trailer_size(TRAILER_ALIGN),
+                any_feature_spec=True)  # a model's feature spec: each node checks its own
         except ImageRejected as e:
             raise OtaServiceError(422, "image_rejected", str(e), reason=e.reason) from None
         if known is not None and self.path(image_id).is_file():

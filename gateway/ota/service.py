@@ -67,3 +67,6 @@ class OtaService:
 
     async def shutdown(self) -> None:
         await self.campaigns.shutdown()
+        stop = getattr(self.campaigns.delivery, "shutdown", None)
+        if stop is not None:  # LwM2MDelivery: the nodes it still follows
+            await stop()

@@ -1,4 +1,4 @@
-"""The real node (precompiled firmware, ``micropython -X heapsize=320K``) serving its LwM2M
+"""The real node (precompiled firmware, ``micropython -X heapsize=448K``) serving its LwM2M
 object tree to a server built here on aiocoap, and to libcoap's ``coap-client-notls``.
 
 The server registers the node (test_node_server.TestServer, with the node's address

@@ -1,5 +1,5 @@
 """The real node (the firmware built with mpy-cross, under the unix-sim board's
-``micropython -X heapsize=320K``) against a small
+``micropython -X heapsize=448K``) against a small
 LwM2M server built here on aiocoap (a CoAP implementation not written by us).
 
 The server implements just /rd (2.01 + Location-Path rd/<id>), /rd/<id> (POST 2.04, or

@@ -1,7 +1,7 @@
 """A bundle made by the gateway's ota/bundle.py, of the real firmware compiled by
 tools/fwbuild.py, signed as an ``app`` image by ota/image.py, is verified by the node's
 own verifier (firmware/ota/image.py) and unpacked by the node's firmware/ota/bundle.py
-into a slot folder byte for byte, under MicroPython in a 64K heap with the node's code
+into a slot folder byte for byte, under MicroPython in an 80K heap with the node's code
 as .mpy (as a board runs it). A copy with one file byte flipped (signed again, so only
 the bundle's own hash can catch it) is refused and leaves the slot as it was."""
 
@@ -19,7 +19,7 @@ from aiotkit.tools import fwbuild
 from plugins.services import require_tool
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
-HEAP = "64K"
+HEAP = "80K"  # the manifest of the whole app (about 60 files) is held while each file is checked
 
 NODE = r"""
 import sys

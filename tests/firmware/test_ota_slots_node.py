@@ -27,7 +27,7 @@ import pytest
 from plugins.services import require_tool
 
 FIRMWARE = Path(__file__).parents[2] / "firmware"
-HEAP = "320K"  # boards/unix-sim.json
+HEAP = "448K"  # boards/unix-sim.json
 BOARD = "unix-sim"
 SIZE = 0x10000  # slot size given to verify()
 CHUNK = 256  # the simulated download writes the image this many bytes at a time

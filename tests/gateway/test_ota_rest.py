@@ -265,3 +265,21 @@ async def test_a_gateway_restart_mid_campaign_resumes_state_and_timers(
         assert c["nodes"][1]["state"] == "timed_out" and c["state"] == "running"
         assert c["wave"] == 2 and d2.offered() == ["n2"]
         assert (await call(s, gw, "GET", f"/ota/images/{img['id']}"))[0] == 200
+
+
+async def test_a_model_image_is_kept_whatever_feature_spec_it_was_trained_on(
+        ota_config, trusted, running_gateway):
+    # the gateway serves nodes of every feature spec: each checks a model against its
+    # own; the store once asked for "the device's" spec and failed on every model upload
+    tflite = b"TFL3 not really a model" * 10
+    ident = ota_image.ModelId("bearing-fault", "1.0.0", hashlib.sha256(tflite).digest())
+    async with running_gateway(ota_config()) as gw, aiohttp.ClientSession() as s:
+        for spec in (1, 7):
+            data = ota_image.build(tflite, [trusted], version=ota_image.ImageVersion.parse(
+                "1.0.0"), security_counter=3, payload_type="model", board="unix-sim",
+                model=ident, feature_spec=spec)
+            status, img = await call(s, gw, "POST",
+                                     "/ota/images?board=unix-sim&payload_type=model",
+                                     data=data)
+            assert status == 201, img
+            assert img["payload_type"] == "model"

@@ -344,7 +344,7 @@ class NodeFirmware:
 
     micropython: str
     code: Path
-    heap: str = "320K"  # boards/unix-sim.json
+    heap: str = "448K"  # boards/unix-sim.json
 
     def argv(self, *args: str, heap: str | None = None) -> list[str]:
         return [self.micropython, "-X", f"heapsize={heap or self.heap}", "-m", "main", *args]

@@ -52,7 +52,9 @@ def test_bundle_holds_exactly_the_compiled_firmware(built):
     assert (b.version, b.board, b.arch) == ("1.4.2", "unix-sim", "x64")
     tree = fwbuild.build(march="x64")
     want = {p.relative_to(tree).as_posix(): p.read_bytes() for p in tree.rglob("*.mpy")}
-    assert b.contents() == want and "main.mpy" in want and "ota/bundle.mpy" not in want
+    # the app carries its updater (ota/update, fetch, image, bundle), never the boot code
+    assert b.contents() == want and "main.mpy" in want and "ota/update.mpy" in want
+    assert "boot.mpy" not in want
     assert f"bundle of {len(want)} files" in out
 
 
