@@ -15,6 +15,8 @@
 # (larger than the limit), 4 connection lost, 7 invalid URI (malformed, or the server
 # does not have it), 9 unsupported protocol (not coap://).
 from micropython import const
+import binascii
+import os
 from coap.msg import CoapError
 
 _GET = const(1)
@@ -78,8 +80,6 @@ class Fetch:
     def _resume(self):
         # the stored block count, if the same URI was being fetched: the file's length
         # rounded down to whole blocks (a cut write leaves part of one)
-        import os
-
         try:
             with open(self.dest + ".dl") as f:
                 uri = f.readline().rstrip("\n")
@@ -89,8 +89,6 @@ class Fetch:
             return self._restart()
         if uri != self.uri or not etag:
             return self._restart()
-        import binascii
-
         try:
             self.etag = binascii.unhexlify(etag)
         except ValueError:
@@ -107,8 +105,6 @@ class Fetch:
 
     def _mark(self, etag):
         # DEST.dl: the URI, then the ETag (hex; empty until the first block came)
-        import binascii
-
         with open(self.dest + ".dl", "w") as f:
             f.write(self.uri)
             f.write("\n")
@@ -117,8 +113,6 @@ class Fetch:
 
     def done(self):
         """The download ended (complete or given up): its mark goes, the file stays."""
-        import os
-
         try:
             os.remove(self.dest + ".dl")
         except OSError:

@@ -154,6 +154,18 @@ def _pem(text):
     return binascii.a2b_base64("".join(lines[1:-1]))
 
 
+def keys_from_file(path):
+    """The keys of a trust file on flash: ota/keys.py's trust file (keys_from_trust), or
+    a JSON list of PEM public keys, all active. OSError, ValueError."""
+    import json
+
+    with open(path) as f:
+        doc = json.loads(f.read())
+    if isinstance(doc, list):
+        return [Key(k) for k in doc]
+    return keys_from_trust(doc)
+
+
 def keys_from_trust(doc):
     """Keys from ota/keys.py's trust file (parsed JSON: {"schema": 1, "keys": [{"id",
     "name", "algorithm", "state", "public_key" (PEM)}]}), each id checked against its

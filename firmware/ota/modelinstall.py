@@ -3,7 +3,6 @@
 # that only and dropped afterwards (ota/models.py _check): a node pays its RAM, and the
 # verifier's, only while it installs.
 from micropython import const
-import json
 import os
 from ota.models import (Refused, image_path, model_path, remove, R_INTEGRITY, R_UNSUPPORTED,
                         R_INSTALL_FAILED, TRUST)
@@ -17,11 +16,9 @@ _UNSUPPORTED = ("unsupported", "board", "type", "size")
 
 
 def _keys(cfg):
-    from ota.image import Key, keys_from_trust
+    from ota.image import keys_from_file
 
-    with open(cfg.get("ota_trust", TRUST)) as f:
-        doc = json.loads(f.read())
-    return keys_from_trust(doc) if isinstance(doc, dict) else [Key(k) for k in doc]
+    return keys_from_file(cfg.get("ota_trust", TRUST))
 
 
 def _model_tlvs(path, buf):

@@ -25,13 +25,11 @@ _FAILED = const(8)
 def keys(cfg):
     """The node's trusted keys (ota/image.py Key list) from config "ota_trust";
     FetchError (integrity) when there are none."""
-    import json
-    from ota.image import keys_from_trust
+    from ota.image import keys_from_file
 
     path = cfg.get("ota_trust", TRUST)
     try:
-        with open(path) as f:
-            return keys_from_trust(json.loads(f.read()))
+        return keys_from_file(path)
     except (OSError, ValueError) as e:
         raise FetchError(_INTEGRITY, "no trusted keys (%s): %s" % (path, e))
 

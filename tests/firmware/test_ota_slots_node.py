@@ -8,7 +8,9 @@ slot runs after verifying their own image with the node's verifier, then behave 
 test needs: confirm, crash, or never pass the self-test.
 
 The power-cut sweep ends the process at the n-th flash write, for every n, of the
-download (target, image and app written, stage), the slot switch (the boot counter), the
+download (target, image and app written, stage), the node's own download path
+(ota/update.py: the blocks fetched from a stand-in gateway, the resume mark, the bundle
+verified and unpacked, stage), the slot switch (the boot counter), the
 confirm, a failed self-test and the rollback; the write that is cut lands half its bytes.
 After every cut a fresh boot must run an app whose image verifies, in the slot the state
 allows, with the floor consistent with the confirmed slot.
@@ -94,6 +96,9 @@ class File:
     def read(self, *a):
         return self.f.read(*a)
 
+    def seek(self, *a):
+        return self.f.seek(*a)
+
     def close(self):
         self.f.close()
 
@@ -106,7 +111,7 @@ class File:
 
 def copen(p, mode="r"):
     f = _open(p, mode)
-    return File(f) if "w" in mode else f
+    return File(f) if "w" in mode or "+" in mode or "a" in mode else f
 
 
 class Flash:
@@ -127,6 +132,9 @@ class Flash:
 
     def stat(self, p):
         return _os.stat(p)
+
+    def ilistdir(self, p):
+        return _os.ilistdir(p)
 
 
 flash = Flash()
@@ -157,6 +165,50 @@ try:
         copy(sys.argv[3], "slots/%s.img" % t)
         copy(sys.argv[4], "slots/%s/main.py" % t)
         slots.stage(t, keys(), SIZE, "BOARD")
+    elif op == "pull":  # argv: image; the node's own download path (ota/update.py)
+        from ota import bundle, fetch, update
+        fetch.open = bundle.open = copen
+        fetch.os = bundle.os = flash
+        with _open(sys.argv[3], "rb") as f:
+            data = f.read()
+
+        class Answer:  # a 2.05 as coap/decode.py Message shows it
+            def __init__(self, opts, payload):
+                self.code, self._o, self.data, self.pstart, self.n = 0x45, opts, payload, 0, len(payload)
+
+            def find(self, num, start=0):
+                for i in range(start, len(self._o)):
+                    if self._o[i][0] == num:
+                        return i
+                return -1
+
+            def value(self, i):
+                return self._o[i][1]
+
+            uint = value
+
+        class Gateway:  # the endpoint, with the gateway's /fw behind it (256-byte blocks)
+            def begin(self, code):
+                self.opts = []
+                return self
+
+            def option(self, num, v=b""):
+                self.opts.append((num, v))
+
+            option_uint = option
+
+            def exchange(self, deadline_ms=-1):
+                num = [v for n, v in self.opts if n == 23][0] >> 4
+                part = data[num * 256 : num * 256 + 256]
+                more = (num + 1) * 256 < len(data)
+                return Answer([(4, b"etag0001"), (23, num << 4 | (8 if more else 0) | 4),
+                               (28, len(data))], part)
+
+        d = update.Download(Gateway(), {"board": "BOARD", "ota_slot": SIZE,
+                                        "ota_trust": "trust.json"}, "coap://gw/fw/x")
+        while not d.step():
+            pass
+        d.stage()
     elif op == "stage":  # argv: slot
         slots.stage(sys.argv[3], keys(), SIZE, "BOARD")
     elif op == "switch":
@@ -240,6 +292,21 @@ class Node:
         app = [ln.split() for ln in p.stdout.splitlines() if ln.startswith("APP ")]
         return p.returncode, (app[0] if app else [])
 
+    def bundled(self, mode: str, counter: int, mark: str) -> Path:
+        """The app as a real update carries it: a bundle (ota/bundle.py) of its main.py,
+        signed."""
+        from aiotkit.ota import bundle
+
+        _, src = self.app(mode, counter, mark)
+        payload = bundle.make_bundle({"main.py": src.read_bytes()}, version=f"1.0.{counter}",
+                                     board=BOARD, arch="x64")
+        img = self._image.build(payload, [self.signer],
+                                version=self._image.ImageVersion(1, 0, counter),
+                                security_counter=counter, payload_type="app", board=BOARD)
+        out = self.root / "images" / f"{mark}.bundle.img"
+        out.write_bytes(img)
+        return out
+
     def download(self, d: Path, mode: str, counter: int, mark: str) -> str:
         img, src = self.app(mode, counter, mark)
         p = self.op(d, "download", img, src)
@@ -280,7 +347,9 @@ def test_power_cut_at_every_flash_write_boots_a_verified_image(node: Node):
         assert node.op(worn, "fail").returncode == 0
     assert state(worn)["boots"] == 3
     # op, template, argv, the slot the next boot must run after any cut
-    sweeps = [("download", base, (img, src), "a"), ("switch", pending, (), "b"),
+    pulled = node.bundled("idle", 2, "v2b")
+    sweeps = [("download", base, (img, src), "a"), ("pull", base, (pulled,), "a"),
+              ("switch", pending, (), "b"),
               ("confirm", pending, (), "b"), ("fail", pending, (), "b"),
               ("rollback", worn, (), "a")]
     points = {}
@@ -302,12 +371,12 @@ def test_power_cut_at_every_flash_write_boots_a_verified_image(node: Node):
             assert app[2] == ("1" if want == "a" else "2")  # the image's security counter
             s = state(d)
             assert s["floor"] == (2 if s["confirmed"] == "b" else 1), s
-            if op == "download":
+            if op in ("download", "pull"):
                 assert digest(d / "slots" / "a") + sha(d / "slots" / "a.img") == a_before  # the running slot untouched
         assert n > 1, f"{op}: no flash write at all"
         points[op] = n - 1
     print("power-cut points swept:", points, "total", sum(points.values()))
-    assert points["download"] >= 5 and sum(points.values()) >= 12
+    assert points["download"] >= 5 and points["pull"] >= 10 and sum(points.values()) >= 22
 
 
 def boots(node: Node, d: Path, n: int) -> list[tuple[int, list[str]]]:
