@@ -311,7 +311,7 @@ class Gateway:
             raise GatewayError("the OTA service starts after the store and device management")
         ota = OtaService(self._store, cfg.ota, cfg.gateway.db, delivery=delivery,
                          clock=self._clock)
-        site.packages = Packages(ota.images.folder)
+        packages = site.packages = Packages(ota.images.folder)
         if delivery is None:
             def version_of(image_id: str) -> str | None:
                 row = ota.images.get(image_id)
@@ -322,7 +322,8 @@ class Gateway:
                 return None if row is None else row.payload_type
 
             lwm2m = LwM2MDelivery(self._dm, cfg.coap_uri, version_of,
-                                  poll_s=cfg.ota.poll_s, type_of=type_of)
+                                  poll_s=cfg.ota.poll_s, type_of=type_of,
+                                  data_of=packages.data, push_max=cfg.ota.push_max_bytes)
             lwm2m.report = ota.campaigns.report
             ota.campaigns.delivery = lwm2m
         return ota

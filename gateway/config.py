@@ -202,12 +202,16 @@ class OtaConfig:
     config file): the trust set uploaded images are verified against (``aiot ota trust``);
     empty: uploads are refused. ``images_dir``: where verified images are kept, by their
     SHA-256; empty: ``<db>.ota-images`` next to the database. ``max_image_bytes``: the
-    largest upload accepted. ``poll_s``: how often a node being updated is read (/5/0)."""
+    largest upload accepted. ``poll_s``: how often a node being updated is read (/5/0).
+    ``push_max_bytes``: an app image up to this size is pushed (written to /5/0/0,
+    Block1) rather than pulled from its Package URI; 0: always pulled (resumable); at
+    most 65536 (a device-management request is kept in the database)."""
 
     trust_file: str = ""
     images_dir: str = ""
     max_image_bytes: int = 4194304
     poll_s: float = 2.0
+    push_max_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -408,6 +412,8 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
             ota[key] = str(base / Path(ota[key]).expanduser())
     _positive(name, "ota.max_image_bytes", ota.get("max_image_bytes", 1))
     _positive(name, "ota.poll_s", ota.get("poll_s", 1))
+    _require(name, "ota.push_max_bytes", 0 <= ota.get("push_max_bytes", 0) <= 65536,
+             "must be 0..65536")
 
     mo = dict(parsed["models"])
     _positive(name, "models.min_windows", mo.get("min_windows", 1))

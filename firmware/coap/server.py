@@ -254,6 +254,11 @@ class Response:
 class Server:
     """The server side of endpoint ``ep`` (see Endpoint.serve_resources)."""
 
+    # a body taken block by block instead of reassembled (handler.sink(req): an object
+    # whose block(off, data, start, n, more) returns 0 or an error code); a class
+    # default: a server only gets its own while a pushed body arrives
+    _sink = None
+
     def __init__(self, ep, handler, max_block=1024, body=1024, block1=1024, observers=8):
         self.ep = ep
         self.handler = handler
@@ -328,6 +333,11 @@ class Server:
             self._b1next = -1
             return _BAD_REQUEST  # a non-final block must be exactly one block long
         if num == 0:
+            sink = getattr(self.handler, "sink", None)
+            self._sink = sink(req) if sink is not None else None
+        if self._sink is not None:
+            return self._to_sink(req, v, key, off, n)
+        if num == 0:
             self._b1next = 0
             self._b1peer = req.peer
             self._b1key = key
@@ -353,6 +363,34 @@ class Server:
         req.data = buf
         req.pstart = 0
         req.pend = off + n
+        return 0
+
+    def _to_sink(self, req, v, key, off, n):
+        # Block1 into the handler's sink (a pushed Package, lwm2m/tree.py sink()): each
+        # block in order, from the peer that began; the final request is then handled
+        # with an empty body
+        if off and (self._b1next != off or self._b1peer != req.peer or self._b1key != key):
+            self._b1next = -1
+            self._sink = None
+            return _INCOMPLETE
+        if not off:
+            self._b1peer = req.peer
+            self._b1key = key
+        more = v & 8
+        code = self._sink.block(off, req.data, req.pstart, n, more)
+        if code:
+            self._b1next = -1
+            self._sink = None
+            return code
+        if more:
+            own = self.szx
+            self._b1next = off + n
+            self._b1v = (v & ~7) | (v & 7 if v & 7 < own else own)
+            return _CONTINUE
+        self._b1next = -1
+        self._sink = None
+        self._b1v = v
+        req.pend = req.pstart  # the body went to the sink
         return 0
 
     def _key(self, req):

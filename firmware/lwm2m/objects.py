@@ -358,14 +358,18 @@ class Firmware(Obj):
     cancels: state Idle, result 0); the verified, unpacked image is state 2 Downloaded;
     Update (2) then stages it and reboots into a test boot (state 3 Updating until the
     reboot). After the reboot the result is the slot state's (ota/slots.py): 1 success
-    once the new app confirmed, 8 failed after a rollback. Package (0) writes (push) are
-    refused with 4.05: resource 9 says pull only. PkgVersion (7) is the version of the
-    image the running slot came from, or of the downloaded one."""
+    once the new app confirmed, 8 failed after a rollback. A Package (0) written (push,
+    Content-Format opaque) goes block by block into the free slot (coap/server.py takes
+    its Block1 blocks through lwm2m/tree.py sink(), never reassembled in RAM) and is then
+    checked as a download is; an empty one resets. Resource 9 says pull and push.
+    PkgVersion (7) is the version of the image the running slot came from, or of the
+    downloaded one."""
 
     oid = 5
     res = (0 << 8 | T_OPQ | W, 1 << 8 | T_STR | R | W, 2 << 8 | E, 3 << 8 | T_INT | R,
            5 << 8 | T_INT | R, 6 << 8 | T_STR | R, 7 << 8 | T_STR | R,
            8 << 8 | T_INT | R | MULTI, 9 << 8 | T_INT | R)
+    pushed = False  # the last block of a pushed Package arrived (its request ends empty)
 
     def __init__(self, events):
         import sys
@@ -391,17 +395,33 @@ class Firmware(Obj):
             v.str(b"aiotkit-app" if self.version else b"")
         elif rid == 7:
             v.str(self.version)
+        elif rid == 9:
+            v.int(2)  # delivery: pull and push
         else:
-            v.int(0)  # 8: CoAP; 9: pull only
+            v.int(0)  # 8: CoAP
 
-    def put(self, iid, rid, ri, x):
-        if rid != 1:
-            return _NOT_ALLOWED
-        if len(x) > _MAX_URI:
-            return _BAD_REQUEST
+    def block(self, off, data, start, n, more):
+        # a Package pushed block by block (lwm2m/tree.py sink): ota/update.py push()
         if self.state == _FW_UPDATING:
             return _NOT_ALLOWED
-        self.uri = x
+        from ota.update import push
+
+        return push(self.events, off, data, start, n, more)
+
+    def put(self, iid, rid, ri, x):
+        if self.state == _FW_UPDATING:
+            return _NOT_ALLOWED
+        if rid == 0:  # Package (push)
+            if self.pushed:  # the end of a block-wise push: its body went to block()
+                self.pushed = False
+                return _CHANGED
+            if x:  # a Package in one message
+                return self.block(0, x, 0, len(x), 0) or _CHANGED
+            x = ""  # an empty Package resets, as an empty URI does
+        if len(x) > _MAX_URI:
+            return _BAD_REQUEST
+        if rid == 1:
+            self.uri = x
         self.state = _FW_IDLE
         self.result = 0
         if x and not x.startswith("coap://"):

@@ -128,6 +128,15 @@ class Tree:
 
     # -- the request handler --
 
+    def sink(self, req):
+        """coap/server.py Block1: the object that takes a body block by block as it
+        arrives instead of reassembled, or None: a Package (/5/0/0, opaque) pushed to
+        Firmware Update."""
+        if (req.method == _PUT and req.npath == 3 and req.format == _CF_OPAQUE
+                and req.path_int(0) == 5 and req.path_int(1) == 0 and req.path_int(2) == 0):
+            return self.obj(5)
+        return None
+
     def handle(self, req, resp):
         n = req.npath
         p = self.p

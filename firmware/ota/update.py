@@ -43,8 +43,13 @@ class Download:
     """One Package URI being fetched into slot ``slot`` (ota/slots.py target())."""
 
     def __init__(self, ep, cfg, uri):
+        self._into(cfg)
+        self.fetch = Fetch(ep, uri, self.path, self.size)
+
+    def _into(self, cfg):
+        # the free slot's image file (SlotError while a test boot runs)
         self.cfg = cfg
-        self.slot = slots.target()  # SlotError while a test boot runs
+        self.slot = slots.target()
         self.path = slots.DIR + self.slot + slots.IMAGE
         try:
             import os
@@ -53,7 +58,6 @@ class Download:
         except OSError:
             pass
         self.size = cfg.get("ota_slot", _SLOT)
-        self.fetch = Fetch(ep, uri, self.path, self.size)
         self.image = None
 
     def step(self, deadline_ms=-1):
@@ -96,6 +100,65 @@ class Download:
 
     def fail(self, ses, result):
         ses.tree.obj(5).failed(result)
+
+
+class Push(Download):
+    """A Package pushed to /5/0/0 (Block1, taken block by block: coap/server.py sink)
+    into the free slot's image file; verified and unpacked by step() once complete."""
+
+    def __init__(self, cfg):
+        self._into(cfg)
+        self.off = 0
+        self.complete = False
+        with open(self.path, "wb"):
+            pass
+
+    def write(self, data, start, n, more):
+        if self.off + n > self.size:
+            raise FetchError(2, "more than %d bytes" % self.size)
+        with open(self.path, "r+b") as f:
+            f.seek(self.off)
+            f.write(memoryview(data)[start : start + n])
+        self.off += n
+        self.complete = not more
+
+    def step(self, deadline_ms=-1):
+        if not self.complete:
+            return False
+        self.finish()
+        return True
+
+    def cancel(self):
+        pass
+
+
+def push(ses, off, data, start, n, more):
+    """A block of a pushed Package (off its offset): 0, or the CoAP error code that
+    answers it (4.08 out of order, 4.13 too large, 4.00 refused; /5/0/5 says why)."""
+    fw = ses.tree.obj(5)
+    dl = ses._dl
+    try:
+        if off == 0:
+            if dl is not None:
+                dl.cancel()
+            ses._dl = dl = Push(ses.cfg)
+            ses._fetching = False
+            fw.uri = ""
+            fw.state = 1  # Downloading
+            fw.result = 0
+        elif not isinstance(dl, Push) or dl.off != off or dl.complete:
+            return 0x88  # 4.08 Request Entity Incomplete: begin again
+        dl.write(data, start, n, more)
+        if not more:
+            fw.pushed = True  # the final request's empty body is not a reset
+            ses._fetching = True  # verified and unpacked once the answer is out
+            ses.log("pushed", dl.off)
+        return 0
+    except MemoryError:
+        _failed(ses, dl, 3, "out of RAM")
+    except Exception as e:  # FetchError (too large), SlotError, OSError
+        _failed(ses, dl, getattr(e, "result", _FAILED), e)
+    return 0x8D if fw.result == 2 else 0x80
 
 
 # /5/0/5 Update Result -> /9/x/9 Update Result (OMA 9.xml): 50 not enough storage, 51 out

@@ -8,8 +8,10 @@ still alive), ``succeeded`` (it runs the new image, confirmed) or ``failed``. A 
 that reports nothing within the campaign's ``report_timeout_s`` has failed.
 
 ``LwM2MDelivery`` is the daemon's: the LwM2M Firmware Update object (/5, Core section
-E.6) with pull delivery. The offer writes the Package URI (/5/0/1, the image served by
-``package.py`` at ``/fw/<image id>``); then the node is followed by reading /5/0 every
+E.6). The offer writes the Package URI (/5/0/1, the image served by ``package.py`` at
+``/fw/<image id>``: pull), or, for an image of at most ``[ota] push_max_bytes``, writes
+the image itself to Package (/5/0/0, opaque, Block1: push; the node stores each block as
+it arrives); then the node is followed by reading /5/0 every
 ``poll_s``: state 1 Downloading is ``updating``; state 2 Downloaded (the node verified the
 image and unpacked it into its free slot) is answered with Update (Execute /5/0/2); the
 node then reboots into a test boot, and ``succeeded`` is /5/0/5 result 1 with the image's
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import GatewayError
+from ..lwm2m.codecs import CF_OPAQUE
 from .errors import OtaServiceError
 from .package import package_path
 
@@ -115,11 +118,14 @@ class LwM2MDelivery:
     def __init__(self, dm: DeviceManagement, uri_base: str,
                  version_of: Callable[[str], str | None], *, poll_s: float = 2.0,
                  timeout_s: float = 30.0,
-                 type_of: Callable[[str], str | None] = lambda image_id: "app") -> None:
+                 type_of: Callable[[str], str | None] = lambda image_id: "app",
+                 data_of: Callable[[str], bytes] | None = None, push_max: int = 0) -> None:
         self._dm = dm
         self._uri_base = uri_base.rstrip("/")
         self._version_of = version_of
         self._type_of = type_of
+        self._data_of = data_of
+        self.push_max = push_max
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self.report: Report | None = None
@@ -134,12 +140,16 @@ class LwM2MDelivery:
             slot = await self._model_slot(endpoint, image_id)
             watch = self._watch_model(endpoint, slot)
         else:
-            try:
-                await self._dm.write(endpoint, "/5/0/1", self.uri(image_id),
-                                     timeout=self.timeout_s)
-            except GatewayError as e:
-                raise DeliveryError(f"Package URI write to {endpoint}: {e}") from None
-            watch = self._watch(endpoint, image_id)
+            data = self._data_of(image_id) if self._data_of and self.push_max else None
+            if data is not None and len(data) <= self.push_max:
+                watch = self._watch(endpoint, image_id, data)  # pushed by the follow-up
+            else:
+                try:
+                    await self._dm.write(endpoint, "/5/0/1", self.uri(image_id),
+                                         timeout=self.timeout_s)
+                except GatewayError as e:
+                    raise DeliveryError(f"Package URI write to {endpoint}: {e}") from None
+                watch = self._watch(endpoint, image_id)
         self._follow[endpoint] = asyncio.create_task(watch, name=f"aiot-ota-{endpoint}")
 
     async def _model_slot(self, endpoint: str, image_id: str) -> int:
@@ -222,11 +232,22 @@ class LwM2MDelivery:
             if self._follow.get(endpoint) is asyncio.current_task():
                 del self._follow[endpoint]
 
-    async def _watch(self, endpoint: str, image_id: str) -> None:
+    async def _watch(self, endpoint: str, image_id: str, push: bytes | None = None) -> None:
         version = self._version_of(image_id)
         updating = executed = False
         resumes = 0
         try:
+            if push is not None:
+                # push (Block1 to /5/0/0, each block stored by the node as it comes): the
+                # transfer is the offer; a node that cannot take it has failed
+                self._tell(endpoint, "updating")
+                updating = True
+                try:
+                    await self._dm.write(endpoint, "/5/0/0", push, content_format=CF_OPAQUE,
+                                         timeout=self.timeout_s + len(push) / 1024)
+                except GatewayError as e:
+                    self._tell(endpoint, "failed", f"push to /5/0/0: {e}")
+                    return
             while True:
                 # jittered: a wave's nodes are not all read in the same instant
                 await asyncio.sleep(self.poll_s * (0.75 + random.random() / 2))

@@ -59,6 +59,10 @@ class Packages:
         self.max_cached = max_cached
         self._cache: OrderedDict[str, bytes] = OrderedDict()
 
+    def data(self, image_id: str) -> bytes:
+        """The whole image (``PackageError`` not_found)."""
+        return self._bytes(image_id)
+
     def _bytes(self, image_id: str) -> bytes:
         data = self._cache.get(image_id)
         if data is not None:

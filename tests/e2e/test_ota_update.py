@@ -220,3 +220,26 @@ async def test_a_model_is_updated_alone_runs_in_shadow_and_is_promoted(tmp_path,
         (row,) = gw.models.candidates(EP)
         assert row["agreement"] == 1.0 and "promote" in json.dumps(row), row
         assert "slots" not in app_before and not (flash / "slots").exists()  # no app update
+
+
+async def test_a_small_image_is_pushed_block_by_block_and_confirmed(tmp_path, signer):
+    # push (Package /5/0/0, Block1): an app of its main only (the rest of the node comes
+    # from the base firmware), padded to 20 KB; the node stores each block as it comes
+    # (never the whole body in RAM), verifies, unpacks, test-boots and confirms
+    from aiotkit.ota import bundle
+    from aiotkit.tools import fwbuild
+
+    fwbuild.compile_one(paths.firmware_dir() / "main.py", tmp_path / "main.mpy", "x64",
+                        name="main.py")
+    files = {"main.mpy": (tmp_path / "main.mpy").read_bytes(), "pad.bin": bytes(20000)}
+    payload = bundle.make_bundle(files, version="4.0.0", board="unix-sim", arch="x64")
+    img = ota_image.build(payload, [signer], version=ImageVersion.parse("4.0.0"),
+                          security_counter=7, payload_type="app", board="unix-sim")
+    async with site(tmp_path, signer, extra="push_max_bytes = 65536\n") as (gw, fleet, lines):
+        cid = await campaign(gw, img)
+        m = await lines.wait_for(rf"{EP} pushed (\d+)")
+        assert int(m.group(1)) == len(img)
+        await lines.wait_for(rf"{EP} update confirmed: slot a")
+        assert await ended(gw, cid) == "completed"
+        assert not any("downloading" in line for line in lines.lines)  # not pulled
+        assert (fleet.nodes[0].workdir / "slots" / "a" / "pad.bin").stat().st_size == 20000

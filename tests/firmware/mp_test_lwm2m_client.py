@@ -49,7 +49,7 @@ class DM(Server):
         Server.__call__(self, link, data)
 
     def request(self, link, code, path, accept=-1, cf=-1, payload=b"", query=(),
-                observe=-1, token=b"\x51\x52"):
+                observe=-1, token=b"\x51\x52", block1=-1):
         self.mid += 1
         w = MessageWriter(bytearray(600))
         w.begin(CON, code, self.mid, token)
@@ -64,6 +64,8 @@ class DM(Server):
             w.option(15, q)
         if accept >= 0:
             w.option_uint(17, accept)
+        if block1 >= 0:
+            w.option_uint(27, block1)
         if payload:
             w.payload(payload)
         link.deliver(bytes(w.buf[: w.pos]), 5)
@@ -242,10 +244,10 @@ def test_firmware_update_state_machine():
     # Core E.6: a coap:// Package URI starts a download (the transfer itself is
     # tests/e2e/test_ota_update.py): this server has no such package (4.04), so the node
     # is back to Idle with result 7, invalid URI; any other scheme is result 9; "" resets;
-    # Update before Downloaded and push (Package) are 4.05
+    # Update before Downloaded is 4.05; a Package written (push) is taken
     n, dm, link, c = _start()
     v = senml(ask(n, dm, link, GET, "/5/0"))
-    check(v["/5/0/3"] == 0 and v["/5/0/5"] == 0 and v["/5/0/9"] == 0, v)
+    check(v["/5/0/3"] == 0 and v["/5/0/5"] == 0 and v["/5/0/9"] == 2, v)  # pull and push
     check(ask(n, dm, link, PUT, "/5/0/1", cf=0, payload=b"http://x/fw").code == 0x44, "uri")
     v = senml(ask(n, dm, link, GET, "/5/0"))
     check(v["/5/0/1"] == "http://x/fw" and v["/5/0/3"] == 0 and v["/5/0/5"] == 9, v)
@@ -253,10 +255,33 @@ def test_firmware_update_state_machine():
     v = senml(ask(n, dm, link, GET, "/5/0"))
     check(v["/5/0/3"] == 0 and v["/5/0/5"] == 7, v)
     check(ask(n, dm, link, POST, "/5/0/2").code == 0x85, "update while idle")
-    check(ask(n, dm, link, PUT, "/5/0/0", cf=42, payload=b"\x01").code == 0x85, "push")
+    # a pushed Package is taken (checked as a download is, once the answer is out)
+    check(ask(n, dm, link, PUT, "/5/0/0", cf=42, payload=b"\x01").code == 0x44, "push")
     check(ask(n, dm, link, PUT, "/5/0/1", cf=0, payload=b"").code == 0x44, "reset")
     v = senml(ask(n, dm, link, GET, "/5/0"))
     check(v["/5/0/1"] == "" and v["/5/0/3"] == 0 and v["/5/0/5"] == 0, v)
+
+
+def test_a_pushed_package_is_stored_block_by_block_within_the_slot():
+    # Package (/5/0/0) pushed with Block1: each 256-byte block goes to the slot's image
+    # file as it comes (2.31 Continue, never reassembled in RAM); a block beyond the slot
+    # (config ota_slot) is 4.13 with /5/0/5 2; one out of order 4.08
+    n, dm, link, c = _start({"ota_slot": 4096})
+    blk = bytes(range(256))
+    for i in range(16):
+        m = ask(n, dm, link, PUT, "/5/0/0", cf=42, payload=blk, block1=(i << 4) | 8 | 4)
+        check(m.code == 0x5F, "block %d: %x" % (i, m.code))
+    v = senml(ask(n, dm, link, GET, "/5/0"))
+    check(v["/5/0/3"] == 1, v)  # Downloading
+    with open("slots/a.img", "rb") as f:
+        for i in range(17):
+            check(f.read(256) == (blk if i < 16 else b""), "stored as it came: %d" % i)
+    m = ask(n, dm, link, PUT, "/5/0/0", cf=42, payload=blk, block1=(16 << 4) | 8 | 4)
+    check(m.code == 0x8D, "beyond the slot: %x" % m.code)
+    v = senml(ask(n, dm, link, GET, "/5/0"))
+    check(v["/5/0/3"] == 0 and v["/5/0/5"] == 2, v)
+    m = ask(n, dm, link, PUT, "/5/0/0", cf=42, payload=blk, block1=(3 << 4) | 8 | 4)
+    check(m.code == 0x88, "out of order: %x" % m.code)
 
 
 def _portfolio(iid, vals):
