@@ -370,6 +370,8 @@ class Firmware(Obj):
            5 << 8 | T_INT | R, 6 << 8 | T_STR | R, 7 << 8 | T_STR | R,
            8 << 8 | T_INT | R | MULTI, 9 << 8 | T_INT | R)
     pushed = False  # the last block of a pushed Package arrived (its request ends empty)
+    version = running = ""  # PkgVersion; the running slot's image's (class defaults:
+    # an instance has its own only when it has a version, the node's RAM stays as it was)
 
     def __init__(self, events):
         import sys
@@ -378,11 +380,12 @@ class Firmware(Obj):
         self.uri = ""
         self.state = _FW_IDLE
         self.result = 0
-        self.version = self.running = ""  # PkgVersion; the running slot's image's
         s = sys.modules.get("ota.slots")  # booted through boot.py: the slot state
         if s is not None:
             self.result = s.load()["result"]
-            self.version = self.running = _image_version(s)
+            v = _image_version(s)
+            if v:
+                self.version = self.running = v
 
     def get(self, iid, rid, ri, v):
         if rid == 1:
