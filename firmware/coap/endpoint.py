@@ -22,6 +22,7 @@ _CON = const(0)  # RFC 7252 section 3
 # Transmission parameters, section 4.8
 _ACK_TIMEOUT_MS = const(2000)
 _MAX_RETRANSMIT = const(4)
+_MAX_RETRANSMIT_RTO = const(64)  # with an estimated timeout: the deadline decides
 # ACK_RANDOM_FACTOR 1.5: the initial timeout is ACK_TIMEOUT + [0, ACK_TIMEOUT / 2)
 _SEPARATE_TIMEOUT_MS = const(30000)  # wait for a separate response after an empty ACK
 
@@ -149,12 +150,15 @@ class Endpoint(Incoming):
             tok[i] = rand(8)
             tx[4 + i] = tok[i]
 
-    def exchange(self, deadline_ms=-1):
+    def exchange(self, deadline_ms=-1, rto_ms=0):
         """Send the request built since begin() and wait for its response.
 
         CON: retransmitted after ACK_TIMEOUT..ACK_TIMEOUT*1.5 ms, doubling, at most
         MAX_RETRANSMIT times; raises CoapTimeout after the last wait, CoapReset on RST.
-        deadline_ms (if >= 0) bounds the whole exchange. Returns self.rx.
+        deadline_ms (if >= 0) bounds the whole exchange. rto_ms > 0: the first wait is
+        that (a timeout estimated from measured round trips, as CoCoA does: ota/fetch.py),
+        doubling up to ACK_TIMEOUT, retransmitted until the deadline (at most 64 times).
+        Returns self.rx.
         """
         clock = self.clock
         tx = self.tx
@@ -164,6 +168,10 @@ class Endpoint(Incoming):
         start = clock.ticks_ms()
         half = self.ack_timeout_ms >> 1
         timeout = self.ack_timeout_ms + ((self.rand(16) * half) >> 16)
+        tries_max = _MAX_RETRANSMIT
+        if rto_ms > 0:
+            timeout = rto_ms
+            tries_max = _MAX_RETRANSMIT_RTO
         s = self.server
         if s is not None and s.obs is not None:
             s.obs.abandon()  # NSTART 1: no CON notification in flight meanwhile
@@ -185,11 +193,13 @@ class Endpoint(Incoming):
                 if left <= 0:
                     if acked:
                         raise CoapTimeout("no separate response")
-                    if tries >= _MAX_RETRANSMIT:
+                    if tries >= tries_max:
                         raise CoapTimeout("no response after %d retransmissions" % tries)
                     tries += 1
                     self.retransmissions += 1
                     timeout <<= 1
+                    if rto_ms > 0 and timeout > self.ack_timeout_ms:
+                        timeout = self.ack_timeout_ms
                     self._send(tx, n)
                     wait_until = time.ticks_add(now, timeout)
                     continue

@@ -17,6 +17,7 @@
 from micropython import const
 import binascii
 import os
+import time
 from coap.msg import CoapError
 
 _GET = const(1)
@@ -29,6 +30,13 @@ _SIZE2 = const(28)
 _ETAG_MAX = const(8)
 _SEGS_MAX = const(8)
 _TRIES = const(3)  # failed exchanges in a row before the download counts as cut
+# The retransmission timeout of a block exchange, from the measured round trips (RFC 6298
+# estimator, as CoCoA uses for CoAP: RTO = SRTT + 4 RTTVAR; samples only from exchanges
+# without a retransmission, Karn's rule; after one, the timeout stays doubled until a
+# clean sample). Stop-and-wait pays one RTO per lost datagram: CoAP's fixed 2-3 s made a
+# 5 % loss cost 99.8 % of the goodput (aiot bench ota).
+_RTO_MIN_US = const(2000)
+_RTO_MAX_US = const(2000000)
 
 NO_FLASH = const(2)  # /5/0/5 Update Result codes (Core E.6.1)
 CONNECTION_LOST = const(4)
@@ -75,6 +83,9 @@ class Fetch:
         self.etag = None
         self.size = -1  # Size2 of the representation, when the server said
         self.fails = 0
+        self.srtt = 0  # us; 0: no sample yet (CoAP's own timeout)
+        self.rttvar = 0
+        self.rto = 0
         self.off = self._resume()
 
     def _resume(self):
@@ -118,6 +129,18 @@ class Fetch:
         except OSError:
             pass
 
+    def _sample(self, rtt):
+        # RFC 6298 section 2 in microseconds (integers: nothing allocated on small ints)
+        if not self.srtt:
+            self.srtt = rtt
+            self.rttvar = rtt >> 1
+        else:
+            d = self.srtt - rtt
+            self.rttvar += ((d if d > 0 else -d) - self.rttvar) >> 2
+            self.srtt += (rtt - self.srtt) >> 3
+        rto = self.srtt + (self.rttvar << 2)
+        self.rto = _RTO_MIN_US if rto < _RTO_MIN_US else _RTO_MAX_US if rto > _RTO_MAX_US else rto
+
     def step(self, deadline_ms=-1):
         """Fetch the next block; True once the last one is stored. FetchError when the
         download cannot go on."""
@@ -126,14 +149,22 @@ class Fetch:
         for s in self.path:
             w.option(_URI_PATH, s)
         w.option_uint(_BLOCK2, ((self.off >> (self.szx + 4)) << 4) | self.szx)
+        t0 = time.ticks_us()
+        n0 = ep.retransmissions
         try:
-            r = ep.exchange(deadline_ms)
+            r = ep.exchange(deadline_ms, (self.rto + 999) // 1000)
         except (CoapError, OSError) as e:  # CoapTimeout, CoapReset: the link
+            if self.rto:
+                self.rto = min(self.rto << 1, _RTO_MAX_US)
             self.fails += 1
             if self.fails >= _TRIES:
                 raise FetchError(CONNECTION_LOST, "no answer: %s" % (str(e) or "timeout"))
             return False
         self.fails = 0
+        if ep.retransmissions == n0:
+            self._sample(time.ticks_diff(time.ticks_us(), t0))
+        elif self.rto:
+            self.rto = min(self.rto << 1, _RTO_MAX_US)
         if r.code == _NOT_FOUND:
             raise FetchError(INVALID_URI, "the server has no such package")
         if r.code != _CONTENT:

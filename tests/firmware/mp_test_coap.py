@@ -217,6 +217,26 @@ def test_retransmission_schedule_then_timeout():
         raise AssertionError("initial timeout not randomised: %s" % initials)
 
 
+def test_an_estimated_timeout_retransmits_sooner_doubling_up_to_ack_timeout():
+    # rto_ms (ota/fetch.py's estimate from measured round trips): the first wait is it,
+    # doubling but never past ACK_TIMEOUT, and retransmissions go on until the deadline
+    ep, link, c = _endpoint(seed=3)
+    t0 = c.t
+    _post(ep)
+    try:
+        ep.exchange(10000, 5)
+    except CoapTimeout:
+        pass
+    else:
+        raise AssertionError("no timeout")
+    times = [t - t0 for t, _ in link.sent]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    if gaps[:6] != [5, 10, 20, 40, 80, 160] or max(gaps) != 2000:
+        raise AssertionError("schedule %s" % gaps)
+    if c.t - t0 != 10000 or len(times) < 9:
+        raise AssertionError("gave up at %d after %d sends" % (c.t - t0, len(times)))
+
+
 def test_default_randomness_gives_valid_schedule():
     c = SimClock(0)
     link = SimLink(c)

@@ -62,13 +62,17 @@ class Server:
         self.down = False
         self.served = 0  # payload bytes answered
         self.paths = []
+        self.rtos = []  # the retransmission timeout given to each exchange (0: CoAP's)
 
     def begin(self, code):
         check(code == 1, "GET")
         self.w = Writer()
         return self.w
 
-    def exchange(self, deadline_ms=-1):
+    retransmissions = 0
+
+    def exchange(self, deadline_ms=-1, rto_ms=0):
+        self.rtos.append(rto_ms)
         if self.down:
             raise CoapTimeout("no response")
         path = b"/".join(v for n, v in self.w.opts if n == _URI_PATH)
@@ -115,6 +119,9 @@ def test_a_download_is_the_image_byte_for_byte():
     f.done()
     check(read("img") == IMAGE, "bytes")
     check(srv.served == len(IMAGE) and len(srv.paths) == 5, (srv.served, len(srv.paths)))
+    # the first block waits CoAP's own timeout; then one estimated from the round trips
+    # (at least 2 ms), doubled after a timeout
+    check(srv.rtos[0] == 0 and all(2 <= t <= 2000 for t in srv.rtos[1:]), srv.rtos)
 
 
 def test_a_cut_download_continues_from_its_last_block_with_the_same_uri():

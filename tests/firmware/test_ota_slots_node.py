@@ -197,7 +197,9 @@ try:
 
             option_uint = option
 
-            def exchange(self, deadline_ms=-1):
+            retransmissions = 0
+
+            def exchange(self, deadline_ms=-1, rto_ms=0):
                 num = [v for n, v in self.opts if n == 23][0] >> 4
                 part = data[num * 256 : num * 256 + 256]
                 more = (num + 1) * 256 < len(data)
