@@ -50,6 +50,8 @@ def cmd_gateway_check(args: argparse.Namespace) -> int:
 def cmd_sim(args: argparse.Namespace) -> int:
     from aiotkit.tools.sim import Fleet, FleetConfig, rest_provisioner
 
+    if args.gateway is None:  # required unless a sub-command ('sim board') is given
+        args.sim_parser.error("the following arguments are required: --gateway")
     cfg = FleetConfig(
         gateway=args.gateway,
         nodes=args.nodes,
@@ -122,6 +124,22 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_sim_board(args: argparse.Namespace) -> int:
+    from aiotkit.tools.simboard import FaultSwitch, SimBoard, parse_uid, run_board
+
+    board = SimBoard(
+        args.link,
+        flash=args.flash,
+        uid=parse_uid(args.id) if args.id else None,
+        board=args.board,
+        heap=args.heap,
+        on_event=(lambda line: print(f"aiot sim board: {line}", flush=True))
+        if args.verbose else None,
+    )
+    board.faults = FaultSwitch(drop=args.drop, garble=args.garble)
+    return asyncio.run(run_board(board))
+
+
 def progress_line(fleet: Any) -> str:
     """One line for the whole fleet: each node's state and reports sent so far."""
     return ", ".join(f"{n.endpoint} {n.state} {n.sent} sent" for n in fleet.nodes)
@@ -191,6 +209,16 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probability(text: str) -> float:
+    try:
+        p = float(text)
+    except ValueError:
+        p = -1.0
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability (0..1)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -232,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "sim",
         help="run simulated nodes (real MicroPython processes) against a gateway",
+        usage="%(prog)s --gateway coap://HOST:PORT [options]   (nodes against a gateway)\n"
+        "       %(prog)s board --link PATH [options]          (one board on a serial line)",
         description="Start N MicroPython unix-port nodes, each with its own endpoint name and "
         "folder, replaying bearing vibration recordings. Each node gets its own OSCORE keys "
         "from the gateway's REST API (--token of the admin role; new keys every run unless "
@@ -239,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-nosec). Stops (nodes de-register) on Ctrl-C.",
     )
     s.add_argument("--nodes", type=positive_int, default=3, help="how many nodes (default 3)")
-    s.add_argument("--gateway", required=True, metavar="coap://HOST:PORT", help="gateway URI")
+    s.add_argument("--gateway", metavar="coap://HOST:PORT", help="gateway URI (required)")
     s.add_argument("--prefix", default="node", help="endpoint names are PREFIX-1.. (default node)")
     s.add_argument("--url", default=os.environ.get("AIOT_URL", "http://127.0.0.1:8080"),
                    help="the gateway's REST API, for the nodes' OSCORE keys (AIOT_URL; "
@@ -286,7 +316,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep each node's flash from the previous run (unsent reports, "
                    "server account); by default every node starts as a freshly flashed "
                    "board")
-    s.set_defaults(func=cmd_sim)
+    s.set_defaults(func=cmd_sim, sim_parser=s)
+    ssub = s.add_subparsers(dest="sim_command", metavar="board",
+                            help="'aiot sim board --help': one simulated board on a serial "
+                            "line (without it: nodes against a gateway)")
+    sb = ssub.add_parser(
+        "board",
+        help="one simulated board on a serial line (a pty) until Ctrl-C",
+        description="Run a MicroPython unix-port process behind a pty that behaves like a "
+        "board on a USB serial port: mpremote and the field tools can use LINK. Soft "
+        "reset and machine.reset() reboot it, its flash is a folder that survives "
+        "reboots, machine.unique_id() is its id. SIGUSR1 cuts the power and restores it.",
+    )
+    sb.add_argument("--board", default="unix-sim",
+                    help="board definition (default unix-sim; only mcu 'host' boards)")
+    sb.add_argument("--link", required=True, metavar="PATH",
+                    help="the serial port to publish: a symlink to the pty (replaced)")
+    sb.add_argument("--flash", metavar="DIR",
+                    help="the board's flash (default ~/.local/state/aiotkit/boards/<link name>)")
+    sb.add_argument("--id", metavar="HEX",
+                    help="machine.unique_id() in hex, 4-16 bytes (default: the id recorded "
+                    "with the flash folder, a random one the first time)")
+    sb.add_argument("--heap", help="MicroPython heap (default: the board's, 448K)")
+    sb.add_argument("--drop", type=_probability, default=0.0, metavar="P",
+                    help="fault: drop each byte with probability P (both directions)")
+    sb.add_argument("--garble", type=_probability, default=0.0, metavar="P",
+                    help="fault: flip a bit in each byte with probability P")
+    sb.add_argument("--verbose", action="store_true", help="print boots, reboots and power")
+    sb.set_defaults(func=cmd_sim_board)
 
     d = sub.add_parser(
         "demo",
@@ -314,9 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
         "[--against DIR]: the node's code bytes, data heap and boot time to first Register. "
         "aiot bench oscore [--reps R]: what OSCORE costs the node (protect/verify "
         "microseconds, bytes allocated, flash writes) under the MicroPython unix port. "
+        "aiot bench ota [--quick]: signed updates: gateway verification against plain "
+        "SHA-256, the node's verification of 256 KB, download goodput through a lossy link "
+        "(0, 5, 20 % loss), a roll-out to 200 simulated nodes in two waves. "
         "'aiot bench NAME --help' for options.",
     )
-    be.add_argument("name", choices=["features", "gateway", "infer", "node", "oscore"],
+    be.add_argument("name", choices=["features", "gateway", "infer", "node", "oscore", "ota"],
                     help="which benchmark")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)

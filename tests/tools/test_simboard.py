@@ -1,0 +1,297 @@
+"""Simulated boards on a serial line (tools/simboard.py), driven by the real ``mpremote``
+CLI and by pyserial at the byte level: REPL modes, files, reboots, identity, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiotkit.boards.errors import UsageError
+from aiotkit.tools.simboard import SimBoard, SimBoardError, SimBoards
+from plugins.services import aiot_cmd, require_tool
+
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+
+
+@pytest.fixture
+def mpremote(micropython) -> str:
+    return require_tool("mpremote", "pip install 'aiotkit[field]'")
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leak():
+    """Every pty, pipe and file a test opened is closed at its end."""
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        left = {fd: _target(fd) for fd in set(os.listdir("/proc/self/fd")) - before}
+        left = {fd: t for fd, t in left.items() if t}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"test left fds open: {left}"
+
+
+def _target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
+async def mp(mpremote: str, board: SimBoard, *args: str, timeout: float = 20.0,
+             resume: bool = True) -> tuple[int | None, str]:
+    """Run ``mpremote connect LINK [resume] ARGS``: (exit status or None if it had to be
+    killed after ``timeout``, stdout+stderr)."""
+    cmd = [mpremote, "connect", str(board.link), *(["resume"] if resume else []), *args]
+    p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(p.communicate(), timeout)
+        return p.returncode, out.decode(errors="replace")
+    except TimeoutError:
+        p.kill()
+        out, _ = await p.communicate()
+        return None, out.decode(errors="replace")
+
+
+async def ok(mpremote: str, board: SimBoard, *args: str, **kw) -> str:
+    rc, out = await mp(mpremote, board, *args, **kw)
+    assert rc == 0, f"mpremote {' '.join(args)}: {rc}\n{out}"
+    return out
+
+
+def new_board(tmp_path: Path, name: str = "ttyACM0", **kw) -> SimBoard:
+    return SimBoard(tmp_path / name, flash=tmp_path / f"{name}.flash", **kw)
+
+
+async def test_mpremote_execs_copies_lists_reads_and_runs(tmp_path, mpremote):
+    script = tmp_path / "hello.py"
+    script.write_text("import sys\nprint('hello from', sys.platform, 6 * 7)\n")
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(100 * 1024))
+    async with new_board(tmp_path) as board:
+        await board.wait_ready()
+        assert os.path.realpath(board.link) == board.port
+        assert await ok(mpremote, board, "exec", "print(1+1)") == "2\r\n"
+        await ok(mpremote, board, "fs", "cp", str(script), ":hello.py")
+        listing = await ok(mpremote, board, "fs", "ls")
+        assert f"{script.stat().st_size} hello.py" in listing
+        assert await ok(mpremote, board, "fs", "cat", "hello.py") == script.read_text().replace(
+            "\n", "\r\n")
+        assert (tmp_path / "ttyACM0.flash" / "hello.py").read_bytes() == script.read_bytes()
+        assert await ok(mpremote, board, "run", str(script)) == "hello from linux 42\r\n"
+        # the board's files are at / as on a board, and nothing else is there
+        assert await ok(mpremote, board, "exec", "import os; print(os.listdir('/'))") == \
+            "['hello.py']\r\n"
+
+        t0 = time.monotonic()
+        await ok(mpremote, board, "fs", "cp", str(blob), ":blob.bin", timeout=40)
+        cp_s = time.monotonic() - t0
+        want = hashlib.sha256(blob.read_bytes()).hexdigest()
+        got = await ok(mpremote, board, "exec",
+                       "import hashlib, binascii\nh = hashlib.sha256()\n"
+                       "f = open('blob.bin', 'rb')\nh.update(f.read())\n"
+                       "print(binascii.hexlify(h.digest()).decode())")
+        assert got.strip() == want
+        print(f"mpremote cp 100 KB: {cp_s:.2f} s", file=sys.stderr)
+        assert board.boots == 1
+
+
+async def test_soft_reset_restarts_the_process_and_the_flash_survives(tmp_path, mpremote):
+    async with new_board(tmp_path) as board:
+        await board.wait_ready()
+        first = board.pid
+        await ok(mpremote, board, "exec", "open('kept.txt', 'w').write('still here')")
+        await ok(mpremote, board, "soft-reset")
+        await board.wait_boots(2)
+        assert board.pid != first
+        assert await ok(mpremote, board, "exec",
+                        "import machine\nprint(machine.reset_cause() == machine.SOFT_RESET,"
+                        " open('kept.txt').read())") == "True still here\r\n"
+        # without 'resume' mpremote soft-resets at connect: the board comes back in the
+        # raw REPL, as a real one does
+        assert await ok(mpremote, board, "exec", "print('after reboot')",
+                        resume=False) == "after reboot\r\n"
+        await board.wait_boots(3)
+        # machine.soft_reset() from a program is a reboot too
+        await ok(mpremote, board, "exec", "import machine; machine.soft_reset()")
+        await board.wait_boots(4)
+        # machine.reset() is a hard reset: boot.py and main.py run, friendly REPL
+        await ok(mpremote, board, "fs", "cp", str(_write(tmp_path / "main.py",
+                 "open('booted', 'a').write('x')\n")), ":main.py")
+        await ok(mpremote, board, "exec", "import machine; machine.reset()")
+        await board.wait_boots(5)
+        assert await ok(mpremote, board, "exec",
+                        "import machine\nprint(machine.reset_cause() == machine.HARD_RESET,"
+                        " open('booted').read())") == "True x\r\n"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+async def test_a_running_main_py_is_interrupted_like_a_board(tmp_path, mpremote):
+    """A node app runs forever in main.py: mpremote's Ctrl-C stops it (SIGINT by the
+    relay, as the unix port reads no input while it runs code)."""
+    flash = tmp_path / "ttyACM0.flash"
+    flash.mkdir()
+    _write(flash / "main.py", "import time\nwhile True:\n    time.sleep_ms(20)\n")
+    async with new_board(tmp_path) as board:
+        await board.wait_ready()
+        assert await ok(mpremote, board, "exec", "print('got in')") == "got in\r\n"
+
+
+async def test_unique_ids_are_stable_across_reboots_and_differ_between_boards(
+        tmp_path, mpremote):
+    read_id = "import machine, binascii; print(binascii.hexlify(machine.unique_id()).decode())"
+    async with SimBoards(tmp_path, 2) as (a, b):
+        await asyncio.gather(a.wait_ready(), b.wait_ready())
+        ids = await asyncio.gather(ok(mpremote, a, "exec", read_id),
+                                   ok(mpremote, b, "exec", read_id))
+        assert [i.strip() for i in ids] == [a.uid.hex(), b.uid.hex()]
+        assert a.uid != b.uid and len(a.uid) == 8
+        await ok(mpremote, a, "soft-reset")
+        await a.wait_boots(2)
+        assert (await ok(mpremote, a, "exec", read_id)).strip() == a.uid.hex()
+        first_a = a.uid
+    # the id is recorded with the flash folder: the same board next time, and not a file
+    # the board's programs see
+    again = SimBoard(tmp_path / "again", flash=tmp_path / "board-1.flash")
+    async with again:
+        await again.wait_ready()
+        assert again.uid == first_a
+        assert await ok(mpremote, again, "fs", "ls") == "ls :\n"
+    given = bytes.fromhex("0011223344556677")
+    async with new_board(tmp_path, "given", uid=given) as board:
+        await board.wait_ready()
+        assert (await ok(mpremote, board, "exec", read_id)).strip() == given.hex()
+
+
+@pytest.mark.timeout_s(60)
+async def test_power_cut_silences_the_port_until_power_returns(tmp_path, mpremote):
+    async with new_board(tmp_path) as board:
+        await board.wait_ready()
+        await ok(mpremote, board, "exec", "open('before-cut', 'w').write('1')")
+        pid = board.pid
+        board.power_off()
+        rc, out = await mp(mpremote, board, "exec", "print(1)", timeout=20)
+        assert rc not in (0, None), out
+        assert "could not enter raw repl" in out
+        assert not Path(f"/proc/{pid}").exists() or board.pid is None
+        await board.power_on()
+        await board.wait_ready()
+        assert await ok(mpremote, board, "exec",
+                        "import machine\nprint(machine.reset_cause() == machine.PWRON_RESET,"
+                        " open('before-cut').read())") == "True 1\r\n"
+
+
+@pytest.mark.timeout_s(60)
+@pytest.mark.parametrize("fault", ["garble", "drop"])
+async def test_garbled_or_dropped_bytes_break_the_answer_until_the_line_is_clean(
+        tmp_path, mpremote, fault):
+    code = "print('x' * 300)"
+    async with new_board(tmp_path) as board:
+        await board.wait_ready()
+        assert await ok(mpremote, board, "exec", code) == "x" * 300 + "\r\n"
+        board.faults.rng.seed(15)
+        setattr(board.faults, fault, 0.05)
+        # mpremote either reports an error or waits for bytes that never come
+        rc, out = await mp(mpremote, board, "exec", code, timeout=4)
+        assert (rc, out) != (0, "x" * 300 + "\r\n")
+        board.faults.clear()
+        # a tool recovers by interrupting and retrying (the line is clean again)
+        for _ in range(3):
+            rc, out = await mp(mpremote, board, "exec", code, timeout=15)
+            if rc == 0:
+                break
+        assert (rc, out) == (0, "x" * 300 + "\r\n")
+
+
+async def test_raw_repl_handshake_on_the_wire(tmp_path):
+    """The bytes mpremote relies on, read with pyserial."""
+    serial = pytest.importorskip("serial")
+    async with new_board(tmp_path) as board:
+        await board.wait_ready()
+
+        def talk() -> dict[str, bytes]:
+            got = {}
+            with serial.Serial(str(board.link), 115200, timeout=5) as s:
+
+                def until(end: bytes) -> bytes:
+                    data = b""
+                    while not data.endswith(end):
+                        c = s.read(1)
+                        assert c, f"timeout after {data!r}, waiting for {end!r}"
+                        data += c
+                    return data
+
+                s.write(b"\r\x03")
+                until(b">>> ")
+                s.write(b"\r\x01")
+                got["enter"] = until(RAW_BANNER)
+                s.write(b"print(6 * 7)\x04")
+                got["exec"] = until(b"\x04>")
+                s.write(b"\x05A\x01")
+                got["paste"] = s.read(5)
+                s.write(b"while True:\n    pass\n\x04")
+                got["paste end"] = s.read(1)
+                s.write(b"\x03")  # a board's UART interrupt; here a SIGINT by the relay
+                got["interrupted"] = until(b"\x04>")
+                s.write(b"\x04")  # Ctrl-D on an empty raw line: soft reset
+                got["soft reset"] = until(RAW_BANNER)
+                s.write(b"\r\x02")
+                got["friendly"] = until(b">>> ")
+            return got
+
+        got = await asyncio.to_thread(talk)
+        assert got["enter"].endswith(b"\r\n" + RAW_BANNER)
+        assert got["exec"] == b"OK42\r\n\x04\x04>"
+        # raw paste on, window 128 (uint16 LE), then the first window's \x01
+        assert got["paste"] == b"R\x01\x80\x00\x01"
+        assert got["paste end"] == b"\x04"
+        assert got["interrupted"].endswith(b"KeyboardInterrupt: \r\n\x04>")
+        assert got["soft reset"] == b"OK\r\nMPY: soft reboot\r\n" + RAW_BANNER
+        assert got["friendly"].startswith(b"\r\nMicroPython ")
+        assert board.boots == 2
+
+
+async def test_aiot_sim_board_command(tmp_path, mpremote):
+    link = tmp_path / "ttyUSB0"
+    proc = await asyncio.create_subprocess_exec(
+        *aiot_cmd("sim", "board", "--board", "unix-sim", "--link", str(link),
+                  "--flash", str(tmp_path / "flash"), "--id", "de:ad:be:ef:00:00:00:01"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
+        assert f"{link} -> /dev/pts/" in line and "id deadbeef00000001" in line, line
+        board = SimBoard(link)  # only its link, for mp()
+        out = await ok(mpremote, board, "exec",
+                       "import machine, binascii; print(binascii.hexlify(machine.unique_id()))")
+        assert out == "b'deadbeef00000001'\r\n"
+        proc.send_signal(signal.SIGINT)
+        rest = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 0, rest
+        assert not link.exists() and not link.is_symlink()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_boards_that_cannot_run_say_why_in_one_line(tmp_path):
+    with pytest.raises(UsageError, match="cannot be simulated"):
+        await new_board(tmp_path, board="esp32-devkitc").start()
+    async with new_board(tmp_path, micropython=str(tmp_path / "no-micropython")) as board:
+        with pytest.raises(SimBoardError, match="cannot run .*no-micropython"):
+            await board.wait_ready()
+    assert not (tmp_path / "ttyACM0").is_symlink()
