@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "line (without it: nodes against a gateway)")
     sb = ssub.add_parser(
         "board",
+        prog="aiot sim board",
         help="one simulated board on a serial line (a pty) until Ctrl-C",
         description="Run a MicroPython unix-port process behind a pty that behaves like a "
         "board on a USB serial port: mpremote and the field tools can use LINK. Soft "
