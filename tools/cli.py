@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--channel", default="DE", choices=["DE", "FE", "BA"], help="sensor (DE)")
     dc.set_defaults(func=cmd_data_convert)
 
-    from aiotkit.tools import firmwarecli, keyscli, lwm2mcli, modelcli, otacli, tokenscli
+    from aiotkit.tools import firmwarecli, keyscli, lwm2mcli, modelcli, nodecli, otacli, tokenscli
 
     modelcli.register(sub)
     lwm2mcli.register(sub)
@@ -421,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokenscli.register(sub)
     otacli.register(sub)
     firmwarecli.register(sub)
+    nodecli.register(sub)
     return p
 
 
