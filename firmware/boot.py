@@ -1,7 +1,7 @@
 # The boot selector (issue 14): the only code never updated, with ota/slots.py. It
 # picks the slot (ota/slots.py select(): the confirmed one, or the pending one in test
 # mode with its boot counter raised first, or back to the confirmed one after the
-# failed test boots), puts that slot's folder first on sys.path and runs the app's main.
+# failed test boots), puts that slot's folder first on sys.path and runs the app (app.py).
 # In a test boot a crash or a non-zero exit is recorded as the reason (slots.fail())
 # and the process ends: the board reboots (tools/sim.py restarts it) and the counter
 # decides. A config error (exit 2) in a test boot becomes a reboot (3): the supervisor
@@ -20,12 +20,12 @@ def _boot():
     if s is not None:
         d = slots.folder(s)
         try:
-            open(d + "/main.mpy").close()
+            open(d + "/app.mpy").close()
         except OSError:
-            open(d + "/main.py").close()  # neither: OSError, a failed boot
+            open(d + "/app.py").close()  # neither: OSError, a failed boot
         sys.path.insert(0, d)
     gc.collect()  # the selector's garbage goes before the app allocates its buffers
-    import main  # noqa: F401 (the app runs on import)
+    import app  # noqa: F401 (the app runs on import)
 
 
 try:

@@ -1,4 +1,4 @@
-# Node entry point (the board runs main.py at boot): aiotkit sensor node.
-import node
-
-node.main()
+# What a board runs at start-up: the boot selector (boot.py), which starts the app of the
+# confirmed slot, of a slot under test, or the base firmware's (app.py). The unix-sim
+# board runs `micropython -m boot` directly.
+import boot  # noqa: F401 (it runs on import)

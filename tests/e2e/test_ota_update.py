@@ -167,7 +167,7 @@ async def test_a_campaign_updates_a_node_that_confirms_after_its_self_test(tmp_p
 
 
 def _crash_at_boot(src: Path) -> None:
-    (src / "main.py").write_text('raise RuntimeError("broken build")\n')
+    (src / "app.py").write_text('raise RuntimeError("broken build")\n')
 
 
 def _never_registers(src: Path) -> None:
@@ -223,15 +223,15 @@ async def test_a_model_is_updated_alone_runs_in_shadow_and_is_promoted(tmp_path,
 
 
 async def test_a_small_image_is_pushed_block_by_block_and_confirmed(tmp_path, signer):
-    # push (Package /5/0/0, Block1): an app of its main only (the rest of the node comes
+    # push (Package /5/0/0, Block1): an app of its entry only (the rest of the node comes
     # from the base firmware), padded to 20 KB; the node stores each block as it comes
     # (never the whole body in RAM), verifies, unpacks, test-boots and confirms
     from aiotkit.ota import bundle
     from aiotkit.tools import fwbuild
 
-    fwbuild.compile_one(paths.firmware_dir() / "main.py", tmp_path / "main.mpy", "x64",
-                        name="main.py")
-    files = {"main.mpy": (tmp_path / "main.mpy").read_bytes(), "pad.bin": bytes(20000)}
+    fwbuild.compile_one(paths.firmware_dir() / "app.py", tmp_path / "app.mpy", "x64",
+                        name="app.py")
+    files = {"app.mpy": (tmp_path / "app.mpy").read_bytes(), "pad.bin": bytes(20000)}
     payload = bundle.make_bundle(files, version="4.0.0", board="unix-sim", arch="x64")
     img = ota_image.build(payload, [signer], version=ImageVersion.parse("4.0.0"),
                           security_counter=7, payload_type="app", board="unix-sim")

@@ -2,7 +2,7 @@
 issue 14) in real ``micropython`` processes, as tools/sim.py runs a node: the node's folder
 is its flash, a process that ends is a reboot, the firmware is precompiled (.mpy).
 
-Each slot holds an app (its ``main.py`` is the payload of a signed image made by the
+Each slot holds an app (its ``app.py`` is the payload of a signed image made by the
 gateway's builder, ota/image.py); the image is kept beside the folder (``slots/a.img``). The apps print which
 slot runs after verifying their own image with the node's verifier, then behave as the
 test needs: confirm, crash, or never pass the self-test.
@@ -163,7 +163,7 @@ try:
         except OSError:
             flash.mkdir("slots/" + t)
         copy(sys.argv[3], "slots/%s.img" % t)
-        copy(sys.argv[4], "slots/%s/main.py" % t)
+        copy(sys.argv[4], "slots/%s/app.py" % t)
         slots.stage(t, keys(), SIZE, "BOARD")
     elif op == "pull":  # argv: image; the node's own download path (ota/update.py)
         from ota import bundle, fetch, update
@@ -270,7 +270,7 @@ class Node:
         img, src = self.app("idle", 1, "v1")
         (d / "slots" / "a").mkdir(parents=True)
         shutil.copy(img, d / "slots" / "a.img")
-        shutil.copy(src, d / "slots" / "a" / "main.py")
+        shutil.copy(src, d / "slots" / "a" / "app.py")
         (d / "trust.json").write_text(json.dumps(self.trust))
         (d / "slots.json").write_text(json.dumps(
             {"confirmed": "a", "pending": None, "boots": 0, "tries": 3, "counter": 1,
@@ -295,12 +295,12 @@ class Node:
         return p.returncode, (app[0] if app else [])
 
     def bundled(self, mode: str, counter: int, mark: str) -> Path:
-        """The app as a real update carries it: a bundle (ota/bundle.py) of its main.py,
+        """The app as a real update carries it: a bundle (ota/bundle.py) of its app.py,
         signed."""
         from aiotkit.ota import bundle
 
         _, src = self.app(mode, counter, mark)
-        payload = bundle.make_bundle({"main.py": src.read_bytes()}, version=f"1.0.{counter}",
+        payload = bundle.make_bundle({"app.py": src.read_bytes()}, version=f"1.0.{counter}",
                                      board=BOARD, arch="x64")
         img = self._image.build(payload, [self.signer],
                                 version=self._image.ImageVersion(1, 0, counter),

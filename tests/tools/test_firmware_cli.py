@@ -50,11 +50,11 @@ def test_bundle_holds_exactly_the_compiled_firmware(built):
     data = (d / "out" / "app-unix-sim-1.4.2.bundle").read_bytes()
     b = bundle.read_bundle(data)
     assert (b.version, b.board, b.arch) == ("1.4.2", "unix-sim", "x64")
-    tree = fwbuild.build(march="x64")
+    tree = fwbuild.build(march="x64", entry="app")
     want = {p.relative_to(tree).as_posix(): p.read_bytes() for p in tree.rglob("*.mpy")}
     # the app carries its updater (ota/update, fetch, image, bundle), never the boot code
-    assert b.contents() == want and "main.mpy" in want and "ota/update.mpy" in want
-    assert "boot.mpy" not in want
+    assert b.contents() == want and "app.mpy" in want and "ota/update.mpy" in want
+    assert "boot.mpy" not in want and "main.mpy" not in want
     assert f"bundle of {len(want)} files" in out
 
 
