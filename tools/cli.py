@@ -421,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     tokenscli.register(sub)
     otacli.register(sub)
     firmwarecli.register(sub)
+    from aiotkit.tools import provision
+
+    provision.register(sub)
     nodecli.register(sub)
     return p
 
