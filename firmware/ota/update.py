@@ -5,7 +5,10 @@
 # its bundle into the slot folder (ota/bundle.py, every file checked before any is
 # renamed into place) -> Downloaded. Update executed -> the slot staged (ota/slots.py
 # stage(): verified once more against the persisted floor) -> reboot into a test boot
-# (boot.py), which the app confirms after its self-test (lwm2m/session.py).
+# (boot.py), which the app confirms after its self-test (self_test(), from
+# lwm2m/session.py). A Package pushed to /5/0/0 arrives block by block through push()
+# (Push) and is then checked the same way; a model slot's Package URI (/9/x/3) is
+# fetched by ModelDownload and handed to ota/models.py. One download at a time.
 #
 # The node's trusted signing keys are the gateway's trust file (`aiot ota trust`),
 # config "ota_trust" (a path on the node's flash, read only here); the slot size is
