@@ -530,7 +530,7 @@ def app_image(signer: Any, tmp: Path, counter: int, tiny: bool) -> bytes:
     if tiny:
         src = tmp / "tiny-app"
         src.mkdir(parents=True, exist_ok=True)
-        (src / "main.py").write_text("print('aiot bench ota: a tiny app')\n" + "".join(
+        (src / "app.py").write_text("print('aiot bench ota: a tiny app')\n" + "".join(
             f"X{i} = {'0x%08x' % (i * 2654435761 % 2**32)}\n" for i in range(150)))
     _, _, img = firmwarecli.build_app(boards.load_board(BOARD), ImageVersion(2, 0, 0, 0),
                                       [signer], counter, src=src,
