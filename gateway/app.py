@@ -325,6 +325,7 @@ class Gateway:
                                   poll_s=cfg.ota.poll_s, type_of=type_of,
                                   data_of=packages.data, push_max=cfg.ota.push_max_bytes)
             lwm2m.report = ota.campaigns.report
+            lwm2m.wanted = ota.campaigns.waiting
             ota.campaigns.delivery = lwm2m
         return ota
 

@@ -333,6 +333,14 @@ class CampaignEngine:
             return True
         return False
 
+    def waiting(self, endpoint: str) -> bool:
+        """True while an active campaign waits for ``endpoint`` (offered or updating)."""
+        for cid in self._rows.ota_node_campaigns(endpoint, _OPEN):
+            row = self._rows.ota_campaign(cid)
+            if row is not None and row.state in _ACTIVE:
+                return True
+        return False
+
     # -- the work ------------------------------------------------------------------------
 
     async def step(self) -> float | None:

@@ -129,6 +129,9 @@ class LwM2MDelivery:
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self.report: Report | None = None
+        # CampaignEngine.waiting: a node no campaign waits for any more (timed out,
+        # its campaign aborted or completed) is no longer read
+        self.wanted: Callable[[str], bool] | None = None
         self._follow: dict[str, asyncio.Task[None]] = {}
 
     def uri(self, image_id: str) -> str:
@@ -207,6 +210,8 @@ class LwM2MDelivery:
         try:
             while True:
                 await asyncio.sleep(self.poll_s * (0.75 + random.random() / 2))
+                if self.wanted is not None and not self.wanted(endpoint):
+                    return
                 try:
                     v = (await self._dm.read(endpoint, path, timeout=self.timeout_s)).values
                     state, result = int(v[f"{path}/7"]), int(v[f"{path}/9"])
@@ -251,6 +256,8 @@ class LwM2MDelivery:
             while True:
                 # jittered: a wave's nodes are not all read in the same instant
                 await asyncio.sleep(self.poll_s * (0.75 + random.random() / 2))
+                if self.wanted is not None and not self.wanted(endpoint):
+                    return
                 seen = await self._read(endpoint)
                 if seen is None:
                     continue
