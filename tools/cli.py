@@ -375,9 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
         "aiot bench ota [--quick]: signed updates: gateway verification against plain "
         "SHA-256, the node's verification of 256 KB, download goodput through a lossy link "
         "(0, 5, 20 % loss), a roll-out to 200 simulated nodes in two waves. "
+        "aiot bench provision [--boards N]: the field tools on simulated serial boards: "
+        "deploy (full, one file) next to mpremote cp, one board provisioned until "
+        "registered, a batch's boards per minute. "
         "'aiot bench NAME --help' for options.",
     )
-    be.add_argument("name", choices=["features", "gateway", "infer", "node", "oscore", "ota"],
+    be.add_argument("name", choices=["features", "gateway", "infer", "node", "oscore", "ota",
+                                     "provision"],
                     help="which benchmark")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
