@@ -29,7 +29,7 @@ from aiotkit.gateway.security import (
     generate_key_hex,
 )
 from aiotkit.gateway.security.atrest import AtRestKey
-from aiotkit.gateway.storage import SCHEMA_VERSION, Registration, SqliteStorage, schema
+from aiotkit.gateway.storage import SCHEMA_VERSION, Registration, SqliteStorage
 from oscorekit import (
     KEY,
     node_context,
@@ -40,6 +40,7 @@ from oscorekit import (
     request_from,
 )
 from plugins.services import free_port
+from schemakit import file_at_version
 
 
 def gateway_request(ctx: KeyStore | object, n: int) -> int:
@@ -483,16 +484,7 @@ async def test_the_gateway_as_client_protects_its_requests_to_a_node(tmp_path):
 
 def test_a_version_5_database_migrates_to_6_with_its_rows(tmp_path):
     path = tmp_path / "gw.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for at in range(5):
-        script, convert = schema.MIGRATIONS[at]
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        if convert is not None:
-            convert(conn)
-    conn.execute("PRAGMA user_version = 5")
-    conn.close()
+    file_at_version(path, 5)
     with SqliteStorage.open(path) as store:  # an empty v5 file gets a registration
         store.save_registration(Registration("n", "r", "127.0.0.1", 1, 60, "U", "1.1", "",
                                              1.0, 1.0), "registered", "registered", 1.0)

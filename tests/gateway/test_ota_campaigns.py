@@ -289,21 +289,11 @@ async def test_a_restart_mid_campaign_resumes_its_wave_and_its_timers(tmp_path):
 
 
 def test_a_version_6_file_migrates_with_empty_ota_tables(tmp_path):
-    import sqlite3
-
     from aiotkit.gateway.storage import schema
+    from schemakit import file_at_version
 
     path = tmp_path / "gw.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for at in range(6):
-        script, convert = schema.MIGRATIONS[at]
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        if convert is not None:
-            convert(conn)
-    conn.execute("PRAGMA user_version = 6")
-    conn.close()
+    file_at_version(path, 6)
     with SqliteStorage.open(path) as store:
         assert store.pragmas()["user_version"] == schema.SCHEMA_VERSION == 8
         assert store.ota.ota_images() == [] and store.ota.ota_campaigns() == []
