@@ -29,6 +29,8 @@ to version   what the step does
              ``ota_nodes`` (each target node's wave and state)
 8            the model registry and candidate evaluation (``gateway.ota.models``):
              ``model_versions``, ``model_placements``, ``model_candidates``
+9            (the uplink's outbox: reserved, no change yet)
+10           (rollups, alerts and drift: reserved, no change yet)
 ===========  ====================================================================
 """
 
@@ -50,7 +52,7 @@ from ..lwm2m.senml import Record, Value, ValueKind
 __all__ = ["MIGRATIONS", "READING_ID_SPAN", "SCHEMA_VERSION", "Migration", "migrate",
            "readings_from_json", "readings_json", "report_key", "version"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 10
 READING_ID_SPAN = 1 << 16  # readings per Send at most (config coap.max_records)
 _DM_META_VERSION = 1  # the last version the pre-4 dm_meta table could hold
 
@@ -419,6 +421,12 @@ CREATE TABLE model_candidates (
 ) WITHOUT ROWID
 """
 
+# the uplink's outbox (gateway/uplink/)
+_SCHEMA_V9 = ""
+
+# rollups, alerts and drift (gateway/analytics/)
+_SCHEMA_V10 = ""
+
 
 class Migration(NamedTuple):
     """What brings a file from one ``user_version`` to the next."""
@@ -437,6 +445,8 @@ MIGRATIONS: dict[int, Migration] = {
     5: Migration(_SCHEMA_V6),
     6: Migration(_SCHEMA_V7),
     7: Migration(_SCHEMA_V8),
+    8: Migration(_SCHEMA_V9),
+    9: Migration(_SCHEMA_V10),
 }
 
 
