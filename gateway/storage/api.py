@@ -55,6 +55,7 @@ __all__ = [
     "OtaNodeRow",
     "OtaStorage",
     "OutboxEncoder",
+    "OutboxKind",
     "OutboxMessage",
     "OutboxRow",
     "RegState",
@@ -130,13 +131,20 @@ class StatusChange:
     t: float
 
 
+# what an outbox message reports: telemetry (readings), rollup, status (a node's
+# registration state), alert, ota (an update's result)
+OutboxKind = Literal["telemetry", "rollup", "status", "alert", "ota"]
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
-    """What to publish: topic, payload bytes, retained or not."""
+    """What to publish: topic, payload bytes, retained or not, and what kind of message
+    it is (``OutboxKind``: the uplink's priorities and drop policy go by it)."""
 
     topic: str
     payload: bytes
     retain: bool = False
+    kind: OutboxKind = "telemetry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,6 +535,10 @@ class Storage(Protocol):
     def count_registered(self) -> int: ...
 
     # the uplink outbox
+    def outbox_add(self, messages: Sequence[OutboxMessage], now: float) -> None:
+        """Commit ``messages`` to the outbox in one transaction (for the uplink)."""
+        ...
+
     def outbox_pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]: ...
 
     def outbox_mark_published(self, ids: Iterable[int], now: float) -> None: ...

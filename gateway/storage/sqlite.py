@@ -696,6 +696,11 @@ class SqliteStorage:
 
     # -- outbox ----------------------------------------------------------------------
 
+    def outbox_add(self, messages: Sequence[OutboxMessage], now: float) -> None:
+        with self._tx() as db:
+            for msg in messages:
+                self._outbox(db, msg, now)
+
     def outbox_pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
         """Unconfirmed rows with id above ``after_id``, oldest first (not the dead
         letters)."""

@@ -11,6 +11,7 @@ from aiotkit.gateway.errors import StoreError
 from aiotkit.gateway.lwm2m.senml import Record
 from aiotkit.gateway.storage import SCHEMA_VERSION, Registration, SqliteStorage, StoredValue
 from aiotkit.gateway.storage import sqlite as store_mod
+from aiotkit.gateway.storage.api import OutboxMessage
 from aiotkit.gateway.uplink.mqtt import TopicScheme
 
 T0 = 1_700_000_000.0
@@ -102,6 +103,18 @@ def test_outbox_confirm_and_prune_keep_it_bounded(tmp_path):
         assert store.outbox_prune(keep=5) == 10
         assert store.outbox_counts() == (6, 5)
         assert store.outbox_prune(keep=5) == 0
+    finally:
+        store.close()
+
+
+def test_messages_added_to_the_outbox_are_pending_in_order(tmp_path):
+    store = SqliteStorage.open(tmp_path / "gw.db")
+    try:
+        store.outbox_add([OutboxMessage("a/1", b"x", kind="alert"),
+                          OutboxMessage("a/2", b"y", retain=True)], T0)
+        rows = store.outbox_pending(0, 10)
+        assert [(x.topic, x.payload, x.retain) for x in rows] == [("a/1", b"x", False),
+                                                                  ("a/2", b"y", True)]
     finally:
         store.close()
 
