@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,7 +121,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 def base_files(board: dict[str, Any], src: Path | None = None) -> dict[str, bytes]:
     """What a board carries: main.py (its start-up file, source), the boot selector
     (firmware/boot.py), the app (app.py) and every module they import, compiled for its
-    arch (fwbuild's cache), {relative path: bytes}."""
+    arch (fwbuild's cache), and board.json (its definition: a node config naming a
+    hardware board builds that board's sensor from it), {relative path: bytes}."""
     from aiotkit.boards import paths
     from aiotkit.tools import fwbuild
 
@@ -129,6 +131,7 @@ def base_files(board: dict[str, Any], src: Path | None = None) -> dict[str, byte
     # a board runs main.py (source, two lines) at start-up, never main.mpy
     del files["main.mpy"]
     files["main.py"] = ((src or paths.firmware_dir()) / "main.py").read_bytes()
+    files["board.json"] = json.dumps(board, separators=(",", ":")).encode()
     return files
 
 

@@ -8,6 +8,9 @@ ENDPOINT --out DIR`` fetches the node's side and writes it as aiocoap credential
 --credentials DIR/credentials.json coap://GATEWAY/...`` then acts as that node).
 ``create`` and ``rotate`` with ``--out`` export in the same go. ``genkey FILE`` writes a
 new at-rest key for the gateway's ``[security] key_file`` (local, no gateway needed).
+``import FILE...`` registers keys made offline (``aiot provision --offline`` saves one
+mode-600 file per node): each file's context is created on the gateway with those keys,
+then the file is deleted (``--keep`` keeps it); a file that fails is kept and named.
 
 A node's keys leave the gateway **once** per creation or rotation: a second ``export``
 fails (rotate to get new ones). So the target folder is checked before the export is
@@ -147,6 +150,43 @@ def cmd_list(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(api: Api, args: argparse.Namespace) -> int:
+    failed = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            side = json.loads(path.read_text())
+            endpoint = side["endpoint"]
+            body = {"endpoint": endpoint, "import": {
+                k: side[k] for k in ("sender_id", "recipient_id", "secret", "salt")}}
+            if side.get("id_context"):
+                body["id_context"] = side["id_context"]
+        except OSError as e:
+            failed += 1
+            print(f"{path}: cannot read it: {e.strerror or e}")
+            continue
+        except (ValueError, KeyError, TypeError):
+            failed += 1
+            print(f"{path}: not a key file of aiot provision --offline (JSON with endpoint,"
+                  " sender_id, recipient_id, secret, salt)")
+            continue
+        try:
+            info = api.call("POST", KEYS, body)
+        except CliError as e:
+            if e.status == 2 or "cannot reach" in str(e):
+                raise  # no token, bad URL, no gateway: the same for every file
+            failed += 1
+            print(f"{path}: {endpoint}: {e}")
+            continue
+        if not args.keep:
+            path.unlink(missing_ok=True)
+        kept = "kept" if args.keep else "deleted"
+        print(f"{path}: {endpoint} imported (node id {info['node_id']}); file {kept}")
+    if failed:
+        raise CliError(f"{failed} of {len(args.files)} key files not imported (kept)")
+    return 0
+
+
 def cmd_genkey(args: argparse.Namespace) -> int:
     from aiotkit.gateway.security.atrest import generate_key_hex
 
@@ -171,6 +211,7 @@ COMMANDS = {
     "rotate": cmd_rotate,
     "revoke": cmd_revoke,
     "export": cmd_export,
+    "import": cmd_import,
 }
 
 
@@ -240,6 +281,12 @@ def register(subparsers: Any) -> None:
                         help="write a node's side as aiocoap credentials (once per key)")
     ex.add_argument("endpoint", metavar="ENDPOINT", help="the node's endpoint name")
     with_out(ex, "folder for credentials.json and ENDPOINT/settings.json (required)")
+    im = sub.add_parser("import", parents=[common],
+                        help="register keys made by aiot provision --offline")
+    im.add_argument("files", nargs="+", metavar="FILE",
+                    help="key files (provision-keys/ENDPOINT.json)")
+    im.add_argument("--keep", action="store_true",
+                    help="keep each file after its import (default: delete it)")
     gk = sub.add_parser("genkey", help="write a new at-rest key file for [security] key_file")
     gk.add_argument("file", metavar="FILE", help="the key file to create (never overwritten)")
     ks.set_defaults(func=run)

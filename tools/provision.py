@@ -11,14 +11,16 @@ One board, over its serial port (mpremote's raw REPL through ``tools/deploy.py``
                     (written by ``aiot firmware deploy``: version, board); --expect-firmware
     keys            the gateway's key API (POST /api/v1/keys, or .../rotate when the
                     endpoint has a context, then .../export: the only copy of the node's
-                    side), or --offline: generated here and saved to a mode-600 file
+                    side), or --offline: generated here and saved to a mode-600 file,
+                    which ``aiot keys import FILE`` gives the gateway later
     write           site.json (site, calibration, board id: no secret), then config.json
                     (endpoint, gateway, board, oscore; the keys of an existing config
                     that provisioning does not own are kept): each to NAME.tmp, SHA-256
                     computed on the board and compared, then renamed. config.json is the
                     commit point: a cut leaves the old record or the new, never half
     verify          both files read back and compared byte for byte
-    reset           machine.reset(): the node boots with its new identity
+    reset           machine.reset(): the node boots with its new identity (--offline:
+                    done here; it registers once the gateway has imported its keys)
     register        the gateway's REST API until the endpoint registers after the keys
                     were made (the gateway in ``security = "oscore"`` mode answers an
                     unprotected Register 4.01, so a registration is an OSCORE one)
@@ -388,14 +390,15 @@ def provision_one(job: Job, settings: Settings, keys: Keys, progress: Progress =
             path = keys.save_offline(endpoint, res.board_id, oscore)
             res.result = "offline"
             res.reason = f"keys in {path}: the gateway must learn them before it registers"
-            progress(f"[6/7] offline: the node's keys are in {path} (mode 600); give them "
-                     f"to the gateway operator (the gateway's key store must hold them "
-                     f"before the node can register), then delete the file")
-            return res
-        before = keys.registration(endpoint)
+            progress(f"[6/7] offline: the node's keys are in {path} (mode 600); the node "
+                     f"registers once the gateway has them: aiot keys import {path}")
+        before = None if settings.offline else keys.registration(endpoint)
         board._t.exec_raw_no_follow("import machine\nmachine.reset()\n")
         board.close()
         board = None
+        if settings.offline:
+            progress("[7/7] reset: the node boots with its new identity (not registered)")
+            return res
         progress("[6/7] reset: the node boots with its new identity")
         _watch(keys, endpoint, made, before, settings, sleep)
         res.result = "ok"

@@ -124,9 +124,12 @@ def check(cfg):
                 raise ConfigError("'%s' must be an integer in %d..%d" % (key, lo, hi))
             out[key] = v
     out["board"] = _str(cfg, "board", "unix-sim")
-    if out["board"] != "unix-sim":
-        raise ConfigError("'board' %s is not supported (only unix-sim)" % out["board"])
-    out["signal"] = _str(cfg, "signal")
+    if out["board"] == "unix-sim":
+        out["signal"] = _str(cfg, "signal")  # the recording the board replays
+    else:
+        _board(out["board"])  # a hardware board: its board.json must be there
+        if "signal" in cfg:
+            out["signal"] = _str(cfg, "signal")  # for a replay sensor, if it has one
     for key, default, lo, hi in _INTS:
         if default is None:
             default = hi = out["window"]
@@ -175,11 +178,37 @@ def load(path):
     return check(cfg)
 
 
+def _board(name):
+    """The board definition of a hardware board: board.json (boards/NAME.json, copied
+    by aiot firmware deploy --board NAME), which must name ``name``."""
+    import board
+
+    try:
+        b = board.load()
+        board.check(b)
+    except board.BoardError as e:
+        raise ConfigError("'board' %s: %s (aiot firmware deploy --board %s copies it)"
+                          % (name, e, name))
+    if b["name"] != name:
+        raise ConfigError("'board' %s, but board.json is %s's" % (name, b["name"]))
+    return b
+
+
 def open_sensor(cfg):
-    """The board's accelerometer (unix-sim: the replayed signal file), not started; a
-    signal file it cannot use raises ConfigError."""
-    from drivers.simsensor import ReplayAdapter
+    """The board's accelerometer, not started: on unix-sim the replayed signal file,
+    on a hardware board the first sensor of board.json (board.py builds its driver).
+    A sensor it cannot use raises ConfigError."""
     from drivers.bus import SensorError
+
+    if cfg["board"] != "unix-sim":
+        import board
+
+        try:
+            return board.open_sensor(_board(cfg["board"]), None, cfg.get("signal"),
+                                     cfg["realtime"])
+        except (board.BoardError, SensorError) as e:
+            raise ConfigError("'board' %s: %s" % (cfg["board"], e))
+    from drivers.simsensor import ReplayAdapter
 
     try:
         s = ReplayAdapter(cfg["signal"], cfg["realtime"])

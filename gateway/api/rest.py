@@ -45,8 +45,11 @@ Content-Format to ask the node for, instead of the one negotiated from its regis
 
 OSCORE keys (``gateway/security``; admin only): ``GET /api/v1/keys`` lists the contexts
 (``?after=EP&limit=N`` pages), ``POST /api/v1/keys {"endpoint": EP, "id_context": HEX?}``
-creates one (201), ``GET /api/v1/keys/{ep}`` shows one, ``POST .../rotate`` and
-``POST .../revoke`` do that; none of them ever answers a secret. The node's side (master
+creates one (201); with ``"import": {"sender_id", "recipient_id", "secret", "salt"}``
+(hex, the node's side, as ``aiot provision --offline`` saves it) it takes keys made
+elsewhere instead (201, counted as exported). ``GET /api/v1/keys/{ep}`` shows one,
+``POST .../rotate`` and ``POST .../revoke`` do that; none of them ever answers a
+secret. The node's side (master
 secret included) leaves the gateway only through ``POST /api/v1/keys/{ep}/export``, and
 only once per creation or rotation (then 410 ``already_exported``: a second copy needs a
 rotation, which the next export shows). 503 ``keys_unavailable`` when the gateway has no
@@ -173,6 +176,14 @@ ROUTES: tuple[tuple[str, str, Role, str], ...] = (
     ("GET", "/ota/models/candidates", V, "_ota_candidates"),
 )
 del V, O, A
+
+
+def _hex_field(raw: Any, name: str) -> bytes:
+    """A request's hex string field as bytes (400 otherwise)."""
+    try:
+        return bytes.fromhex(raw)
+    except (ValueError, TypeError):
+        raise ApiError(400, "bad_value", f"{name} is a hex string") from None
 
 
 def _canonical(path: str) -> str:
@@ -798,14 +809,28 @@ class RestApi:
         _exchange(request).detail = {"endpoint": clip(ep)}
         _key_endpoint(ep)
         raw = body.get("id_context")
-        id_context: bytes | None = None
-        if raw is not None:
-            try:
-                id_context = bytes.fromhex(raw)
-            except (ValueError, TypeError):
-                raise ApiError(400, "bad_value", "id_context is a hex string") from None
-        info = _key_call(lambda: keys.create(ep, id_context=id_context))
-        log.info("OSCORE context created for ep=%s by %s", ep, _who(request).name)
+        id_context = None if raw is None else _hex_field(raw, "id_context")
+        node = body.get("import")
+        if node is None:
+            info = _key_call(lambda: keys.create(ep, id_context=id_context))
+            log.info("OSCORE context created for ep=%s by %s", ep, _who(request).name)
+            return _json(info.to_json(), status=201)
+        # keys made offline by aiot provision --offline: the node's side of them
+        if not isinstance(node, dict):
+            raise ApiError(400, "bad_value", 'import is {"sender_id", "recipient_id",'
+                                             ' "secret", "salt"} (hex, the node\'s side)')
+        from ..security import GATEWAY_SENDER_ID
+
+        gateway_id = _hex_field(node.get("recipient_id"), "import.recipient_id")
+        if gateway_id != GATEWAY_SENDER_ID:
+            raise ApiError(400, "bad_value", f"import.recipient_id must be the gateway's"
+                                             f" sender ID {GATEWAY_SENDER_ID.hex()}")
+        kid = _hex_field(node.get("sender_id"), "import.sender_id")
+        secret = _hex_field(node.get("secret"), "import.secret")
+        salt = _hex_field(node.get("salt"), "import.salt")
+        info = _key_call(lambda: keys.import_context(ep, node_id=kid, secret=secret,
+                                                     salt=salt, id_context=id_context))
+        log.info("OSCORE context imported for ep=%s by %s", ep, _who(request).name)
         return _json(info.to_json(), status=201)
 
     async def _keys_get(self, request: web.Request) -> web.StreamResponse:

@@ -396,6 +396,40 @@ class KeyStore:
         log.info("OSCORE context created for ep=%s (kid %s)", endpoint, kid.hex())
         return _info(row)
 
+    def import_context(self, endpoint: str, *, node_id: bytes, secret: bytes, salt: bytes,
+                       id_context: bytes | None = None) -> KeyInfo:
+        """A context for ``endpoint`` from keys made elsewhere (``aiot provision
+        --offline`` writes them to the board and to a key file; ``aiot keys import``
+        brings them here). The material must look like the gateway's own: a free node
+        ID of 2..7 bytes (never the gateway's), a 16-byte secret, an 8-byte salt. It
+        counts as exported already: the node has it. ``ContextExists`` if ``endpoint``
+        has a live context."""
+        self._require_open()
+        _check_endpoint(endpoint)
+        if not NODE_ID_MIN <= len(node_id) <= MAX_ID_BYTES:
+            raise KeyRequestError(f"a node ID is {NODE_ID_MIN}..{MAX_ID_BYTES} bytes")
+        if len(secret) != SECRET_BYTES or len(salt) != SALT_BYTES:
+            raise KeyRequestError(f"the secret is {SECRET_BYTES} bytes and the salt"
+                                  f" {SALT_BYTES}")
+        if id_context is not None and not 1 <= len(id_context) <= MAX_ID_CONTEXT:
+            raise KeyRequestError(f"an ID context is 1..{MAX_ID_CONTEXT} bytes")
+        old = self._db.oscore_row(endpoint)
+        if old is not None and old.revoked is None:
+            raise ContextExists(f"{endpoint!r} has an OSCORE context already (revoke it"
+                                " first to import keys for it)")
+        if node_id in self._by_kid or self._db.oscore_kid_taken(node_id):
+            raise ContextExists(f"node ID {node_id.hex()} belongs to another endpoint")
+        now = self._clock()
+        row = self._sealed_row(endpoint, node_id, id_context, now, rotated=None,
+                               generation=1 if old is None else old.generation + 1,
+                               material=(secret, salt), exported=now)
+        self._db.oscore_put(row)
+        if old is not None:
+            self._by_kid.pop(old.kid, None)
+        self._by_kid[node_id] = endpoint
+        log.info("OSCORE context imported for ep=%s (kid %s)", endpoint, node_id.hex())
+        return _info(row)
+
     def rotate(self, endpoint: str) -> KeyInfo:
         """New master secret and salt for ``endpoint``'s IDs: the old context stops
         working now; the node needs the new side (``export``)."""
@@ -452,15 +486,17 @@ class KeyStore:
 
     def _sealed_row(self, endpoint: str, kid: bytes, id_context: bytes | None, now: float,
                     *, rotated: float | None, generation: int,
-                    created: float | None = None) -> OscoreRow:
-        secret = secrets.token_bytes(SECRET_BYTES)
-        salt = secrets.token_bytes(SALT_BYTES)
+                    created: float | None = None,
+                    material: tuple[bytes, bytes] | None = None,
+                    exported: float | None = None) -> OscoreRow:
+        secret, salt = material or (secrets.token_bytes(SECRET_BYTES),
+                                    secrets.token_bytes(SALT_BYTES))
         sealed = self._key.seal(cbor2.dumps([1, secret, salt]),
                                 context_aad(endpoint, kid, id_context, GATEWAY_SENDER_ID))
         # a new context: nothing was ever protected with these keys, the window is empty
         return OscoreRow(endpoint, kid, id_context, GATEWAY_SENDER_ID, sealed, 0,
                          '{"index":0,"bitfield":0}', now if created is None else created,
-                         rotated, None, None, generation)
+                         rotated, None, exported, generation)
 
     def _drop_loaded(self, endpoint: str) -> None:
         ctx = self._loaded.pop(endpoint, None)

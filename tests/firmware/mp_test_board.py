@@ -282,3 +282,41 @@ def test_realtime_replay_delivers_what_is_due_and_never_sleeps():
     for j in range(3000):
         if buf[j] != code(42 + j):
             raise AssertionError("sample after the stall %d" % j)
+
+
+def test_node_config_naming_a_hardware_board_opens_that_boards_sensor():
+    # the node's config used to refuse every board but unix-sim ("only unix-sim")
+    from storage import config
+
+    reset_world()
+    b = read_board("esp32-devkitc")
+    chips = wire(b)
+    with open("board.json", "w") as f:
+        json.dump(b, f)  # what aiot firmware deploy --board esp32-devkitc copies
+    cfg = config.check({"endpoint": "pump-1", "gateway": "coap://10.0.0.2",
+                        "board": "esp32-devkitc"})
+    sen = config.open_sensor(cfg)
+    expect_eq(sen.rate, b["sensors"][0]["settings"]["odr"], "rate of the first sensor")
+    sen.start()
+    chips[b["sensors"][0]["name"]].produce(8)
+    buf = array("h", [0] * 8)
+    expect_eq(sen.read(buf, 0, 8), 8, "samples from the board's accelerometer")
+    for cfg, word in (({"board": "rpi-pico-w"}, "board.json is esp32-devkitc's"),
+                      ({"board": "unix-sim"}, "'signal'")):
+        try:
+            config.check(dict({"endpoint": "p", "gateway": "coap://h"}, **cfg))
+        except config.ConfigError as e:
+            if word not in str(e):
+                raise AssertionError(str(e))
+            continue
+        raise AssertionError("accepted %r" % cfg)
+    import os
+
+    os.remove("board.json")
+    try:
+        config.check({"endpoint": "p", "gateway": "coap://h", "board": "esp32-devkitc"})
+    except config.ConfigError as e:
+        if "cannot read" not in str(e) or "aiot firmware deploy --board" not in str(e):
+            raise AssertionError(str(e))
+    else:
+        raise AssertionError("a hardware board without board.json accepted")

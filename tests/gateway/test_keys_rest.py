@@ -5,6 +5,7 @@ and status. A real gateway with its at-rest key in ``[security] key_file``."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import aiohttp
 import pytest
@@ -112,6 +113,34 @@ async def test_bad_requests_and_unknown_endpoints(keys_config, running_gateway):
         status, answer, _ = await call(s, gw, "POST", "/keys",
                                        json={"endpoint": "n", "id_context": "0102"})
         assert status == 201 and answer["id_context"] == "0102"
+
+
+async def test_keys_made_offline_are_imported_once_and_checked(keys_config,
+                                                                running_gateway):
+    # aiot provision --offline made keys the gateway had no way to take
+    side = {"sender_id": "a1b2c3d4e5f6", "recipient_id": "00",
+            "secret": "00112233445566778899aabbccddeeff", "salt": "0011223344556677"}
+    async with running_gateway(keys_config()) as gw, aiohttp.ClientSession() as s:
+        for bad in ({"recipient_id": "01"}, {"secret": "0011"}, {"salt": "zz"},
+                    {"sender_id": "00"}, {"sender_id": "00" * 8}, {"secret": None}):
+            body = {"endpoint": "far-1", "import": dict(side, **bad)}
+            status, answer, _ = await call(s, gw, "POST", "/keys", json=body)
+            assert status == 400, (bad, answer)
+        status, answer, _ = await call(s, gw, "POST", "/keys", json={"endpoint": "far-1",
+                                                                     "import": "x"})
+        assert status == 400
+        status, info, _ = await call(s, gw, "POST", "/keys",
+                                     json={"endpoint": "far-1", "import": side})
+        assert status == 201 and info["node_id"] == side["sender_id"]
+        assert info["state"] == "exported" and side["secret"] not in json.dumps(info)
+        status, answer, _ = await call(s, gw, "POST", "/keys/far-1/export")
+        assert status == 410  # the node has it; the gateway never gives it out again
+        status, answer, _ = await call(s, gw, "POST", "/keys",
+                                       json={"endpoint": "far-1", "import": side})
+        assert (status, answer["error"]) == (409, "key_exists")
+        status, answer, _ = await call(s, gw, "POST", "/keys",  # same node ID, other ep
+                                       json={"endpoint": "far-2", "import": side})
+        assert status == 409 and "belongs to another endpoint" in answer["message"]
 
 
 async def test_without_an_at_rest_key_the_routes_say_so(keys_config, running_gateway):

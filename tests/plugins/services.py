@@ -209,6 +209,23 @@ def aiot_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "aiotkit.tools.cli", *args]
 
 
+async def aiot_run(*args: str, timeout: float = 90.0) -> tuple[int, str]:
+    """Run ``aiot ARGS`` to its end: (exit status, stdout and stderr merged); a run past
+    ``timeout`` is killed and fails the test with its output."""
+    import asyncio
+
+    p = await asyncio.create_subprocess_exec(*aiot_cmd(*args), stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.STDOUT,
+                                             stdin=asyncio.subprocess.DEVNULL)
+    try:
+        out, _ = await asyncio.wait_for(p.communicate(), timeout)
+    except TimeoutError:
+        p.kill()
+        out, _ = await p.communicate()
+        raise AssertionError(f"aiot {' '.join(args)} hung:\n{out.decode()}") from None
+    return p.returncode or 0, out.decode(errors="replace")
+
+
 class GatewayProcess:
     """``aiot gateway run`` as a real subprocess on a free UDP port with its own database:
     OSCORE required (an at-rest key file of its own) and the REST API on a free TCP port

@@ -5,6 +5,7 @@ power cut mid-batch then resumed, the audit log, no secret printed, the field fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiotkit.boards import paths
 from aiotkit.tools.simboard import SimBoard, SimBoards
-from plugins.services import aiot_cmd, require_tool
+from plugins.services import aiot_cmd, aiot_run, require_tool
 
 VERSION = "1.2.3"
 
@@ -47,18 +48,6 @@ def flash_firmware(flash: Path, files: dict[str, bytes], version: str = VERSION)
          "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}}))
 
 
-async def aiot(*args: str, timeout: float = 90.0) -> tuple[int, str]:
-    p = await asyncio.create_subprocess_exec(*aiot_cmd(*args), stdout=asyncio.subprocess.PIPE,
-                                             stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(p.communicate(), timeout)
-    except TimeoutError:
-        p.kill()
-        out, _ = await p.communicate()
-        raise AssertionError(f"aiot {' '.join(args)} hung:\n{out.decode()}") from None
-    return p.returncode or 0, out.decode(errors="replace")
-
-
 def rest(gw, path: str):
     from aiotkit.tools.lwm2mcli import Api
 
@@ -82,7 +71,7 @@ async def test_blank_board_provisioned_until_registered_over_oscore(
     async with SimBoard(tmp_path / "ttyACM0", flash=flash) as board:
         await board.wait_ready()
         t0 = time.monotonic()
-        rc, out = await aiot("provision", "--port", board.port, "--endpoint", "pump-7",
+        rc, out = await aiot_run("provision", "--port", board.port, "--endpoint", "pump-7",
                              "--site", "hall 3", "--calibration", '{"gain": 1.02}',
                              "--expect-firmware", VERSION, "--audit", str(audit),
                              *gw_args(gateway))
@@ -131,13 +120,13 @@ async def test_batch_with_a_power_cut_mid_batch_resumes_only_the_failed_board(
         boards[1].power_off()  # the second board: its cable pulled
         args = ["provision", "--batch", str(csv), "--audit", str(audit),
                 "--connect-timeout", "1.5", *gw_args(gateway)]
-        rc, out = await aiot(*args)
+        rc, out = await aiot_run(*args)
         assert rc == 1, out
         assert "board not responding after 3 attempts" in out, out
         assert "batch: 2 provisioned, 1 failed" in out, out
         await boards[1].power_on()
         await boards[1].wait_ready()
-        rc, again = await aiot(*args)
+        rc, again = await aiot_run(*args)
         assert rc == 0, again
         assert again.count("done before, skipped") == 2, again
         assert "batch: 1 provisioned, 0 failed" in again, again
@@ -157,14 +146,14 @@ async def test_batch_with_a_power_cut_mid_batch_resumes_only_the_failed_board(
 async def test_field_failures_give_one_actionable_line(tmp_path, gateway, firmware_files):
     audit = tmp_path / "audit.jsonl"
     common = ["--audit", str(audit), "--connect-timeout", "1.5", *gw_args(gateway)]
-    rc, out = await aiot("provision", "--port", str(tmp_path / "ttyUSB9"), *common)
+    rc, out = await aiot_run("provision", "--port", str(tmp_path / "ttyUSB9"), *common)
     assert rc == 2 and "no such port (board unplugged?" in out, out
     assert len(out.strip().splitlines()) == 2  # the step line and the error, no traceback
     flash = tmp_path / "old.flash"
     flash_firmware(flash, firmware_files, version="1.0.0")
     async with SimBoard(tmp_path / "old", flash=flash) as board:
         await board.wait_ready()
-        rc, out = await aiot("provision", "--port", board.port, "--expect-firmware",
+        rc, out = await aiot_run("provision", "--port", board.port, "--expect-firmware",
                              VERSION, *common)
         assert rc == 1 and f"wrong firmware version 1.0.0 on board {board.uid.hex()}" in out
         assert "aiot firmware deploy" in out and not (flash / "config.json").exists()
@@ -172,17 +161,127 @@ async def test_field_failures_give_one_actionable_line(tmp_path, gateway, firmwa
         fd = os.open(board.port, os.O_RDWR | os.O_NOCTTY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            rc, out = await aiot("provision", "--port", board.port, *common)
+            rc, out = await aiot_run("provision", "--port", board.port, *common)
         finally:
             os.close(fd)
         assert rc == 1 and "port busy: another program has it open" in out, out
     blank = tmp_path / "blank.flash"  # no firmware at all
     async with SimBoard(tmp_path / "blank", flash=blank) as board:
         await board.wait_ready()
-        rc, out = await aiot("provision", "--port", board.port, *common)
+        rc, out = await aiot_run("provision", "--port", board.port, *common)
         assert rc == 1 and "no aiotkit firmware" in out and "aiot firmware deploy" in out
-    rc, out = await aiot("provision", "--port", "/dev/null", "--url", "http://127.0.0.1:9",
+    rc, out = await aiot_run("provision", "--port", "/dev/null", "--url", "http://127.0.0.1:9",
                          "--audit", str(audit))
     assert rc == 2 and "no admin token" in out, out
     results = [json.loads(x)["result"] for x in audit.read_text().splitlines()]
     assert results == ["failed"] * 4
+
+
+@pytest.mark.timeout_s(90)
+async def test_offline_provisioned_board_registers_once_its_keys_are_imported(
+        tmp_path, gateway, firmware_files):
+    # --offline wrote keys the gateway never learned: there was no way to register them
+    flash = tmp_path / "field.flash"
+    flash_firmware(flash, firmware_files)
+    audit, keys_dir = tmp_path / "audit.jsonl", tmp_path / "keys"
+    async with SimBoard(tmp_path / "field", flash=flash) as board:
+        await board.wait_ready()
+        rc, out = await aiot_run("provision", "--port", board.port, "--endpoint", "far-1",
+                             "--offline", "--keys-dir", str(keys_dir), "--gateway",
+                             gateway.uri, "--audit", str(audit))
+        assert rc == 0 and "provisioned offline: far-1" in out, out
+        key_file = keys_dir / "far-1.json"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert json.loads(audit.read_text())["result"] == "offline"
+        secret = secret_of(flash)
+        assert secret not in out + audit.read_text()
+        with pytest.raises(Exception, match="no endpoint"):  # its Register got 4.01
+            rest(gateway, "/api/v1/endpoints/far-1")
+        rc, out = await aiot_run("keys", "import", str(key_file), "--url", gateway.rest_url,
+                             "--token", gateway.token)
+        assert rc == 0 and "far-1 imported" in out, out
+        assert secret not in out and not key_file.exists()
+        deadline = time.monotonic() + 60
+        while True:  # the node's Register back-off: 2 s doubling
+            with contextlib.suppress(Exception):
+                if rest(gateway, "/api/v1/endpoints/far-1")["state"] == "registered":
+                    break
+            assert time.monotonic() < deadline, "never registered with the imported keys"
+            await asyncio.sleep(0.5)
+        key = rest(gateway, "/api/v1/keys/far-1")
+        conf = json.loads((flash / "config.json").read_text())
+        assert key["node_id"] == conf["oscore"]["sender_id"] and key["state"] == "exported"
+        # the same file again: the endpoint has its context, nothing is overwritten
+        key_file.write_text(json.dumps({"endpoint": "far-1", **conf["oscore"]}))
+        rc, out = await aiot_run("keys", "import", str(key_file), "--url", gateway.rest_url,
+                             "--token", gateway.token)
+        assert rc == 1 and "has an OSCORE context already" in out and key_file.exists()
+
+
+def test_usb_serial_number_finds_one_board_and_refuses_to_guess_between_two(monkeypatch):
+    # USB enumeration is the part of a board that cannot exist here: comports() is
+    # replaced by two boards whose serial numbers the test chooses
+    from aiotkit.boards.errors import UsageError
+    from aiotkit.tools import provision
+    from serial.tools import list_ports, list_ports_common
+
+    ports = []
+    for dev, sn in (("/dev/ttyACM0", "E661A4D4"), ("/dev/ttyACM1", "E661A4D5"),
+                    ("/dev/ttyUSB0", "E661A4D5")):
+        info = list_ports_common.ListPortInfo(dev, skip_link_detection=True)
+        info.serial_number = sn
+        ports.append(info)
+    monkeypatch.setattr(list_ports, "comports", lambda *a, **k: ports)
+    assert provision.find_port(provision.Job(serial="E661A4D4")) == "/dev/ttyACM0"
+    with pytest.raises(UsageError, match="E661A4D5 is on 2 ports"):
+        provision.find_port(provision.Job(serial="E661A4D5"))
+    with pytest.raises(UsageError, match="no board with USB serial number 0BAD"):
+        provision.find_port(provision.Job(serial="0BAD"))
+
+
+@pytest.mark.timeout_s(60)
+async def test_permission_denied_and_unreachable_gateway_leave_the_board_untouched(
+        tmp_path, firmware_files):
+    flash = tmp_path / "perm.flash"
+    flash_firmware(flash, firmware_files)
+    audit = tmp_path / "audit.jsonl"
+    async with SimBoard(tmp_path / "perm", flash=flash) as board:
+        await board.wait_ready()
+        real = os.path.realpath(board.port)
+        mode = os.stat(real).st_mode
+        os.chmod(real, 0)  # a user outside 'dialout'; root without CAP_DAC_OVERRIDE
+        try:
+            cmd = aiot_cmd("provision", "--port", board.port, "--offline", "--gateway",
+                           "coap://127.0.0.1", "--audit", str(audit))
+            if os.geteuid() == 0:
+                setpriv = shutil.which("setpriv")
+                if setpriv is None:
+                    pytest.skip("root without setpriv cannot be denied a device")
+                cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *cmd]
+            p = await asyncio.create_subprocess_exec(
+                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out = (await asyncio.wait_for(p.communicate(), 60))[0].decode()
+        finally:
+            os.chmod(real, mode)
+        assert p.returncode == 1, out
+        assert "permission denied: add yourself to the 'dialout' group" in out, out
+        # the gateway's key API is down: nothing is written, the audit says why
+        port = free_tcp_port()
+        rc, out = await aiot_run("provision", "--port", board.port, "--url",
+                             f"http://127.0.0.1:{port}", "--token", "t" * 24, "--gateway",
+                             "coap://127.0.0.1", "--audit", str(audit))
+        assert rc == 1 and "gateway unreachable" in out, out
+        assert len(out.strip().splitlines()) <= 5 and "Traceback" not in out, out
+        assert not (flash / "config.json").exists() and not (flash / "site.json").exists()
+    entries = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert [e["result"] for e in entries] == ["failed", "failed"]
+    assert "permission denied" in entries[0]["reason"]
+    assert "gateway unreachable" in entries[1]["reason"]
+
+
+def free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
