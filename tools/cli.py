@@ -89,7 +89,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
     async def main() -> int:
         import signal
 
-        fleet = Fleet(cfg, on_line=on_line, provision=provision)
+        if args.serial:
+            from aiotkit.tools.simserial import SerialFleet
+
+            fleet: Fleet = SerialFleet(cfg, on_line=on_line, provision=provision)
+        else:
+            fleet = Fleet(cfg, on_line=on_line, provision=provision)
         await asyncio.to_thread(fleet.prepare)  # builds, and asks the gateway for keys
         print(
             f"aiot sim: {cfg.nodes} node(s) -> {cfg.gateway}, folders in {cfg.workdir}",
@@ -319,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sim, sim_parser=s)
     ssub = s.add_subparsers(dest="sim_command", metavar="board",
                             help="'aiot sim board --help': one simulated board on a serial "
+    s.add_argument("--serial", action="store_true",
+                   help="run each node on a simulated serial board (as 'aiot sim board'): "
+                   "the firmware is deployed over its serial line, the node booted by a "
+                   "soft reset and its console read like a serial monitor; the ports are "
+                   "DIR/.ports/ENDPOINT")
                             "line (without it: nodes against a gateway)")
     sb = ssub.add_parser(
         "board",

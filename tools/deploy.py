@@ -27,10 +27,8 @@ secret crosses the serial line.
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
 import hashlib
-import io
 import json
 import os
 from collections.abc import Callable
@@ -195,6 +193,10 @@ def _check_port(port: str) -> str:
     return real
 
 
+def _quiet(*args: object, **kwargs: object) -> None:
+    """``print`` inside mpremote's serial transport (see ``Board.__enter__``)."""
+
+
 class Board:
     """One raw-REPL session with a board on ``port`` (a context manager)."""
 
@@ -206,6 +208,7 @@ class Board:
 
     def __enter__(self) -> Self:
         try:
+            from mpremote import transport_serial
             from mpremote.transport import TransportError  # type: ignore[import-untyped]
             from mpremote.transport_serial import SerialTransport  # type: ignore[import-untyped]
         except ImportError:
@@ -223,11 +226,14 @@ class Board:
             return wait(n, ending, timeout=min(timeout or self.timeout, self.timeout), **kw)
 
         self._t.read_until = read_until
+        # mpremote's transport prints what it got instead of a banner or prompt: not ours
+        # to show. Silenced in its module, not by redirecting sys.stdout, which is one for
+        # every thread (aiot sim --serial deploys in threads while its loop prints).
+        transport_serial.print = _quiet
         try:
-            try:  # mpremote prints what it got instead of the banner: not ours to show
-                with contextlib.redirect_stdout(io.StringIO()):
-                    self._t.enter_raw_repl(soft_reset=self.soft_reset,
-                                           timeout_overall=self.timeout)
+            try:
+                self._t.enter_raw_repl(soft_reset=self.soft_reset,
+                                       timeout_overall=self.timeout)
             except (TransportError, OSError):
                 raise DeployError(
                     f"{self.port}: board not responding: no raw REPL in {self.timeout:g} "
@@ -261,8 +267,7 @@ class Board:
         from mpremote.transport import TransportError
 
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                out, err = self._t.exec_raw(code, timeout=self.timeout)
+            out, err = self._t.exec_raw(code, timeout=self.timeout)
         except (TransportError, OSError) as e:
             raise DeployError(f"{self.port}: board not responding ({e}): check the "
                               f"cable and power, then rerun (a deploy resumes)") from None

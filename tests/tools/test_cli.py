@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -136,3 +137,31 @@ def test_sim_shows_progress_without_verbose(tmp_path, gateway, processes, microp
     processes.append(sim)
     sim.wait_for(r"^aiot sim: node-1 registered [1-9]\d* sent$", timeout=30)
     assert sim.stop(signal.SIGTERM, timeout=20) == 0, sim.output
+
+
+def test_sim_serial_runs_nodes_on_simulated_boards_over_their_serial_lines(
+        tmp_path, gateway, processes, micropython):
+    # aiot sim's nodes were processes only: none ran on a board the field tools can reach
+    sim = ManagedProcess(
+        "sim",
+        aiot_cmd("sim", "--serial", "--nodes", "2", "--gateway", gateway.uri, "--dir",
+                 str(tmp_path), "--report-ms", "200", "--window", "128",
+                 *gateway.sim_args()),
+    ).start()
+    processes.append(sim)
+    for ep in ("node-1", "node-2"):
+        # deployed in threads while the loop prints: a deploy used to swallow the
+        # simulator's stdout (sys.stdout redirected for every thread)
+        sim.wait_for(rf"\[{ep}\] firmware deployed over .*\.ports/{ep} \(board [0-9a-f]+\)",
+                     timeout=60)
+        sim.wait_for(rf"\[{ep}\] aiot-node {ep} registered /rd/", timeout=60)
+    sim.wait_for(r"\[node-2\] aiot-node node-2 sent 0", timeout=30)
+    # the node's firmware came over the line: the deploy's manifest is in its flash
+    manifest = json.loads((tmp_path / "node-1" / ".aiot" / "manifest.json").read_text())
+    assert manifest["complete"] and "main.py" in manifest["files"]
+    mark = gateway.proc.mark()
+    assert sim.stop(signal.SIGTERM, timeout=30) == 0, sim.output
+    for ep in ("node-1", "node-2"):
+        sim.wait_for(rf"\[{ep}\] aiot-node {ep} deregistered", timeout=1)
+        gateway.proc.wait_for(rf"deregist\w* .*{ep}|{ep}.*deregist", timeout=5, start=mark)
+    assert not list((tmp_path / ".ports").iterdir())  # every port link removed
