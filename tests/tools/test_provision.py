@@ -105,9 +105,9 @@ async def test_blank_board_provisioned_until_registered_over_oscore(
 
 
 @pytest.mark.timeout_s(120)
-async def test_batch_with_a_power_cut_mid_batch_resumes_only_the_failed_board(
+async def test_batch_of_five_with_a_power_cut_mid_batch_resumes_only_the_failed_board(
         tmp_path, gateway, firmware_files):
-    n = 3
+    n = 5
     for i in range(1, n + 1):
         flash_firmware(tmp_path / f"board-{i}.flash", firmware_files)
     audit = tmp_path / "audit.jsonl"
@@ -117,25 +117,26 @@ async def test_batch_with_a_power_cut_mid_batch_resumes_only_the_failed_board(
         csv.write_text("port,endpoint,site,calibration\n" + "".join(
             f'{b.port},batch-{i},line {i},"{{""gain"": {i}}}"\n'
             for i, b in enumerate(boards, 1)))
-        boards[1].power_off()  # the second board: its cable pulled
+        boards[2].power_off()  # the third board: its cable pulled
         args = ["provision", "--batch", str(csv), "--audit", str(audit),
                 "--connect-timeout", "1.5", *gw_args(gateway)]
         rc, out = await aiot_run(*args)
         assert rc == 1, out
         assert "board not responding after 3 attempts" in out, out
-        assert "batch: 2 provisioned, 1 failed" in out, out
-        await boards[1].power_on()
-        await boards[1].wait_ready()
+        assert "batch: 4 provisioned, 1 failed" in out, out
+        await boards[2].power_on()
+        await boards[2].wait_ready()
         rc, again = await aiot_run(*args)
         assert rc == 0, again
-        assert again.count("done before, skipped") == 2, again
+        assert again.count("done before, skipped") == 4, again
         assert "batch: 1 provisioned, 0 failed" in again, again
-        for i in (1, 2, 3):
+        for i in range(1, n + 1):
             assert rest(gateway, f"/api/v1/endpoints/batch-{i}")["state"] == "registered"
         entries = [json.loads(x) for x in audit.read_text().splitlines()]
         assert [(e["endpoint"], e["result"]) for e in entries] == [
-            ("batch-1", "ok"), ("batch-2", "failed"), ("batch-3", "ok"), ("batch-2", "ok")]
-        assert entries[1]["board_id"] is None and entries[3]["board_id"] == boards[1].uid.hex()
+            ("batch-1", "ok"), ("batch-2", "ok"), ("batch-3", "failed"), ("batch-4", "ok"),
+            ("batch-5", "ok"), ("batch-3", "ok")]
+        assert entries[2]["board_id"] is None and entries[5]["board_id"] == boards[2].uid.hex()
         results = (tmp_path / "boards.csv.results.jsonl").read_text()
         for i, b in enumerate(boards, 1):
             s = secret_of(tmp_path / f"board-{i}.flash")
@@ -285,3 +286,77 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout_s(120)
+async def test_power_cut_or_garbled_line_while_the_record_is_written_leaves_old_or_new(
+        tmp_path, firmware_files, monkeypatch):
+    """The record is config.json, written as config.json.tmp, hashed on the board and
+    renamed: power is cut before each of those steps in turn (and the line garbled), and
+    after each the board holds the old record or the new one, whole."""
+    from aiotkit.tools import provision
+
+    flash = tmp_path / "cut.flash"
+    flash_firmware(flash, firmware_files)
+    settings = provision.Settings(offline=True, keys_dir=tmp_path / "keys",
+                                  connect_timeout=1.5)
+    keys = provision.Keys(settings)
+    loop = asyncio.get_running_loop()
+
+    def run(board: SimBoard, endpoint: str) -> provision.Result:
+        job = provision.Job(port=board.port, endpoint=endpoint, gateway="coap://192.0.2.1")
+        return provision.provision_one(job, settings, keys, progress=lambda _l: None,
+                                       sleep=lambda _s: None)
+
+    def record() -> str:
+        return json.loads((flash / "config.json").read_text())["endpoint"]
+
+    original = provision.write_file
+    async with SimBoard(tmp_path / "cut", flash=flash) as board:
+        await board.wait_ready()
+        assert (await asyncio.to_thread(run, board, "old-1")).result == "offline"
+        await board.wait_ready()
+        assert record() == "old-1"
+        outcomes = []
+        for cut_at in range(4):  # before: the chunk, the board's hash, the rename, after
+            def cutting(b, name, data, chunk=2048, cut_at=cut_at):
+                if name != provision.CONFIG:
+                    return original(b, name, data, chunk)
+                calls = [0]
+                real_exec = b.exec
+
+                def exec_(code: str) -> str:
+                    if calls[0] == cut_at:
+                        asyncio.run_coroutine_threadsafe(_cut(board), loop).result()
+                    calls[0] += 1
+                    return real_exec(code)
+
+                b.exec = exec_
+                try:
+                    return original(b, name, data, chunk)
+                finally:
+                    b.exec = real_exec
+                    if calls[0] <= cut_at:  # the write ended first: cut right after
+                        asyncio.run_coroutine_threadsafe(_cut(board), loop).result()
+
+            monkeypatch.setattr(provision, "write_file", cutting)
+            res = await asyncio.to_thread(run, board, f"new-{cut_at}")
+            assert res.result == "failed", (cut_at, res)
+            await board.power_on()
+            await board.wait_ready()
+            outcomes.append(record())  # whole JSON: old or new, never half
+            assert outcomes[-1] in ("old-1", f"new-{cut_at}"), outcomes
+            assert not (flash / "config.json.tmp").exists() or cut_at < 3
+        assert outcomes[0] == "old-1" and outcomes[3] == "new-3", outcomes
+        # a line that garbles what it carries: refused, the record untouched
+        monkeypatch.setattr(provision, "write_file", original)
+        before = (flash / "config.json").read_bytes()
+        board.faults.garble = 0.02
+        res = await asyncio.to_thread(run, board, "garbled-1")
+        board.faults.clear()
+        assert res.result == "failed" and res.reason, res
+        assert (flash / "config.json").read_bytes() == before
+
+
+async def _cut(board: SimBoard) -> None:
+    board.power_off()
