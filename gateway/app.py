@@ -35,13 +35,17 @@ from .lwm2m.bootstrap import BootstrapServer
 from .lwm2m.ddf import load_shipped
 from .lwm2m.registry import Registry
 from .lwm2m.server import LwM2MResource
+from .ops.metrics import GatewayCollector
+from .ops.timecheck import TimeCheck
 from .storage.api import Storage
 from .storage.lock import DatabaseLock
 from .storage.sqlite import SqliteStorage
 from .uplink.mqtt import TopicScheme, Uplink
 
 if TYPE_CHECKING:
+    from .analytics.engine import Analytics
     from .api.rest import RestApi
+    from .inference.litert import GatewayInference
     from .inference.shadow import ShadowChecker
     from .ota import Delivery, OtaService
     from .ota.models import ModelService
@@ -116,8 +120,18 @@ class Gateway:
     """One gateway daemon; construct, ``await start()``, ``await shutdown()``."""
 
     def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.time,
-                 allow_nosec: bool = False, ota_delivery: Delivery | None = None):
+                 allow_nosec: bool = False, ota_delivery: Delivery | None = None,
+                 monotonic: Callable[[], float] | None = None):
+        """``clock`` stamps what the gateway stores (the wall clock, or ``ops/clock.py``'s
+        ``GatewayClock``); registration lifetimes run on ``monotonic`` (default
+        ``time.monotonic``; a test that injects only ``clock`` gets it for both)."""
         self.config = config
+        if monotonic is None:
+            from .ops.clock import GatewayClock
+
+            wall = clock is time.time or isinstance(clock, GatewayClock)
+            monotonic = time.monotonic if wall else clock
+        self._monotonic = monotonic
         # the OTA service (gateway/ota): images and campaigns; ota_delivery reaches the
         # nodes (None: none yet, every offer fails: gateway/ota/delivery.py)
         self.ota: OtaService | None = None
@@ -137,6 +151,14 @@ class Gateway:
         self._dm: DeviceManagement | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.shadow: ShadowChecker | None = None  # when numpy and tflite-micro are there
+        # rollups, alerts, drift ([analytics] enabled): gateway/analytics/engine.py
+        self.analytics: Analytics | None = None
+        # [inference] enabled: decisions for nodes that send features only (LiteRT)
+        self.inference: GatewayInference | None = None
+        self.time_check: TimeCheck | None = None  # node timestamps (gateway/ops/timecheck.py)
+        # GET /metrics: read at scrape time (gateway/ops/metrics.py); other parts add
+        # theirs with metrics.register_source(name, fn)
+        self.metrics = GatewayCollector(self, clock=clock)
         self.rest: RestApi | None = None  # [rest] enabled: the REST API (gateway/api/rest.py)
         self.bootstrap: BootstrapServer | None = None  # [bootstrap] enabled: its own socket
         self._lock: DatabaseLock | None = None  # held from start to shutdown
@@ -170,6 +192,11 @@ class Gateway:
     def coap_uri(self) -> str:
         return self.config.coap_uri
 
+    @property
+    def serving(self) -> bool:
+        """The CoAP server is up (from ``start`` until ``shutdown`` stops it)."""
+        return self._coap is not None
+
     async def start(self) -> None:
         """Open the store and start serving; on failure everything started is undone."""
         check_runnable(self.config, allow_nosec=self.allow_nosec)  # as 'gateway check' does
@@ -197,12 +224,18 @@ class Gateway:
         from .security import KeyStore
 
         self.keys = KeyStore.from_config(self._store, cfg, clock=self._clock)
-        self._registry = Registry(self._store, clock=self._clock)
+        self._registry = Registry(self._store, clock=self._clock, monotonic=self._monotonic)
+        self._registry.ack_observer = self.metrics.ack_latency.observe
+        self.time_check = TimeCheck(max_future_s=cfg.time.max_future_s,
+                                    max_past_s=cfg.time.max_past_s, seed=self._store.latest)
+        if isinstance(self._store, SqliteStorage):
+            self._store.time_check = self.time_check
         if cfg.mqtt.enabled:
-            uplink = Uplink(cfg.mqtt, self._store, clock=self._clock)
+            uplink = Uplink(cfg.mqtt, self._store, gateway_id=cfg.gateway.id, clock=self._clock)
             self._uplink = uplink
             self._registry.add_listener(lambda _event: uplink.kick())
         self._start_shadow()
+        self._start_inference()
         objects = load_shipped()
         self._dm = DeviceManagement(self._store, self._registry, cfg.dm, objects=objects,
                                     clock=self._clock)
@@ -287,6 +320,8 @@ class Gateway:
         self.models = ModelService(self._store.models, self._store.ota, self.ota.images.folder,
                                    cfg.models, self._dm.execute, clock=self._clock)
         self._registry.add_listener(self.models.on_event)
+        if cfg.analytics.enabled:
+            await self._start_analytics()
         if cfg.rest.enabled:
             from .api.rest import RestApi
 
@@ -328,6 +363,43 @@ class Gateway:
             lwm2m.wanted = ota.campaigns.waiting
             ota.campaigns.delivery = lwm2m
         return ota
+
+    def _start_inference(self) -> None:
+        inf = self.config.inference
+        if not inf.enabled:
+            return
+        from .inference.litert import GatewayInference, InferenceUnavailable
+
+        try:
+            engine = GatewayInference.from_config(inf, self.registry, clock=self._clock)
+        except InferenceUnavailable as e:
+            log.info("gateway-side inference off: %s", e)
+            return
+        self.inference = engine
+        self.registry.add_listener(engine.on_event)
+        log.info("gateway-side inference on: %s", engine.describe())
+
+    async def _start_analytics(self) -> None:
+        from .analytics.engine import Analytics
+        from .inference.shadow import shipped_model_dirs
+
+        assert isinstance(self._store, SqliteStorage)  # its analytics tables
+        dirs = shipped_model_dirs()
+        if self.config.shadow.models:
+            dirs.append(Path(self.config.shadow.models))
+        uplink = self._uplink
+        analytics = Analytics(self.config, self._store, clock=self._clock,
+                              kick=None if uplink is None else uplink.kick, model_dirs=dirs)
+        self.registry.add_listener(analytics.on_event)
+        if self.shadow is not None:
+            self.shadow.add_listener(analytics.on_shadow)
+        self.analytics = analytics
+        await analytics.start()
+        self.metrics.register_source("alerts_active", analytics.alerts.open_by_rule,
+                                     "alerts raised and not cleared", label="rule")
+        self.metrics.register_source("alert_transitions", lambda: dict(
+            analytics.alerts.counts), "alerts raised, acknowledged, cleared since start",
+            label="event")
 
     def _start_shadow(self) -> None:
         sh = self.config.shadow
@@ -378,6 +450,9 @@ class Gateway:
         if self.models is not None:
             models, self.models = self.models, None
             await models.shutdown()
+        if self.analytics is not None:
+            analytics, self.analytics = self.analytics, None
+            await analytics.shutdown()
         if self.ota is not None:
             ota, self.ota = self.ota, None
             await ota.shutdown()
@@ -415,9 +490,19 @@ async def serve(
     stop: asyncio.Event | None = None,
     allow_nosec: bool = False,
 ) -> None:
-    """Run a gateway until ``stop`` is set (or the task is cancelled)."""
-    gateway = Gateway(config, allow_nosec=allow_nosec)
+    """Run a gateway until ``stop`` is set (or the task is cancelled). Its clock is
+    monotonic until the system's wall clock is synchronized (``ops/clock.py``)."""
+    from .ops.clock import GatewayClock
+
+    clock = GatewayClock()
+    gateway = Gateway(config, allow_nosec=allow_nosec, clock=clock)
+    gateway.metrics.register_source(
+        "wall_clock_synchronized", lambda: int(clock.synchronized),
+        "1 once the system clock is synchronized (timestamps follow it), 0 while they"
+        " run on the monotonic clock")
     await gateway.start()
+    if not clock.synchronized:
+        log.warning("%s", clock.describe())
     try:
         if ready_cb is not None:
             result = ready_cb(gateway)
@@ -435,7 +520,7 @@ def run_cli(config_path: str | None, *, allow_nosec: bool = False) -> int:
     except ConfigError as e:
         print(f"aiot gateway: error: {e}", file=sys.stderr)
         return 2
-    _setup_logging()
+    _setup_logging(config)
     # aiocoap binds with SO_REUSEPORT by default: a second daemon on the same port would
     # silently get half the traffic. The daemon wants EADDRINUSE instead.
     os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")
@@ -468,16 +553,11 @@ async def _serve_until_signal(config: GatewayConfig, allow_nosec: bool) -> None:
     log.info("aiot gateway stopped")
 
 
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    # aiocoap reports retransmissions and similar peer behaviour at INFO; keep warnings.
-    logging.getLogger("aiotkit.gateway.coap").setLevel(logging.WARNING)
+def _setup_logging(config: GatewayConfig) -> None:
+    """``[log]`` level and format (``logs.configure``: text or JSON lines on stderr)."""
+    from .logs import configure
+
+    configure(config.log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,21 +22,26 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from .analytics.rules import AlertsConfig, alerts_toml, parse_alerts
 from .errors import ConfigError
 from .lwm2m.bootstrap import BootstrapConfig, parse_bootstrap
 from .lwm2m.paths import PathError, format_path, parse_path
 
 __all__ = [
+    "AnalyticsConfig",
     "CoapConfig",
     "DMConfig",
     "GatewayConfig",
     "GatewaySection",
+    "InferenceConfig",
+    "LogConfig",
     "ModelsConfig",
     "MqttConfig",
     "OtaConfig",
     "RegistryConfig",
     "RestConfig",
     "SecurityConfig",
+    "TimeConfig",
     "check_runnable",
     "effective_toml",
     "load_config",
@@ -144,6 +149,29 @@ class MqttConfig:
     # a message is set aside (a dead letter) once the broker closed the connection this
     # many times in a row right after it was published (gateway/uplink/mqtt.py)
     refused_after: int = 3
+    # TLS (gateway/uplink/mqtt.py): on with tls = true or any of tls_ca/tls_cert; PEM
+    # files relative to the config file; tls_ca empty: the system's CAs; tls_insecure
+    # skips the server's host-name check (never the chain)
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_insecure: bool = False
+    # unconfirmed outbox rows kept at most; beyond, the oldest telemetry goes first
+    # (then rollups, then statuses; never alerts or OTA results); 0: no limit
+    outbox_max_rows: int = 1_000_000
+    # publishes per second at most (a token bucket, burst `batch`): paces the catch-up
+    # after an outage; 0: no limit
+    max_rate_per_s: float = 0.0
+    # a batch is read when `batch` rows wait or this long after new ones were announced
+    batch_latency_ms: int = 5
+    # MQTT 5 Message Expiry Interval per kind, from when a message was committed; one
+    # older is dropped unpublished (counted); 0: never (alerts, OTA results: never)
+    expiry_telemetry_s: float = 0.0
+    expiry_rollup_s: float = 0.0
+    expiry_status_s: float = 0.0
+    # the gateway's own retained status ({prefix}/status: online, offline as its Will)
+    gateway_status: bool = True
 
 
 @dataclass(frozen=True)
@@ -181,6 +209,9 @@ class RestConfig:
     # PEM certificate (chain) and key: the API is served over TLS (https) only
     tls_cert: str = ""
     tls_key: str = ""
+    # GET /metrics (Prometheus) needs a token of any role; false: open, like /health/*
+    # (for a scraper on a private network; the figures name endpoints by count only)
+    metrics_token_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,6 +261,68 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class AnalyticsConfig:
+    """``[analytics]``: rollups and drift monitoring (``gateway/analytics``).
+    ``rollups_1m`` / ``rollups_1h``: how many 1-minute / 1-hour buckets per node the
+    database keeps (older ones are pruned); ``publish_rollups``: publish each closed
+    bucket on ``{ep}/rollup/1m`` and ``{ep}/rollup/1h`` (kind rollup). ``drift_card``: a
+    model folder (card.json with ``training_distribution``, relative to the config file)
+    compared with nodes that report no model the gateway knows; empty: the shipped
+    bearing-anomaly card. ``drift_windows``: the sliding window (a node's last windows)
+    compared with it, once it holds ``drift_min_windows``; ``drift_watch`` /
+    ``drift_alert``: the PSI levels of "watch" and "drift" (``drift`` alert rules raise
+    at ``drift_alert`` and clear below ``drift_watch``). ``tick_s``: how often buckets
+    are closed and silent nodes looked for."""
+
+    enabled: bool = True
+    rollups_1m: int = 1440
+    rollups_1h: int = 720
+    publish_rollups: bool = True
+    drift_card: str = ""
+    drift_windows: int = 200
+    drift_min_windows: int = 50
+    drift_watch: float = 0.1
+    drift_alert: float = 0.25
+    tick_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: the daemon's log (``gateway/logs.py``). ``level``: debug, info,
+    warning or error; ``format``: ``text`` (one line per record) or ``json`` (one JSON
+    object per line: time, level, logger, message, exc_info)."""
+
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class TimeConfig:
+    """``[time]``: node timestamps (``gateway/ops/timecheck.py``). A reading whose SenML
+    time is more than ``max_future_s`` ahead of the gateway's clock or ``max_past_s``
+    behind it is flagged ``tbad`` on the uplink; one older than the node's latest time
+    for the same path ``late``. Nothing is dropped or reordered."""
+
+    max_future_s: float = 300.0
+    max_past_s: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """``[inference]``: the gateway runs models, with LiteRT (``ai-edge-litert``), for
+    nodes that send features (/33001) without a decision (/33002)
+    (``gateway/inference/litert.py``). ``classifier`` / ``anomaly``: a shipped model's
+    name (``bearing-fault``), or a .tflite file or model folder (relative to the config
+    file); empty: none of that kind. ``endpoints``: only these endpoints (empty: every
+    endpoint that sends features without a decision)."""
+
+    enabled: bool = False
+    classifier: str = "bearing-fault"
+    anomaly: str = "bearing-anomaly"
+    endpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole configuration; ``source`` is the file it came from (None: defaults)."""
 
@@ -244,6 +337,11 @@ class GatewayConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # gateway/lwm2m/bootstrap.py
     ota: OtaConfig = field(default_factory=OtaConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)  # gateway/analytics/rules.py
+    log: LogConfig = field(default_factory=LogConfig)  # gateway/logs.py
+    time: TimeConfig = field(default_factory=TimeConfig)  # gateway/ops/timecheck.py
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     source: Path | None = None
 
     @classmethod
@@ -287,12 +385,17 @@ _SECTIONS: dict[str, type] = {
     "security": SecurityConfig,
     "ota": OtaConfig,
     "models": ModelsConfig,
+    "analytics": AnalyticsConfig,
+    "log": LogConfig,
+    "time": TimeConfig,
+    "inference": InferenceConfig,
 }
 
 
 def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> GatewayConfig:
     data = dict(data)
     bootstrap = parse_bootstrap(data.pop("bootstrap", {}), name)  # its own parser
+    alerts = parse_alerts(data.pop("alerts", {}), name)  # so are the alert rules
     for key, value in data.items():
         if key not in _SECTIONS:
             raise ConfigError(f"{name}: unknown section or key {key!r}")
@@ -373,6 +476,21 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
              "must not contain '+', '#' or NUL nor end with '/'")
     mq["topic_prefix"] = prefix
     mq["client_id"] = mq.get("client_id", "") or f"aiot-{ident}"
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        if mq.get(key):
+            mq[key] = str(base / Path(mq[key]).expanduser())
+    _require(name, "mqtt.tls_key", bool(mq.get("tls_key")) <= bool(mq.get("tls_cert")),
+             "needs mqtt.tls_cert (the client certificate it belongs to)")
+    _require(name, "mqtt.outbox_max_rows", mq.get("outbox_max_rows", 0) >= 0,
+             "must not be negative (0: no limit)")
+    _require(name, "mqtt.max_rate_per_s", mq.get("max_rate_per_s", 0.0) >= 0,
+             "must not be negative (0: no limit)")
+    _require(name, "mqtt.batch_latency_ms", 0 <= mq.get("batch_latency_ms", 0) <= 60_000,
+             "must be 0..60000")
+    for kind in ("telemetry", "rollup", "status"):
+        _require(name, f"mqtt.expiry_{kind}_s",
+                 0 <= mq.get(f"expiry_{kind}_s", 0.0) <= 0xFFFF_FFFF,
+                 "must be 0 (never) .. 4294967295 seconds")
 
     sh = dict(parsed["shadow"])
     if sh.get("models"):
@@ -431,9 +549,68 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         security=SecurityConfig(**sec),
         ota=OtaConfig(**ota),
         models=ModelsConfig(**mo),
+        analytics=_analytics(name, base, parsed["analytics"]),
+        alerts=alerts,
+        log=_log(name, parsed["log"]),
+        time=_time(name, parsed["time"]),
+        inference=_inference(name, base, parsed["inference"]),
         bootstrap=bootstrap,
         source=source,
     )
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+def _log(name: str, values: dict[str, Any]) -> LogConfig:
+    lg = dict(values)
+    level = str(lg.get("level", LogConfig.level)).lower()
+    _require(name, "log.level", level in LOG_LEVELS,
+             f"must be one of {', '.join(LOG_LEVELS)} (got {lg.get('level')!r})")
+    _require(name, "log.format", lg.get("format", "text") in LOG_FORMATS,
+             f"must be one of {', '.join(LOG_FORMATS)} (got {lg.get('format')!r})")
+    lg["level"] = level
+    return LogConfig(**lg)
+
+
+def _time(name: str, values: dict[str, Any]) -> TimeConfig:
+    for key in ("max_future_s", "max_past_s"):
+        _positive(name, f"time.{key}", values.get(key, 1.0))
+    return TimeConfig(**values)
+
+
+def _inference(name: str, base: Path, values: dict[str, Any]) -> InferenceConfig:
+    inf = dict(values)
+    for key in ("classifier", "anomaly"):
+        text = inf.get(key)
+        if text and ("/" in text or text.endswith(".tflite")):  # a path, not a name
+            inf[key] = str(base / Path(text).expanduser())
+    inf["endpoints"] = tuple(inf.get("endpoints", ()))
+    for ep in inf["endpoints"]:
+        _require(name, "inference.endpoints", isinstance(ep, str) and bool(ep),
+                 "must be a list of endpoint names")
+    return InferenceConfig(**inf)
+
+
+def _analytics(name: str, base: Path, values: dict[str, Any]) -> AnalyticsConfig:
+    an = dict(values)
+    for key in ("rollups_1m", "rollups_1h", "drift_windows", "drift_min_windows",
+                "drift_watch", "drift_alert", "tick_s"):
+        _positive(name, f"analytics.{key}", an.get(key, 1))
+    _require(name, "analytics.drift_min_windows",
+             an.get("drift_min_windows", AnalyticsConfig.drift_min_windows)
+             <= an.get("drift_windows", AnalyticsConfig.drift_windows),
+             "must not be above analytics.drift_windows")
+    _require(name, "analytics.drift_windows", an.get("drift_windows", 1) <= 100000,
+             "must be at most 100000")
+    _require(name, "analytics.drift_alert",
+             an.get("drift_watch", AnalyticsConfig.drift_watch)
+             < an.get("drift_alert", AnalyticsConfig.drift_alert),
+             "must be above analytics.drift_watch (the level the alert clears below)")
+    if an.get("drift_card"):
+        an["drift_card"] = str(base / Path(an["drift_card"]).expanduser())
+    return AnalyticsConfig(**an)
 
 
 def _check(name: str, key: str, value: Any, default: Any) -> Any:
@@ -511,6 +688,7 @@ def effective_toml(cfg: GatewayConfig) -> str:
     for title, acc in accounts:
         out += ["", f"[{title}]"]
         out += [f"{f.name} = {_toml_value(getattr(acc, f.name))}" for f in fields(acc)]
+    out += ["", *alerts_toml(cfg.alerts)]
     return "\n".join(out) + "\n"
 
 
@@ -551,6 +729,9 @@ def check_runnable(cfg: GatewayConfig, *, allow_nosec: bool = False) -> None:
     if not folder.is_dir():
         # a typo in a folder name must not start an empty gateway somewhere unexpected
         raise ConfigError(f"{where}: gateway.db: folder {folder} does not exist")
+    card = cfg.analytics.drift_card
+    if cfg.analytics.enabled and card and not (Path(card) / "card.json").is_file():
+        raise ConfigError(f"{where}: analytics.drift_card: {card} holds no card.json")
     models = cfg.shadow.models
     if cfg.shadow.enabled and models and not Path(models).is_dir():
         raise ConfigError(f"{where}: shadow.models: {models} is not a folder")

@@ -32,6 +32,71 @@ def write(model_dir: Path, blob: bytes, card: dict) -> None:
     _atomic_write(model_dir / "README.md", readme(card).encode())
 
 
+def write_card(model_dir: Path, card: dict) -> None:
+    """Rewrite card.json and README.md only (the model file stays as it is)."""
+    model_dir = Path(model_dir)
+    _atomic_write(model_dir / "card.json", dumps(card).encode())
+    _atomic_write(model_dir / "README.md", readme(card).encode())
+
+
+DISTRIBUTION_DEF = (
+    "Each model input's values on the training windows, in physical units (x = out * "
+    "2^(p*E - frac): g, g^2, Hz, 1, count; what a node sends in object 33001), as a "
+    "histogram of equal-frequency bins (models/psi.py): `edges` are the training minimum, "
+    "the inner cut points and the maximum, `counts` the windows per bin; a live value "
+    "below the first or above the last edge counts in the end bin. `by_label`: the same "
+    "bins counted per class. The gateway's drift monitor compares a node's recent windows "
+    "with these counts by the population stability index (gateway/analytics/drift.py).")
+
+
+def training_distribution(rows, exps, inputs, labels=None, label_names=None) -> dict:
+    """The card's ``training_distribution``: per model input (``inputs``, the card's
+    input map), the histogram of its physical values over the training rows (int32
+    feature rows, each with its scale exponent), and per class when ``labels`` (an index
+    into ``label_names`` per row) is given."""
+    from aiotkit.models import psi
+
+    feats = []
+    for d in inputs:
+        xs = [psi.physical(int(r[d["index"]]), d["frac"], d["unit_power"], int(e))
+              for r, e in zip(rows, exps)]
+        h = psi.histogram(xs)
+        f = {"name": d["name"], "index": d["index"], "unit": d["unit"],
+             "unit_power": d["unit_power"], "frac": d["frac"], **h}
+        if labels is not None and label_names is not None:
+            by: dict[str, list[int]] = {}
+            for x, y in zip(xs, labels):
+                c = by.setdefault(label_names[int(y)], [0] * len(h["counts"]))
+                c[psi.bin_index(h["edges"], x)] += 1
+            f["by_label"] = by
+        feats.append(f)
+    return {"definition": DISTRIBUTION_DEF, "windows": len(rows), "bins": psi.BINS,
+            "features": feats}
+
+
+def _distribution_table(card: dict) -> list[str]:
+    dist = card.get("training_distribution")
+    if not dist:
+        return []
+    out = ["## Training distribution", "",
+           (f"Per input, over the {dist['windows']} training windows (physical units; "
+            "card.json `training_distribution` holds the histograms the gateway's drift "
+            "monitor compares live data with):"), "",
+           "| input | unit | min | median bin | max | bins |", "|---|---|---|---|---|---|"]
+    for f in dist["features"]:
+        e, c = f["edges"], f["counts"]
+        half, acc, mid = sum(c) / 2, 0, 0
+        for i, n in enumerate(c):
+            acc += n
+            if acc >= half:
+                mid = i
+                break
+        unit = {0: f["unit"], 1: "g", 2: "g^2"}[f["unit_power"]]
+        out.append(f"| {f['name']} | {unit} | {e[0]:.6g} | {e[mid]:.6g} .. "
+                   f"{e[mid + 1]:.6g} | {e[-1]:.6g} | {len(c)} |")
+    return out + [""]
+
+
 def _feature_table(card: dict) -> list[str]:
     lines = ["| # | output (index) | unit | multiplier | shift | zero point | step (physical) |",
              "|---|---|---|---|---|---|---|"]
@@ -88,7 +153,8 @@ def readme(card: dict) -> str:
                 f"detection rate (fault test windows): {t['detection_rate']}."),
                 (f"Held-out {s['file']}: {s['flagged']} of {s['windows']} windows flagged "
                 f"(rate {s['rate']}).")]
-    out += ["", "## Limits", ""] + [f"- {x}" for x in card["limits"]]
+    out += [""] + _distribution_table(card)
+    out += ["## Limits", ""] + [f"- {x}" for x in card["limits"]]
     out += ["", ("Reproduce: `aiot model train --data DIR --out DIR`; check: "
             f"`aiot model evaluate models/{card['name']} --data DIR`."), ""]
     return "\n".join(out)

@@ -109,6 +109,7 @@ def _base_card(kind, cfg, spec, names, inputs, recs, tr, te, sh, limit):
 def train_classifier(spec, recs, tr, te, sh, *, cfg=CLASSIFIER, limit=None, progress=None):
     """Returns (tflite bytes, card)."""
     import numpy as np
+    from aiotkit.models import card as cardmod
     from aiotkit.models import evaluate, export, inputq, nn, quant
 
     names = tr.names
@@ -154,6 +155,8 @@ def train_classifier(spec, recs, tr, te, sh, *, cfg=CLASSIFIER, limit=None, prog
     card["limits"].append("Ball faults are the weakest class in this dataset (Smith & Randall "
                           "2015); the two ball recordings separate here mostly by amplitude.")
     _say(progress, f"{cfg['name']}: evaluating the int8 model with tflite-micro")
+    card["training_distribution"] = cardmod.training_distribution(
+        tr.rows, tr.scale_exp, inputs, tr.labels, dataset.LABELS)
     card["metrics"] = evaluate.classifier_metrics(blob, card, te, sh)
     return blob, card
 
@@ -168,6 +171,7 @@ def train_anomaly(spec, recs, tr, te, sh, *, cfg=ANOMALY, limit=None, progress=N
     import math
 
     import numpy as np
+    from aiotkit.models import card as cardmod
     from aiotkit.models import evaluate, export, inputq, nn, quant
 
     names = tr.names
@@ -222,6 +226,8 @@ def train_anomaly(spec, recs, tr, te, sh, *, cfg=ANOMALY, limit=None, progress=N
         "operating point: the score is in effect a distance from it. A new machine needs its "
         "own normal data (and threshold).")
     _say(progress, f"{cfg['name']}: evaluating the int8 model with tflite-micro")
+    card["training_distribution"] = cardmod.training_distribution(
+        normal.rows, normal.scale_exp, inputs)
     card["metrics"] = evaluate.anomaly_metrics(blob, card, te, sh)
     return blob, card
 
@@ -244,3 +250,29 @@ def train(data_dir, out_dir, *, limit=None, epochs=None, progress=None) -> list[
         _say(progress, f"wrote {Path(out_dir) / c['name']}")
         cards.append(card)
     return cards
+
+
+def refresh_distribution(data_dir, model_dirs, *, progress=None) -> None:
+    """Recompute the ``training_distribution`` of existing model cards from the training
+    windows they were trained on (the card's own feature spec and input map) and rewrite
+    card.json and README.md only: model.tflite is not touched."""
+    import json
+
+    from aiotkit.models import card as cardmod
+
+    recs = dataset.load(Path(data_dir),
+                        progress=lambda i, n, what: _say(progress, f"[{i}/{n}] {what}"))
+    for d in model_dirs:
+        card = json.loads((Path(d) / "card.json").read_text())
+        limit = card["training"]["split"].get("windows_per_recording_limit")
+        tr = dataset.windows(recs, card["feature_spec"], "train", limit=limit)
+        inputs = card["input"]["features"]
+        if card["kind"] == "classifier":
+            dist = cardmod.training_distribution(tr.rows, tr.scale_exp, inputs, tr.labels,
+                                                 dataset.LABELS)
+        else:
+            normal = tr.subset(tr.labels == dataset.LABELS.index("normal"))
+            dist = cardmod.training_distribution(normal.rows, normal.scale_exp, inputs)
+        card["training_distribution"] = dist
+        cardmod.write_card(Path(d), card)
+        _say(progress, f"wrote {Path(d) / 'card.json'}")

@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     from aiotkit.tools import selfupdatecli
 
     selfupdatecli.register(gsub)  # build-image, install, update, slots
+    from aiotkit.tools import servicecli
+
+    servicecli.register(gsub)  # install-service (gateway/ops/service.py)
 
     s = sub.add_parser(
         "sim",
@@ -321,14 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep each node's flash from the previous run (unsent reports, "
                    "server account); by default every node starts as a freshly flashed "
                    "board")
-    s.set_defaults(func=cmd_sim, sim_parser=s)
-    ssub = s.add_subparsers(dest="sim_command", metavar="board",
-                            help="'aiot sim board --help': one simulated board on a serial "
     s.add_argument("--serial", action="store_true",
                    help="run each node on a simulated serial board (as 'aiot sim board'): "
                    "the firmware is deployed over its serial line, the node booted by a "
                    "soft reset and its console read like a serial monitor; the ports are "
                    "DIR/.ports/ENDPOINT")
+    s.set_defaults(func=cmd_sim, sim_parser=s)
+    ssub = s.add_subparsers(dest="sim_command", metavar="board",
+                            help="'aiot sim board --help': one simulated board on a serial "
                             "line (without it: nodes against a gateway)")
     sb = ssub.add_parser(
         "board",
@@ -388,10 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
         "aiot bench provision [--boards N]: the field tools on simulated serial boards: "
         "deploy (full, one file) next to mpremote cp, one board provisioned until "
         "registered, a batch's boards per minute. "
+        "aiot bench uplink [--backlog N ...]: the MQTT uplink end to end and draining a "
+        "backlog against a bare MQTT publisher on the same Mosquitto; the gateway's RSS "
+        "with 1,000 nodes. "
         "'aiot bench NAME --help' for options.",
     )
     be.add_argument("name", choices=["features", "gateway", "infer", "node", "oscore", "ota",
-                                     "provision"],
+                                     "provision", "uplink"],
                     help="which benchmark")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
@@ -439,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     provision.register(sub)
     nodecli.register(sub)
+    from aiotkit.tools import alertscli
+
+    alertscli.register(sub)  # aiot alerts list|show|ack (gateway/analytics, REST)
     return p
 
 

@@ -208,7 +208,7 @@ class Board:
 
     def __enter__(self) -> Self:
         try:
-            from mpremote import transport_serial
+            from mpremote import transport_serial  # type: ignore[import-untyped]
             from mpremote.transport import TransportError  # type: ignore[import-untyped]
             from mpremote.transport_serial import SerialTransport  # type: ignore[import-untyped]
         except ImportError:

@@ -64,6 +64,11 @@ verifier's ``reason``, nothing stored. ``GET .../ota/images[/{sha256}]``. Campai
 its per-wave and per-node progress, ``POST .../{id}/start|pause|resume|abort``; 409
 ``wrong_state`` when the campaign's state does not allow it.
 
+Operations (``OPEN_ROUTES``, outside ``/api/v1``, deliberately without a token and never
+audited): ``GET /health/live``, ``GET /health/ready`` (503 with the failing checks;
+``gateway/ops/health.py``) and ``GET /metrics`` (Prometheus text, ``gateway/ops/metrics.py``;
+a token of any role with ``[rest] metrics_token_required``).
+
 The notification stream (``.../notifications``) labels each report with its ``kind``:
 ``notify``, a Notification of the observation ``observation``, or ``send``, a report the
 node Sent; ``?kind=`` (or ``?observation=ID``) follows only those, so a client observing a
@@ -110,6 +115,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from aiohttp.typedefs import Middleware
 
+    from ..analytics.engine import Analytics
     from ..app import Gateway
     from ..dm import DeviceManagement
     from ..lwm2m.registry import RegistryEvent
@@ -174,8 +180,25 @@ ROUTES: tuple[tuple[str, str, Role, str], ...] = (
     ("POST", "/ota/campaigns/{id}/abort", A, "_ota_abort"),
     ("GET", "/ota/models", V, "_ota_models"),
     ("GET", "/ota/models/candidates", V, "_ota_candidates"),
+    ("GET", "/alerts", V, "_alerts"),
+    ("GET", "/alerts/{id}", V, "_alert"),
+    ("POST", "/alerts/{id}/ack", O, "_alert_ack"),
+    ("GET", "/endpoints/{ep}/drift", V, "_drift"),
+    ("GET", "/endpoints/{ep}/rollups", V, "_rollups"),
 )
 del V, O, A
+
+# Routes outside /api/v1 that take NO token, deliberately: a supervisor's liveness and
+# readiness probes and a Prometheus scraper hold none (``/metrics`` needs a token of any
+# role with ``[rest] metrics_token_required``). Read-only, never audited, answering no
+# secret and no endpoint name; the middleware lets exactly these paths (GET) through
+# without authentication. Method, path, handler.
+OPEN_ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/health/live", "_health_live"),
+    ("GET", "/health/ready", "_health_ready"),
+    ("GET", "/metrics", "_metrics"),
+)
+_OPEN_PATHS = frozenset(path for _m, path, _h in OPEN_ROUTES)
 
 
 def _hex_field(raw: Any, name: str) -> bytes:
@@ -368,6 +391,8 @@ class RestApi:
                               client_max_size=MAX_BODY_BYTES)
         for method, path, _role, handler in ROUTES:
             app.router.add_route(method, API + path, getattr(self, handler))
+        for method, path, handler in OPEN_ROUTES:
+            app.router.add_route(method, path, getattr(self, handler))
         return app
 
     def _admit(self, request: web.Request) -> Token:
@@ -502,9 +527,57 @@ class RestApi:
 
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.method == "GET" and request.path in _OPEN_PATHS:
+                return await self._open(request, handler)  # no token: OPEN_ROUTES
             return await self._errors_impl(request, handler)
 
         return middleware
+
+    async def _open(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A route of ``OPEN_ROUTES``: no token, no audit (read-only), errors as JSON;
+        ``/metrics`` takes a token of any role with ``[rest] metrics_token_required``."""
+        from aiohttp import web
+
+        request[_exchange_key()] = _Exchange(self._config.body_timeout_s)
+        try:
+            if request.path == "/metrics" and self._config.metrics_token_required:
+                self._authenticate(request)
+            return await handler(request)
+        except ApiError as e:
+            return web.json_response(e.body(), status=e.status, headers=e.headers)
+        except TokensUnavailable:
+            return web.json_response({"error": "tokens_unavailable", "message":
+                                      "the tokens file cannot be used; see the gateway's log"},
+                                     status=503, headers={"Retry-After": "10"})
+        except Exception:
+            log.exception("GET %s failed with an internal error", request.path)
+            return web.json_response({"error": "internal", "message": "internal error"},
+                                     status=500)
+
+    # -- operations (no token: OPEN_ROUTES) --------------------------------------------
+
+    async def _health_live(self, request: web.Request) -> web.StreamResponse:
+        return _json({"status": "live"}, headers={"Cache-Control": "no-store"})
+
+    async def _health_ready(self, request: web.Request) -> web.StreamResponse:
+        from ..ops.health import readiness
+
+        ready, body = readiness(self._gateway)
+        return _json(body, status=200 if ready else 503,
+                     headers={"Cache-Control": "no-store"})
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        from ..ops.metrics import MetricsUnavailable, render
+
+        try:
+            text = render(self._gateway.metrics)
+        except MetricsUnavailable as e:
+            raise ApiError(503, "metrics_unavailable", str(e)) from e
+        return web.Response(body=text, headers={
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+            "Cache-Control": "no-store"})
 
     # -- viewer ------------------------------------------------------------------------
 
@@ -863,6 +936,81 @@ class RestApi:
         if ota is None:
             raise ApiError(503, "ota_unavailable", "the OTA service is not running")
         return ota
+
+    # -- analytics (gateway/analytics): alerts, drift, rollups ---------------------------
+
+    def _analytics(self) -> Analytics:
+        analytics = self._gateway.analytics
+        if analytics is None:
+            raise ApiError(503, "analytics_unavailable", "analytics are off ([analytics]"
+                           " enabled = false)")
+        return analytics
+
+    async def _alerts(self, request: web.Request) -> web.StreamResponse:
+        tables = self._analytics().tables
+        state = request.query.get("state", "open")
+        states = {"open": ("active", "acknowledged"), "all": (), "active": ("active",),
+                  "acknowledged": ("acknowledged",), "cleared": ("cleared",)}.get(state)
+        if states is None:
+            raise ApiError(400, "bad_query", "state is open (default), active, acknowledged,"
+                           " cleared or all")
+        ep = request.query.get("ep") or None
+        if ep is not None and not valid_endpoint(ep):
+            raise ApiError(400, "bad_endpoint", f"{_shown(ep)} is not an endpoint name")
+        rule = request.query.get("rule") or None
+        limit = _int_query(request, "limit", 100, 1, 10000)
+        rows = tables.alerts(endpoint=ep, states=states, rule=rule, limit=limit)
+        return _json({"alerts": [r.to_json() for r in rows]})
+
+    def _alert_id(self, request: web.Request) -> int:
+        text = request.match_info["id"]
+        if not text.isascii() or not text.isdigit() or len(text) > 18:
+            raise ApiError(404, "unknown_alert", f"{_shown(text)} is not an alert id")
+        return int(text)
+
+    async def _alert(self, request: web.Request) -> web.StreamResponse:
+        tables = self._analytics().tables
+        alert_id = self._alert_id(request)
+        row = tables.alert(alert_id)
+        if row is None:
+            raise ApiError(404, "unknown_alert", f"no alert {alert_id}")
+        return _json({**row.to_json(), "history": [h.to_json()
+                                                  for h in tables.history(alert_id)]})
+
+    async def _alert_ack(self, request: web.Request) -> web.StreamResponse:
+        analytics = self._analytics()
+        alert_id = self._alert_id(request)
+        _exchange(request).detail = {"alert": alert_id}
+        token = _who(request)
+        row = analytics.ack(alert_id, token.name)
+        if row is None:
+            current = analytics.tables.alert(alert_id)
+            if current is None:
+                raise ApiError(404, "unknown_alert", f"no alert {alert_id}")
+            raise ApiError(409, "not_active", f"alert {alert_id} is {current.state}: only"
+                           " an active alert can be acknowledged")
+        return _json(row.to_json())
+
+    async def _drift(self, request: web.Request) -> web.StreamResponse:
+        ep = request.match_info["ep"]
+        if not valid_endpoint(ep):
+            raise ApiError(400, "bad_endpoint", f"{_shown(ep)} is not an endpoint name")
+        state = self._analytics().drift_state(ep)
+        if state is None:
+            raise ApiError(404, "no_drift", f"no drift result for {_shown(ep)} (it sent no"
+                           " features, or no model card describes them)")
+        return _json(state)
+
+    async def _rollups(self, request: web.Request) -> web.StreamResponse:
+        ep = request.match_info["ep"]
+        if not valid_endpoint(ep):
+            raise ApiError(400, "bad_endpoint", f"{_shown(ep)} is not an endpoint name")
+        period = request.query.get("period", "1m")
+        if period not in ("1m", "1h"):
+            raise ApiError(400, "bad_query", "period is 1m or 1h")
+        limit = _int_query(request, "limit", 60, 1, 10000)
+        return _json({"endpoint": ep, "period": period, "rollups":
+                      self._analytics().tables.rollups(ep, period, limit=limit)})
 
     def _model_service(self) -> ModelService:
         models = self._gateway.models

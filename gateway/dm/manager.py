@@ -482,7 +482,8 @@ class DeviceManagement:
         reg = self._store.registration(endpoint)
         if reg is None:
             raise NotRegistered(f"no endpoint {endpoint!r}")
-        if reg.state == "registered" and self._clock() <= reg.expires_at:
+        # expiry on the registry's monotonic clock (a wall-clock jump changes nothing)
+        if reg.state == "registered" and self._registry.expires_in(reg) >= 0:
             return reg
         if _queue_mode(reg) and reg.state != "deregistered":
             return reg  # asleep past its lifetime: the request waits for a Register
@@ -491,13 +492,14 @@ class DeviceManagement:
 
     def _live_registration(self, endpoint: str) -> Registration | None:
         reg = self._store.registration(endpoint)
-        if reg is None or reg.state != "registered" or self._clock() > reg.expires_at:
+        if reg is None or reg.state != "registered" or self._registry.expires_in(reg) < 0:
             return None
         return reg
 
     def _awake(self, reg: Registration) -> bool:
         return (reg.state == "registered"
-                and self._clock() - reg.updated_at < self._cfg.queue_awake_s)
+                # seconds since its last Register / Update, on the monotonic clock
+                and reg.lifetime - self._registry.expires_in(reg) < self._cfg.queue_awake_s)
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -185,6 +185,12 @@ class ShadowChecker:
         self.counts: dict[Status, int] = {"agree": 0, "disagree": 0, "unchecked": 0}
         self.recent: deque[Verdict] = deque(maxlen=keep)
         self._seen: set[str] = set()
+        self._listeners: list[Callable[[Verdict], None]] = []
+
+    def add_listener(self, listener: Callable[[Verdict], None]) -> None:
+        """Call ``listener(verdict)`` after each decision is checked (the alert rules of
+        kind "shadow", gateway/analytics); it must not raise or block."""
+        self._listeners.append(listener)
 
     def on_event(self, event: RegistryEvent) -> None:
         if event.kind != "send" or not event.records:
@@ -199,6 +205,11 @@ class ShadowChecker:
             v = Verdict(event.endpoint, None, "unchecked", f"check failed: {e}")
         self.counts[v.status] += 1
         self.recent.append(v)
+        for listener in self._listeners:
+            try:
+                listener(v)
+            except Exception:
+                log.exception("shadow check listener %r failed", listener)
         first = event.endpoint not in self._seen
         self._seen.add(event.endpoint)
         if v.status == "disagree":

@@ -2,9 +2,19 @@
 
 Transport-free: the CoAP layer (``lwm2m``) parses requests and calls this; this decides
 and commits to the ``Storage`` before returning, so a caller may acknowledge right after.
-Expiry runs by wall clock (``updated_at + lifetime``), also across restarts, and is
-checked lazily on every lookup as well, so a registration past its lifetime is never
-served even between two runs of the periodic check.
+
+**Lifetimes run on the monotonic clock.** What is stored and shown (``registered_at``,
+``updated_at``, events) is wall time; whether a registration outlived its lifetime is
+decided on ``time.monotonic``: a Register or Update sets the registration's deadline to
+``monotonic() + lifetime``, so setting the wall clock forward or back (NTP stepping it
+after boot, an operator's ``date -s``) neither expires every node at once nor keeps a
+30 s lifetime alive for an hour. A registration the registry has not seen since the
+gateway started (loaded from the store after a restart) gets, once, the lifetime its
+stored wall times leave (``updated_at + lifetime - now``, at most ``lifetime``; already
+past: expired at the first check, as when the gateway was down for longer than it), and
+runs on the monotonic clock from then on. Expiry is checked periodically (a heap of
+deadlines: the due ones only) and lazily on every lookup as well, so a registration past
+its lifetime is never served even between two runs of the periodic check.
 
 Registrations and Sends arriving together are committed together (``submit_register``,
 ``submit_send``: group commit): queued operations are all stored, in order, in one
@@ -39,7 +49,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -140,8 +152,22 @@ class Registry:
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = new_reg_id,
         max_endpoints: int = MAX_ENDPOINTS,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self._store = store
+        # lifetimes run on ``monotonic`` (module docstring); a caller that injects only
+        # a wall ``clock`` (a test moving time by hand) gets that clock for both
+        if monotonic is None:
+            monotonic = time.monotonic if clock is time.time else clock
+        self._mono = monotonic
+        # endpoint -> (reg_id, updated_at, monotonic deadline) of its live registration,
+        # and the deadlines as a heap (entries no longer in the map are skipped)
+        self._deadlines: dict[str, tuple[str, float, float]] = {}
+        self._due: list[tuple[float, str]] = []
+        self._adopted = False  # the store's live registrations given deadlines (once)
+        # called with the seconds from a Send's submission to its COMMIT (when it may be
+        # acknowledged): the operations metrics' acknowledgement latency (gateway/ops)
+        self.ack_observer: Callable[[float], None] | None = None
         # live registrations at most; a Register of an endpoint the store does not know
         # is refused ``Full`` (5.03) beyond it, a known endpoint is always taken back
         self.max_endpoints = max_endpoints
@@ -230,6 +256,7 @@ class Registry:
             reg, "registered", "registered", now,
             detail=f"replaces {replaced.reg_id}" if replaced else None,
         )
+        self._track(reg)
         if replaced is None:
             self._live_count = live + 1
         return reg, replaced
@@ -300,6 +327,7 @@ class Registry:
             updated_at=now,
         )
         self._store.save_registration(reg, "updated", "updated", now)
+        self._track(reg)
         changes = [
             f"{name}={new}"
             for name, before, new in (
@@ -322,6 +350,7 @@ class Registry:
         now = self._clock()
         if not self._store.set_state(reg, "deregistered", "deregistered", "deregistered", now):
             raise NotFound(f"no registration {reg_id}")
+        self._deadlines.pop(reg.endpoint, None)
         self._went_down()
         log.info("deregistered ep=%s reg=%s", reg.endpoint, reg_id)
         self._emit("deregistered", reg)
@@ -368,11 +397,19 @@ class Registry:
         storing it raised (nothing of it is stored then). ``notification``: it is an
         Observe Notification, linked to its observation in the same transaction.
         """
+        submitted = time.perf_counter()  # the acknowledgement latency's start (real time)
+
+        def done(result: SendResult) -> SendResult:
+            out = self._sent(reg, token, records, result,
+                             notification.observation_id if notification else None)
+            if self.ack_observer is not None:
+                self.ack_observer(time.perf_counter() - submitted)
+            return out
+
         return self._submit(
             lambda: self._record_send(reg, token, content_format, payload, records,
                                       notification),
-            lambda result: self._sent(reg, token, records, result,
-                                      notification.observation_id if notification else None),
+            done,
         )
 
     def _submit(self, work: Callable[[], Any], done: Callable[[Any], _T]) -> asyncio.Future[_T]:
@@ -479,12 +516,58 @@ class Registry:
     # -- lifetime ----------------------------------------------------------------------
 
     def expire_due(self) -> list[Registration]:
-        """Mark every registration past its lifetime offline; returns them."""
-        out = []
-        for reg in self._store.due_for_expiry(self._clock()):
+        """Mark every registration past its lifetime (on the monotonic clock) offline;
+        returns them, by endpoint name."""
+        if not self._adopted:  # the registrations stored before this registry existed
+            for stored in self._store.registrations():
+                if stored.state == "registered":
+                    self._deadline(stored)
+            self._adopted = True
+        out: list[Registration] = []
+        now = self._mono()
+        due = self._due
+        while due and due[0][0] < now:
+            deadline, endpoint = heapq.heappop(due)
+            entry = self._deadlines.get(endpoint)
+            if entry is None or entry[2] != deadline:
+                continue  # an Update moved it, or it ended: a stale heap entry
+            reg = self._store.registration(endpoint)
+            if reg is None or reg.state != "registered":
+                self._deadlines.pop(endpoint, None)
+                continue
+            if (reg.reg_id, reg.updated_at) != entry[:2]:
+                self._deadlines.pop(endpoint, None)
+                self._deadline(reg)  # changed behind the registry's back: adopt it
+                continue
             if self._expire(reg):
                 out.append(reg)
-        return out
+        return sorted(out, key=lambda r: r.endpoint)
+
+    def expires_in(self, reg: Registration) -> float:
+        """Seconds until ``reg`` outlives its lifetime, on the monotonic clock (negative:
+        it has); for ``reg`` as stored now."""
+        return self._deadline(reg) - self._mono()
+
+    def _track(self, reg: Registration) -> None:
+        """``reg`` was just registered or updated: its lifetime starts now."""
+        deadline = self._mono() + reg.lifetime
+        self._deadlines[reg.endpoint] = (reg.reg_id, reg.updated_at, deadline)
+        heapq.heappush(self._due, (deadline, reg.endpoint))
+
+    def _deadline(self, reg: Registration) -> float:
+        """``reg``'s monotonic deadline; one the registry did not set (stored before it
+        started) gets what its wall times leave of its lifetime, once."""
+        entry = self._deadlines.get(reg.endpoint)
+        if entry is not None and entry[0] == reg.reg_id and entry[1] == reg.updated_at:
+            return entry[2]
+        left = reg.expires_at - self._clock()
+        # already past by the wall clock: due at once; never more than one lifetime (the
+        # wall clock may have gone back while the gateway was down)
+        deadline = (-math.inf if left < 0
+                    else self._mono() + min(float(reg.lifetime), left))
+        self._deadlines[reg.endpoint] = (reg.reg_id, reg.updated_at, deadline)
+        heapq.heappush(self._due, (deadline, reg.endpoint))
+        return deadline
 
     def prune_ended(self, older_than_s: float) -> list[str]:
         """Forget endpoints that de-registered or expired over ``older_than_s`` ago (0:
@@ -515,6 +598,7 @@ class Registry:
         now = self._clock()
         if not self._store.set_state(reg, "offline", "expired", "offline", now):
             return False
+        self._deadlines.pop(reg.endpoint, None)
         self._went_down()
         log.info("expired ep=%s reg=%s (no update for %.0f s, lifetime %d s)",
                  reg.endpoint, reg.reg_id, now - reg.updated_at, reg.lifetime)
@@ -522,8 +606,8 @@ class Registry:
         return True
 
     def _lapsed(self, reg: Registration) -> bool:
-        """True (and expire it now) if ``reg`` outlived its lifetime."""
-        if reg.state == "registered" and self._clock() > reg.expires_at:
+        """True (and expire it now) if ``reg`` outlived its lifetime (monotonic clock)."""
+        if reg.state == "registered" and self._mono() > self._deadline(reg):
             self._expire(reg)
             return True
         return False

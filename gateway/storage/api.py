@@ -33,7 +33,7 @@ is written by ``record_send`` in the transaction of its readings.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
@@ -41,6 +41,8 @@ from typing import Any, Literal, NamedTuple, Protocol
 from ..lwm2m.senml import Record, Value, ValueKind
 
 __all__ = [
+    "OUTBOX_DROP_ORDER",
+    "OUTBOX_PRIO",
     "DeadLetter",
     "DeviceStorage",
     "Event",
@@ -100,7 +102,8 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class StoredReading:
-    """A reading as committed, with the ids the uplink payload refers to."""
+    """A reading as committed, with the ids the uplink payload refers to; ``late`` and
+    ``tbad``: its node time was flagged (``gateway/ops/timecheck.py``; uplink only)."""
 
     id: int
     send_id: int
@@ -110,6 +113,8 @@ class StoredReading:
     value: Value
     time: float | None
     received_at: float
+    late: bool = False
+    tbad: bool = False
 
 
 class StoredValue(NamedTuple):
@@ -134,28 +139,45 @@ class StatusChange:
 # what an outbox message reports: telemetry (readings), rollup, status (a node's
 # registration state), alert, ota (an update's result)
 OutboxKind = Literal["telemetry", "rollup", "status", "alert", "ota"]
+# The outbox's queue order: a backlog goes out by priority (lowest first), then in id
+# (commit) order, so within a kind, and so per node, messages keep their order.
+OUTBOX_PRIO: dict[str, int] = {"alert": 0, "ota": 0, "status": 1, "rollup": 2,
+                               "telemetry": 3}
+# What the outbox budget drops, in this order (oldest first within each); never alerts
+# or OTA results
+OUTBOX_DROP_ORDER: tuple[OutboxKind, ...] = ("telemetry", "rollup", "status")
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
     """What to publish: topic, payload bytes, retained or not, and what kind of message
-    it is (``OutboxKind``: the uplink's priorities and drop policy go by it)."""
+    it is (``OutboxKind``: the uplink's priorities and drop policy go by it).
+
+    ``topic`` is relative to the uplink's prefix (``node-1/alert``, not
+    ``aiot/gw/node-1/alert``): the prefix is put in front when the message is
+    published (``OutboxEncoder.topic``), so a changed ``mqtt.topic_prefix`` applies to
+    the backlog. ``msg_id``: a stable id consumers de-duplicate by (with the gateway's
+    id); empty: the uplink uses ``{kind}-{outbox row id}``."""
 
     topic: str
     payload: bytes
     retain: bool = False
     kind: OutboxKind = "telemetry"
+    msg_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """An outbox row waiting for (or replayed after) a broker acknowledgement."""
+    """An outbox row waiting for (or replayed after) a broker acknowledgement; ``topic``
+    is the whole topic to publish to (the prefix applied when the row was read)."""
 
     id: int
     topic: str
     payload: bytes
     retain: bool
     created: float
+    kind: OutboxKind = "telemetry"
+    msg_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +198,10 @@ class OutboxEncoder(Protocol):
     def reading(self, r: StoredReading) -> OutboxMessage: ...
 
     def status(self, s: StatusChange) -> OutboxMessage: ...
+
+    def topic(self, relative: str) -> str:
+        """The topic to publish a stored (prefix-relative) topic to."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,7 +565,42 @@ class Storage(Protocol):
         """Commit ``messages`` to the outbox in one transaction (for the uplink)."""
         ...
 
-    def outbox_pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]: ...
+    def outbox_clock_steps(self) -> list[tuple[int, float]]:
+        """Steps of the wall clock seen between outbox inserts while this store was
+        open: (the last row id stamped before the step, the step in seconds), oldest
+        first; the uplink corrects message ages by them."""
+        ...
+
+    def outbox_pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
+        """Unconfirmed rows with an id above ``after_id``, in queue order (priority,
+        then id)."""
+        ...
+
+    def outbox_next(self, after: Mapping[int, int], limit: int) -> list[OutboxRow]:
+        """Unconfirmed rows in queue order, of each priority only those with an id
+        above ``after[prio]`` (the publisher's cursors)."""
+        ...
+
+    def outbox_last_id(self) -> int:
+        """The highest outbox row id there is (0: none). An id is given again only
+        after the row holding the highest was deleted: the publisher's cursors go no
+        higher than this."""
+        ...
+
+    def outbox_set_budget(self, max_rows: int) -> None:
+        """Keep at most ``max_rows`` unconfirmed rows (0: no limit): adding beyond
+        drops by the policy of ``storage.sqlite`` (oldest telemetry first)."""
+        ...
+
+    def outbox_drop(self, ids: Iterable[int], reason: str, now: float) -> int:
+        """Delete unconfirmed rows without publishing them, counted under ``reason``
+        (e.g. ``expired``); returns how many went."""
+        ...
+
+    def outbox_drops(self) -> dict[str, int]:
+        """Messages dropped since the database was made, by ``{reason}_{kind}``
+        (``budget_telemetry``, ``expired_rollup``...)."""
+        ...
 
     def outbox_mark_published(self, ids: Iterable[int], now: float) -> None: ...
 

@@ -114,6 +114,13 @@ class SqliteOtaStorage(OwnConnection):
             f"SELECT {_NODE_COLS} FROM ota_nodes WHERE campaign = ? ORDER BY wave, endpoint",
             (campaign_id,))]
 
+    def ota_state_counts(self) -> dict[tuple[str, str], int]:
+        """(campaign state, node state) -> how many nodes, over every campaign: one
+        grouped query (the operations metrics, ``gateway/ops/metrics.py``)."""
+        return {(str(cs), str(ns)): int(n) for cs, ns, n in self._db.execute(
+            "SELECT c.state, n.state, COUNT(*) FROM ota_nodes n JOIN ota_campaigns c"
+            " ON c.id = n.campaign GROUP BY c.state, n.state")}
+
     def ota_node_campaigns(self, endpoint: str, states: tuple[str, ...]) -> list[int]:
         """The campaigns in which ``endpoint`` is in one of ``states``."""
         marks = ", ".join("?" * len(states))

@@ -29,8 +29,12 @@ to version   what the step does
              ``ota_nodes`` (each target node's wave and state)
 8            the model registry and candidate evaluation (``gateway.ota.models``):
              ``model_versions``, ``model_placements``, ``model_candidates``
-9            (the uplink's outbox: reserved, no change yet)
-10           (rollups, alerts and drift: reserved, no change yet)
+9            the uplink's outbox: ``outbox.kind``/``prio`` (priorities and the
+             drop policy), ``outbox.abs`` (topics are stored relative to the
+             prefix; older rows keep their whole topic), ``outbox.msg_id``;
+             ``outbox_drops`` (messages dropped, by reason and kind)
+10           rollups, alerts and drift (``gateway.analytics``): ``rollups``,
+             ``alerts``, ``alert_history``, ``drift_state``
 ===========  ====================================================================
 """
 
@@ -421,11 +425,76 @@ CREATE TABLE model_candidates (
 ) WITHOUT ROWID
 """
 
-# the uplink's outbox (gateway/uplink/)
-_SCHEMA_V9 = ""
+# Version 9: the uplink's outbox (gateway/uplink/mqtt.py).
+# ``topic`` is now relative to ``mqtt.topic_prefix`` (``node-1/data/3313/0/5702``), which
+# the uplink puts in front when it publishes, so a changed prefix applies to the backlog;
+# ``abs = 1`` marks a row that holds its whole topic: every row written before this
+# version (the column's default, so the step rewrites no row; new rows set 0), published
+# as it was. ``kind`` is the ``OutboxKind`` and ``prio`` its rank (0 alert and ota,
+# 1 status, 2 rollup, 3 telemetry; ``storage.sqlite.OUTBOX_PRIO``): the queue is read in
+# (prio, id) order. Old retained rows were node statuses. ``msg_id``: the message's
+# stable id for consumers (a reading's id; NULL: the uplink makes one from ``kind`` and
+# the row id). ``outbox_drops`` counts what the budget or expiry dropped.
+_SCHEMA_V9 = """
+ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'telemetry';
+ALTER TABLE outbox ADD COLUMN prio INTEGER NOT NULL DEFAULT 3;
+ALTER TABLE outbox ADD COLUMN abs INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE outbox ADD COLUMN msg_id TEXT;
+UPDATE outbox SET kind = 'status', prio = 1 WHERE retain = 1;
+DROP INDEX outbox_pending;
+CREATE INDEX outbox_queue ON outbox (prio, id) WHERE confirmed IS NULL AND dead IS NULL;
+CREATE TABLE outbox_drops (
+    reason TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    count  INTEGER NOT NULL,
+    PRIMARY KEY (reason, kind)
+) WITHOUT ROWID
+"""
 
-# rollups, alerts and drift (gateway/analytics/)
-_SCHEMA_V10 = ""
+# rollups, alerts and drift (gateway/analytics/): ``rollups`` one row per node, period
+# ("1m", "1h") and bucket start (its statistics as JSON); ``alerts`` one row per raised
+# alert (at most one open per rule and node: the partial unique index), ``alert_history``
+# its raise / acknowledge / clear events; ``drift_state`` each node's latest drift result.
+_SCHEMA_V10 = """
+CREATE TABLE rollups (
+    endpoint TEXT NOT NULL,
+    period   TEXT NOT NULL,
+    start    REAL NOT NULL,
+    data     TEXT NOT NULL,
+    PRIMARY KEY (endpoint, period, start)
+) WITHOUT ROWID;
+CREATE INDEX rollups_age ON rollups (period, start);
+CREATE TABLE alerts (
+    id         INTEGER PRIMARY KEY,
+    rule       TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    endpoint   TEXT NOT NULL,
+    severity   TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('active', 'acknowledged', 'cleared')),
+    raised_at  REAL NOT NULL,
+    acked_at   REAL,
+    acked_by   TEXT,
+    cleared_at REAL,
+    detail     TEXT NOT NULL
+);
+CREATE UNIQUE INDEX alerts_open ON alerts (rule, endpoint) WHERE state != 'cleared';
+CREATE INDEX alerts_endpoint ON alerts (endpoint, id);
+CREATE INDEX alerts_cleared ON alerts (cleared_at) WHERE state = 'cleared';
+CREATE TABLE alert_history (
+    alert  INTEGER NOT NULL REFERENCES alerts (id) ON DELETE CASCADE,
+    seq    INTEGER NOT NULL,
+    at     REAL NOT NULL,
+    event  TEXT NOT NULL CHECK (event IN ('raised', 'acknowledged', 'cleared')),
+    actor  TEXT,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (alert, seq)
+) WITHOUT ROWID;
+CREATE TABLE drift_state (
+    endpoint TEXT PRIMARY KEY,
+    data     TEXT NOT NULL,
+    updated  REAL NOT NULL
+) WITHOUT ROWID
+"""
 
 
 class Migration(NamedTuple):

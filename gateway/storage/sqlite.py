@@ -30,7 +30,12 @@ report). An outbox row the broker refused is set aside as a dead letter
 (``outbox_set_aside``; the uplink decides when, ``uplink/mqtt.py``).
 
 What goes into the outbox is decided by an ``OutboxEncoder`` (the uplink's topic
-scheme); with none (MQTT disabled) nothing is written there. ``open(...,
+scheme); with none (MQTT disabled) nothing is written there. Topics are stored relative
+to the prefix and read back whole (``OutboxEncoder.topic``), in queue order (priority,
+then id: ``OUTBOX_PRIO``). ``outbox_set_budget`` bounds the unconfirmed rows: an insert
+beyond drops by ``OUTBOX_DROP_ORDER`` in its own transaction, counted in
+``outbox_drops``; on a full disk a confirmation deletes its rows instead of marking them
+(``outbox_confirm``), so forwarding frees space rather than stopping. ``open(...,
 readonly=True)`` reads a file another process writes (a benchmark polling the
 gateway's database): no migration, no writes, no device tables.
 """
@@ -39,9 +44,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
@@ -51,7 +58,10 @@ import cbor2
 from ..errors import StoreError
 from ..lwm2m.senml import Record
 from . import schema
+from .analyticstables import SqliteAnalyticsStorage
 from .api import (
+    OUTBOX_DROP_ORDER,
+    OUTBOX_PRIO,
     DeadLetter,
     Event,
     EventKind,
@@ -87,8 +97,19 @@ _SAME_T_ABS = 1e-3  # two absolute times of one report: the same float64 bt + t
 _SAME_T_REL = 5.0  # a relative time made absolute: the Sends' transit times differ
 _REPORT_CANDIDATES = 4  # stored Sends with a Send's report key compared with it at most
 KEEP_DEAD = 10_000  # dead letters kept (the newest); the older go
+# a change of the wall clock's offset from the monotonic clock beyond this between two
+# outbox inserts is a step of the wall clock (outbox_clock_steps); the last ones kept
+CLOCK_STEP_S = 2.0
+_MAX_CLOCK_STEPS = 64
+
+log = logging.getLogger("aiotkit.gateway.storage")
 
 _KINDS = frozenset(("v", "vs", "vb", "vd"))
+_PRIOS = sorted(set(OUTBOX_PRIO.values()))
+_OUTBOX_COLUMNS = "id, topic, payload, retain, created, abs, kind, msg_id"
+_INSERT_OUTBOX = ("INSERT INTO outbox (topic, payload, retain, created, kind, prio, abs,"
+                  " msg_id) VALUES (?, ?, ?, ?, ?, ?, 0, ?)")
+_COUNT_PENDING = "SELECT COUNT(*) FROM outbox WHERE confirmed IS NULL AND dead IS NULL"
 LATEST_MAX_PATHS = 4096  # paths kept per endpoint; beyond, the least recently sent go
 _CACHE_MAX = 1 << 16  # registrations (and latest path sets) kept in memory at most
 LATEST_MAX_SENDS = 8  # Sends latest.sends names at most (schema v3)
@@ -120,6 +141,15 @@ class SqliteStorage:
         self._by_ep: dict[str, Registration] = {}
         self._by_addr: dict[tuple[str, int], str] = {}
         self._tops: dict[str, _Top] = {}
+        # node time checks (gateway/ops/timecheck.py TimeCheck), set by the daemon
+        self.time_check: Any = None
+        # the outbox budget (outbox_set_budget; 0: none) and its unconfirmed rows as
+        # counted (None: unknown, counted again at the next insert that needs it)
+        self._budget = 0
+        self._pending_rows: int | None = None
+        # steps of the wall clock seen by outbox inserts: (last row id before, step s)
+        self._clock_offset: float | None = None
+        self._clock_steps: list[tuple[int, float]] = []
 
     @classmethod
     def open(
@@ -209,6 +239,12 @@ class SqliteStorage:
         """The model registry's and candidates' tables (``storage.modeltables``), on the
         OTA tables' connection."""
         return SqliteModelStorage(self.ota._db)
+
+    @property
+    def analytics(self) -> SqliteAnalyticsStorage:
+        """Rollups, alerts and drift state (``storage.analyticstables``), on the OTA
+        tables' connection."""
+        return SqliteAnalyticsStorage(self.ota._db)
 
     def close(self) -> None:
         self.settle()
@@ -310,6 +346,7 @@ class SqliteStorage:
             raise
 
     def _forget_cached(self) -> None:
+        self._pending_rows = None  # the outbox's count too: counted again when needed
         self._by_ep.clear()
         self._by_addr.clear()
         self._tops.clear()
@@ -322,8 +359,10 @@ class SqliteStorage:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK TO call")
-                db.execute("RELEASE call")
+                self._pending_rows = None
+                if db.in_transaction:  # SQLITE_FULL may have rolled it all back
+                    db.execute("ROLLBACK TO call")
+                    db.execute("RELEASE call")
                 raise
             db.execute("RELEASE call")
             return
@@ -332,7 +371,8 @@ class SqliteStorage:
             yield db
         except BaseException:
             self._forget_cached()
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLITE_FULL may have rolled it back already
+                db.execute("ROLLBACK")
             raise
         try:
             db.execute("COMMIT")
@@ -501,10 +541,50 @@ class SqliteStorage:
             self._outbox(db, self._encoder.status(change), now)
 
     def _outbox(self, db: sqlite3.Connection, msg: OutboxMessage, now: float) -> None:
-        db.execute(
-            "INSERT INTO outbox (topic, payload, retain, created) VALUES (?, ?, ?, ?)",
-            (msg.topic, msg.payload, int(msg.retain), now),
-        )
+        self._outbox_insert(db, (msg,), now)
+
+    def _outbox_insert(self, db: sqlite3.Connection, msgs: Iterable[OutboxMessage],
+                       now: float) -> None:
+        """Insert outbox rows, then hold the budget (``outbox_set_budget``), in the
+        caller's transaction."""
+        offset = now - time.monotonic()  # the wall clock's: a change is a step
+        if self._clock_offset is not None and abs(offset - self._clock_offset) > CLOCK_STEP_S:
+            last = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
+            self._clock_steps.append((last, offset - self._clock_offset))
+            del self._clock_steps[:-_MAX_CLOCK_STEPS]
+            log.warning("the wall clock stepped by %+.1f s: the uplink corrects the ages of"
+                        " the outbox's %d earlier rows", offset - self._clock_offset, last)
+        self._clock_offset = offset
+        n = db.executemany(_INSERT_OUTBOX, [
+            (m.topic, m.payload, int(m.retain), now, m.kind, OUTBOX_PRIO[m.kind],
+             m.msg_id or None) for m in msgs]).rowcount
+        if self._pending_rows is not None:
+            self._pending_rows += n
+        if self._budget and (self._pending_rows is None or self._pending_rows > self._budget):
+            self._hold_budget(db)
+
+    def outbox_clock_steps(self) -> list[tuple[int, float]]:
+        return self._clock_steps
+
+    def _hold_budget(self, db: sqlite3.Connection) -> None:
+        """Drop unconfirmed rows beyond the budget by ``OUTBOX_DROP_ORDER``, oldest
+        first in each kind (never the newest row of the table, whose id would be given
+        again); alerts and OTA results are never dropped, so they may exceed it."""
+        pending = int(db.execute(_COUNT_PENDING).fetchone()[0])
+        excess = pending - self._budget
+        for kind in OUTBOX_DROP_ORDER:
+            if excess <= 0:
+                break
+            gone = db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE prio = ?"
+                " AND confirmed IS NULL AND dead IS NULL AND kind = ?"
+                " AND id < (SELECT MAX(id) FROM outbox) ORDER BY id LIMIT ?)",
+                (OUTBOX_PRIO[kind], kind, excess)).rowcount
+            if gone:
+                _count_drops(db, "budget", kind, gone)
+                excess -= gone
+                pending -= gone
+        self._pending_rows = pending
 
     # -- sends -----------------------------------------------------------------------
 
@@ -569,16 +649,17 @@ class SqliteStorage:
             if send_id is None:  # an INSERT always sets it
                 raise StoreError("INSERT INTO sends gave no row id")
             ep = reg.endpoint
+            # node times checked (gateway/ops/timecheck.py): flags on the uplink payload
+            check = self.time_check
+            flags = check.flags(ep, records, now) if check is not None else None
             if self._encoder is not None:
                 first = send_id * READING_ID_SPAN
                 encode = self._encoder.reading
-                db.executemany(
-                    "INSERT INTO outbox (topic, payload, retain, created) VALUES (?, ?, ?, ?)",
-                    [(m.topic, m.payload, int(m.retain), now) for m in (
-                        encode(StoredReading(first + i, send_id, ep, rec.path, rec.kind,
-                                             rec.value, rec.time, now))
-                        for i, rec in enumerate(records))],
-                )
+                self._outbox_insert(db, (
+                    encode(StoredReading(first + i, send_id, ep, rec.path, rec.kind,
+                                         rec.value, rec.time, now,
+                                         *(flags[i] if flags else (False, False))))
+                    for i, rec in enumerate(records)), now)
             top = self._merge_latest(db, ep, send_id, records, now)
             db.execute(
                 "UPDATE registrations SET send_count = send_count + 1,"
@@ -698,18 +779,67 @@ class SqliteStorage:
 
     def outbox_add(self, messages: Sequence[OutboxMessage], now: float) -> None:
         with self._tx() as db:
-            for msg in messages:
-                self._outbox(db, msg, now)
+            self._outbox_insert(db, messages, now)
+
+    def outbox_set_budget(self, max_rows: int) -> None:
+        """Keep at most ``max_rows`` unconfirmed rows (0: no limit); see
+        ``_hold_budget`` for what goes when an insert goes beyond."""
+        self._budget = max(0, max_rows)
+
+    def _rows(self, rows: Iterable[Sequence[Any]]) -> list[OutboxRow]:
+        topic = self._encoder.topic if self._encoder is not None else None
+        return [OutboxRow(r[0], r[1] if r[5] or topic is None else topic(r[1]),
+                          bytes(r[2]), bool(r[3]), r[4], r[6], r[7] or "")
+                for r in rows]
 
     def outbox_pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
-        """Unconfirmed rows with id above ``after_id``, oldest first (not the dead
-        letters)."""
-        rows = self._db.execute(
-            "SELECT id, topic, payload, retain, created FROM outbox"
-            " WHERE confirmed IS NULL AND dead IS NULL AND id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        ).fetchall()
-        return [OutboxRow(r[0], r[1], bytes(r[2]), bool(r[3]), r[4]) for r in rows]
+        """Unconfirmed rows with id above ``after_id``, in queue order (priority, then
+        id; not the dead letters)."""
+        return self._rows(self._db.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE confirmed IS NULL AND dead IS NULL"
+            " AND id > ? ORDER BY prio, id LIMIT ?", (after_id, limit)))
+
+    def outbox_next(self, after: Mapping[int, int], limit: int) -> list[OutboxRow]:
+        """Unconfirmed rows in queue order, of each priority those with an id above
+        ``after[prio]`` only: one indexed range per priority."""
+        out: list[OutboxRow] = []
+        db = self._db
+        for prio in _PRIOS:
+            if len(out) >= limit:
+                break
+            out += self._rows(db.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE prio = ? AND confirmed IS NULL"
+                " AND dead IS NULL AND id > ? ORDER BY id LIMIT ?",
+                (prio, after.get(prio, 0), limit - len(out))))
+        return out
+
+    def outbox_last_id(self) -> int:
+        """The highest row id there is (0: none)."""
+        return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
+
+    def outbox_drop(self, ids: Iterable[int], reason: str, now: float) -> int:
+        """Delete unconfirmed rows unpublished, counted as dropped for ``reason``."""
+        batch = list(ids)
+        gone = 0
+        with self._tx() as db:
+            for i in range(0, len(batch), 500):
+                chunk = batch[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                for kind, n in db.execute(
+                        f"SELECT kind, COUNT(*) FROM outbox WHERE confirmed IS NULL AND dead"
+                        f" IS NULL AND id IN ({marks}) GROUP BY kind", chunk).fetchall():
+                    _count_drops(db, reason, kind, n)
+                gone += db.execute(f"DELETE FROM outbox WHERE confirmed IS NULL AND dead"
+                                   f" IS NULL AND id IN ({marks})", chunk).rowcount
+        if self._pending_rows is not None:
+            self._pending_rows -= gone
+        return gone
+
+    def outbox_drops(self) -> dict[str, int]:
+        """Messages dropped (budget, expiry) since the database was made, by
+        ``{reason}_{kind}``."""
+        return {f"{reason}_{kind}": int(n) for reason, kind, n in self._db.execute(
+            "SELECT reason, kind, count FROM outbox_drops ORDER BY reason, kind")}
 
     def outbox_mark_published(self, ids: Iterable[int], now: float) -> None:
         """Record when rows went out (first time only)."""
@@ -717,19 +847,31 @@ class SqliteStorage:
                          ids, now)
 
     def outbox_confirm(self, ids: Iterable[int], now: float) -> None:
-        """Mark rows confirmed (the broker acknowledged them)."""
-        self._update_ids("UPDATE outbox SET confirmed = ? WHERE confirmed IS NULL"
-                         " AND dead IS NULL AND id IN",
-                         ids, now)
+        """Mark rows confirmed (the broker acknowledged them). On a full disk (setting
+        ``confirmed`` can need a page more) they are deleted instead, which frees
+        space: the uplink keeps forwarding what is stored while nothing can be added."""
+        batch = list(ids)
+        try:
+            done = self._update_ids("UPDATE outbox SET confirmed = ? WHERE confirmed IS NULL"
+                                    " AND dead IS NULL AND id IN", batch, now)
+        except sqlite3.OperationalError as e:
+            if not _disk_full(e):
+                raise
+            done = self._update_ids("DELETE FROM outbox WHERE ? IS NOT NULL AND confirmed"
+                                    " IS NULL AND dead IS NULL AND id IN", batch, now)
+        if self._pending_rows is not None:
+            self._pending_rows -= done
 
-    def _update_ids(self, sql: str, ids: Iterable[int], now: float) -> None:
+    def _update_ids(self, sql: str, ids: Iterable[int], now: float) -> int:
         batch = list(ids)
         if not batch:
-            return
+            return 0
+        n = 0
         with self._tx() as db:
             for i in range(0, len(batch), 500):  # SQLite's default variable limit is 999+
                 chunk = batch[i:i + 500]
-                db.execute(f"{sql} ({','.join('?' * len(chunk))})", (now, *chunk))
+                n += db.execute(f"{sql} ({','.join('?' * len(chunk))})", (now, *chunk)).rowcount
+        return n
 
     def outbox_prune(self, keep: int) -> int:
         """Delete confirmed rows except the newest ``keep``; returns how many went."""
@@ -750,6 +892,7 @@ class SqliteStorage:
         row = self._db.execute(
             "SELECT COUNT(*) - COUNT(confirmed) - COUNT(dead), COUNT(confirmed) FROM outbox"
         ).fetchone()
+        self._pending_rows = int(row[0])
         return int(row[0]), int(row[1])
 
     def outbox_set_aside(self, row_id: int, reason: str, now: float) -> bool:
@@ -761,6 +904,8 @@ class SqliteStorage:
                           " AND confirmed IS NULL AND dead IS NULL",
                           (now, reason, row_id)).rowcount != 1:
                 return False
+            if self._pending_rows is not None:
+                self._pending_rows -= 1
             row = db.execute("SELECT id FROM outbox WHERE dead IS NOT NULL"
                              " ORDER BY id DESC LIMIT 1 OFFSET ?", (KEEP_DEAD,)).fetchone()
             if row is not None:
@@ -769,9 +914,11 @@ class SqliteStorage:
 
     def outbox_dead(self, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters, newest first."""
-        return [DeadLetter(i, topic, bytes(payload), created, dead, reason)
-                for i, topic, payload, created, dead, reason in self._db.execute(
-                    "SELECT id, topic, payload, created, dead, reason FROM outbox"
+        topic = self._encoder.topic if self._encoder is not None else None
+        return [DeadLetter(i, t if absolute or topic is None else topic(t), bytes(payload),
+                           created, dead, reason)
+                for i, t, payload, created, dead, reason, absolute in self._db.execute(
+                    "SELECT id, topic, payload, created, dead, reason, abs FROM outbox"
                     " WHERE dead IS NOT NULL ORDER BY id DESC LIMIT ?", (limit,))]
 
     def outbox_dead_count(self) -> int:
@@ -865,6 +1012,17 @@ def _same_report(new: Sequence[Record], now: float, data: str, received_at: floa
                  - (t if t >= _RELATIVE_T else received_at + t)) > _SAME_T_REL:
             return False
     return timed
+
+
+def _count_drops(db: sqlite3.Connection, reason: str, kind: str, n: int) -> None:
+    db.execute("INSERT INTO outbox_drops (reason, kind, count) VALUES (?, ?, ?)"
+               " ON CONFLICT (reason, kind) DO UPDATE SET count = count + excluded.count",
+               (reason, kind, n))
+
+
+def _disk_full(e: sqlite3.Error) -> bool:
+    """SQLITE_FULL: 'database or disk is full' (a full disk, or max_page_count)."""
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(e)
 
 
 def _merged(rows: Sequence[Sequence[Any]]) -> dict[str, list[Any]]:

@@ -29,7 +29,7 @@ from aiotkit.gateway.security import (
     generate_key_hex,
 )
 from aiotkit.gateway.security.atrest import AtRestKey
-from aiotkit.gateway.storage import SCHEMA_VERSION, Registration, SqliteStorage
+from aiotkit.gateway.storage import SCHEMA_VERSION, SqliteStorage
 from oscorekit import (
     KEY,
     node_context,
@@ -485,16 +485,11 @@ async def test_the_gateway_as_client_protects_its_requests_to_a_node(tmp_path):
 def test_a_version_5_database_migrates_to_6_with_its_rows(tmp_path):
     path = tmp_path / "gw.db"
     file_at_version(path, 5)
-    with SqliteStorage.open(path) as store:  # an empty v5 file gets a registration
-        store.save_registration(Registration("n", "r", "127.0.0.1", 1, 60, "U", "1.1", "",
-                                             1.0, 1.0), "registered", "registered", 1.0)
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE oscore_contexts")
-    conn.execute("DROP TABLE oscore_meta")
-    for table in ("ota_nodes", "ota_campaigns", "ota_images",  # version 7's
-                  "model_versions", "model_placements", "model_candidates"):  # 8's
-        conn.execute(f"DROP TABLE {table}")
-    conn.execute("PRAGMA user_version = 5")
+    conn = sqlite3.connect(path)  # a v5 file with a registration, as a gateway left it
+    conn.execute("INSERT INTO registrations (endpoint, reg_id, host, port, lifetime, binding,"
+                 " lwm2m_version, object_links, registered_at, updated_at, state, last_seen)"
+                 " VALUES ('n', 'r', '127.0.0.1', 1, 60, 'U', '1.1', '', 1.0, 1.0,"
+                 " 'registered', 1.0)")
     conn.commit()
     conn.close()
     with SqliteStorage.open(path) as store:

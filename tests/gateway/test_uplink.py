@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiocoap
 import aiohttp
 import aiomqtt
 import cbor2
@@ -26,21 +25,9 @@ from aiotkit.gateway.lwm2m.senml import Record
 from aiotkit.gateway.storage import Registration, SqliteStorage
 from aiotkit.gateway.uplink.mqtt import Backoff, TopicScheme, Uplink
 from plugins.services import Mosquitto, free_port, require_tool
+from uplinkkit import ask, mqtt_section
 
 SENML_CBOR = 112
-
-
-def mqtt_section(broker: Any, extra: str = "") -> str:
-    return (f'[mqtt]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
-            "reconnect_min_s = 0.05\nreconnect_max_s = 0.2\n" + extra)
-
-
-async def ask(peer: aiocoap.Context, code: Code, uri: str, payload: bytes = b"",
-              cf: int | None = None) -> aiocoap.Message:
-    msg = aiocoap.Message(code=code, uri=uri, payload=payload)
-    if cf is not None:
-        msg.opt.content_format = cf
-    return await peer.request(msg).response
 
 
 @contextlib.asynccontextmanager
@@ -51,9 +38,12 @@ async def subscribed(broker: Any, topic: str, name: str) -> AsyncIterator[aiomqt
 
 
 async def take(client: aiomqtt.Client, n: int) -> list[aiomqtt.Message]:
+    """The next ``n`` messages, the gateways' own statuses (``aiot/GW/status``) left out."""
     out = []
     async with asyncio.timeout(10):
         async for msg in client.messages:
+            if str(msg.topic).count("/") == 2 and str(msg.topic).endswith("/status"):
+                continue
             out.append(msg)
             if len(out) == n:
                 return out
