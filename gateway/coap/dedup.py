@@ -3,8 +3,11 @@
 aiocoap's ``MessageManager`` remembers every received request for EXCHANGE_LIFETIME
 (247 s) with the whole response ``Message`` (its request, options and remote) and one
 timer each: about 3.4 kB per exchange, 34 MB for a storm of 10,000 Registers. The cache
-here keeps only the key (remote, MID: ``wire.dedup_key``) and the encoded response
-bytes, and expires entries in time-ordered buckets. ``coap.layer`` puts it in place of
+here keeps only the key (remote, MID: ``wire.dedup_key``, one int) and the encoded
+response bytes, or for an ACK that only echoes the request's MID and token (the ACK
+of a Send, the empty ACK of a Notification) just its code, a shared small int
+(``echo``): the cache holds an entry per request for 247 s, so at 1,000 Sends a second
+each byte counts. Entries expire in time-ordered buckets. ``coap.layer`` puts it in place of
 aiocoap's own and hands it to the fast paths, so a retransmission gets the same bytes
 whichever path served the original.
 """
@@ -16,13 +19,22 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TypeVar, overload
 
-__all__ = ["DedupCache"]
+from . import wire
+
+__all__ = ["DedupCache", "echo"]
 
 _D = TypeVar("_D")
 
 
+def echo(code: int, mid: int, token: bytes) -> bytes:
+    """The ACK kept as its ``code``: MID and token echo the request's (a duplicate has
+    the same), an empty ACK (code 0) has no token."""
+    return wire.build(wire.ACK, code, mid, token if code else b"")
+
+
 class DedupCache:
-    """Recently received (remote, MID) keys, each with its encoded response or None.
+    """Recently received (remote, MID) keys, each with its encoded response, its code
+    (an ACK that ``echo`` rebuilds) or None (not answered yet).
 
     Every entry lives ``lifetime`` seconds and up to ``lifetime / 16`` (at most 1 s)
     more: entries are filed in buckets by deadline, and ``expire()`` drops whole
@@ -35,20 +47,21 @@ class DedupCache:
         self.lifetime = lifetime
         self.step = min(1.0, lifetime / 16)
         self._clock = clock
-        self._entries: dict[Hashable, bytes | None] = {}
+        self._entries: dict[Hashable, bytes | int | None] = {}
         self._buckets: deque[tuple[float, list[Hashable]]] = deque()  # (deadline, keys)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @overload
-    def get(self, key: Hashable) -> bytes | None: ...
+    def get(self, key: Hashable) -> bytes | int | None: ...
 
     @overload
-    def get(self, key: Hashable, default: _D) -> bytes | None | _D: ...
+    def get(self, key: Hashable, default: _D) -> bytes | int | None | _D: ...
 
     def get(self, key: Hashable, default: object = None) -> object:
-        """The response bytes (None: not sent yet), or ``default`` for an unknown key."""
+        """The response bytes, or its code (``echo``), None when not sent yet, or
+        ``default`` for an unknown key."""
         return self._entries.get(key, default)
 
     def add(self, key: Hashable) -> None:
@@ -65,8 +78,9 @@ class DedupCache:
         """Whether ``key`` is known and has no response yet."""
         return key in self._entries and self._entries[key] is None
 
-    def respond(self, key: Hashable, data: bytes) -> None:
-        """Keep ``data`` as the answer to duplicates of ``key`` (if ``key`` is known)."""
+    def respond(self, key: Hashable, data: bytes | int) -> None:
+        """Keep ``data`` (the bytes, or an echoed ACK's code) as the answer to duplicates
+        of ``key`` (if ``key`` is known)."""
         if key in self._entries:
             self._entries[key] = data
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from ..dm import DeviceManagement
 from . import wire
+from .dedup import echo
 from .layer import Ancdata, DatagramHook, Sockaddr
 
 __all__ = ["FastNotify", "parse_notification"]
@@ -103,9 +104,10 @@ class FastNotify:
         if key is not None:
             found = hook.cache.get(key, _NEW)
             if found is not _NEW:
-                if isinstance(found, bytes):  # a retransmission of one ACKed: the same ACK
+                if isinstance(found, int | bytes):  # one ACKed, again: the same ACK
+                    data = echo(found, msg.mid, msg.token) if isinstance(found, int) else found
                     if not hook.closed:
-                        hook.send(found, ancdata, address)
+                        hook.send(data, ancdata, address)
                     return True
                 if key not in self._retry:
                     return True  # its COMMIT still runs: dropped, as aiocoap's layer does
@@ -136,6 +138,6 @@ class FastNotify:
             return
         if key is None:
             return
-        self._hook.cache.respond(key, ack)
+        self._hook.cache.respond(key, wire.EMPTY)  # an empty ACK: kept as its code
         if not self._hook.closed:
             self._hook.send(ack, ancdata, address)

@@ -114,10 +114,12 @@ class FastSend:
         if future.cancelled():
             return
         exc = future.exception()
+        code = wire.CHANGED
         if exc is not None:
             log.error("Send from ep=%s not stored: %s", endpoint, exc)
-            head = head[:1] + bytes((wire.INTERNAL_SERVER_ERROR,)) + head[2:]
-        self._hook.cache.respond(key, head)
+            code = wire.INTERNAL_SERVER_ERROR
+            head = head[:1] + bytes((code,)) + head[2:]
+        self._hook.cache.respond(key, code)  # the ACK echoes MID and token: its code
         if self._hook.closed:
             return  # shut down: the client retransmits to the next gateway
         # a failed send: the client retransmits and the cache answers

@@ -71,7 +71,7 @@ from . import wire
 from .aio import MessageManager as _MessageManager
 from .aio import Type, UDP6EndpointAddress, aiocoap
 from .blockwise import Block1Gate, BoundedSpool
-from .dedup import DedupCache
+from .dedup import DedupCache, echo
 
 __all__ = ["DatagramHook", "FastPath", "MessageLayer", "install", "keep_token", "supported"]
 
@@ -140,11 +140,15 @@ class _Dedup:
             return False
         if message.mtype is not _CON:
             log.info("Duplicate NON, ACK or RST received")
-        elif not isinstance(found, bytes):
-            log.info("Duplicate CON received, no response to send yet")
-        else:
+        elif isinstance(found, int):  # an ACK kept as its code (dedup.echo)
+            log.info("Duplicate CON received, sending old response again")
+            data = echo(found, message.mid, message.token)
+            self._mman.message_interface.send(_outgoing(data, message.remote))
+        elif isinstance(found, bytes):
             log.info("Duplicate CON received, sending old response again")
             self._mman.message_interface.send(_outgoing(found, message.remote))
+        else:
+            log.info("Duplicate CON received, no response to send yet")
         return True
 
     def admit(self, key: Hashable) -> None:

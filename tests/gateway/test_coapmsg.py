@@ -24,6 +24,7 @@ from aiocoap import resource
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import ACK, CON, RST
 from aiotkit.gateway.coap import layer as coapmsg
+from aiotkit.gateway.coap import wire
 from aiotkit.gateway.coap.dedup import DedupCache
 from aiotkit.gateway.dm import DeviceTimeout
 from aiotkit.gateway.errors import ConfigError
@@ -111,6 +112,13 @@ async def test_retransmitted_register_and_send_get_the_same_bytes_and_run_once(
         assert stored > 0 and len(gw.store.readings()) == stored
         [layer] = gw._coap_layers
         assert layer.dedup is not None and len(layer.dedup) == 2
+        # the Send's ACK only echoes MID and token: the cache keeps its code, a shared
+        # small int, under a one-int key (it held a 45-byte ACK under a 110-byte tuple)
+        port = peer.transport.get_extra_info("sockname")[1]
+        key = wire.dedup_key(("::ffff:127.0.0.1", port, 0, 0), 0x1235)
+        assert isinstance(key, int) and layer.dedup.get(key) == wire.CHANGED
+        assert isinstance(layer.dedup.get(wire.dedup_key(("::ffff:127.0.0.1", port, 0, 0),
+                                                         0x1234)), bytes)  # the Register's
 
 
 async def test_compact_dedup_off_keeps_aiocoaps_own(gateway_config, running_gateway):
