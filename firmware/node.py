@@ -475,6 +475,12 @@ def main():
             sys.exit(2)
         del config
         unload("storage.config")  # needed only at boot: give its RAM back
+        if cfg.get("net") in ("wifi", "ethernet"):  # a hardware board's network first
+            import netup
+
+            netup.up(cfg, lambda m: print("%s: %s" % (PREFIX, m)))
+            del netup
+            unload("netup")
         try:
             node = Node(cfg, sensor, spec)  # the big buffers first, then the network code
             if os.getenv("AIOT_STOP") == "stdin":  # the simulator's way to stop a node

@@ -151,7 +151,8 @@ if isinstance(_c, dict):
           'bootstrap': _c.get('bootstrap'), 'board': _c.get('board'),
           'oscore': sorted(_c['oscore']) if isinstance(_c.get('oscore'), dict) else None,
           'bootstrap_oscore': sorted(_c['bootstrap_oscore'])
-          if isinstance(_c.get('bootstrap_oscore'), dict) else None}
+          if isinstance(_c.get('bootstrap_oscore'), dict) else None,
+          'wifi': _c['wifi'].get('ssid') if isinstance(_c.get('wifi'), dict) else None}
 _r = {}
 for _p in _am['files']:
     try:

@@ -216,6 +216,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"provisioned: endpoint {c.get('endpoint')}, gateway {c.get('gateway')}, "
               f"board {c.get('board')}, OSCORE keys "
               f"{'present (' + ', '.join(keys) + ')' if keys else 'absent'}")
+        if c.get("wifi"):
+            print(f"wifi: joins {c['wifi']} (the password is not shown)")
     else:
         print(f"provisioned: {'no (no config.json)' if c is None else 'config.json ' + str(c)}")
     return 0

@@ -86,6 +86,7 @@ class Job:
     calibration: dict[str, Any] | None = None
     expect_firmware: str | None = None
     signal: str | None = None
+    wifi_ssid: str | None = None  # a Wi-Fi board's network (the password: Settings)
 
 
 @dataclass
@@ -99,6 +100,9 @@ class Settings:
     timeout: float = 60.0  # seconds to wait for the registration
     connect_timeout: float = 5.0  # seconds per attempt to get the raw REPL
     poll_s: float = 0.5
+    # the Wi-Fi password of --wifi-ssid (--wifi-password-file or AIOT_WIFI_PASSWORD):
+    # written into the record, never printed or logged
+    wifi_password: str = field(default="", repr=False)
 
 
 @dataclass
@@ -316,11 +320,26 @@ class Keys:
 # ---------------------------------------------------------------------- one board
 
 def _record(old: Any, job: Job, endpoint: str, gateway: str, board_name: str,
-            oscore: dict[str, str]) -> dict[str, Any]:
+            oscore: dict[str, str], wifi_password: str = "") -> dict[str, Any]:
     """The new config.json: the old one's keys provisioning does not own, then ours; a
-    unix-sim board gets the replayed sensor file its board definition names."""
+    unix-sim board gets the replayed sensor file its board definition names; a Wi-Fi
+    board must end up with a network to join (--wifi-ssid, or the old record's)."""
     conf = {k: v for k, v in old.items() if k not in OWNED} if isinstance(old, dict) else {}
     conf.update(endpoint=endpoint, gateway=gateway, board=board_name, oscore=oscore)
+    if job.wifi_ssid:
+        conf["wifi"] = {"ssid": job.wifi_ssid, "password": wifi_password}
+    if "wifi" not in conf and board_name != "unix-sim":
+        from aiotkit.boards.errors import AiotError as _Err
+        from aiotkit.tools.boards import load_board
+
+        try:
+            network = load_board(board_name).get("network")
+        except _Err:
+            network = None  # a board of its own: the node checks its board.json
+        if network == "wifi":
+            raise UsageError(f"board {board_name} joins a Wi-Fi network: give --wifi-ssid "
+                             f"SSID (the password: --wifi-password-file FILE or "
+                             f"AIOT_WIFI_PASSWORD)")
     if job.signal:
         conf["signal"] = job.signal
     if "signal" not in conf and board_name == "unix-sim":
@@ -370,7 +389,8 @@ def provision_one(job: Job, settings: Settings, keys: Keys, progress: Progress =
             raise UsageError("no gateway URI: give --gateway coap://HOST[:PORT]")
         progress(f"[3/7] keys: {'generated offline' if settings.offline else 'from the gateway'}"
                  f" (sender id {oscore['sender_id']}), gateway {gateway}")
-        conf = _record(got.get("c"), job, endpoint, gateway, board_name, oscore)
+        conf = _record(got.get("c"), job, endpoint, gateway, board_name, oscore,
+                       settings.wifi_password)
         site = {"endpoint": endpoint, "board_id": res.board_id, "site": job.site,
                 "calibration": job.calibration or {}, "firmware": res.firmware,
                 "provisioned_by": _user(),
@@ -454,7 +474,7 @@ def _calibration(text: str | None) -> dict[str, Any] | None:
 
 def read_batch(path: Path) -> list[Job]:
     """The CSV: a header, then one board a line; columns port or serial (one of them),
-    endpoint, site, calibration (JSON), gateway, expect_firmware, signal."""
+    endpoint, site, calibration (JSON), gateway, expect_firmware, signal, wifi_ssid."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -470,7 +490,8 @@ def read_batch(path: Path) -> list[Job]:
                         calibration=_calibration(row.get("calibration")),
                         gateway=row.get("gateway") or None,
                         expect_firmware=row.get("expect_firmware") or None,
-                        signal=row.get("signal") or None))
+                        signal=row.get("signal") or None,
+                        wifi_ssid=row.get("wifi_ssid") or None))
     return jobs
 
 
@@ -518,15 +539,32 @@ def run_batch(path: Path, base: Job, settings: Settings, keys: Keys, audit: Path
 
 # ---------------------------------------------------------------------- CLI
 
+def _wifi_password(args: argparse.Namespace) -> str:
+    if args.wifi_password_file:
+        try:
+            with open(args.wifi_password_file, encoding="utf-8") as f:
+                text = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise UsageError(f"--wifi-password-file {args.wifi_password_file}: "
+                             f"{e.strerror or e}") from None
+    else:
+        text = os.environ.get("AIOT_WIFI_PASSWORD", "")
+    if len(text) > 64:
+        raise UsageError("the Wi-Fi password is longer than 64 characters")
+    return text
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     settings = Settings(url=args.url or os.environ.get("AIOT_URL"),
                         token=args.token or os.environ.get("AIOT_TOKEN"),
                         offline=args.offline, keys_dir=Path(args.keys_dir),
-                        timeout=args.timeout, connect_timeout=args.connect_timeout)
+                        timeout=args.timeout, connect_timeout=args.connect_timeout,
+                        wifi_password=_wifi_password(args))
     base = Job(port=args.port, serial=args.serial, endpoint=args.endpoint,
                gateway=args.gateway, site=args.site,
                calibration=_calibration(args.calibration),
-               expect_firmware=args.expect_firmware, signal=args.signal)
+               expect_firmware=args.expect_firmware, signal=args.signal,
+               wifi_ssid=args.wifi_ssid)
     audit = Path(args.audit)
     if args.batch:
         if args.port or args.serial or args.endpoint:
@@ -592,6 +630,11 @@ def register(sub: Any) -> None:
                    help="refuse a board whose firmware manifest has another version")
     p.add_argument("--signal", metavar="FILE",
                    help="unix-sim: the replay file on the board (default: the board's)")
+    p.add_argument("--wifi-ssid", metavar="SSID",
+                   help="the Wi-Fi network a Wi-Fi board (ESP32, Pico W) joins")
+    p.add_argument("--wifi-password-file", metavar="FILE",
+                   help="its password, the file's first line (default $AIOT_WIFI_PASSWORD;"
+                   " never on the command line, where ps and the shell history show it)")
     p.add_argument("--batch", metavar="FILE.csv", help="one board per CSV line (resumable)")
     p.add_argument("--audit", default=DEFAULT_AUDIT, metavar="FILE.jsonl",
                    help=f"audit log to append to ({DEFAULT_AUDIT})")

@@ -30,7 +30,8 @@ _OTA_INTS = (
 _KEYS = ("endpoint", "bootstrap", "gateway", "log", "board", "signal", "features", "model",
          "anomaly", "realtime", "verbose", "model_stream", "queue", "lifetime", "window",
          "hop", "report_ms", "model_arena", "awake_ms", "log_slots", "send_refusals",
-         "oscore", "bootstrap_oscore", "ota_trust", "ota_slot", "ota_selftest_ms")
+         "oscore", "bootstrap_oscore", "ota_trust", "ota_slot", "ota_selftest_ms", "wifi",
+         "net_timeout_ms")
 
 
 class ConfigError(ValueError):
@@ -127,7 +128,22 @@ def check(cfg):
     if out["board"] == "unix-sim":
         out["signal"] = _str(cfg, "signal")  # the recording the board replays
     else:
-        _board(out["board"])  # a hardware board: its board.json must be there
+        # a hardware board: its board.json must be there; its network is brought up
+        # before the node connects (netup.py)
+        out["net"] = _board(out["board"]).get("network", "host")
+        if out["net"] == "wifi":
+            w = cfg.get("wifi")
+            if (type(w) is not dict or type(w.get("ssid")) is not str
+                    or not 0 < len(w["ssid"]) <= 32 or type(w.get("password", "")) is not str
+                    or len(w.get("password", "")) > 64):
+                raise ConfigError("'wifi' must be {\"ssid\": 1..32 characters, \"password\":"
+                                  " up to 64} (board %s joins a Wi-Fi network)" % out["board"])
+            out["wifi"] = w
+        if "net_timeout_ms" in cfg:
+            v = cfg["net_timeout_ms"]
+            if type(v) is not int or not 1000 <= v <= 600000:
+                raise ConfigError("'net_timeout_ms' must be an integer in 1000..600000")
+            out["net_timeout_ms"] = v
         if "signal" in cfg:
             out["signal"] = _str(cfg, "signal")  # for a replay sensor, if it has one
     for key, default, lo, hi in _INTS:

@@ -294,7 +294,7 @@ def test_node_config_naming_a_hardware_board_opens_that_boards_sensor():
     with open("board.json", "w") as f:
         json.dump(b, f)  # what aiot firmware deploy --board esp32-devkitc copies
     cfg = config.check({"endpoint": "pump-1", "gateway": "coap://10.0.0.2",
-                        "board": "esp32-devkitc"})
+                        "board": "esp32-devkitc", "wifi": {"ssid": "plant-3"}})
     sen = config.open_sensor(cfg)
     expect_eq(sen.rate, b["sensors"][0]["settings"]["odr"], "rate of the first sensor")
     sen.start()
@@ -314,7 +314,8 @@ def test_node_config_naming_a_hardware_board_opens_that_boards_sensor():
 
     os.remove("board.json")
     try:
-        config.check({"endpoint": "p", "gateway": "coap://h", "board": "esp32-devkitc"})
+        config.check({"endpoint": "p", "gateway": "coap://h", "board": "esp32-devkitc",
+                      "wifi": {"ssid": "plant-3"}})
     except config.ConfigError as e:
         if "cannot read" not in str(e) or "aiot firmware deploy --board" not in str(e):
             raise AssertionError(str(e))

@@ -209,14 +209,16 @@ def aiot_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "aiotkit.tools.cli", *args]
 
 
-async def aiot_run(*args: str, timeout: float = 90.0) -> tuple[int, str]:
-    """Run ``aiot ARGS`` to its end: (exit status, stdout and stderr merged); a run past
-    ``timeout`` is killed and fails the test with its output."""
+async def aiot_run(*args: str, timeout: float = 90.0,
+                   env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``aiot ARGS`` to its end (``env``: added to the environment): (exit status,
+    stdout and stderr merged); a run past ``timeout`` is killed and fails the test."""
     import asyncio
 
     p = await asyncio.create_subprocess_exec(*aiot_cmd(*args), stdout=asyncio.subprocess.PIPE,
                                              stderr=asyncio.subprocess.STDOUT,
-                                             stdin=asyncio.subprocess.DEVNULL)
+                                             stdin=asyncio.subprocess.DEVNULL,
+                                             env=dict(os.environ, **env) if env else None)
     try:
         out, _ = await asyncio.wait_for(p.communicate(), timeout)
     except TimeoutError:

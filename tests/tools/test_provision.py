@@ -30,7 +30,8 @@ def firmware_files() -> dict[str, bytes]:
     return firmwarecli.base_files(boards.load_board("unix-sim"))
 
 
-def flash_firmware(flash: Path, files: dict[str, bytes], version: str = VERSION) -> None:
+def flash_firmware(flash: Path, files: dict[str, bytes], version: str = VERSION,
+                   board: str = "unix-sim") -> None:
     """What ``aiot firmware deploy`` leaves on a unix-sim board (tests/tools/
     test_firmware_deploy.py deploys it over the serial line), written straight into its
     flash folder: main.py (which starts the boot selector), the compiled node, the deploy
@@ -44,7 +45,7 @@ def flash_firmware(flash: Path, files: dict[str, bytes], version: str = VERSION)
     shutil.copyfile(paths.replay_files()[0], flash / "signal.i16")
     (flash / ".aiot").mkdir(exist_ok=True)
     (flash / ".aiot" / "manifest.json").write_text(json.dumps(
-        {"version": version, "board": "unix-sim", "arch": "x64", "complete": True,
+        {"version": version, "board": board, "arch": "x64", "complete": True,
          "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}}))
 
 
@@ -360,3 +361,31 @@ async def test_power_cut_or_garbled_line_while_the_record_is_written_leaves_old_
 
 async def _cut(board: SimBoard) -> None:
     board.power_off()
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_wifi_board_is_provisioned_with_its_network_and_the_password_never_shown(
+        tmp_path, firmware_files):
+    # a node config naming a Wi-Fi board had no network to join: the record had no
+    # place for it and the node no code to bring it up (firmware/netup.py)
+    flash = tmp_path / "esp.flash"
+    flash_firmware(flash, firmware_files, board="esp32-devkitc")
+    audit, keys = tmp_path / "audit.jsonl", tmp_path / "keys"
+    password = "pl4nt-3-w1f1-s3cret"
+    common = ["--endpoint", "esp-1", "--offline", "--keys-dir", str(keys), "--gateway",
+              "coap://192.0.2.1", "--audit", str(audit)]
+    async with SimBoard(tmp_path / "esp", flash=flash) as board:
+        await board.wait_ready()
+        rc, out = await aiot_run("provision", "--port", board.port, *common)
+        assert rc == 2 and "joins a Wi-Fi network: give --wifi-ssid" in out, out
+        assert not (flash / "config.json").exists()
+        rc, out = await aiot_run("provision", "--port", board.port, "--wifi-ssid", "plant-3",
+                                 *common, env={"AIOT_WIFI_PASSWORD": password})
+        assert rc == 0, out
+        conf = json.loads((flash / "config.json").read_text())
+        assert conf["board"] == "esp32-devkitc"
+        assert conf["wifi"] == {"ssid": "plant-3", "password": password}
+        rc, info = await aiot_run("firmware", "info", "--port", board.port)
+        assert rc == 0 and "wifi: joins plant-3 (the password is not shown)" in info, info
+    for text in (out, info, audit.read_text()):
+        assert password not in text
