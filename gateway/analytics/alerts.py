@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..logs import PeerLog
 from ..storage.analyticstables import AlertRow, SqliteAnalyticsStorage
 from ..storage.api import OutboxMessage
 from .rules import AlertRule
@@ -41,6 +42,7 @@ from .window import Window
 __all__ = ["AlertEngine", "AlertEvent", "alert_topic"]
 
 log = logging.getLogger("aiotkit.gateway.analytics")
+_peer_log = PeerLog(log)  # alert transitions: at most 5 lines per rule per 10 s
 
 Publish = Callable[[Sequence[OutboxMessage]], None]
 
@@ -261,8 +263,9 @@ class AlertEngine:
                 self._open[key] = existing[0].id
             return
         self._open[key] = row.id
-        log.warning("alert %s raised: rule %s (%s) on %s: %s", row.id, r.name, r.kind, ep,
-                    json.dumps(row.detail)[:200])
+        # nodes decide how often alerts change: the lines are rate-limited per rule
+        _peer_log.log(logging.WARNING, f"raised {r.name}", "alert %s raised: rule %s (%s)"
+                      " on %s: %s", row.id, r.name, r.kind, ep, json.dumps(row.detail)[:200])
         self._emit("raised", row, now)
 
     def _clear(self, r: AlertRule, ep: str, now: float, detail: dict[str, Any]) -> None:
@@ -271,7 +274,8 @@ class AlertEngine:
             return
         row = self.tables.clear_alert(alert_id, now, _clean(detail))
         if row is not None:
-            log.info("alert %s cleared: rule %s on %s", row.id, r.name, ep)
+            _peer_log.log(logging.INFO, f"cleared {r.name}", "alert %s cleared: rule %s on %s",
+                          row.id, r.name, ep)
             self._emit("cleared", row, now)
 
     def ack(self, alert_id: int, by: str, now: float) -> AlertRow | None:
