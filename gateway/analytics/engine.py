@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ __all__ = ["Analytics"]
 log = logging.getLogger("aiotkit.gateway.analytics")
 
 PRUNE_EVERY_S = 600.0
+WRITE_CHUNK = 250  # closed buckets written (and queued for the uplink) per step of a tick
 
 
 class Analytics:
@@ -82,7 +83,7 @@ class Analytics:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         try:
-            self._write(self._clock(), close=False)  # what is closed already; open buckets go
+            self._flush(self._clock())  # what is closed already; open buckets go
         except Exception:
             log.exception("analytics: rollups and drift state not written at shutdown")
 
@@ -90,7 +91,11 @@ class Analytics:
         while True:
             await asyncio.sleep(self.config.tick_s)
             try:
-                self.tick(self._clock())
+                # closed buckets are written WRITE_CHUNK at a time, the loop served in
+                # between: at a minute boundary 1,000 nodes close 1,000 buckets (2,000 at
+                # the hour), 0.15 s of encoding and writing that held every Send back
+                for _ in self._tick_steps(self._clock()):
+                    await asyncio.sleep(0)
             except Exception:  # a full disk must not end the analytics for good
                 log.exception("analytics tick failed")
 
@@ -134,16 +139,29 @@ class Analytics:
     def tick(self, now: float) -> None:
         """Close due buckets, write them and the changed drift states, raise silent
         alerts, prune (every ``PRUNE_EVERY_S``)."""
-        self._write(now, close=True)
+        for _ in self._tick_steps(now):
+            pass
+
+    def _tick_steps(self, now: float) -> Iterator[None]:
+        """``tick`` in steps: one after each chunk of buckets written."""
+        closed, self._closed = self._closed, []
+        closed += self.rollups.close_due(now)
+        for i in range(0, len(closed), WRITE_CHUNK):
+            self._write_rollups(closed[i:i + WRITE_CHUNK])
+            yield
+        self._write_drift(now)
         self.alerts.tick(now)
         if now - self._last_prune >= PRUNE_EVERY_S:
             self._last_prune = now
             self.prune(now)
 
-    def _write(self, now: float, *, close: bool) -> None:
+    def _flush(self, now: float) -> None:
+        """Write what is closed already and the drift states (at shutdown)."""
         closed, self._closed = self._closed, []
-        if close:
-            closed += self.rollups.close_due(now)
+        self._write_rollups(closed)
+        self._write_drift(now)
+
+    def _write_rollups(self, closed: list[dict[str, Any]]) -> None:
         if closed:
             self.tables.put_rollups((c["endpoint"], c["period"], c["start"], c)
                                     for c in closed)
@@ -152,6 +170,8 @@ class Analytics:
                     f"{c['endpoint']}/rollup/{c['period']}",
                     json.dumps(c, separators=(",", ":"), allow_nan=False).encode(),
                     kind="rollup") for c in closed])
+
+    def _write_drift(self, now: float) -> None:
         dirty, self._drift_dirty = self._drift_dirty, set()
         rows = []
         for ep in dirty:
