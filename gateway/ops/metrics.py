@@ -161,12 +161,7 @@ class GatewayCollector:
         yield GaugeMetricFamily("aiot_outbox_dead_letters",
                                 "outbox rows the broker refused (set aside)",
                                 value=store.outbox_dead_count())
-        oldest = getattr(store, "outbox_oldest", None)  # the store's own, when it has one
-        if callable(oldest):
-            created = oldest()
-        else:  # the head of the queue (priority order: the oldest of its class)
-            head = store.outbox_pending(0, 1) if pending else []
-            created = head[0].created if head else None
+        created = store.outbox_oldest() if pending else None
         age = max(0.0, self._clock() - created) if created is not None else 0.0
         yield GaugeMetricFamily("aiot_outbox_oldest_age_seconds",
                                 "age of the oldest outbox row waiting (0: none)", value=age)

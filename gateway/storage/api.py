@@ -565,6 +565,10 @@ class Storage(Protocol):
         """Commit ``messages`` to the outbox in one transaction (for the uplink)."""
         ...
 
+    def outbox_oldest(self) -> float | None:
+        """When the oldest row waiting for the broker was committed; None: none waits."""
+        ...
+
     def outbox_clock_steps(self) -> list[tuple[int, float]]:
         """Steps of the wall clock seen between outbox inserts while this store was
         open: (the last row id stamped before the step, the step in seconds), oldest

@@ -799,6 +799,15 @@ class SqliteStorage:
             f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE confirmed IS NULL AND dead IS NULL"
             " AND id > ? ORDER BY prio, id LIMIT ?", (after_id, limit)))
 
+    def outbox_oldest(self) -> float | None:
+        """When the oldest unconfirmed row was committed (None: none waits): the first
+        row of each priority (one indexed lookup each), the earliest of them."""
+        db = self._db
+        times = [r[0] for prio in _PRIOS for r in db.execute(
+            "SELECT created FROM outbox WHERE prio = ? AND confirmed IS NULL AND dead IS NULL"
+            " ORDER BY id LIMIT 1", (prio,))]
+        return min(times) if times else None
+
     def outbox_next(self, after: Mapping[int, int], limit: int) -> list[OutboxRow]:
         """Unconfirmed rows in queue order, of each priority those with an id above
         ``after[prio]`` only: one indexed range per priority."""

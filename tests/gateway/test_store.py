@@ -119,6 +119,23 @@ def test_messages_added_to_the_outbox_are_pending_in_order(tmp_path):
         store.close()
 
 
+def test_the_oldest_waiting_row_is_found_across_priorities(tmp_path):
+    # /metrics showed the age of the queue's head: an alert that overtook a day of
+    # telemetry made the backlog look a second old
+    store = SqliteStorage.open(tmp_path / "gw.db")
+    try:
+        assert store.outbox_oldest() is None
+        store.outbox_add([OutboxMessage("a/t", b"x")], T0)
+        store.outbox_add([OutboxMessage("a/alert", b"y", kind="alert")], T0 + 86400)
+        assert store.outbox_pending(0, 1)[0].topic == "a/alert"  # the queue's head
+        assert store.outbox_oldest() == T0
+        first = store.outbox_pending(0, 10)[1]
+        store.outbox_confirm([first.id], T0 + 86401)
+        assert store.outbox_oldest() == T0 + 86400
+    finally:
+        store.close()
+
+
 def test_without_an_encoder_nothing_is_written_to_the_outbox(tmp_path):
     store = SqliteStorage.open(tmp_path / "gw.db")
     try:
