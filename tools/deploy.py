@@ -78,6 +78,14 @@ def _ar(a, b):
     except OSError:
         os.remove(b)
         os.rename(a, b)
+def _aj(n):
+    try:
+        with open(n) as f:
+            return json.load(f)
+    except OSError:
+        return None
+    except ValueError:
+        return 'invalid'
 def _al():
     for n in (_AM, _AM + '.tmp'):
         try:
@@ -137,14 +145,6 @@ del _r, _p
 """
 
 _INFO = """\
-def _aj(n):
-    try:
-        with open(n) as f:
-            return json.load(f)
-    except OSError:
-        return None
-    except ValueError:
-        return 'invalid'
 _c = _aj('config.json')
 if isinstance(_c, dict):
     _c = {'endpoint': _c.get('endpoint'), 'gateway': _c.get('gateway'),
@@ -161,7 +161,7 @@ for _p in _am['files']:
         _r[_p] = None
 print(json.dumps({'m': _am, 'h': _r, 'slots': _aj('slots.json'),
                   'models': _aj('models.json'), 'config': _c}))
-del _c, _r, _aj
+del _c, _r
 """
 
 

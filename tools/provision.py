@@ -187,18 +187,9 @@ def connect(port: str, settings: Settings, progress: Progress,
 
 _READ = """\
 import machine
-def _pj(n):
-    try:
-        with open(n) as f:
-            return json.load(f)
-    except OSError:
-        return None
-    except ValueError:
-        return 'invalid'
 print(json.dumps({'id': binascii.hexlify(machine.unique_id()).decode(),
-                  'm': _pj('.aiot/manifest.json'), 'c': _pj('config.json')}))
-del _pj
-"""
+                  'm': _aj(_AM), 'c': _aj('config.json')}))
+"""  # _aj, _AM: deploy.py's board-side helpers, defined when the session opened
 
 
 def _sha(data: bytes) -> str:

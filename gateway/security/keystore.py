@@ -377,23 +377,9 @@ class KeyStore:
     def create(self, endpoint: str, *, id_context: bytes | None = None) -> KeyInfo:
         """A new context for ``endpoint`` (fresh IDs and material); ``ContextExists``
         if it has a live one. Its node side is then ``export``\\ ed once."""
-        self._require_open()
-        _check_endpoint(endpoint)
-        if id_context is not None and not 1 <= len(id_context) <= MAX_ID_CONTEXT:
-            raise KeyRequestError(f"an ID context is 1..{MAX_ID_CONTEXT} bytes")
-        old = self._db.oscore_row(endpoint)
-        if old is not None and old.revoked is None:
-            raise ContextExists(f"{endpoint!r} has an OSCORE context already (rotate it,"
-                                " or revoke it first)")
-        kid = self._new_node_id()
-        now = self._clock()
-        row = self._sealed_row(endpoint, kid, id_context, now, rotated=None, generation=(
-            1 if old is None else old.generation + 1))
-        self._db.oscore_put(row)
-        if old is not None:
-            self._by_kid.pop(old.kid, None)
-        self._by_kid[kid] = endpoint
-        log.info("OSCORE context created for ep=%s (kid %s)", endpoint, kid.hex())
+        old = self._replaceable(endpoint, id_context, "rotate it, or revoke it first")
+        row = self._add(endpoint, self._new_node_id(), id_context, old)
+        log.info("OSCORE context created for ep=%s (kid %s)", endpoint, row.kid.hex())
         return _info(row)
 
     def import_context(self, endpoint: str, *, node_id: bytes, secret: bytes, salt: bytes,
@@ -404,31 +390,46 @@ class KeyStore:
         ID of 2..7 bytes (never the gateway's), a 16-byte secret, an 8-byte salt. It
         counts as exported already: the node has it. ``ContextExists`` if ``endpoint``
         has a live context."""
-        self._require_open()
-        _check_endpoint(endpoint)
         if not NODE_ID_MIN <= len(node_id) <= MAX_ID_BYTES:
             raise KeyRequestError(f"a node ID is {NODE_ID_MIN}..{MAX_ID_BYTES} bytes")
         if len(secret) != SECRET_BYTES or len(salt) != SALT_BYTES:
             raise KeyRequestError(f"the secret is {SECRET_BYTES} bytes and the salt"
                                   f" {SALT_BYTES}")
+        old = self._replaceable(endpoint, id_context, "revoke it first to import keys for it")
+        if node_id in self._by_kid or self._db.oscore_kid_taken(node_id):
+            raise ContextExists(f"node ID {node_id.hex()} belongs to another endpoint")
+        row = self._add(endpoint, node_id, id_context, old, material=(secret, salt),
+                        exported=True)
+        log.info("OSCORE context imported for ep=%s (kid %s)", endpoint, node_id.hex())
+        return _info(row)
+
+    def _replaceable(self, endpoint: str, id_context: bytes | None,
+                     hint: str) -> OscoreRow | None:
+        """Check a new context's endpoint and ID context; the endpoint's revoked context
+        it replaces, if any. ``ContextExists`` (with ``hint``) if it has a live one."""
+        self._require_open()
+        _check_endpoint(endpoint)
         if id_context is not None and not 1 <= len(id_context) <= MAX_ID_CONTEXT:
             raise KeyRequestError(f"an ID context is 1..{MAX_ID_CONTEXT} bytes")
         old = self._db.oscore_row(endpoint)
         if old is not None and old.revoked is None:
-            raise ContextExists(f"{endpoint!r} has an OSCORE context already (revoke it"
-                                " first to import keys for it)")
-        if node_id in self._by_kid or self._db.oscore_kid_taken(node_id):
-            raise ContextExists(f"node ID {node_id.hex()} belongs to another endpoint")
+            raise ContextExists(f"{endpoint!r} has an OSCORE context already ({hint})")
+        return old
+
+    def _add(self, endpoint: str, kid: bytes, id_context: bytes | None,
+             old: OscoreRow | None, *, material: tuple[bytes, bytes] | None = None,
+             exported: bool = False) -> OscoreRow:
+        """Store a new context for ``endpoint`` under node ID ``kid`` in place of
+        ``old`` (revoked, or None): the next generation."""
         now = self._clock()
-        row = self._sealed_row(endpoint, node_id, id_context, now, rotated=None,
+        row = self._sealed_row(endpoint, kid, id_context, now, rotated=None,
                                generation=1 if old is None else old.generation + 1,
-                               material=(secret, salt), exported=now)
+                               material=material, exported=now if exported else None)
         self._db.oscore_put(row)
         if old is not None:
             self._by_kid.pop(old.kid, None)
-        self._by_kid[node_id] = endpoint
-        log.info("OSCORE context imported for ep=%s (kid %s)", endpoint, node_id.hex())
-        return _info(row)
+        self._by_kid[kid] = endpoint
+        return row
 
     def rotate(self, endpoint: str) -> KeyInfo:
         """New master secret and salt for ``endpoint``'s IDs: the old context stops
