@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from aiotkit.tools.lwm2mcli import DEFAULT_URL, Api, api_from, run_command
+from aiotkit.tools.lwm2mcli import Api, api_args, api_from, run_command
 
 PROG = "aiot alerts"
 ALERTS = "/api/v1/alerts"
@@ -77,14 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``aiot alerts ...`` to the aiot parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", metavar="URL",
-                        help=f"REST API (default $AIOT_URL or {DEFAULT_URL})")
-    common.add_argument("--token", metavar="TOKEN",
-                        help="API token (default $AIOT_TOKEN; operator to acknowledge)")
-    common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the gateway (10)")
+    common = api_args("API token (default $AIOT_TOKEN; operator to acknowledge)")
     al = subparsers.add_parser(
         "alerts", help="a gateway's alerts: list, show, ack",
         description="Alerts a running gateway raised by its [alerts] rules (REST API).")

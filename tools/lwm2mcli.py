@@ -525,6 +525,19 @@ def run(args: argparse.Namespace) -> int:
     return run_command(PROG, call)
 
 
+def api_args(token_help: str = "API token (default $AIOT_TOKEN)") -> argparse.ArgumentParser:
+    """A parent parser with the REST client's options: --url, --token (``token_help``:
+    which role it needs), --json, --timeout (read by ``api_from``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", metavar="URL",
+                        help=f"REST API (default $AIOT_URL or {DEFAULT_URL})")
+    common.add_argument("--token", metavar="TOKEN", help=token_help)
+    common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the gateway (10)")
+    return common
+
+
 def api_from(args: argparse.Namespace, role: str = "") -> Api:
     """The REST client of ``--url`` / ``AIOT_URL`` and ``--token`` / ``AIOT_TOKEN``
     (``role``: the role to name when the token is missing)."""

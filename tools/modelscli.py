@@ -16,7 +16,7 @@ import json
 import urllib.parse
 from typing import Any
 
-from aiotkit.tools.lwm2mcli import DEFAULT_URL, Api, api_from, run_command
+from aiotkit.tools.lwm2mcli import Api, api_args, api_from, run_command
 from aiotkit.tools.otaservicecli import _table, _when
 
 PROG = "aiot ota"
@@ -68,13 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(osub: Any) -> None:
     """Add ``models`` and ``candidates`` under ``aiot ota``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", metavar="URL",
-                        help=f"REST API (default $AIOT_URL or {DEFAULT_URL})")
-    common.add_argument("--token", metavar="TOKEN", help="API token (default $AIOT_TOKEN)")
-    common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the gateway (10)")
+    common = api_args("API token (default $AIOT_TOKEN)")
     m = osub.add_parser("models", parents=[common], help="a gateway's model registry: every"
                         " model version, its signer and where it runs")
     m.set_defaults(func=run)

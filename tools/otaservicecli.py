@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiotkit.tools.lwm2mcli import DEFAULT_URL, Api, CliError, api_from, run_command
+from aiotkit.tools.lwm2mcli import Api, CliError, api_args, api_from, run_command
 
 PROG = "aiot ota"
 IMAGES = "/api/v1/ota/images"
@@ -219,14 +219,7 @@ def _seconds(text: str) -> float:
 
 def register(osub: Any) -> None:
     """Add ``image`` and ``campaign`` under ``aiot ota``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", metavar="URL",
-                        help=f"REST API (default $AIOT_URL or {DEFAULT_URL})")
-    common.add_argument("--token", metavar="TOKEN",
-                        help="API token (default $AIOT_TOKEN; admin to change anything)")
-    common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the gateway (10)")
+    common = api_args("API token (default $AIOT_TOKEN; admin to change anything)")
 
     im = osub.add_parser(
         "image", help="a gateway's OTA images: upload (verified there), list",
