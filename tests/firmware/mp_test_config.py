@@ -1,5 +1,7 @@
 # The node's config file (firmware/storage/config.py) under MicroPython: defaults, gateway
 # forms, and one clear error naming the key for every missing/mistyped/invalid value.
+# Precompiled, as on a board: from source, config.py left under 8K of the 64K heap.
+FIRMWARE = "mpy"
 import json
 
 from storage import config

@@ -3,6 +3,9 @@
 # Wi-Fi joined with the config's SSID, a wrong password said and retried with a longer
 # wait, Ethernet waited for; the config requires 'wifi' on a Wi-Fi board and never
 # prints the password. Before, a node config naming a hardware board had no network.
+# The firmware runs precompiled, as on the board: compiled from source, config.py and
+# board.py fragment the ESP32's 64K heap and the check ran out of it on some paths.
+FIRMWARE = "mpy"
 import json
 
 import netup
