@@ -157,9 +157,11 @@ class MqttConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_insecure: bool = False
-    # unconfirmed outbox rows kept at most; beyond, the oldest telemetry goes first
-    # (then rollups, then statuses; never alerts or OTA results); 0: no limit
+    # unconfirmed outbox rows kept at most, and their bytes (payloads and topics);
+    # beyond either, the oldest telemetry goes first (then rollups, then statuses;
+    # never alerts or OTA results); 0: no limit
     outbox_max_rows: int = 1_000_000
+    outbox_max_bytes: int = 256 << 20
     # publishes per second at most (a token bucket, burst `batch`): paces the catch-up
     # after an outage; 0: no limit
     max_rate_per_s: float = 0.0
@@ -481,8 +483,9 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
             mq[key] = str(base / Path(mq[key]).expanduser())
     _require(name, "mqtt.tls_key", bool(mq.get("tls_key")) <= bool(mq.get("tls_cert")),
              "needs mqtt.tls_cert (the client certificate it belongs to)")
-    _require(name, "mqtt.outbox_max_rows", mq.get("outbox_max_rows", 0) >= 0,
-             "must not be negative (0: no limit)")
+    for key in ("outbox_max_rows", "outbox_max_bytes"):
+        _require(name, f"mqtt.{key}", mq.get(key, 0) >= 0,
+                 "must not be negative (0: no limit)")
     _require(name, "mqtt.max_rate_per_s", mq.get("max_rate_per_s", 0.0) >= 0,
              "must not be negative (0: no limit)")
     _require(name, "mqtt.batch_latency_ms", 0 <= mq.get("batch_latency_ms", 0) <= 60_000,

@@ -16,6 +16,7 @@ sends_stored_total                  counter    Sends (and Notifications) stored:
                                                ingest rate is its ``rate()``
 ack_latency_seconds                 histogram  Send received -> stored, may be ACKed
 outbox_pending                      gauge      outbox rows waiting for the broker
+outbox_pending_bytes                gauge      their payload and topic bytes (budget)
 outbox_confirmed                    gauge      rows the broker confirmed, still kept
 outbox_dead_letters                 gauge      rows the broker refused (set aside)
 outbox_oldest_age_seconds           gauge      age of the oldest waiting row (0: none)
@@ -156,6 +157,9 @@ class GatewayCollector:
         pending, confirmed = store.outbox_counts()
         yield GaugeMetricFamily("aiot_outbox_pending", "outbox rows waiting for the broker",
                                 value=pending)
+        yield GaugeMetricFamily("aiot_outbox_pending_bytes", "payload and topic bytes of"
+                                " the outbox rows waiting (outbox_max_bytes)",
+                                value=store.outbox_pending_bytes())
         yield GaugeMetricFamily("aiot_outbox_confirmed", "outbox rows confirmed, still kept",
                                 value=confirmed)
         yield GaugeMetricFamily("aiot_outbox_dead_letters",

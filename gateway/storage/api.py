@@ -591,9 +591,14 @@ class Storage(Protocol):
         higher than this."""
         ...
 
-    def outbox_set_budget(self, max_rows: int) -> None:
-        """Keep at most ``max_rows`` unconfirmed rows (0: no limit): adding beyond
-        drops by the policy of ``storage.sqlite`` (oldest telemetry first)."""
+    def outbox_set_budget(self, max_rows: int, max_bytes: int = 0) -> None:
+        """Keep at most ``max_rows`` unconfirmed rows of at most ``max_bytes`` bytes of
+        payload and topic (0: no limit): adding beyond drops by the policy of
+        ``storage.sqlite`` (oldest telemetry first)."""
+        ...
+
+    def outbox_pending_bytes(self) -> int:
+        """The payload and topic bytes of the unconfirmed rows (the byte budget's)."""
         ...
 
     def outbox_drop(self, ids: Iterable[int], reason: str, now: float) -> int:

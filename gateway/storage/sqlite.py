@@ -32,8 +32,8 @@ report). An outbox row the broker refused is set aside as a dead letter
 What goes into the outbox is decided by an ``OutboxEncoder`` (the uplink's topic
 scheme); with none (MQTT disabled) nothing is written there. Topics are stored relative
 to the prefix and read back whole (``OutboxEncoder.topic``), in queue order (priority,
-then id: ``OUTBOX_PRIO``). ``outbox_set_budget`` bounds the unconfirmed rows: an insert
-beyond drops by ``OUTBOX_DROP_ORDER`` in its own transaction, counted in
+then id: ``OUTBOX_PRIO``). ``outbox_set_budget`` bounds the unconfirmed rows and their
+bytes (``OUTBOX_SIZE``: payload and topic): an insert beyond drops by ``OUTBOX_DROP_ORDER`` in its own transaction, counted in
 ``outbox_drops``; on a full disk a confirmation deletes its rows instead of marking them
 (``outbox_confirm``), so forwarding frees space rather than stopping. ``open(...,
 readonly=True)`` reads a file another process writes (a benchmark polling the
@@ -109,7 +109,10 @@ _PRIOS = sorted(set(OUTBOX_PRIO.values()))
 _OUTBOX_COLUMNS = "id, topic, payload, retain, created, abs, kind, msg_id"
 _INSERT_OUTBOX = ("INSERT INTO outbox (topic, payload, retain, created, kind, prio, abs,"
                   " msg_id) VALUES (?, ?, ?, ?, ?, ?, 0, ?)")
-_COUNT_PENDING = "SELECT COUNT(*) FROM outbox WHERE confirmed IS NULL AND dead IS NULL"
+# what a row counts for in the byte budget: its payload and topic (UTF-8) bytes
+OUTBOX_SIZE = "length(payload) + length(CAST(topic AS BLOB))"
+_PENDING = "confirmed IS NULL AND dead IS NULL"
+_COUNT_PENDING = f"SELECT COUNT(*), COALESCE(SUM({OUTBOX_SIZE}), 0) FROM outbox WHERE {_PENDING}"
 LATEST_MAX_PATHS = 4096  # paths kept per endpoint; beyond, the least recently sent go
 _CACHE_MAX = 1 << 16  # registrations (and latest path sets) kept in memory at most
 LATEST_MAX_SENDS = 8  # Sends latest.sends names at most (schema v3)
@@ -143,10 +146,12 @@ class SqliteStorage:
         self._tops: dict[str, _Top] = {}
         # node time checks (gateway/ops/timecheck.py TimeCheck), set by the daemon
         self.time_check: Any = None
-        # the outbox budget (outbox_set_budget; 0: none) and its unconfirmed rows as
-        # counted (None: unknown, counted again at the next insert that needs it)
+        # the outbox budget (outbox_set_budget; 0: none) and its unconfirmed rows and
+        # their bytes as counted (None: unknown, counted again when a budget needs it)
         self._budget = 0
+        self._budget_bytes = 0
         self._pending_rows: int | None = None
+        self._pending_bytes = 0
         # steps of the wall clock seen by outbox inserts: (last row id before, step s)
         self._clock_offset: float | None = None
         self._clock_steps: list[tuple[int, float]] = []
@@ -346,7 +351,7 @@ class SqliteStorage:
             raise
 
     def _forget_cached(self) -> None:
-        self._pending_rows = None  # the outbox's count too: counted again when needed
+        self._pending_rows = None  # the outbox's counts too: counted again when needed
         self._by_ep.clear()
         self._by_addr.clear()
         self._tops.clear()
@@ -555,36 +560,47 @@ class SqliteStorage:
             log.warning("the wall clock stepped by %+.1f s: the uplink corrects the ages of"
                         " the outbox's %d earlier rows", offset - self._clock_offset, last)
         self._clock_offset = offset
-        n = db.executemany(_INSERT_OUTBOX, [
-            (m.topic, m.payload, int(m.retain), now, m.kind, OUTBOX_PRIO[m.kind],
-             m.msg_id or None) for m in msgs]).rowcount
+        rows = [(m.topic, m.payload, int(m.retain), now, m.kind, OUTBOX_PRIO[m.kind],
+                 m.msg_id or None) for m in msgs]
+        db.executemany(_INSERT_OUTBOX, rows)
         if self._pending_rows is not None:
-            self._pending_rows += n
-        if self._budget and (self._pending_rows is None or self._pending_rows > self._budget):
+            self._pending_rows += len(rows)
+            self._pending_bytes += sum(len(r[1]) + len(r[0].encode()) for r in rows)
+        if self._budget or self._budget_bytes:
             self._hold_budget(db)
 
     def outbox_clock_steps(self) -> list[tuple[int, float]]:
         return self._clock_steps
 
     def _hold_budget(self, db: sqlite3.Connection) -> None:
-        """Drop unconfirmed rows beyond the budget by ``OUTBOX_DROP_ORDER``, oldest
-        first in each kind (never the newest row of the table, whose id would be given
-        again); alerts and OTA results are never dropped, so they may exceed it."""
-        pending = int(db.execute(_COUNT_PENDING).fetchone()[0])
-        excess = pending - self._budget
+        """Drop unconfirmed rows beyond the budget (rows or bytes) by
+        ``OUTBOX_DROP_ORDER``, oldest first in each kind, as few as bring it back
+        under (never the newest row of the table, whose id would be given again);
+        alerts and OTA results are never dropped, so they may exceed it."""
+        if self._pending_rows is None:
+            rows, size = db.execute(_COUNT_PENDING).fetchone()
+            self._pending_rows, self._pending_bytes = int(rows), int(size)
         for kind in OUTBOX_DROP_ORDER:
-            if excess <= 0:
-                break
-            gone = db.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE prio = ?"
-                " AND confirmed IS NULL AND dead IS NULL AND kind = ?"
-                " AND id < (SELECT MAX(id) FROM outbox) ORDER BY id LIMIT ?)",
-                (OUTBOX_PRIO[kind], kind, excess)).rowcount
-            if gone:
-                _count_drops(db, "budget", kind, gone)
-                excess -= gone
-                pending -= gone
-        self._pending_rows = pending
+            excess = self._pending_rows - self._budget if self._budget else 0
+            over = self._pending_bytes - self._budget_bytes if self._budget_bytes else 0
+            if excess <= 0 and over <= 0:
+                return
+            where = (f"prio = {OUTBOX_PRIO[kind]} AND kind = ? AND {_PENDING}"
+                     " AND id < (SELECT MAX(id) FROM outbox)")
+            cur = db.execute(f"SELECT id, {OUTBOX_SIZE} FROM outbox WHERE {where}"
+                             " ORDER BY id", (kind,))
+            last = n = freed = 0
+            for last, size in cur:  # read as far as needed only
+                n += 1
+                freed += size
+                if n >= excess and freed >= over:
+                    break
+            cur.close()
+            if n:
+                db.execute(f"DELETE FROM outbox WHERE {where} AND id <= ?", (kind, last))
+                _count_drops(db, "budget", kind, n)
+                self._pending_rows -= n
+                self._pending_bytes -= freed
 
     # -- sends -----------------------------------------------------------------------
 
@@ -781,10 +797,19 @@ class SqliteStorage:
         with self._tx() as db:
             self._outbox_insert(db, messages, now)
 
-    def outbox_set_budget(self, max_rows: int) -> None:
-        """Keep at most ``max_rows`` unconfirmed rows (0: no limit); see
-        ``_hold_budget`` for what goes when an insert goes beyond."""
+    def outbox_set_budget(self, max_rows: int, max_bytes: int = 0) -> None:
+        """Keep at most ``max_rows`` unconfirmed rows of at most ``max_bytes`` bytes
+        (``OUTBOX_SIZE``; 0: no limit); see ``_hold_budget`` for what goes when an
+        insert goes beyond."""
         self._budget = max(0, max_rows)
+        self._budget_bytes = max(0, max_bytes)
+
+    def outbox_pending_bytes(self) -> int:
+        """The bytes (``OUTBOX_SIZE``) of the unconfirmed rows."""
+        if self._pending_rows is None:
+            rows, size = self._db.execute(_COUNT_PENDING).fetchone()
+            self._pending_rows, self._pending_bytes = int(rows), int(size)
+        return self._pending_bytes
 
     def _rows(self, rows: Iterable[Sequence[Any]]) -> list[OutboxRow]:
         topic = self._encoder.topic if self._encoder is not None else None
@@ -829,20 +854,26 @@ class SqliteStorage:
     def outbox_drop(self, ids: Iterable[int], reason: str, now: float) -> int:
         """Delete unconfirmed rows unpublished, counted as dropped for ``reason``."""
         batch = list(ids)
-        gone = 0
+        gone = size = 0
         with self._tx() as db:
             for i in range(0, len(batch), 500):
                 chunk = batch[i:i + 500]
                 marks = ",".join("?" * len(chunk))
                 for kind, n in db.execute(
-                        f"SELECT kind, COUNT(*) FROM outbox WHERE confirmed IS NULL AND dead"
-                        f" IS NULL AND id IN ({marks}) GROUP BY kind", chunk).fetchall():
+                        f"SELECT kind, COUNT(*) FROM outbox WHERE {_PENDING}"
+                        f" AND id IN ({marks}) GROUP BY kind", chunk).fetchall():
                     _count_drops(db, reason, kind, n)
-                gone += db.execute(f"DELETE FROM outbox WHERE confirmed IS NULL AND dead"
-                                   f" IS NULL AND id IN ({marks})", chunk).rowcount
-        if self._pending_rows is not None:
-            self._pending_rows -= gone
+                sizes = db.execute(f"DELETE FROM outbox WHERE {_PENDING} AND id IN ({marks})"
+                                   f" RETURNING {OUTBOX_SIZE}", chunk).fetchall()
+                gone += len(sizes)
+                size += sum(z[0] for z in sizes)
+        self._pending_gone(gone, size)
         return gone
+
+    def _pending_gone(self, rows: int, size: int) -> None:
+        if self._pending_rows is not None:
+            self._pending_rows -= rows
+            self._pending_bytes -= size
 
     def outbox_drops(self) -> dict[str, int]:
         """Messages dropped (budget, expiry) since the database was made, by
@@ -861,26 +892,29 @@ class SqliteStorage:
         space: the uplink keeps forwarding what is stored while nothing can be added."""
         batch = list(ids)
         try:
-            done = self._update_ids("UPDATE outbox SET confirmed = ? WHERE confirmed IS NULL"
-                                    " AND dead IS NULL AND id IN", batch, now)
+            sizes = self._update_ids(f"UPDATE outbox SET confirmed = ? WHERE {_PENDING}"
+                                     " AND id IN", batch, now, f" RETURNING {OUTBOX_SIZE}")
         except sqlite3.OperationalError as e:
             if not _disk_full(e):
                 raise
-            done = self._update_ids("DELETE FROM outbox WHERE ? IS NOT NULL AND confirmed"
-                                    " IS NULL AND dead IS NULL AND id IN", batch, now)
-        if self._pending_rows is not None:
-            self._pending_rows -= done
+            sizes = self._update_ids(f"DELETE FROM outbox WHERE ? IS NOT NULL AND {_PENDING}"
+                                     " AND id IN", batch, now, f" RETURNING {OUTBOX_SIZE}")
+        self._pending_gone(len(sizes), sum(z[0] for z in sizes))
 
-    def _update_ids(self, sql: str, ids: Iterable[int], now: float) -> int:
+    def _update_ids(self, sql: str, ids: Iterable[int], now: float,
+                    returning: str = "") -> list[Any]:
+        """Run ``sql`` (ending in ``id IN``) for ``ids`` in chunks; the rows of its
+        ``returning`` clause, if any."""
         batch = list(ids)
+        out: list[Any] = []
         if not batch:
-            return 0
-        n = 0
+            return out
         with self._tx() as db:
             for i in range(0, len(batch), 500):  # SQLite's default variable limit is 999+
                 chunk = batch[i:i + 500]
-                n += db.execute(f"{sql} ({','.join('?' * len(chunk))})", (now, *chunk)).rowcount
-        return n
+                out += db.execute(f"{sql} ({','.join('?' * len(chunk))}){returning}",
+                                  (now, *chunk)).fetchall()
+        return out
 
     def outbox_prune(self, keep: int) -> int:
         """Delete confirmed rows except the newest ``keep``; returns how many went."""
@@ -901,7 +935,8 @@ class SqliteStorage:
         row = self._db.execute(
             "SELECT COUNT(*) - COUNT(confirmed) - COUNT(dead), COUNT(confirmed) FROM outbox"
         ).fetchone()
-        self._pending_rows = int(row[0])
+        if self._pending_rows is not None and self._pending_rows != int(row[0]):
+            self._pending_rows = None  # counted again, bytes too, when next needed
         return int(row[0]), int(row[1])
 
     def outbox_set_aside(self, row_id: int, reason: str, now: float) -> bool:
@@ -909,12 +944,12 @@ class SqliteStorage:
         published again (only the newest ``KEEP_DEAD`` are kept). False if it was
         confirmed or set aside already."""
         with self._tx() as db:
-            if db.execute("UPDATE outbox SET dead = ?, reason = ? WHERE id = ?"
-                          " AND confirmed IS NULL AND dead IS NULL",
-                          (now, reason, row_id)).rowcount != 1:
+            size = db.execute(f"UPDATE outbox SET dead = ?, reason = ? WHERE id = ?"
+                              f" AND {_PENDING} RETURNING {OUTBOX_SIZE}",
+                              (now, reason, row_id)).fetchall()
+            if not size:
                 return False
-            if self._pending_rows is not None:
-                self._pending_rows -= 1
+            self._pending_gone(1, size[0][0])
             row = db.execute("SELECT id FROM outbox WHERE dead IS NOT NULL"
                              " ORDER BY id DESC LIMIT 1 OFFSET ?", (KEEP_DEAD,)).fetchone()
             if row is not None:

@@ -81,10 +81,10 @@ that when its turn comes is not published but dropped, counted as ``expired``. A
 are corrected for steps of the wall clock the store saw while it ran
 (``Storage.outbox_clock_steps``); a step while the gateway was down is not seen.
 
-Bounded disk: ``outbox_max_rows`` unconfirmed rows at most (``Storage.outbox_set_budget``);
-an insert beyond drops the oldest telemetry, then the oldest rollups, then the oldest
-statuses, never alerts or OTA results (they may exceed the budget), counted by reason
-and kind (``Storage.outbox_drops``, e.g. ``budget_telemetry``). A full disk stops new
+Bounded disk: ``outbox_max_rows`` unconfirmed rows of ``outbox_max_bytes`` bytes of
+payload and topic at most (``Storage.outbox_set_budget``); an insert beyond either
+drops the oldest telemetry, then the oldest rollups, then the oldest statuses, never
+alerts or OTA results (they may exceed the budget), counted by reason and kind (``Storage.outbox_drops``, e.g. ``budget_telemetry``). A full disk stops new
 data from being stored (and so acknowledged), not the forwarding: the publisher keeps
 publishing what is stored; a confirmation that cannot be stored as such deletes the
 row instead (which frees space), and one that cannot be stored at all is kept in memory
@@ -381,7 +381,7 @@ class Uplink:
         self.set_aside = 0  # messages set aside since start
         self.published = 0  # PUBACKs (success) since start
         self.expired = 0  # messages dropped unpublished since start (expiry)
-        store.outbox_set_budget(config.outbox_max_rows)
+        store.outbox_set_budget(config.outbox_max_rows, config.outbox_max_bytes)
 
     @property
     def connected(self) -> bool:

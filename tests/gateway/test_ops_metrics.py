@@ -114,6 +114,9 @@ async def test_metrics_count_sends_ack_latency_nodes_and_the_outbox(
         pending, _ = gw.store.outbox_counts()
         assert pending >= 3
         assert m[("aiot_outbox_pending", ())] == pending
+        size = sum(len(r.payload) + len(r.topic.split("/", 2)[2])
+                   for r in gw.store.outbox_pending(0, 100))  # topics kept without prefix
+        assert m[("aiot_outbox_pending_bytes", ())] == size
         assert m[("aiot_outbox_oldest_age_seconds", ())] == pytest.approx(120.0)
         assert m[("aiot_uplink_enabled", ())] == 1
         assert m[("aiot_uplink_connected", ())] == 0

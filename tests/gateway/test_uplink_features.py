@@ -405,6 +405,69 @@ def test_the_budget_drops_the_oldest_telemetry_then_rollups_then_statuses_never_
         store.close()
 
 
+def test_the_byte_budget_drops_the_oldest_telemetry_until_the_bytes_fit(tmp_path):
+    # Before, the budget counted rows only: 1,000,000 rows of large payloads could fill
+    # the disk
+    store = store_with_node(tmp_path / "gw.db")  # 1 status
+    try:
+        status = store.outbox_pending_bytes()
+        store.outbox_set_budget(0, 2000)
+        store.outbox_add([OutboxMessage("n/alert", b"a" * 300, kind="alert")], T0)
+        for i in range(20):
+            store.outbox_add([OutboxMessage(f"n/data/{i}", bytes(100 + i),
+                                            kind="telemetry")], T0)
+        kept = store.outbox_pending(0, 100)
+        size = sum(len(r.payload) + len(r.topic.split("/", 2)[2]) for r in kept)
+        assert size == store.outbox_pending_bytes() <= 2000
+        data = [r.topic.rsplit("/", 1)[1] for r in kept if r.kind == "telemetry"]
+        assert data == [str(i) for i in range(20 - len(data), 20)]  # the newest kept
+        # exactly as many dropped as needed: one more would have fitted
+        drops = store.outbox_drops()["budget_telemetry"]
+        assert drops + len(data) == 20
+        assert size + len(f"n/data/{19 - len(data)}") + 100 + 19 - len(data) > 2000
+        # alerts go beyond it; the status and telemetry go first
+        store.outbox_add([OutboxMessage("n/alert", b"b" * 2100, kind="alert")], T0)
+        assert [r.kind for r in store.outbox_pending(0, 100)] == ["alert"] * 2
+        assert store.outbox_pending_bytes() == 2 * len("n/alert") + 2400
+        assert store.outbox_drops()["budget_status"] == 1 and status > 0
+    finally:
+        store.close()
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.sampled_from(["telemetry", "rollup", "status", "alert"]),
+              st.integers(0, 400), st.text(min_size=1, max_size=12)),
+    st.tuples(st.just("confirm"), st.integers(0, 40)),
+    st.tuples(st.just("drop"), st.integers(0, 40)),
+    st.tuples(st.just("aside"), st.integers(0, 40))), max_size=60)
+
+
+@given(ops=_OPS, budget=st.integers(1, 3000))
+def test_the_outbox_byte_count_stays_exact_through_adds_confirms_drops_and_dead_letters(
+        tmp_path_factory, ops, budget):
+    store = SqliteStorage.open(tmp_path_factory.mktemp("b") / "gw.db",
+                               encoder=TopicScheme("p"))
+    try:
+        store.outbox_set_budget(0, budget)
+        for op in ops:
+            if op[0] == "add":  # topics with non-ASCII characters count their UTF-8 bytes
+                store.outbox_add([OutboxMessage(op[3], bytes(op[2]), kind=op[1])], T0)
+            elif op[0] == "confirm":
+                store.outbox_confirm([op[1]], T0)
+            elif op[0] == "drop":
+                store.outbox_drop([op[1]], "expired", T0)
+            else:
+                store.outbox_set_aside(op[1], "refused", T0)
+            kept = store.outbox_pending(0, 1000)
+            size = sum(len(r.payload) + len(r.topic[2:].encode()) for r in kept)
+            assert store.outbox_pending_bytes() == size
+            if size > budget:  # only what is never dropped, or the newest row, is left
+                newest = store.outbox_last_id()
+                assert all(r.kind in ("alert", "ota") or r.id == newest for r in kept)
+    finally:
+        store.close()
+
+
 async def test_a_full_disk_stops_storing_but_not_forwarding(tmp_path, caplog):
     store = store_with_node(tmp_path / "gw.db")
     broker = plain_broker(tmp_path)
