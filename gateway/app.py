@@ -160,6 +160,7 @@ class Gateway:
         # theirs with metrics.register_source(name, fn)
         self.metrics = GatewayCollector(self, clock=clock)
         self.rest: RestApi | None = None  # [rest] enabled: the REST API (gateway/api/rest.py)
+        self.ops: RestApi | None = None  # [ops] enabled: health and metrics on their port
         self.bootstrap: BootstrapServer | None = None  # [bootstrap] enabled: its own socket
         self._lock: DatabaseLock | None = None  # held from start to shutdown
         # OSCORE contexts (gateway/security): when [security] names an at-rest key
@@ -327,9 +328,15 @@ class Gateway:
 
             self.rest = RestApi(self, cfg.rest, keys=self.keys)
             await self.rest.start()
+        if cfg.ops.enabled:
+            from .api.rest import RestApi
+
+            self.ops = RestApi.ops(self, cfg.ops)
+            await self.ops.start()
         mqtt = (f"mqtt://{cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix}"
                 if cfg.mqtt.enabled else "mqtt disabled")
         rest = f", rest {self.rest.url}" if self.rest is not None else ""
+        rest += f", ops {self.ops.url}" if self.ops is not None else ""
         log.info("aiot gateway ready %s (db %s, %s%s)", cfg.coap_uri, cfg.gateway.db, mqtt,
                  rest)
 
@@ -441,9 +448,10 @@ class Gateway:
                 lock.release()
 
     async def _stop(self) -> None:
-        if self.rest is not None:
-            api, self.rest = self.rest, None
-            await api.shutdown()
+        for api in (self.rest, self.ops):
+            if api is not None:
+                await api.shutdown()
+        self.rest = self.ops = None
         if self.bootstrap is not None:
             bs, self.bootstrap = self.bootstrap, None
             await bs.shutdown()

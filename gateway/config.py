@@ -37,6 +37,7 @@ __all__ = [
     "LogConfig",
     "ModelsConfig",
     "MqttConfig",
+    "OpsConfig",
     "OtaConfig",
     "RegistryConfig",
     "RestConfig",
@@ -289,6 +290,19 @@ class AnalyticsConfig:
 
 
 @dataclass(frozen=True)
+class OpsConfig:
+    """``[ops]``: ``GET /health/live``, ``/health/ready`` and ``/metrics`` on a port of
+    their own (plain HTTP, no token, nothing else served), with or without the REST
+    API: for a supervisor and a Prometheus scraper on a network the API is not on.
+    ``port = 0``: any free port (the ready line says which)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464
+    max_connections: int = 16
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """``[log]``: the daemon's log (``gateway/logs.py``). ``level``: debug, info,
     warning or error; ``format``: ``text`` (one line per record) or ``json`` (one JSON
@@ -335,6 +349,7 @@ class GatewayConfig:
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     rest: RestConfig = field(default_factory=RestConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)  # health and metrics port
     security: SecurityConfig = field(default_factory=SecurityConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # gateway/lwm2m/bootstrap.py
     ota: OtaConfig = field(default_factory=OtaConfig)
@@ -384,6 +399,7 @@ _SECTIONS: dict[str, type] = {
     "mqtt": MqttConfig,
     "shadow": ShadowConfig,
     "rest": RestConfig,
+    "ops": OpsConfig,
     "security": SecurityConfig,
     "ota": OtaConfig,
     "models": ModelsConfig,
@@ -522,6 +538,18 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
     _require(name, "rest.tls_key", bool(rest.get("tls_cert")) == bool(rest.get("tls_key")),
              "rest.tls_cert and rest.tls_key go together (PEM files)")
 
+    ops = dict(parsed["ops"])
+    _require(name, "ops.host", bool(ops.get("host", "x")), "must not be empty")
+    _require(name, "ops.port", 0 <= ops.get("port", OpsConfig.port) <= 65535,
+             f"must be 0..65535 (got {ops.get('port')})")
+    _positive(name, "ops.max_connections", ops.get("max_connections", 1))
+    _require(name, "ops.port", not (ops.get("enabled") and rest.get("enabled")
+                                    and ops.get("port", OpsConfig.port)
+                                    == rest.get("port", RestConfig.port) != 0
+                                    and ops.get("host", OpsConfig.host)
+                                    == rest.get("host", RestConfig.host)),
+             "is rest.port: the two need ports of their own")
+
     sec = dict(parsed["security"])
     if sec.get("key_file"):
         sec["key_file"] = str(base / Path(sec["key_file"]).expanduser())
@@ -549,6 +577,7 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         mqtt=MqttConfig(**mq),
         shadow=ShadowConfig(**sh),
         rest=RestConfig(**rest),
+        ops=OpsConfig(**ops),
         security=SecurityConfig(**sec),
         ota=OtaConfig(**ota),
         models=ModelsConfig(**mo),

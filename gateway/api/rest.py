@@ -91,7 +91,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config import RestConfig
+from ..config import OpsConfig, RestConfig
 from ..errors import GatewayError, RequestError
 from ..logs import PeerLog
 from ..lwm2m import codecs
@@ -290,13 +290,16 @@ def _json(body: Any, *, status: int = 200,
 
 class RestApi:
     """The REST API of one gateway: ``await start()``, ``url``, ``await shutdown()``.
-    ``tokens``: a fixed list instead of ``[rest] tokens_file`` (never read again)."""
+    ``tokens``: a fixed list instead of ``[rest] tokens_file`` (never read again).
+    ``RestApi.ops(gateway, config.ops)``: ``OPEN_ROUTES`` only, on the ``[ops]`` port."""
 
     def __init__(self, gateway: Gateway, config: RestConfig,
-                 tokens: list[Token] | None = None, *, keys: KeyStore | None = None) -> None:
+                 tokens: list[Token] | None = None, *, keys: KeyStore | None = None,
+                 open_only: bool = False) -> None:
         self._gateway = gateway
         self._config = config
-        self._tokens = tokens
+        self._open_only = open_only
+        self._tokens = [] if open_only else tokens
         self._token_file: TokenFile | None = None
         self._keys = keys
         self._runner: web.AppRunner | None = None
@@ -306,6 +309,14 @@ class RestApi:
         self._clock = time.time  # wall clock: token expiry, report and audit times
         self.audit = AuditLog(config.audit_file, clock=lambda: self._clock())
         self.port: int | None = None
+
+    @classmethod
+    def ops(cls, gateway: Gateway, config: OpsConfig) -> RestApi:
+        """``/health/live``, ``/health/ready`` and ``/metrics`` alone, without a token
+        (``[ops]``): every other path is 404; nothing is audited."""
+        return cls(gateway, RestConfig(enabled=True, host=config.host, port=config.port,
+                                       max_connections=config.max_connections),
+                   open_only=True)
 
     @property
     def url(self) -> str:
@@ -333,7 +344,8 @@ class RestApi:
                                          self._config.tokens_check_s)
             self._token_file.load()
         tls = server_context(self._config)
-        self.audit.check_mode()
+        if not self._open_only:
+            self.audit.check_mode()
         # keepalive_timeout is aiohttp's one timer on a connection that has no whole
         # request head: armed when it opens and after each response, it closes a
         # connection that sent nothing or only part of its headers (header_timeout_s)
@@ -356,10 +368,12 @@ class RestApi:
                                f"{self._config.port}: {e.strerror or e}") from e
         self._runner, self._tcp = runner, tcp
         self._accept_guard = _AcceptGuard(loop, tcp)
-        self._gateway.registry.add_listener(self._on_event)
+        if not self._open_only:
+            self._gateway.registry.add_listener(self._on_event)
         sockets = list(tcp.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self._config.port
-        if self._config.host not in ("127.0.0.1", "::1", "localhost") and tls is None:
+        if (self._config.host not in ("127.0.0.1", "::1", "localhost") and tls is None
+                and not self._open_only):
             log.warning("REST API on %s: reachable from the network, and plain HTTP (set"
                         " [rest] tls_cert and tls_key, or put a TLS proxy in front)",
                         self._config.host)
@@ -389,7 +403,7 @@ class RestApi:
 
         app = web.Application(middlewares=[self._middleware],
                               client_max_size=MAX_BODY_BYTES)
-        for method, path, _role, handler in ROUTES:
+        for method, path, _role, handler in () if self._open_only else ROUTES:
             app.router.add_route(method, API + path, getattr(self, handler))
         for method, path, handler in OPEN_ROUTES:
             app.router.add_route(method, path, getattr(self, handler))
@@ -529,6 +543,10 @@ class RestApi:
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             if request.method == "GET" and request.path in _OPEN_PATHS:
                 return await self._open(request, handler)  # no token: OPEN_ROUTES
+            if self._open_only:  # the [ops] port serves nothing else
+                return web.json_response({"error": "not_found", "message": "this port"
+                                          " serves /health/live, /health/ready and /metrics"
+                                          " only"}, status=404)
             return await self._errors_impl(request, handler)
 
         return middleware

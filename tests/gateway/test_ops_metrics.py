@@ -10,6 +10,7 @@ import json
 
 import aiohttp
 import pytest
+from aiotkit.gateway.errors import ConfigError
 from aiotkit.gateway.storage import SqliteStorage
 from aiotkit.gateway.storage.api import OtaCampaignRow, OtaImageRow
 from fakeclient import SENML_JSON, FakeClient
@@ -71,6 +72,35 @@ async def test_health_and_metrics_answer_without_a_token_and_the_api_still_needs
             assert status == 401, url
         async with s.post(gw.rest.url + "/metrics") as resp:
             assert resp.status == 401
+
+
+async def test_the_ops_port_serves_health_and_metrics_without_the_rest_api(
+        gateway_config, running_gateway):
+    # Before, /metrics and /health/* needed [rest] enabled: a scraper on another network
+    # than the API's had to be let onto the API's port
+    cfg = gateway_config("[ops]\nenabled = true\nport = 0\n")
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        assert gw.rest is None and gw.ops is not None
+        url = gw.ops.url
+        status, _, text = await get(s, url + "/health/ready")
+        assert status == 200 and json.loads(text)["status"] == "ready"
+        status, ctype, text = await get(s, url + "/metrics")
+        assert status == 200 and ctype.startswith("text/plain")
+        names = {f.name for f in text_string_to_metric_families(text)}
+        assert {"aiot_sends_stored", "aiot_outbox_pending_bytes"} <= names
+        # nothing else: not the API, with or without a token, not another method
+        for path in ("/api/v1/endpoints", "/api/v1/whoami", "/", "/metrics/"):
+            status, _, text = await get(s, url + path, VIEWER)
+            assert status == 404 and json.loads(text)["error"] == "not_found", path
+        async with s.post(url + "/metrics") as resp:
+            assert resp.status == 404
+
+
+def test_the_ops_port_may_not_be_the_rest_port(gateway_config, tmp_path):
+    (tmp_path / "tokens").write_text(f"viewer {VIEWER}\n")
+    with pytest.raises(ConfigError, match="ops.port"):
+        gateway_config(REST.replace("port = 0", "port = 8090")
+                       + "[ops]\nenabled = true\nport = 8090\n")
 
 
 async def test_metrics_token_required_refuses_a_scrape_without_a_token(
