@@ -56,6 +56,7 @@ __all__ = ["Gateway", "RateLimitFilter", "run_cli", "serve"]
 log = logging.getLogger("aiotkit.gateway")
 
 SHUTDOWN_TIMEOUT_S = 5.0
+HISTORY_CHECK_S = 60.0  # how often the history is pruned ([gateway] history_s)
 
 
 class RateLimitFilter(logging.Filter):
@@ -150,6 +151,7 @@ class Gateway:
         self.fast_oscores: list[FastOscore] = []  # coap/fastoscore.py, the same
         self._dm: DeviceManagement | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._history: asyncio.Task[None] | None = None  # _prune_history
         self.shadow: ShadowChecker | None = None  # when numpy and tflite-micro are there
         # rollups, alerts, drift ([analytics] enabled): gateway/analytics/engine.py
         self.analytics: Analytics | None = None
@@ -302,6 +304,7 @@ class Gateway:
             self._registry.run_expiry(cfg.registry.expiry_check_s, cfg.registry.prune_after_s),
             name="aiot-registry-expiry",
         )
+        self._history = asyncio.create_task(self._prune_history(), name="aiot-history")
         if self._uplink is not None:
             await self._uplink.start()
         if cfg.bootstrap.enabled:
@@ -475,13 +478,41 @@ class Gateway:
             finally:
                 for layer in layers:
                     layer.close()
-        if self._expiry is not None:
-            task, self._expiry = self._expiry, None
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for task in (self._expiry, self._history):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._expiry = self._history = None
         if self._uplink is not None:
             uplink, self._uplink = self._uplink, None
             await uplink.shutdown()
+
+    async def _prune_history(self) -> None:
+        """Keep the database's history within ``[gateway] history_s`` and
+        ``history_max_sends`` (``Storage.prune_history``): every ``HISTORY_CHECK_S``,
+        a chunk at a time with the loop free between chunks, so ingest never waits
+        long."""
+        gw = self.config.gateway
+        if not gw.history_s and not gw.history_max_sends:
+            return
+        while True:
+            try:
+                total, chunk = 0, 1000  # about 9 ms of the loop each
+                while True:
+                    before = self._clock() - gw.history_s if gw.history_s else 0.0
+                    n = self.store.prune_history(before, gw.history_max_sends, chunk=chunk)
+                    total += n
+                    if n < chunk:
+                        break
+                    await asyncio.sleep(0)
+                if total:
+                    log.info("history: deleted the %d oldest Sends (gateway.history_s %.0f,"
+                             " history_max_sends %d)", total, gw.history_s,
+                             gw.history_max_sends)
+            except Exception:  # a disk error must not end pruning for good
+                log.exception("pruning the history failed; retrying in %.0f s",
+                              HISTORY_CHECK_S)
+            await asyncio.sleep(HISTORY_CHECK_S)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -56,13 +56,23 @@ _TOPIC_UNSAFE = frozenset("+#\x00")
 _SECRET_KEYS = frozenset({"mqtt.password"})
 
 
+# storage.sqlite.REPORT_WINDOW_S: the history covers it (tests/gateway/test_prune.py)
+REPORT_WINDOW_S = 86_400.0
+
+
 @dataclass(frozen=True)
 class GatewaySection:
-    """``[gateway]``: identity, database and security mode."""
+    """``[gateway]``: identity, database and security mode, and how much history the
+    database keeps (``SqliteStorage.prune_history``): Sends with their readings,
+    Notifications and registry events older than ``history_s`` (0: any age), and
+    beyond the newest ``history_max_sends`` Sends (0: any number), are deleted; latest
+    values and the outbox stay."""
 
     id: str = "gw"
     db: Path = Path("aiot-gateway.db")
     security: Security = "oscore"
+    history_s: float = 30 * 86400.0
+    history_max_sends: int = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -442,6 +452,13 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
     _require(name, "gateway.db", str(db) != "", "must not be empty")
     if not db.is_absolute():
         db = base / db
+    history_s = gw.get("history_s", GatewaySection.history_s)
+    _require(name, "gateway.history_s", history_s == 0 or history_s >= REPORT_WINDOW_S,
+             f"must be 0 (any age) or at least {REPORT_WINDOW_S:.0f} (a re-sent report is"
+             " recognised by the Send stored for it that long)")
+    max_sends = gw.get("history_max_sends", GatewaySection.history_max_sends)
+    _require(name, "gateway.history_max_sends", max_sends == 0 or max_sends >= 10_000,
+             "must be 0 (no limit) or at least 10000")
 
     coap = parsed["coap"]
     _require(name, "coap.host", bool(coap.get("host", "x")), "must not be empty")
@@ -570,7 +587,8 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         _require(name, f"models.{key}", 0.0 <= mo.get(key, 0.0) <= 1.0, "must be 0..1")
 
     return GatewayConfig(
-        gateway=GatewaySection(id=ident, db=db, security=security),
+        gateway=GatewaySection(id=ident, db=db, security=security, history_s=history_s,
+                               history_max_sends=max_sends),
         coap=CoapConfig(**coap),
         registry=RegistryConfig(**reg),
         dm=DMConfig(**dm),

@@ -539,6 +539,9 @@ class Storage(Protocol):
     def prune_ended(self, before: float, *, after: int = 0,
                     scan: int = 1000) -> tuple[list[str], int]: ...
 
+    def prune_history(self, before: float, max_sends: int = 0, *,
+                      chunk: int = 5000) -> int: ...
+
     def events(self, endpoint: str | None = None, limit: int = 100) -> list[Event]: ...
 
     # Sends (and Notifications) and their readings

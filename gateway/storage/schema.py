@@ -211,7 +211,8 @@ def _v2_from_v1(conn: sqlite3.Connection) -> None:
 # that short array, dropping the Sends it covers, instead of reading, CBOR-decoding and
 # re-encoding the whole map.
 # Beyond LATEST_MAX_SENDS, or LATEST_MAX_PATHS, everything is folded into latest.paths
-# again. Sends are never deleted, so what latest.sends names is always there.
+# again. A Send latest.sends names is folded into latest.paths before the history is
+# pruned of it (``SqliteStorage.prune_history``), so what latest.sends names is there.
 _SCHEMA_V3 = "ALTER TABLE latest ADD COLUMN sends TEXT"
 
 # Version 4: the device-management tables join the schema. Before, ``dmstore`` created

@@ -505,7 +505,7 @@ class SqliteStorage:
                     scan: int = 1000) -> tuple[list[str], int]:
         """Forget the endpoints that de-registered or expired and were last heard from
         before ``before``: their registration and latest values (their Sends, readings
-        and events stay, as history). One call looks at the ``scan`` rows after cursor
+        and events stay, as history, until ``prune_history``). One call looks at the ``scan`` rows after cursor
         ``after`` only, so it stays short at any fleet size; it returns the endpoints it
         pruned and the cursor of the next call (0: the pass is complete)."""
         db = self._db
@@ -523,6 +523,55 @@ class SqliteStorage:
                     self._by_addr.pop((host, port), None)
                     self._tops.pop(ep, None)
         return [row[1] for row in rows], (after + scan if after + scan < last else 0)
+
+    def prune_history(self, before: float, max_sends: int = 0, *, chunk: int = 5000) -> int:
+        """Delete the history older than ``before`` (0: none by age), and beyond the
+        newest ``max_sends`` Sends (0: no limit), oldest first, at most ``chunk`` Sends
+        per call (call again while it returns ``chunk``): Sends with their readings,
+        the ``dm_notifications`` rows of their Notifications, and registry events.
+
+        Latest values are kept: an endpoint whose latest row names a Send that goes has
+        its values folded into ``latest.paths`` first. The outbox is not touched (its
+        rows carry their own payload). The newest Send always stays, so Send and
+        reading ids are never given again. A re-sent report whose first copy went is
+        stored again (``_same_report``: the history must cover ``REPORT_WINDOW_S``)."""
+        db = self._db
+        last = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM sends").fetchone()[0])
+        cap = last - max_sends if max_sends else 0  # ids up to this are beyond the cap
+        cutoff = 0
+        for sid, received in db.execute(
+                "SELECT id, received_at FROM sends WHERE id < ? ORDER BY id LIMIT ?",
+                (last, chunk)).fetchall():
+            if sid > cap and received >= before:
+                break
+            cutoff = sid
+        with self._tx() as tx:
+            n = 0
+            if cutoff:
+                for (ep,) in tx.execute(
+                        "SELECT endpoint FROM latest WHERE sends IS NOT NULL"
+                        " AND CAST(sends ->> 0 AS INTEGER) <= ?", (cutoff,)).fetchall():
+                    self._fold_latest(tx, ep)
+                gone = _prefix(tx, "dm_notifications", "send_id", cutoff, chunk * 4)
+                tx.execute("DELETE FROM dm_notifications WHERE id <= ?", (gone,))
+                n = tx.execute("DELETE FROM sends WHERE id <= ?", (cutoff,)).rowcount
+            events = int(tx.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+            top = 0
+            for eid, t in tx.execute("SELECT id, t FROM events WHERE id < ? ORDER BY id"
+                                     " LIMIT ?", (events, chunk)).fetchall():
+                if t >= before and eid > events - (max_sends or events):
+                    break
+                top = eid
+            tx.execute("DELETE FROM events WHERE id <= ?", (top,))
+        return n
+
+    def _fold_latest(self, db: sqlite3.Connection, ep: str) -> None:
+        """Copy the values of the Sends ``ep``'s latest row names into latest.paths."""
+        latest = _merged(db.execute(_SELECT_LATEST + " WHERE l.endpoint = ? ORDER BY j.key",
+                                    (ep,)).fetchall())
+        db.execute("UPDATE latest SET paths = ?, sends = NULL WHERE endpoint = ?",
+                   (cbor2.dumps(latest), ep))
+        self._tops.pop(ep, None)
 
     def events(self, endpoint: str | None = None, limit: int = 100) -> list[Event]:
         """The latest events, oldest first (optionally for one endpoint)."""
@@ -1056,6 +1105,18 @@ def _same_report(new: Sequence[Record], now: float, data: str, received_at: floa
                  - (t if t >= _RELATIVE_T else received_at + t)) > _SAME_T_REL:
             return False
     return timed
+
+
+def _prefix(db: sqlite3.Connection, table: str, column: str, cutoff: int, limit: int) -> int:
+    """The highest id of ``table``'s rows, oldest first, whose ``column`` is at most
+    ``cutoff`` (or NULL), up to the first row beyond it: both grow together."""
+    top = 0
+    for rid, ref in db.execute(f"SELECT id, {column} FROM {table} ORDER BY id LIMIT ?",
+                               (limit,)).fetchall():
+        if ref is not None and ref > cutoff:
+            break
+        top = rid
+    return top
 
 
 def _count_drops(db: sqlite3.Connection, reason: str, kind: str, n: int) -> None:
