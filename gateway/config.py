@@ -185,6 +185,14 @@ class MqttConfig:
     expiry_status_s: float = 0.0
     # the gateway's own retained status ({prefix}/status: online, offline as its Will)
     gateway_status: bool = True
+    # -- Sparkplug B (gateway/uplink/sparkplug.py) --
+    # "json": the topics and payloads of gateway/uplink/mqtt.py; "sparkplug": telemetry
+    # and node states as Sparkplug B 3.0 (the gateway an Edge Node, each node a Device)
+    format: str = "json"
+    sparkplug_group: str = "aiot"  # the Sparkplug Group ID
+    # a Primary Host Application's id: births and data wait until its STATE is online;
+    # empty: none
+    sparkplug_host: str = ""
 
 
 @dataclass(frozen=True)
@@ -527,6 +535,15 @@ def _build(data: dict[str, Any], name: str, base: Path, source: Path | None) -> 
         _require(name, f"mqtt.expiry_{kind}_s",
                  0 <= mq.get(f"expiry_{kind}_s", 0.0) <= 0xFFFF_FFFF,
                  "must be 0 (never) .. 4294967295 seconds")
+    # -- Sparkplug B (gateway/uplink/sparkplug.py) --
+    _require(name, "mqtt.format", mq.get("format", "json") in ("json", "sparkplug"),
+             f"must be \"json\" or \"sparkplug\" (got {mq.get('format')!r})")
+    for key in ("sparkplug_group", "sparkplug_host"):
+        sp_id = mq.get(key, "x" if key == "sparkplug_group" else "")
+        _require(name, f"mqtt.{key}", key == "sparkplug_host" or bool(sp_id),
+                 "must not be empty")
+        _require(name, f"mqtt.{key}", not (set(sp_id) & (_TOPIC_UNSAFE | {"/"})),
+                 "must not contain '/', '+', '#' or NUL (it is a Sparkplug topic level)")
 
     sh = dict(parsed["shadow"])
     if sh.get("models"):

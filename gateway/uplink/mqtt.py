@@ -37,6 +37,10 @@ several gateways on one broker never share a topic; the client id defaults to
 Other kinds (rollups, alerts, OTA results) are added by their producers with
 ``Storage.outbox_add``, their topics relative to the prefix too.
 
+``format = "sparkplug"`` publishes telemetry and statuses as Sparkplug B 3.0 instead
+(``sparkplug.py``: topics, births and deaths, QoS 0 and what it still guarantees); the
+outbox rows stay as above and are turned into Sparkplug when published.
+
 Message ids (for idempotent consumers): every message carries two MQTT 5 user
 properties, ``gw`` (``gateway.id``) and ``msg-id``: the reading id for telemetry (the
 payload's ``id``), the producer's id if it gave one, else ``{kind}-{outbox row id}``.
@@ -152,6 +156,7 @@ from ..storage.api import (
     Storage,
     StoredReading,
 )
+from .sparkplug import SPARKPLUG_KINDS, SparkplugEdge
 
 __all__ = ["KEEP_CONFIRMED", "STRIKE_WINDOW_S", "Backoff", "TokenBucket", "TopicScheme",
            "Uplink", "tls_context"]
@@ -381,6 +386,9 @@ class Uplink:
         self.set_aside = 0  # messages set aside since start
         self.published = 0  # PUBACKs (success) since start
         self.expired = 0  # messages dropped unpublished since start (expiry)
+        # Sparkplug B (sparkplug.py): the Edge Node's session, None for the JSON format
+        self._sp = (SparkplugEdge(config, store, self._gw, clock=clock)
+                    if config.format == "sparkplug" else None)
         store.outbox_set_budget(config.outbox_max_rows, config.outbox_max_bytes)
 
     @property
@@ -425,7 +433,12 @@ class Uplink:
         gateway's status says ``offline`` first (if connected, within a short bound)."""
         task, self._task = self._task, None
         client = self._client_now
-        if task is not None and client is not None and self._cfg.gateway_status \
+        if task is not None and client is not None and self._sp is not None \
+                and self._connected.is_set():  # Sparkplug: NDEATH, then DISCONNECT
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(_STATUS_TIMEOUT_S):
+                    await client.publish(*self._sp.death(), qos=1, retain=False)
+        elif task is not None and client is not None and self._cfg.gateway_status \
                 and self._connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(_STATUS_TIMEOUT_S):
@@ -521,7 +534,9 @@ class Uplink:
         if paho_log.level == logging.NOTSET:
             paho_log.setLevel(logging.CRITICAL)
         will = None
-        if cfg.gateway_status:
+        if self._sp is not None:  # Sparkplug: NDEATH with the next bdSeq
+            will = self._sp.will()
+        elif cfg.gateway_status:
             topic, payload = self._gateway_status("offline")
             will = aiomqtt.Will(topic, payload, qos=1, retain=True)
         client = aiomqtt.Client(
@@ -559,7 +574,9 @@ class Uplink:
             window = asyncio.Semaphore(self._cfg.batch)
             publisher = _Publisher(client)
             try:
-                if self._cfg.gateway_status:
+                if self._sp is not None:  # Sparkplug: subscriptions, NBIRTH, DBIRTHs
+                    await self._sp.begin(client)
+                elif self._cfg.gateway_status:
                     await client.publish(*self._gateway_status("online"), qos=1, retain=True)
             except aiomqtt.MqttError as e:
                 lost = e
@@ -581,9 +598,11 @@ class Uplink:
             raise _SessionLost("lost") from lost
 
     async def _watch(self, client: aiomqtt.Client) -> None:
-        """Raise MqttError when the connection drops (nothing is subscribed)."""
-        async for _ in client.messages:
-            pass
+        """Raise MqttError when the connection drops (nothing is subscribed, but
+        Sparkplug's commands and STATE)."""
+        async for m in client.messages:
+            if self._sp is not None:
+                self._sp.on_message(m)
 
     async def _pump(self, publisher: _Publisher, tg: asyncio.TaskGroup,
                     window: asyncio.Semaphore) -> None:
@@ -627,11 +646,49 @@ class Uplink:
                     send.append((row, props))
             if expired:
                 self._drop_expired(expired, now)
+            if self._sp is not None:  # Sparkplug: telemetry and statuses, QoS 0
+                await self._sp_send([r for r, _ in send if r.kind in SPARKPLUG_KINDS],
+                                    tg, window)
+                send = [(r, p) for r, p in send if r.kind not in SPARKPLUG_KINDS]
             for row, props in send:
                 await self._bucket.take()
                 await window.acquire()
                 tg.create_task(self._publish(publisher, row, window, props),
                                name=f"aiot-uplink-publish-{row.id}")
+
+    # -- Sparkplug B (sparkplug.py) --
+    async def _sp_send(self, rows: list[OutboxRow], tg: asyncio.TaskGroup,
+                       window: asyncio.Semaphore) -> None:
+        """Publish ``rows`` as Sparkplug messages (QoS 0, one window slot and one token
+        each); they are confirmed once the broker has answered the barrier after them."""
+        sp = self._sp
+        if sp is None or not rows:
+            return
+        units, bad = sp.plan(rows)
+        for row_id, reason in bad:
+            self._set_aside(row_id, reason)
+        ids: list[int] = []
+        held = 0
+        for unit in units:
+            await self._bucket.take()
+            await window.acquire()
+            held += 1
+            sp.send(unit)
+            ids += unit.ids
+        if ids:
+            tg.create_task(self._sp_confirm(ids, held, window),
+                           name=f"aiot-uplink-sparkplug-{ids[0]}")
+
+    async def _sp_confirm(self, ids: list[int], held: int, window: asyncio.Semaphore
+                          ) -> None:
+        try:
+            await cast(SparkplugEdge, self._sp).barrier()
+        finally:
+            for _ in range(held):
+                window.release()
+        self.published += len(ids)
+        self._acked += ids
+        self._acked_event.set()
 
     def _properties(self, row: OutboxRow, now: float | None = None) -> Properties | None:
         """The PUBLISH's MQTT 5 properties (message id, expiry left); None: it expired."""

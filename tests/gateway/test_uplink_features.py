@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from plugins.services import Mosquitto, require_tool
 from schemakit import file_at_version
@@ -443,6 +443,7 @@ _OPS = st.lists(st.one_of(
 
 
 @given(ops=_OPS, budget=st.integers(1, 3000))
+@settings(deadline=None)  # a database file per example
 def test_the_outbox_byte_count_stays_exact_through_adds_confirms_drops_and_dead_letters(
         tmp_path_factory, ops, budget):
     store = SqliteStorage.open(tmp_path_factory.mktemp("b") / "gw.db",
