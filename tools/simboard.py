@@ -21,16 +21,23 @@ The relay is what makes a process behave like a board:
   recorded with the flash folder); ``machine.reset_cause()`` tells power-on, hard and
   soft resets apart.
 - **Line endings.** The unix port prints ``\\n`` where boards print ``\\r\\n``: the relay
-  adds the ``\\r`` (a bare ``\\n`` only), so banner matching works.
+  adds the ``\\r`` (a bare ``\\n`` only), so banner matching works. Binary output is not
+  text: what a program writes to ``sys.stdout.buffer`` (``mpremote mount``'s protocol)
+  reaches the host unchanged, as on a board. The unix port writes text and binary to the
+  same fd, so the boot shim's ``sys`` frames binary writes (``_RAW`` mark, length) and the
+  relay unwraps them instead of cooking them.
 - **Ctrl-C.** The unix port reads no input while it runs code (a board's UART interrupt
   does), so a Ctrl-C that arrives while the process is not waiting for input becomes a
-  SIGINT to it.
+  SIGINT to it; unless the program turned the interrupt off
+  (``micropython.kbd_intr(-1)``, the process then leaves SIGINT to its default action):
+  then it is a data byte, as on a board.
 - **Faults.** ``faults`` drops or garbles bytes in both directions; ``power_off()``
   kills the process (SIGKILL: a power cut, mid-write included) and keeps the port silent
   until ``power_on()``.
 
-The boot shim and the ``machine`` stand-in live in a temporary folder outside the flash;
-nothing is written into the flash folder but what the board's programs write there.
+The boot shim and the ``machine`` and ``sys`` stand-ins live in a temporary folder
+outside the flash; nothing is written into the flash folder but what the board's
+programs write there.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ HARD_RESET_EXIT = 66  # the exit status machine.reset() makes the process leave 
 # machine.reset_cause() values (MicroPython's ESP32 and rp2 ports use these)
 PWRON_RESET, HARD_RESET, SOFT_RESET = 1, 2, 5
 _BOOTED = b"\x00aiot-booted\x00"  # the shim's mark: boot.py done, the REPL comes next
+_RAW = b"\x00aiot-raw"  # the shim's mark before binary output: then u16 LE length, bytes
+_RAW_HEAD = len(_RAW) + 2
 _RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _SOFT_REBOOT = b"MPY: soft reboot\r\n"
 _PROMPTS = (b">>> ", b"... ", b"=== ", b"\r\n>", b"\x04>")
@@ -73,9 +82,10 @@ _SHIM = """\
 def _aiot_boot():
     import sys, os, vfs
     flash, uid, cause, mode = sys.argv[1:5]
-    import _aiot_machine
+    import _aiot_machine, _aiot_sys
     _aiot_machine._setup(uid, int(cause))
     sys.modules["machine"] = _aiot_machine
+    sys.modules["sys"] = _aiot_sys
 
     class Flash(vfs.VfsPosix):
         # the unix port lists no sizes (3-tuples); a board's ilistdir has them
@@ -156,6 +166,62 @@ def soft_reset():
 """
 
 
+_SYS = """\
+# sys as a board has it: sys.stdout.buffer is not cooked. The unix port writes text and
+# binary to one fd, so binary writes go out framed (mark, u16 LE length, bytes) and the
+# relay passes them unchanged, while it adds a board's \\r to the text.
+import sys as _sys, io as _io, struct as _struct
+from micropython import const
+
+__name__ = "sys"
+_MARK = b"\\x00aiot-raw"
+_FRAME = const(0xFFFF)  # the longest frame a u16 length says
+del const  # sys has no such name
+
+
+def __getattr__(name):
+    return getattr(_sys, name)
+
+
+class _Buffer(_io.IOBase):
+    def __init__(self, out):
+        self._out = out
+        self._head = bytearray(len(_MARK) + 2)
+        self._head[: len(_MARK)] = _MARK
+
+    def write(self, buf, *lim):  # write(buf), write(buf, max_len), write(buf, off, max_len)
+        mv = memoryview(buf.encode() if isinstance(buf, str) else buf)
+        if len(lim) == 2:
+            mv = mv[lim[0] :]
+        if lim:
+            mv = mv[: lim[-1]]
+        for i in range(0, len(mv), _FRAME):
+            part = mv[i : i + _FRAME]
+            _struct.pack_into("<H", self._head, len(_MARK), len(part))
+            self._out.write(self._head)
+            self._out.write(part)
+        return len(mv)
+
+    def __getattr__(self, name):
+        return getattr(self._out, name)
+
+
+class _Stdout(_io.IOBase):
+    def __init__(self, text):
+        self._text = text
+        self.buffer = _Buffer(text.buffer)
+
+    def write(self, buf, *lim):
+        return self._text.write(buf, *lim)
+
+    def __getattr__(self, name):
+        return getattr(self._text, name)
+
+
+stdout = _Stdout(_sys.stdout)
+"""
+
+
 class SimBoardError(AiotError):
     """A simulated board could not be run (exit status 1)."""
 
@@ -226,6 +292,26 @@ def _set_nonblocking(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
 
 
+def _catches_sigint(pid: int) -> bool:
+    """Does the process handle SIGINT (/proc/PID/status SigCgt)? The unix port does while
+    Ctrl-C may interrupt (``micropython.kbd_intr(3)``); ``kbd_intr(-1)`` leaves SIGINT to
+    its default action, which would kill it. True when unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    m = re.search(r"^SigCgt:\s*([0-9a-fA-F]+)$", status, re.MULTILINE)
+    return m is None or bool(int(m.group(1), 16) >> (signal.SIGINT - 1) & 1)
+
+
+def _mark_prefix(data: bytes) -> int:
+    """How many bytes at the end of ``data`` may begin a ``_RAW`` mark."""
+    for n in range(min(len(_RAW) - 1, len(data)), 0, -1):
+        if data.endswith(_RAW[:n]):
+            return n
+    return 0
+
+
 def _waiting_for_input(pid: int) -> bool:
     """Is the process blocked in read(0, ...)? (/proc/PID/syscall; x86-64 and arm64
     number read 0 and 63). False when unknown."""
@@ -282,6 +368,8 @@ class SimBoard:
         self._tail = b""  # the last console bytes (untranslated), for prompts
         self._raw_mode = False  # the last prompt was the raw REPL's
         self._last_cr = False  # the last byte sent to the host was \r
+        self._held = b""  # console output that may be the start of a _RAW frame head
+        self._raw_left = 0  # bytes of the current binary frame still to pass unchanged
         self._quick_exits = 0
         self._started_at = 0.0
         self._stopping = False
@@ -325,6 +413,7 @@ class SimBoard:
             self._runtime = Path(tempfile.mkdtemp(prefix="aiot-simboard-"))
             (self._runtime / "boot_shim.py").write_text(_SHIM)
             (self._runtime / "_aiot_machine.py").write_text(_MACHINE)
+            (self._runtime / "_aiot_sys.py").write_text(_SYS)
             self._host_fd, self._host_slave = os.openpty()
             self._con_fd, self._con_slave = os.openpty()
             for fd in (self._host_slave, self._con_slave):
@@ -432,7 +521,8 @@ class SimBoard:
         termios.tcflush(self._con_slave, termios.TCIOFLUSH)  # nothing of the old life
         self._pending.clear()
         self._to_con.clear()
-        self._buf = self._tail = b""
+        self._buf = self._tail = self._held = b""
+        self._raw_left = 0
         self._boot_raw = raw
         self._raw_mode = raw
         self._phase = "boot"
@@ -500,10 +590,11 @@ class SimBoard:
         self._to_console(data)
 
     def _to_console(self, data: bytes) -> None:
-        if b"\x03" in data and self._busy():
+        if b"\x03" in data and self._busy() and self._proc and _catches_sigint(self._proc.pid):
             # the unix port reads no input while it runs code: interrupt it as a
-            # board's UART interrupt would, and the Ctrl-C is consumed
-            if self._proc and self._proc.returncode is None:
+            # board's UART interrupt would, and the Ctrl-C is consumed (with the
+            # interrupt off it is data, mpremote mount's binary replies included)
+            if self._proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     self._proc.send_signal(signal.SIGINT)
             data = data[data.rindex(b"\x03") + 1 :]
@@ -573,21 +664,48 @@ class SimBoard:
             self._to_console(data)
 
     def _console_text(self, data: bytes) -> None:
-        if not data:
+        """Console output to the host: text cooked, binary frames (``_RAW``) unchanged."""
+        data, self._held = self._held + data, b""
+        out = bytearray()
+        i = 0
+        while i < len(data):
+            if self._raw_left:
+                part = data[i : i + self._raw_left]
+                out += part
+                self._raw_left -= len(part)
+                i += len(part)
+                self._tail = b""  # a program wrote it: no REPL prompt since
+                self._last_cr = False
+                continue
+            j = data.find(_RAW, i)
+            if j < 0:  # text, but for what may begin a mark
+                j = len(data) - _mark_prefix(data[i:])
+                self._held = data[j:]
+                self._cook(data[i:j], out)
+                break
+            self._cook(data[i:j], out)
+            if len(data) - j < _RAW_HEAD:
+                self._held = data[j:]
+                break
+            self._raw_left = int.from_bytes(data[j + len(_RAW) : j + _RAW_HEAD], "little")
+            i = j + _RAW_HEAD
+        if out:
+            self._send_host(bytes(out))
+
+    def _cook(self, text: bytes, out: bytearray) -> None:
+        if not text:
             return
-        self._tail = (self._tail + data)[-64:]
+        self._tail = (self._tail + text)[-64:]
         if self._tail.endswith(b">>> "):
             self._raw_mode = False
         elif self._tail.endswith(b"\x04>") or _RAW_BANNER in self._tail:
             self._raw_mode = True
         # a bare \n becomes \r\n, as a board's cooked output has it
-        out = bytearray()
-        for b in data:
+        for b in text:
             if b == 0x0A and not self._last_cr:
                 out.append(0x0D)
             out.append(b)
             self._last_cr = b == 0x0D
-        self._send_host(bytes(out))
 
     def _send_host(self, data: bytes) -> None:
         self._to_host += self.faults.apply(data)

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+import tty
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,191 @@ async def test_raw_repl_handshake_on_the_wire(tmp_path):
         assert got["interrupted"].endswith(b"KeyboardInterrupt: \r\n\x04>")
         assert got["soft reset"] == b"OK\r\nMPY: soft reboot\r\n" + RAW_BANNER
         assert got["friendly"].startswith(b"\r\nMicroPython ")
+        assert board.boots == 2
+
+
+async def test_binary_output_and_ctrl_c_with_the_interrupt_off_cross_the_relay_unchanged(
+        tmp_path):
+    """What a board leaves alone: bytes written to sys.stdout.buffer are not cooked (only
+    text gets \\r\\n), and with micropython.kbd_intr(-1) a Ctrl-C is a data byte, also
+    while the program waits in poll() (no SIGINT, which would kill the process)."""
+    serial = pytest.importorskip("serial")
+    async with new_board(tmp_path) as board:
+        await board.wait_ready()
+
+        def talk() -> dict[str, bytes]:
+            got = {}
+            with serial.Serial(str(board.link), 115200, timeout=5) as s:
+
+                def until(end: bytes) -> bytes:
+                    data = b""
+                    while not data.endswith(end):
+                        c = s.read(1)
+                        assert c, f"timeout after {data!r}, waiting for {end!r}"
+                        data += c
+                    return data
+
+                s.write(b"\r\x03")
+                until(b">>> ")
+                s.write(b"\r\x01")
+                until(RAW_BANNER)
+                s.write(b"import sys\nsys.stdout.buffer.write(bytes(range(256)))\n"
+                        b"sys.stdout.buffer.write(b'xyz', 1, 1)\nprint('a\\nb')\x04")
+                got["binary"] = until(b"\x04>")
+                s.write(b"import micropython, select, sys\nmicropython.kbd_intr(-1)\n"
+                        b"print('ready')\np = select.poll()\n"
+                        b"p.register(sys.stdin.buffer, select.POLLIN)\np.poll(5000)\n"
+                        b"print(sys.stdin.buffer.read(3))\nmicropython.kbd_intr(3)\x04")
+                until(b"ready\r\n")
+                s.write(b"a\x03b")
+                got["ctrl-c as data"] = until(b"\x04>")
+                # text that ends like the start of a frame mark is text all the same
+                s.write(b"import sys\nsys.stdout.write('bye\\x00')\nsys.exit()\x04")
+                got["last words"] = until(RAW_BANNER)
+            return got
+
+        got = await asyncio.to_thread(talk)
+        assert got["binary"] == b"OK" + bytes(range(256)) + b"y" + b"a\r\nb\r\n\x04\x04>"
+        assert got["ctrl-c as data"] == b"b'a\\x03b'\r\n\x04\x04>"
+        assert got["last words"] == b"OKbye\x00\x04\x04MPY: soft reboot\r\n" + RAW_BANNER
+        assert board.boots == 2
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+async def test_mpremote_mount_imports_runs_lists_and_writes_host_files_on_the_board(
+        tmp_path, mpremote):
+    """``mpremote mount DIR``: the board reads and writes the host folder at /remote
+    through mpremote's binary protocol; the board's own flash is left alone. The names
+    are picked to hit the bytes a relay could mangle: "/sensor.py" is 10 bytes long (its
+    length goes out as \\n), "cal" 3 (its length comes back as Ctrl-C), the table holds
+    every byte value, and the log is longer than one 64 KB frame."""
+    host = tmp_path / "host"
+    (host / "cal").mkdir(parents=True)
+    (host / "sensor.py").write_text("GAIN = 7\n")
+    table = bytes(range(256)) * 4
+    (host / "cal" / "table.bin").write_bytes(table)
+    (host / "stale.txt").write_text("old\n")
+    job = _write(tmp_path / "job.py",
+                 "import os, sensor\n"
+                 "table = open('cal/table.bin', 'rb').read()\n"
+                 "os.mkdir('out')\n"
+                 "with open('out/log.tmp', 'wb') as f:\n"
+                 "    f.write(table * 70)\n"
+                 "os.rename('out/log.tmp', 'out/log.bin')\n"
+                 "os.remove('stale.txt')\n"
+                 "print(sensor.GAIN * 6, len(table), os.getcwd())\n")
+    flash = tmp_path / "ttyACM0.flash"
+    flash.mkdir()
+    _write(flash / "sensor.py", "GAIN = 0\n")  # the board's own: the host's comes first
+    async with new_board(tmp_path) as board:
+        await board.wait_ready()
+        before = _files(flash)
+        mount = ("mount", str(host))
+        assert await ok(mpremote, board, *mount, "exec",
+                        "import sensor; print(sensor.GAIN)") == \
+            f"Local directory {host} is mounted at /remote\n7\r\n"
+        out = await ok(mpremote, board, *mount, "run", str(job))
+        assert out.endswith("\n42 1024 /remote\r\n"), out
+        assert (host / "out" / "log.bin").read_bytes() == table * 70
+        assert not (host / "stale.txt").exists() and not (host / "out" / "log.tmp").exists()
+        out = await ok(mpremote, board, *mount, "exec",
+                       "import os\nprint(sorted(os.listdir('/remote')),"
+                       " os.stat('/remote/out/log.bin')[6],"
+                       " open('/remote/cal/table.bin', 'rb').read() == bytes(range(256)) * 4)")
+        assert out.endswith("\n['cal', 'out', 'sensor.py'] 71680 True\r\n"), out
+        # unmounted when mpremote left: the flash is the board's again, untouched
+        assert await ok(mpremote, board, "exec",
+                        "import os; print(os.getcwd(), sorted(os.listdir('/')),"
+                        " open('sensor.py').read())") == "/ ['sensor.py'] GAIN = 0\r\n\r\n"
+        assert _files(flash) == before
+        assert board.boots == 1
+
+
+class Terminal:
+    """A pty for an interactive program (``mpremote repl``): it gets the slave side as its
+    terminal; what it prints is collected here as it comes."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.out = bytearray()
+        self._new = asyncio.Event()
+        asyncio.get_running_loop().add_reader(self.master, self._read)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except OSError:  # EIO: nobody holds the slave side any more
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.master)
+        self.out += data
+        self._new.set()
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    async def until(self, want: bytes, timeout: float = 10.0) -> None:
+        """Until ``want`` has been printed since the last ``until``; what came before it
+        is dropped."""
+        try:
+            async with asyncio.timeout(timeout):
+                while want not in self.out:
+                    self._new.clear()
+                    await self._new.wait()
+        except TimeoutError:
+            raise AssertionError(f"no {want!r} in {bytes(self.out)!r}") from None
+        del self.out[: self.out.index(want) + len(want)]
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.master)
+        for fd in (self.master, self.slave):
+            if fd >= 0:
+                os.close(fd)
+        self.master = self.slave = -1
+
+
+async def test_mpremote_remounts_the_host_folder_after_a_soft_reset_in_its_repl(
+        tmp_path, mpremote):
+    """Ctrl-D in ``mpremote mount DIR repl`` soft-resets the board (a new process here) and
+    mpremote mounts DIR again: the host's module imports in the new life."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "sensor.py").write_text("GAIN = 7\n")
+    async with new_board(tmp_path) as board:
+        await board.wait_ready()
+        term = Terminal()
+        proc = None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                mpremote, "connect", str(board.link), "resume", "mount", str(host), "repl",
+                stdin=term.slave, stdout=term.slave, stderr=term.slave)
+            os.close(term.slave)
+            term.slave = -1
+            await term.until(b">>> ")
+            term.type(b"import sensor; print(sensor.GAIN * 6)\r")
+            await term.until(b"42\r\n>>> ")
+            term.type(b"\x04")
+            await term.until(b"MPY: soft reboot\r\n")
+            await term.until(b"Remount local directory ")
+            await term.until(b" at /remote\r\n>>> ")
+            assert board.boots == 2
+            term.type(b"import machine, sensor, os\r")
+            await term.until(b">>> ")
+            term.type(b"print(machine.reset_cause() == machine.SOFT_RESET, sensor.GAIN,"
+                      b" os.getcwd())\r")
+            await term.until(b"True 7 /remote\r\n>>> ")
+            term.type(b"\x1d")  # Ctrl-]: mpremote unmounts and leaves
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
+        finally:
+            if proc and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            term.close()
         assert board.boots == 2
 
 
