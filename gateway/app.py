@@ -495,12 +495,18 @@ class Gateway:
         gw = self.config.gateway
         if not gw.history_s and not gw.history_max_sends:
             return
+        # Sends this run stored less than history_s ago (by the monotonic clock) are
+        # young whatever their stamp: taken before the wall clock was set (a board
+        # without an RTC boots in 1970), it would make them look years old
+        started, first = self._monotonic(), self.store.last_send_id()
         while True:
             try:
                 total, chunk = 0, 1000  # about 9 ms of the loop each
+                young = first if self._monotonic() - started < gw.history_s else None
                 while True:
                     before = self._clock() - gw.history_s if gw.history_s else 0.0
-                    n = self.store.prune_history(before, gw.history_max_sends, chunk=chunk)
+                    n = self.store.prune_history(before, gw.history_max_sends, chunk=chunk,
+                                                 young_after=young)
                     total += n
                     if n < chunk:
                         break

@@ -524,11 +524,14 @@ class SqliteStorage:
                     self._tops.pop(ep, None)
         return [row[1] for row in rows], (after + scan if after + scan < last else 0)
 
-    def prune_history(self, before: float, max_sends: int = 0, *, chunk: int = 5000) -> int:
+    def prune_history(self, before: float, max_sends: int = 0, *, chunk: int = 5000,
+                      young_after: int | None = None) -> int:
         """Delete the history older than ``before`` (0: none by age), and beyond the
         newest ``max_sends`` Sends (0: no limit), oldest first, at most ``chunk`` Sends
         per call (call again while it returns ``chunk``): Sends with their readings,
         the ``dm_notifications`` rows of their Notifications, and registry events.
+        Sends with an id above ``young_after`` (None: none) are not old, whatever their
+        time says (a gateway that stamped them before its clock was set).
 
         Latest values are kept: an endpoint whose latest row names a Send that goes has
         its values folded into ``latest.paths`` first. The outbox is not touched (its
@@ -542,7 +545,8 @@ class SqliteStorage:
         for sid, received in db.execute(
                 "SELECT id, received_at FROM sends WHERE id < ? ORDER BY id LIMIT ?",
                 (last, chunk)).fetchall():
-            if sid > cap and received >= before:
+            if sid > cap and (received >= before
+                              or (young_after is not None and sid > young_after)):
                 break
             cutoff = sid
         with self._tx() as tx:

@@ -241,3 +241,19 @@ async def test_the_running_gateway_keeps_its_history_within_history_s(
         assert [s.received_at for s in gw.store.sends()] == [
             now - (39.5 - k) * DAY for k in range(10, 30)]
         assert gw.store.latest("n")["/3/0/9"].value == 29
+
+
+def test_sends_stamped_before_the_clock_was_set_are_not_taken_for_old(tmp_path):
+    # A gateway without an RTC stamps in 1970 until NTP sets its clock: without
+    # young_after, its first prune after that deleted what it had just received
+    store = SqliteStorage.open(tmp_path / "gw.db")
+    try:
+        _register(Registry(store, clock=Clock()), "n", 42400)
+        old = _send(store, "n", T0 - 90 * DAY, {"/3/0/9": 0})  # before this run
+        first = store.last_send_id()
+        ids = [_send(store, "n", 86400.0 * (1 + k), {"/3/0/9": k}) for k in range(5)]
+        assert store.prune_history(T0 - 30 * DAY, young_after=first) == 1
+        assert [s.id for s in store.sends()] == ids and old not in ids
+        assert store.prune_history(T0 - 30 * DAY) == 4  # once this run is old enough
+    finally:
+        store.close()
