@@ -9,7 +9,8 @@
 # (doubling up to 5 min), for as long as it takes: an access point that is down now may
 # be up later, and the node has nothing to do without a network. A wrong password or
 # an unknown SSID is said once per attempt (the status the interface reports), the
-# password never. Returns the interface's address.
+# password never. Returns the interface's address. The watchdog boot.py armed (``wdt``)
+# is fed every _POLL_MS while it waits.
 from micropython import const
 
 _POLL_MS = const(100)
@@ -28,9 +29,21 @@ def _why(network, status):
     return None
 
 
-def up(cfg, log, network=None, clock=None):
+def _sleep(clock, ms, wdt):
+    # clock.sleep_ms(ms), feeding wdt (machine.WDT or None) every _POLL_MS
+    if wdt is not None:
+        while ms > _POLL_MS:
+            wdt.feed()
+            clock.sleep_ms(_POLL_MS)
+            ms -= _POLL_MS
+        wdt.feed()
+    clock.sleep_ms(ms)
+
+
+def up(cfg, log, network=None, clock=None, wdt=None):
     """Connect the board's interface (module comment); its address. ``network`` and
-    ``clock`` (sleep_ms, ticks_ms, ticks_diff) are the real modules on a board."""
+    ``clock`` (sleep_ms, ticks_ms, ticks_diff) are the real modules on a board; ``wdt``
+    the armed watchdog (None: none)."""
     if network is None:
         import network
     if clock is None:
@@ -64,10 +77,10 @@ def up(cfg, log, network=None, clock=None):
                 why = _why(network, nic.status())
                 if why is not None:
                     break
-            clock.sleep_ms(_POLL_MS)
+            _sleep(clock, _POLL_MS, wdt)
         log("network: not up after %d ms (%s); trying again"
             % (clock.ticks_diff(clock.ticks_ms(), start), why or "no connection"))
         if kind == "wifi":
             nic.disconnect()
-        clock.sleep_ms(min(wait, _MAX_WAIT_MS))
+        _sleep(clock, min(wait, _MAX_WAIT_MS), wdt)
         wait = min(wait * 2, _MAX_WAIT_MS)

@@ -416,6 +416,9 @@ class Node(Session):
             self.idle_until(time.ticks_add(self.clock.ticks_ms(), self._wait_ms))
         self.flags = sm.take(self.win)
         self.windows += 1
+        w = self._wdt
+        if w is not None:  # the watchdog, each window: fed when the loop never waits
+            w.feed()
         if self.ex is not None:
             self.ex.compute(self.win, self.feat)
             if self.decider is not None:
@@ -478,7 +481,9 @@ def main():
         if cfg.get("net") in ("wifi", "ethernet"):  # a hardware board's network first
             import netup
 
-            netup.up(cfg, lambda m: print("%s: %s" % (PREFIX, m)))
+            s = sys.modules.get("ota.slots")  # the watchdog boot.py armed, if any
+            netup.up(cfg, lambda m: print("%s: %s" % (PREFIX, m)),
+                     wdt=getattr(s, "wdt", None))
             del netup
             unload("netup")
         try:

@@ -4,12 +4,20 @@ Each node gets its own folder (its flash filesystem) holding ``config.json``; th
 runs the installed firmware, precompiled for the unix port with mpy-cross as a board runs
 it (tools/fwbuild.py), with the unix-sim board's heap limit. A node
 that dies is restarted after a growing delay, as a watchdog would reboot a board, except
-after a configuration error (exit status 2), which a reboot cannot fix.
+after a configuration error (exit status 2), which a reboot cannot fix; one its watchdog
+reset (below) is restarted at once, as a board boots again after the reset.
+
+Each node also has a board's hardware watchdog: its ``machine`` module is the unix
+port's plus ``WDT`` (``MACHINE``, on the node's path), whose feeds reach the supervisor
+through a pipe; ``Watchdog`` kills the process (SIGKILL, as a reset stops a board) when
+no feed came within the timeout the node armed it with (boot.py, config "wdt_ms"), and
+the node boots again through the boot selector.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -28,6 +36,189 @@ if TYPE_CHECKING:
     from aiotkit.gateway.security import KeyStore
 
 CONFIG_ERROR_EXIT = 2
+WDT_FD_ENV = "AIOT_WDT_FD"  # the node's end of its watchdog pipe (MACHINE reads it)
+# MACHINE writes a feed at most every timeout >> FEED_SHIFT ms (a feed between writes
+# costs the node a ticks_ms() only); the supervisor allows that much past the timeout,
+# so a node is reset between timeout and timeout * 17/16 after its last feed
+FEED_SHIFT = 4
+WDT_MIN_MS, WDT_MAX_MS = 1000, 600000  # config "wdt_ms" (storage/config.py, boot.py)
+
+# The node's machine module (MicroPython): the port's own, plus WDT. The unix port's
+# machine is an extensible built-in: a machine.py on the path comes first, and finds the
+# built-in by importing it with an empty path. A feed allocates nothing (the bytes and
+# the file are made by the constructor; ticks are small ints).
+MACHINE = f"""\
+# machine for tools/sim.py's nodes: the unix port's module plus WDT, a board's hardware
+# watchdog: the supervisor resets (kills) the process when no feed came in time.
+import sys
+from time import ticks_ms, ticks_diff
+
+_me = sys.modules.pop("machine")
+_path = sys.path[:]
+sys.path[:] = []
+try:
+    from machine import *  # the built-in: no file on an empty path
+finally:
+    sys.path[:] = _path
+    sys.modules["machine"] = _me
+del _me, _path
+
+
+_pipe = None  # the supervisor's pipe, opened once (a second WDT reconfigures it)
+
+
+class WDT:
+    # WDT(timeout=ms) writes b"<ms>\\n" (armed) to the supervisor's pipe, feed() b"\\n"
+    # at most every ms >> {FEED_SHIFT} ms. ENODEV without a supervisor.
+    def __init__(self, id=0, timeout=5000):
+        global _pipe
+        import os
+
+        fd = os.getenv("{WDT_FD_ENV}")
+        if fd is None:
+            raise OSError(19)
+        if timeout < 1:
+            raise ValueError("timeout")
+        if _pipe is None:
+            _pipe = open(int(fd), "wb")
+        self._f = _pipe
+        self._nl = b"\\n"
+        self._gap = timeout >> {FEED_SHIFT}
+        self._t = ticks_ms()
+        self._f.write(b"%d\\n" % timeout)
+
+    def feed(self):
+        t = ticks_ms()
+        if ticks_diff(t, self._t) >= self._gap:
+            self._t = t
+            try:
+                self._f.write(self._nl)
+            except OSError:
+                pass  # the supervisor is gone
+"""
+
+
+def write_machine(folder: Path) -> Path:
+    """``MACHINE`` as ``folder``/machine.py (atomically); the folder, for MICROPYPATH."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "machine.py.tmp"
+    tmp.write_text(MACHINE)
+    os.replace(tmp, folder / "machine.py")
+    return folder
+
+
+def runqueue_wait(pid: int) -> float | None:
+    """Seconds process ``pid`` has waited on a run queue (runnable, no CPU free), from
+    ``/proc/PID/schedstat``; None where that is not available."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Watchdog:
+    """The hardware watchdog of one node process. ``open()`` makes the pipe whose write
+    end the node gets (``WDT_FD_ENV``); its ``MACHINE`` writes the armed timeout and the
+    feeds; once armed, ``reset(self)`` is called when no feed came within the timeout (plus
+    its feed granularity, ``FEED_SHIFT``). Not armed, it never fires. One per process.
+
+    A board has a CPU of its own; simulated nodes share the host's. So the time the
+    process waited for a CPU since its last feed (``watch(pid)``: the kernel's run-queue
+    wait, ``/proc/PID/schedstat``) is added to its deadline: a node starved by a fleet
+    booting on two cores is not a hung node. ``waited(pid)``: that wait in seconds (None:
+    unknown, no credit)."""
+
+    def __init__(self, reset: Callable[[Watchdog], None],
+                 waited: Callable[[int], float | None] | None = None) -> None:
+        self._reset = reset
+        self._waited = waited or runqueue_wait
+        self._pid: int | None = None
+        self._wait_at_feed: float | None = None
+        self._credit = 0.0  # run-queue wait since the last feed, added to the deadline
+        self.fd = -1  # the node's end, until started()
+        self._r = -1
+        self.timeout_ms = 0  # 0: not armed
+        self.tripped = False
+        self._fed = 0.0
+        self._buf = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self) -> int:
+        """The pipe, read on the running loop; returns the node's end (pass_fds)."""
+        self._loop = asyncio.get_running_loop()
+        self._r, self.fd = os.pipe()
+        os.set_blocking(self._r, False)
+        self._loop.add_reader(self._r, self._read)
+        return self.fd
+
+    def started(self) -> None:
+        """The node holds its end now: ours goes (the pipe ends with the process)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def watch(self, pid: int) -> None:
+        """The node's process, whose wait for a CPU does not count against it."""
+        self._pid = pid
+        self._wait_at_feed = self._waited(pid)
+
+    def _read(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            data = os.read(self._r, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the process ended
+            loop.remove_reader(self._r)
+            return
+        *lines, self._buf = (self._buf + data).split(b"\n")
+        self._buf = self._buf[-16:]
+        for line in lines:
+            if line.isdigit() and int(line) > 0:  # WDT(timeout=...): armed (again)
+                self.timeout_ms = int(line)
+        self._fed = loop.time()
+        self._credit = 0.0
+        if self._pid is not None:
+            self._wait_at_feed = self._waited(self._pid)
+        if self.timeout_ms and self._timer is None:
+            self._timer = loop.call_at(self._due(), self._check)
+
+    def _due(self) -> float:
+        ms = self.timeout_ms
+        return self._fed + self._credit + (ms + (ms >> FEED_SHIFT)) / 1000
+
+    def _check(self) -> None:
+        # a lazy timer: moved on to the last feed's deadline, fired once past it
+        loop = self._loop
+        assert loop is not None
+        self._timer = None
+        if loop.time() < self._due():
+            self._timer = loop.call_at(self._due(), self._check)
+            return
+        now = self._waited(self._pid) if self._pid is not None else None
+        if now is not None and self._wait_at_feed is not None \
+                and now - self._wait_at_feed > self._credit + 1e-3:
+            self._credit = now - self._wait_at_feed  # it waited for a CPU: more time
+            self._timer = loop.call_at(self._due(), self._check)
+            return
+        self.tripped = True
+        self._reset(self)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._r >= 0:
+            if self._loop is not None:
+                self._loop.remove_reader(self._r)
+            os.close(self._r)
+            self._r = -1
+        self.started()
 _LINE = re.compile(r"^aiot-node (\S+) (registered|updated|sent|deregistered|error:)\s*(.*)$")
 
 
@@ -133,6 +324,8 @@ class FleetConfig:
     ota_trust: Path | None = None
     # a test boot of an updated app fails unless it registered with a window read by then
     ota_selftest_ms: int | None = None
+    # the nodes' watchdog timeout (config "wdt_ms"; 0: none); None: the node's default
+    wdt_ms: int | None = None
 
 
 # endpoint -> the node's side of its OSCORE context (the gateway's export:
@@ -204,6 +397,7 @@ class Fleet:
         self._micropython = ""
         self._firmware = paths.firmware_dir()
         self._code = self._firmware
+        self._machine: Path | None = None  # MACHINE's folder (prepare())
 
     def prepare(self) -> None:
         """Validate the settings and write every node's config.json (atomically)."""
@@ -214,6 +408,10 @@ class Fleet:
             raise SimError(f"--nodes {cfg.nodes}: choose 1..1000")
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,48}", cfg.prefix):
             raise SimError(f"endpoint prefix {cfg.prefix!r}: use letters, digits, . _ -")
+        if cfg.wdt_ms is not None and not (
+                cfg.wdt_ms == 0 or WDT_MIN_MS <= cfg.wdt_ms <= WDT_MAX_MS):
+            raise SimError(f"watchdog timeout {cfg.wdt_ms} ms: choose 0 (none) or "
+                           f"{WDT_MIN_MS}..{WDT_MAX_MS}")
         mp = paths.find_micropython()
         if not mp:
             raise SimFailure(
@@ -233,6 +431,7 @@ class Fleet:
             self._code = fwbuild.build(self._firmware, "x64", entry="boot")
         except fwbuild.BuildError as e:
             raise fwbuild.BuildError(f"firmware build: {e}") from None
+        self._machine = write_machine(Path(cfg.workdir) / ".machine")
         self.nodes = []
         for i in range(cfg.nodes):
             ep = f"{cfg.prefix}-{i + 1}"
@@ -253,6 +452,8 @@ class Fleet:
                 "realtime": cfg.realtime,
                 "verbose": cfg.verbose,
             }
+            if cfg.wdt_ms is not None:
+                conf["wdt_ms"] = cfg.wdt_ms
             conf.update(self._models(d, sig))
             conf.update(self._ota(d))
             keys = self._keys(d, ep)
@@ -328,38 +529,63 @@ class Fleet:
                 asyncio.create_task(self._supervise(node), name=f"sim-{node.endpoint}")
             )
 
-    def command(self, node: SimNode) -> tuple[list[str], dict[str, str]]:
-        """The command line and environment that boot ``node`` (after :meth:`prepare`)."""
+    def command(self, node: SimNode, wdt_fd: int | None = None
+                ) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment that boot ``node`` (after :meth:`prepare`).
+        With ``wdt_fd`` (a ``Watchdog``'s node end, to pass to the process) the node's
+        machine module has the watchdog; without, it is the port's (no WDT)."""
         env = dict(os.environ)
-        env["MICROPYPATH"] = os.pathsep.join([".frozen", str(self._code)])
+        path = [".frozen", str(self._code)]
+        env.pop(WDT_FD_ENV, None)
+        if wdt_fd is not None and self._machine is not None:
+            path.append(str(self._machine))
+            env[WDT_FD_ENV] = str(wdt_fd)
+        env["MICROPYPATH"] = os.pathsep.join(path)
         env["AIOT_STOP"] = "stdin"  # stop() closes the node's stdin (firmware/node.py)
         # boot.py, the boot selector: the app of the confirmed slot, or of a slot under
         # test, or the base firmware's main (firmware/ota/README.md)
         argv = [self._micropython, "-X", f"heapsize={self.cfg.heap}", "-m", "boot"]
         return argv, env
 
-    async def _spawn(self, node: SimNode) -> asyncio.subprocess.Process:
-        argv, env = self.command(node)
-        return await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=node.workdir,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C at the terminal reaches the supervisor only
-        )
+    async def _spawn(self, node: SimNode, wdt: Watchdog) -> asyncio.subprocess.Process:
+        fd = wdt.open()
+        argv, env = self.command(node, fd)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=node.workdir,
+                env=env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C at the terminal reaches the supervisor only
+                pass_fds=(fd,),
+            )
+        finally:
+            wdt.started()
+        wdt.watch(proc.pid)
+        return proc
+
+    def _watchdog_reset(self, node: SimNode, wdt: Watchdog) -> None:
+        proc = node.proc
+        self._emit(node, f"watchdog reset: no feed in {wdt.timeout_ms} ms")
+        if proc is not None and proc.returncode is None:
+            proc.kill()  # SIGKILL: a reset stops the board wherever it is
 
     async def _supervise(self, node: SimNode) -> None:
         delay = 1.0
         while not self._stopping:
             node.state = "starting"
-            node.proc = proc = await self._spawn(node)
-            if proc.stdout is None:  # _spawn always pipes it
-                raise SimFailure(f"{node.endpoint}: no output pipe from micropython")
-            async for raw in proc.stdout:
-                self._take_line(node, raw.decode(errors="replace").rstrip())
-            code = await proc.wait()
+            wdt = Watchdog(functools.partial(self._watchdog_reset, node))
+            try:
+                node.proc = proc = await self._spawn(node, wdt)
+                if proc.stdout is None:  # _spawn always pipes it
+                    raise SimFailure(f"{node.endpoint}: no output pipe from micropython")
+                async for raw in proc.stdout:
+                    self._take_line(node, raw.decode(errors="replace").rstrip())
+                code = await proc.wait()
+            finally:
+                wdt.close()
             if self.stopping():  # stop() may have run meanwhile
                 node.state = "stopped" if node.state != "deregistered" else node.state
                 return
@@ -368,6 +594,9 @@ class Fleet:
                 return
             node.state = "crashed"
             node.restarts += 1
+            if wdt.tripped:  # a board boots again at once after its watchdog's reset
+                self._emit(node, f"exited with status {code}; restarting")
+                continue
             self._emit(node, f"exited with status {code}; restarting in {delay:.0f} s")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)

@@ -38,6 +38,11 @@ class Endpoint(Incoming):
     ep.serve(ms) handles incoming messages while the application is idle.
     """
 
+    # a hardware watchdog (machine.WDT; lwm2m/session.py sets it, for every endpoint):
+    # fed at each wait, which then lasts at most feed_ms (the callers wait again)
+    wdt = None
+    feed_ms = 0
+
     def __init__(self, transport, clock=None, rand=None, bufsize=_BUF_SIZE,
                  ack_timeout_ms=_ACK_TIMEOUT_MS, separate_timeout_ms=_SEPARATE_TIMEOUT_MS):
         super().__init__()
@@ -92,6 +97,11 @@ class Endpoint(Incoming):
             pass
 
     def _recv(self, timeout_ms):
+        w = self.wdt
+        if w is not None:
+            w.feed()
+            if timeout_ms > self.feed_ms:
+                timeout_ms = self.feed_ms
         data = self.transport.recv(timeout_ms)
         if data is None:
             return 0

@@ -78,6 +78,10 @@ class Session:
     _dl = None
     _fetching = False
     _owed = False
+    # the hardware watchdog boot.py armed (ota/slots.py wdt), fed at least every _feed_ms
+    # while the session waits (here and in coap/endpoint.py); None: none armed
+    _wdt = None
+    _feed_ms = 0
 
     def __init__(self, cfg, transport=None, clock=None, rand=None):
         self.cfg = cfg
@@ -106,8 +110,13 @@ class Session:
         self._stop = None  # stop_on(): the stream that stops the node, and its poll
         self._stop_poll = None
         s = sys.modules.get("ota.slots")  # boot.py booted this app
-        if s is not None and s.testing():
-            self._owed = True
+        if s is not None:
+            if s.testing():
+                self._owed = True
+            w = getattr(s, "wdt", None)
+            if w is not None:
+                self._wdt = w
+                self._feed_ms = s.wdt_ms >> 1
 
     def stop_on(self, stream):
         """Shut down (KeyboardInterrupt, as Ctrl-C) when ``stream`` turns readable; call
@@ -122,7 +131,18 @@ class Session:
         self._stop_poll.register(stream, select.POLLIN)
 
     def _sleep(self, ms):
-        """clock.sleep_ms(ms), cut short by the stop stream."""
+        """clock.sleep_ms(ms), cut short by the stop stream; the watchdog is fed at least
+        every _feed_ms meanwhile."""
+        w = self._wdt
+        if w is not None:
+            while ms > self._feed_ms:
+                w.feed()
+                self._sleep1(self._feed_ms)
+                ms -= self._feed_ms
+            w.feed()
+        self._sleep1(ms)
+
+    def _sleep1(self, ms):
         if self._stop_poll is None:
             self.clock.sleep_ms(ms)
             return
@@ -148,7 +168,7 @@ class Session:
             import cbor.encode  # noqa: F401
 
             gc.collect()
-            import coap.endpoint  # noqa: F401
+            import coap.endpoint
             from coap.msg import CoapError
 
             gc.collect()
@@ -172,6 +192,9 @@ class Session:
             gc.collect()
             if self._transport is None:
                 import coap.udp  # noqa: F401
+            if self._wdt is not None:  # every endpoint feeds it as it waits (bootstrap's too)
+                coap.endpoint.Endpoint.wdt = self._wdt
+                coap.endpoint.Endpoint.feed_ms = self._feed_ms
             self._net_errors = (CoapError, LwM2MError, OSError)
 
     def _bootstrap(self):

@@ -31,7 +31,7 @@ _KEYS = ("endpoint", "bootstrap", "gateway", "log", "board", "signal", "features
          "anomaly", "realtime", "verbose", "model_stream", "queue", "lifetime", "window",
          "hop", "report_ms", "model_arena", "awake_ms", "log_slots", "send_refusals",
          "oscore", "bootstrap_oscore", "ota_trust", "ota_slot", "ota_selftest_ms", "wifi",
-         "net_timeout_ms")
+         "net_timeout_ms", "wdt_ms")
 
 
 class ConfigError(ValueError):
@@ -124,6 +124,10 @@ def check(cfg):
             if type(v) is not int or not lo <= v <= hi:
                 raise ConfigError("'%s' must be an integer in %d..%d" % (key, lo, hi))
             out[key] = v
+    if "wdt_ms" in cfg:  # the watchdog's timeout: read by boot.py (its bounds), not kept
+        v = cfg["wdt_ms"]
+        if type(v) is not int or not (v == 0 or 1000 <= v <= 600000):
+            raise ConfigError("'wdt_ms' must be 0 (no watchdog) or an integer in 1000..600000")
     out["board"] = _str(cfg, "board", "unix-sim")
     if out["board"] == "unix-sim":
         out["signal"] = _str(cfg, "signal")  # the recording the board replays

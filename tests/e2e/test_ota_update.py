@@ -6,8 +6,11 @@ with its own verifier, unpacks it into its free slot, reboots into a test boot o
 (/5/0/2) and confirms after its self-test, or is rolled back.
 
 A good app: confirmed, the node runs the new version, the campaign completes. An app
-that crashes at boot, and one that boots but never registers: rolled back after the test
+that crashes at boot, one that boots but never registers, and one that hangs at boot
+(reset by the simulated board's watchdog, tools/sim.py): rolled back after the test
 boots, /5/0/5 says 8, the canary fails and the campaign aborts before anything else.
+Every node runs with a short watchdog (``WDT_MS``): a healthy one, downloading,
+unpacking, test-booting, never trips it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout_s(400)]
 
 EP = "ota-1"
 SELFTEST_MS = 4000
+WDT_MS = 2000  # config "wdt_ms": boot.py arms the watchdog with it (a node boots in 0.5 s)
+REPORT_MS = 500
+WDT_RESET = "watchdog reset"  # tools/sim.py's line when it resets a node
 T = 150.0
 
 
@@ -66,6 +72,22 @@ class Lines:
 
         try:
             return await asyncio.wait_for(found(), timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            print("node output:", *self.lines[-60:], sep="\n  ")
+            raise
+
+    async def wait_count(self, pattern: str, n: int, start: int = 0,
+                         timeout: float = T) -> None:
+        """Until ``n`` lines from index ``start`` on match ``pattern``."""
+        rx = re.compile(pattern)
+
+        async def found() -> None:
+            while sum(1 for line in self.lines[start:] if rx.search(line)) < n:
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(found(), timeout)
         except (TimeoutError, asyncio.CancelledError):
             print("node output:", *self.lines[-60:], sep="\n  ")
             raise
@@ -109,8 +131,9 @@ async def site(tmp: Path, signer: ota_keys.Signer, *, models: bool = False,
     assert gw.keys is not None
     lines = Lines()
     fleet = Fleet(FleetConfig(gateway=f"coap://127.0.0.1:{port}", nodes=1, prefix="ota",
-                              workdir=tmp / "nodes", report_ms=500, ota_trust=tmp / "trust.json",
-                              ota_selftest_ms=SELFTEST_MS, models=models),
+                              workdir=tmp / "nodes", report_ms=REPORT_MS, verbose=True,
+                              ota_trust=tmp / "trust.json",
+                              ota_selftest_ms=SELFTEST_MS, wdt_ms=WDT_MS, models=models),
                   on_line=lines.take, provision=keystore_provisioner(gw.keys))
     try:
         await fleet.start()
@@ -152,6 +175,7 @@ async def test_a_campaign_updates_a_node_that_confirms_after_its_self_test(tmp_p
         await lines.wait_for(rf"{EP} downloaded 2\.1\.0\+0")
         await lines.wait_for("test boot of slot a")
         await lines.wait_for(rf"{EP} update confirmed: slot a")
+        confirmed = len(lines.lines)
         assert await ended(gw, cid) == "completed"
         assert gw.ota is not None
         node = gw.ota.campaigns.progress(cid)["nodes"][0]
@@ -164,6 +188,10 @@ async def test_a_campaign_updates_a_node_that_confirms_after_its_self_test(tmp_p
                                                                                  "2.1.0+0")
         assert (await gw.dm.read(EP, "/3/0/3")).values["/3/0/3"] == "2.1.0+0"  # campaigns
         # select nodes by this firmware version
+        # healthy all along: booted, downloaded, unpacked, test-booted, and ran three
+        # watchdog timeouts' worth of reports after it, never reset
+        await lines.wait_count(rf"{EP} sent \d+", 3 * WDT_MS // REPORT_MS, confirmed)
+        assert not [line for line in lines.lines if WDT_RESET in line]
 
 
 def _crash_at_boot(src: Path) -> None:
@@ -194,6 +222,36 @@ async def test_a_bad_app_is_rolled_back_and_its_canary_aborts_the_campaign(tmp_p
         state = slot_state(fleet)
         assert (state["confirmed"], state["pending"], state["floor"], state["result"]) == (
             None, None, 0, 8)
+        # the app that never registers runs its window loop past SELFTEST_MS, feeding
+        assert not [line for line in lines.lines if WDT_RESET in line]
+
+
+def _hangs_at_boot(src: Path) -> None:
+    (src / "app.py").write_text("while True:\n    pass\n")
+
+
+async def test_an_app_that_hangs_at_boot_is_reset_by_the_watchdog_and_rolled_back(tmp_path,
+                                                                                   signer):
+    # it never feeds the watchdog boot.py armed: each test boot is reset (the process
+    # killed, as a board's watchdog resets it) and counted; the fourth boot rolls back
+    img = app_image(signer, tmp_path, "3.0.0", 6, _hangs_at_boot)
+    async with site(tmp_path, signer) as (gw, fleet, lines):
+        cid = await campaign(gw, img)
+        m = await lines.wait_for(r"update failed: (rolled back after 3 boots: .*)")
+        assert m.group(1) == "rolled back after 3 boots: no confirm"
+        resets = [line for line in lines.lines if WDT_RESET in line]
+        assert resets == [f"{WDT_RESET}: no feed in {WDT_MS} ms"] * 3, resets
+        assert await ended(gw, cid) == "aborted"
+        assert gw.ota is not None
+        node = gw.ota.campaigns.progress(cid)["nodes"][0]
+        assert (node["state"], node["reason"]) == (
+            "failed", "result 8: firmware update failed (rolled back)")
+        state = slot_state(fleet)
+        assert (state["confirmed"], state["pending"], state["floor"], state["result"]) == (
+            None, None, 0, 8)
+        # the confirmed app feeds it: no more resets, and it is registered again
+        assert [line for line in lines.lines if WDT_RESET in line] == resets
+        assert fleet.nodes[0].state == "registered"
 
 
 async def test_a_model_is_updated_alone_runs_in_shadow_and_is_promoted(tmp_path, signer):
