@@ -4,7 +4,7 @@
 # schedule, its last wait 32 s and more), serving between reports, the session's sleep
 # without a connection, and a board's network bring-up that takes minutes. Before, each
 # of these waited in one piece, longer than a board's watchdog allows.
-HEAPSIZE = "128K"  # compiling the session and the endpoint from source
+HEAPSIZE = "192K"  # compiling the session and the endpoint from source (122K is the least)
 
 from coap.endpoint import Endpoint
 from coap.msg import CoapTimeout
