@@ -51,6 +51,8 @@ class Consumer:
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=name,
                                   protocol=paho.MQTTv5)
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.subscribed = threading.Event()  # the broker has the subscription
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
 
@@ -88,6 +90,7 @@ class Consumer:
 async def consuming(broker: Any, topic: str) -> AsyncIterator[Consumer]:
     c = Consumer(broker, topic)
     await asyncio.to_thread(c.start)
+    assert await asyncio.to_thread(c.subscribed.wait, 30), "no SUBACK"
     try:
         yield c
     finally:
@@ -235,10 +238,21 @@ async def test_kill_9_of_the_gateway_mid_ingest_three_times_loses_no_acknowledge
 
 async def test_outbox_budget_reached_drops_by_policy_counts_add_up_and_forwarding_goes_on(
         tmp_path, gateway_config, running_gateway):
-    broker = Mosquitto(require_tool("mosquitto", "apt-get install mosquitto"),
-                       _dir(tmp_path / "broker"))  # not started yet: the uplink waits
+    # The consumer's session is kept by the broker while it is down, so it has every
+    # message the uplink publishes once the broker is back. Before, the consumer
+    # subscribed after the broker started: an uplink that connected first published
+    # part of the backlog to nobody
+    broker = persistent_broker(tmp_path)
+    await asyncio.to_thread(broker.start)
     cfg = gateway_config(mqtt_section(broker, "outbox_max_rows = 100\nbatch = 16\n"))
     nodes, rounds, alerts = 5, 60, 7
+    async with consuming(broker, "aiot/test/#") as consumer:
+        await asyncio.to_thread(broker.stop)  # down while the gateway fills its outbox
+        await _budget_reached(cfg, running_gateway, broker, consumer, nodes, rounds, alerts)
+
+
+async def _budget_reached(cfg: Any, running_gateway: Any, broker: Mosquitto,
+                          consumer: Consumer, nodes: int, rounds: int, alerts: int) -> None:
     async with running_gateway(cfg) as gw, peers(nodes) as ctxs:
         assert gw.uplink is not None
         for i, ctx in enumerate(ctxs):
@@ -258,34 +272,26 @@ async def test_outbox_budget_reached_drops_by_policy_counts_add_up_and_forwardin
         assert pending == 100
         await asyncio.to_thread(broker.start)
         try:
-            async with consuming(broker, "aiot/test/#") as consumer:
-                await gw.uplink.wait_connected()
-                gw.uplink.kick()
-                got = await asyncio.to_thread(consumer.wait_for, lambda f: len(f) >= pending)
-                await gw.uplink.wait_idle()
-                # published + dropped + pending == produced
-                assert len(got) + sum(drops.values()) + gw.store.outbox_counts()[0] \
-                    == produced
-                kinds = [t.split("/")[3] for t, _, _ in got]
-                assert kinds.count("alert") == min(alerts, rounds // 10)  # never dropped
-                assert kinds.count("status") == nodes
-                # the oldest telemetry went: what was delivered is the newest
-                ids = sorted(p["id"] for t, p, _ in got if "/data/" in t)
-                newest = sorted(r.id for r in gw.store.readings())[-len(ids):]
-                assert ids == newest
-                # and forwarding goes on
-                pack = cbor2.dumps([{0: "/3/0/9", 2: 999}])
-                await ask(ctxs[0], Code.POST, f"{cfg.coap_uri}/dp", pack, SENML_CBOR)
-                more = await asyncio.to_thread(consumer.wait_for,
-                                               lambda f: len(f) > len(got))
-                assert more[-1][1]["v"] == 999
+            await gw.uplink.wait_connected()
+            gw.uplink.kick()
+            got = await asyncio.to_thread(consumer.wait_for, lambda f: len(f) >= pending)
+            await gw.uplink.wait_idle()
+            # published + dropped + pending == produced
+            assert len(got) + sum(drops.values()) + gw.store.outbox_counts()[0] == produced
+            kinds = [t.split("/")[3] for t, _, _ in got]
+            assert kinds.count("alert") == min(alerts, rounds // 10)  # never dropped
+            assert kinds.count("status") == nodes
+            # the oldest telemetry went: what was delivered is the newest
+            ids = sorted(p["id"] for t, p, _ in got if "/data/" in t)
+            newest = sorted(r.id for r in gw.store.readings())[-len(ids):]
+            assert ids == newest
+            # and forwarding goes on
+            pack = cbor2.dumps([{0: "/3/0/9", 2: 999}])
+            await ask(ctxs[0], Code.POST, f"{cfg.coap_uri}/dp", pack, SENML_CBOR)
+            more = await asyncio.to_thread(consumer.wait_for, lambda f: len(f) > len(got))
+            assert more[-1][1]["v"] == 999
         finally:
             await asyncio.to_thread(broker.stop)
-
-
-def _dir(p: Path) -> Path:
-    p.mkdir(parents=True)
-    return p
 
 
 @pytest.mark.timeout_s(120)
