@@ -55,7 +55,22 @@ def _watchdog():
     slots.wdt_ms = ms
 
 
+def _reset_reason():
+    # A test boot the watchdog reset could not say why it failed: say it for it (the
+    # first reason of a boot is kept, so one the app recorded stays)
+    import machine
+
+    cause = getattr(machine, "reset_cause", None)
+    if cause is None or cause() != getattr(machine, "WDT_RESET", -1):
+        return
+    s = slots.load()
+    if s["pending"] is not None and s["boots"] and not s["reason"]:
+        s["reason"] = "watchdog reset"
+        slots._save(s)
+
+
 def _boot():
+    _reset_reason()
     s = slots.select()
     if slots.rolled_back is not None:  # the app's /5/0/5 says 8; this says why
         print("aiot-node: update failed:", slots.rolled_back)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 CONFIG_ERROR_EXIT = 2
 WDT_FD_ENV = "AIOT_WDT_FD"  # the node's end of its watchdog pipe (MACHINE reads it)
+RESET_CAUSE_ENV = "AIOT_RESET_CAUSE"  # "wdt": the watchdog reset the last process
 # MACHINE writes a feed at most every timeout >> FEED_SHIFT ms (a feed between writes
 # costs the node a ticks_ms() only); the supervisor allows that much past the timeout,
 # so a node is reset between timeout and timeout * 17/16 after its last feed
@@ -62,6 +63,16 @@ finally:
     sys.path[:] = _path
     sys.modules["machine"] = _me
 del _me, _path
+
+# machine.reset_cause() as a board answers it (the ESP32 port's numbers): a watchdog
+# reset when the supervisor restarted this process after its watchdog fired
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+
+
+def reset_cause():
+    import os
+
+    return WDT_RESET if os.getenv("{RESET_CAUSE_ENV}") == "wdt" else PWRON_RESET
 
 
 _pipe = None  # the supervisor's pipe, opened once (a second WDT reconfigures it)
@@ -263,6 +274,7 @@ class SimNode:
     last_seq: int = -1
     errors: int = 0
     restarts: int = 0
+    wdt_reset: bool = False  # its last process was reset by the watchdog
     last_error: str = ""
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
@@ -537,9 +549,12 @@ class Fleet:
         env = dict(os.environ)
         path = [".frozen", str(self._code)]
         env.pop(WDT_FD_ENV, None)
+        env.pop(RESET_CAUSE_ENV, None)
         if wdt_fd is not None and self._machine is not None:
             path.append(str(self._machine))
             env[WDT_FD_ENV] = str(wdt_fd)
+            if node.wdt_reset:
+                env[RESET_CAUSE_ENV] = "wdt"
         env["MICROPYPATH"] = os.pathsep.join(path)
         env["AIOT_STOP"] = "stdin"  # stop() closes the node's stdin (firmware/node.py)
         # boot.py, the boot selector: the app of the confirmed slot, or of a slot under
@@ -594,6 +609,7 @@ class Fleet:
                 return
             node.state = "crashed"
             node.restarts += 1
+            node.wdt_reset = wdt.tripped
             if wdt.tripped:  # a board boots again at once after its watchdog's reset
                 self._emit(node, f"exited with status {code}; restarting")
                 continue
