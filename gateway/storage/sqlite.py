@@ -33,11 +33,12 @@ What goes into the outbox is decided by an ``OutboxEncoder`` (the uplink's topic
 scheme); with none (MQTT disabled) nothing is written there. Topics are stored relative
 to the prefix and read back whole (``OutboxEncoder.topic``), in queue order (priority,
 then id: ``OUTBOX_PRIO``). ``outbox_set_budget`` bounds the unconfirmed rows and their
-bytes (``OUTBOX_SIZE``: payload and topic): an insert beyond drops by ``OUTBOX_DROP_ORDER`` in its own transaction, counted in
-``outbox_drops``; on a full disk a confirmation deletes its rows instead of marking them
-(``outbox_confirm``), so forwarding frees space rather than stopping. ``open(...,
-readonly=True)`` reads a file another process writes (a benchmark polling the
-gateway's database): no migration, no writes, no device tables.
+bytes (``OUTBOX_SIZE``: payload and topic): an insert beyond drops by
+``OUTBOX_DROP_ORDER`` in its own transaction, counted in ``outbox_drops``; on a full
+disk a confirmation deletes its rows instead of marking them (``outbox_confirm``), so
+forwarding frees space rather than stopping. ``open(..., readonly=True)`` reads a file
+another process writes (a benchmark polling the gateway's database): no migration, no
+writes, no device tables.
 """
 
 from __future__ import annotations
@@ -505,9 +506,10 @@ class SqliteStorage:
                     scan: int = 1000) -> tuple[list[str], int]:
         """Forget the endpoints that de-registered or expired and were last heard from
         before ``before``: their registration and latest values (their Sends, readings
-        and events stay, as history, until ``prune_history``). One call looks at the ``scan`` rows after cursor
-        ``after`` only, so it stays short at any fleet size; it returns the endpoints it
-        pruned and the cursor of the next call (0: the pass is complete)."""
+        and events stay, as history, until ``prune_history``). One call looks at the
+        ``scan`` rows after cursor ``after`` only, so it stays short at any fleet size;
+        it returns the endpoints it pruned and the cursor of the next call (0: the pass
+        is complete)."""
         db = self._db
         rows = db.execute(
             "SELECT rowid, endpoint, host, port FROM registrations WHERE rowid > ?"

@@ -88,8 +88,9 @@ are corrected for steps of the wall clock the store saw while it ran
 Bounded disk: ``outbox_max_rows`` unconfirmed rows of ``outbox_max_bytes`` bytes of
 payload and topic at most (``Storage.outbox_set_budget``); an insert beyond either
 drops the oldest telemetry, then the oldest rollups, then the oldest statuses, never
-alerts or OTA results (they may exceed the budget), counted by reason and kind (``Storage.outbox_drops``, e.g. ``budget_telemetry``). A full disk stops new
-data from being stored (and so acknowledged), not the forwarding: the publisher keeps
+alerts or OTA results (they may exceed the budget), counted by reason and kind
+(``Storage.outbox_drops``, e.g. ``budget_telemetry``). A full disk stops new data from
+being stored (and so acknowledged), not the forwarding: the publisher keeps
 publishing what is stored; a confirmation that cannot be stored as such deletes the
 row instead (which frees space), and one that cannot be stored at all is kept in memory
 (and such a row is not published again while the gateway runs) and written later.
