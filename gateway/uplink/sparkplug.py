@@ -94,12 +94,15 @@ import paho.mqtt.client as paho
 
 from ..config import MqttConfig
 from ..errors import GatewayError
+from ..logs import PeerLog
 from ..storage.api import OutboxRow, Storage
 
 __all__ = ["DATATYPES", "SPARKPLUG_KINDS", "Metric", "Payload", "SparkplugEdge",
            "SparkplugError", "decode", "encode"]
 
 log = logging.getLogger("aiotkit.gateway.uplink.sparkplug")
+# what other MQTT clients make it say (STATE, NCMD, DCMD): a few lines a minute at most
+_peer_log = PeerLog(log, interval=60.0, burst=3)
 
 NAMESPACE: Final = "spBv1.0"
 SPARKPLUG_KINDS: Final = frozenset(("telemetry", "status"))  # outbox kinds sent as Sparkplug
@@ -521,10 +524,12 @@ class SparkplugEdge:
             body = json.loads(text)
             online, ts = body["online"], body.get("timestamp", 0)
         except (ValueError, TypeError, KeyError):
-            log.warning("sparkplug: unreadable STATE from %s: %.80r", self.host, text)
+            _peer_log.warning("sp-state", "sparkplug: unreadable STATE from %s: %.80r",
+                              self.host, text)
             return None
         if not isinstance(online, bool) or not isinstance(ts, int):
-            log.warning("sparkplug: unreadable STATE from %s: %.80r", self.host, text)
+            _peer_log.warning("sp-state", "sparkplug: unreadable STATE from %s: %.80r",
+                              self.host, text)
             return None
         if ts < self._host_ts:
             return None  # an older STATE than one seen (3.0 §: stale STATE is ignored)
@@ -540,16 +545,15 @@ class SparkplugEdge:
         for m in p.metrics:
             if m.name == REBIRTH and m.value is True:
                 self.rebirths += 1
-                log.info("sparkplug: rebirth requested")
+                _peer_log.info("sp-rebirth", "sparkplug: rebirth requested")
                 self._births()
             else:
                 self._ignored(f"NCMD metric {m.name or m.alias!r}: not supported")
 
     def _ignored(self, what: str) -> None:
         self.ignored_commands += 1
-        if self.ignored_commands % 100 == 1:
-            log.warning("sparkplug: ignored %s (%d commands ignored)", what,
-                        self.ignored_commands)
+        _peer_log.warning("sp-ignored", "sparkplug: ignored %s (%d commands ignored)",
+                          what, self.ignored_commands)
 
     def _births(self) -> None:
         """NBIRTH (seq 0, this session's bdSeq), then a DBIRTH for each node registered

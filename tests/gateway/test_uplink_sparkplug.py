@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import logging
 import math
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -301,6 +302,28 @@ async def test_a_rebirth_command_republishes_nbirth_and_dbirth_with_the_same_bds
         assert ddata.p.seq == 2
     assert up._sp is not None and up._sp.rebirths == 1
     assert up._sp.ignored_commands == 1  # the false one
+    store.close()
+
+
+async def test_commands_a_peer_floods_the_edge_with_are_counted_and_logged_a_few_times(
+        mosquitto, pb2, tmp_path, caplog):
+    # any client allowed to publish there can send them: before, each unreadable STATE
+    # and each rebirth request was a log line
+    store = store_at(tmp_path / "gw.db", "node-1")
+    async with host_on(mosquitto, pb2) as host, \
+            edge_on(mosquitto.port, store, Clock(T0 + 1)) as up:
+        await host.expect("NBIRTH", "DBIRTH:node-1")
+        assert up._sp is not None
+        with caplog.at_level(logging.INFO, logger="aiotkit.gateway.uplink.sparkplug"):
+            for i in range(40):
+                await host.command([(f"Node Control/Other {i}", True)])
+                await host.command([("Node Control/Rebirth", True)])
+            async with asyncio.timeout(10):
+                while up._sp.ignored_commands < 40 or up._sp.rebirths < 40:
+                    await asyncio.sleep(0.01)
+        lines = [r.getMessage() for r in caplog.records if "sparkplug" in r.name]
+        assert len([x for x in lines if "ignored" in x]) <= 3, lines
+        assert len([x for x in lines if "rebirth requested" in x]) <= 3, lines
     store.close()
 
 
