@@ -157,7 +157,7 @@ from ..storage.api import (
     Storage,
     StoredReading,
 )
-from .sparkplug import SPARKPLUG_KINDS, SparkplugEdge
+from .sparkplug import SPARKPLUG_KINDS, SparkplugEdge, varint
 
 __all__ = ["KEEP_CONFIRMED", "STRIKE_WINDOW_S", "Backoff", "TokenBucket", "TopicScheme",
            "Uplink", "tls_context"]
@@ -786,7 +786,7 @@ class _Packed(Properties):
 
     def __init__(self, packed: bytes) -> None:  # (not Properties.__init__: see above)
         object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
-        object.__setattr__(self, "_packed", _vbi(len(packed)) + packed)
+        object.__setattr__(self, "_packed", varint(len(packed)) + packed)
 
     def pack(self) -> bytes:
         return cast(bytes, self._packed)  # type: ignore[attr-defined]
@@ -810,16 +810,6 @@ def _user_property(name: str, value: str) -> bytes:
     """MQTT 5 §3.3.2.3.7: identifier 0x26, then two UTF-8 strings."""
     k, v = name.encode(), value.encode()
     return b"\x26" + len(k).to_bytes(2, "big") + k + len(v).to_bytes(2, "big") + v
-
-
-def _vbi(n: int) -> bytes:
-    """MQTT's Variable Byte Integer (§1.5.5)."""
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _prio(row: OutboxRow) -> int:

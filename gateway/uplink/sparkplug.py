@@ -98,7 +98,7 @@ from ..logs import PeerLog
 from ..storage.api import OutboxRow, Storage
 
 __all__ = ["DATATYPES", "SPARKPLUG_KINDS", "Metric", "Payload", "SparkplugEdge",
-           "SparkplugError", "decode", "encode"]
+           "SparkplugError", "decode", "encode", "varint"]
 
 log = logging.getLogger("aiotkit.gateway.uplink.sparkplug")
 # what other MQTT clients make it say (STATE, NCMD, DCMD): a few lines a minute at most
@@ -174,12 +174,12 @@ def encode(p: Payload) -> bytes:
     TypeError or ValueError for a value its datatype cannot carry (a caller's bug)."""
     out = bytearray()
     if p.timestamp is not None:
-        out += _tag(1, _VARINT) + _varint(p.timestamp)
+        out += _tag(1, _VARINT) + varint(p.timestamp)
     for m in p.metrics:
         body = _metric(m)
-        out += _tag(2, _LEN) + _varint(len(body)) + body
+        out += _tag(2, _LEN) + varint(len(body)) + body
     if p.seq is not None:
-        out += _tag(3, _VARINT) + _varint(p.seq)
+        out += _tag(3, _VARINT) + varint(p.seq)
     return bytes(out)
 
 
@@ -187,11 +187,11 @@ def _metric(m: Metric) -> bytes:
     out = bytearray()
     if m.name is not None:
         raw = m.name.encode("utf-8")
-        out += _tag(1, _LEN) + _varint(len(raw)) + raw
+        out += _tag(1, _LEN) + varint(len(raw)) + raw
     for number, flag in ((2, m.alias), (3, m.timestamp),
                          (4, m.datatype if m.datatype_sent else None)):
         if flag is not None:
-            out += _tag(number, _VARINT) + _varint(flag)
+            out += _tag(number, _VARINT) + varint(flag)
     for number, on in ((5, m.is_historical), (6, m.is_transient), (7, m.is_null)):
         if on:
             out += _tag(number, _VARINT) + b"\x01"
@@ -217,7 +217,7 @@ def _metric(m: Metric) -> bytes:
             hi = 1 << {UINT8: 8, UINT16: 16, UINT32: 32}[m.datatype]
         if not lo <= v < hi:
             raise ValueError(f"{name}: {v} out of range")
-        out += _varint(v & (_MASK32 if width == 32 else _MASK64))
+        out += varint(v & (_MASK32 if width == 32 else _MASK64))
     elif wire == _I32:
         out += struct.pack("<f", _float(v, name))
     elif wire == _I64:
@@ -229,7 +229,7 @@ def _metric(m: Metric) -> bytes:
             raw = v
         else:
             raise TypeError(f"{name}: {type(v).__name__} value")
-        out += _varint(len(raw)) + raw
+        out += varint(len(raw)) + raw
     return bytes(out)
 
 
@@ -240,10 +240,12 @@ def _float(v: MetricValue | None, name: str) -> float:
 
 
 def _tag(number: int, wire: int) -> bytes:
-    return _varint(number << 3 | wire)
+    return varint(number << 3 | wire)
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """Base 128, low group first, the high bit saying more follow: protobuf's varint,
+    and MQTT's Variable Byte Integer (MQTT 5 §1.5.5) below 2**28."""
     if not 0 <= n <= _MASK64:
         raise ValueError(f"varint out of range: {n}")
     out = bytearray()
