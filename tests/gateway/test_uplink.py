@@ -25,29 +25,9 @@ from aiotkit.gateway.lwm2m.senml import Record
 from aiotkit.gateway.storage import Registration, SqliteStorage
 from aiotkit.gateway.uplink.mqtt import Backoff, TopicScheme, Uplink
 from plugins.services import Mosquitto, free_port, require_tool
-from uplinkkit import ask, mqtt_section
+from uplinkkit import ask, mqtt_section, subscribed, take
 
 SENML_CBOR = 112
-
-
-@contextlib.asynccontextmanager
-async def subscribed(broker: Any, topic: str, name: str) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client(broker.host, broker.port, identifier=name) as client:
-        await client.subscribe(topic, qos=1)
-        yield client
-
-
-async def take(client: aiomqtt.Client, n: int) -> list[aiomqtt.Message]:
-    """The next ``n`` messages, the gateways' own statuses (``aiot/GW/status``) left out."""
-    out = []
-    async with asyncio.timeout(10):
-        async for msg in client.messages:
-            if str(msg.topic).count("/") == 2 and str(msg.topic).endswith("/status"):
-                continue
-            out.append(msg)
-            if len(out) == n:
-                return out
-    raise AssertionError("unreachable")
 
 
 def body(msg: aiomqtt.Message) -> dict[str, Any]:

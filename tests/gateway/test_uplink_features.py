@@ -33,6 +33,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from plugins.services import Mosquitto, require_tool
 from schemakit import file_at_version
+from uplinkkit import subscribed, take
 
 T0 = 1_700_000_000.0
 SENML_CBOR = 112
@@ -140,27 +141,10 @@ async def uplink_on(broker: Mosquitto, store: SqliteStorage, **mqtt: Any
         await uplink.shutdown()
 
 
-async def collect(client: aiomqtt.Client, n: int, timeout: float = 20.0
-                  ) -> list[aiomqtt.Message]:
-    """The next ``n`` messages that are not a gateway's own status."""
-    out: list[aiomqtt.Message] = []
-    async with asyncio.timeout(timeout):
-        async for m in client.messages:
-            if str(m.topic).count("/") == 2 and str(m.topic).endswith("/status"):
-                continue
-            out.append(m)
-            if len(out) == n:
-                return out
-    raise AssertionError("unreachable")
-
-
-@contextlib.asynccontextmanager
-async def subscriber(broker: Mosquitto, topic: str, name: str, **kw: Any
-                     ) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client(broker.host, broker.port, identifier=name,
-                              protocol=aiomqtt.ProtocolVersion.V5, **kw) as client:
-        await client.subscribe(topic, qos=1)
-        yield client
+def subscriber(broker: Mosquitto, topic: str, name: str, **kw: Any
+               ) -> contextlib.AbstractAsyncContextManager[aiomqtt.Client]:
+    """uplinkkit's subscriber, speaking MQTT 5 (the user properties, expiry)."""
+    return subscribed(broker, topic, name, protocol=aiomqtt.ProtocolVersion.V5, **kw)
 
 
 # -- TLS ---------------------------------------------------------------------------------
@@ -186,7 +170,7 @@ async def test_tls_with_a_client_certificate_delivers_and_a_client_without_one_i
                     uplink_on(broker, store, tls_ca=str(pki / "ca.pem"),
                               tls_cert=str(pki / "client.pem"),
                               tls_key=str(pki / "client.key")) as uplink:
-                got = await collect(sub, 4)
+                got = await take(sub, 4)
                 await uplink.wait_idle()
         assert [str(m.topic) for m in got] == [
             "aiot/test/node-1/status", *["aiot/test/node-1/data/3/0/9"] * 3]
@@ -290,7 +274,7 @@ async def test_a_changed_prefix_applies_to_the_backlog_and_old_rows_keep_their_t
     try:
         async with started(broker), subscriber(broker, "#", "sub-prefix") as sub, \
                 uplink_on(broker, store, topic_prefix="site-b/gw") as uplink:
-            got = await collect(sub, 5)
+            got = await take(sub, 5)
             await uplink.wait_idle()
         # statuses first (priority), then telemetry; the v8 row as it was written
         assert [str(m.topic) for m in got] == [
@@ -319,7 +303,7 @@ async def test_alerts_and_ota_results_overtake_a_telemetry_backlog_order_kept_pe
     try:
         async with started(broker), subscriber(broker, "aiot/test/#", "sub-prio") as sub, \
                 uplink_on(broker, store, batch=8) as uplink:
-            got = await collect(sub, 2 + 40 + 4)
+            got = await take(sub, 2 + 40 + 4)
             await uplink.wait_idle()
     finally:
         store.close()
@@ -352,7 +336,7 @@ async def test_expired_messages_are_dropped_and_counted_the_rest_carry_what_is_l
         async with started(broker), subscriber(broker, "aiot/test/#", "sub-exp") as sub, \
                 uplink_on(broker, store, expiry_telemetry_s=60.0, expiry_status_s=1000.0,
                           clock=lambda: T0 + 100) as uplink:
-            got = await collect(sub, 2)
+            got = await take(sub, 2)
             await uplink.wait_idle()
         assert [str(m.topic) for m in got] == ["aiot/test/node-1/alert",
                                                "aiot/test/node-1/status"]
@@ -487,7 +471,7 @@ async def test_a_full_disk_stops_storing_but_not_forwarding(tmp_path, caplog):
         assert store.outbox_counts()[0] == 1 + stored
         async with started(broker), subscriber(broker, "aiot/test/+/data/#", "sub-full") \
                 as sub, uplink_on(broker, store, batch=16) as uplink:
-            got = await collect(sub, stored)
+            got = await take(sub, stored)
             await uplink.wait_idle()  # every row confirmed (deleted, where it had to be)
         ids = [int(message_key(m)[1]) for m in got]  # type: ignore[index]
         assert len(set(ids)) == stored

@@ -1,11 +1,16 @@
-"""What the uplink's tests share: a CoAP request as a node makes it, and the ``[mqtt]``
-section of a gateway config pointing at a test broker."""
+"""What the uplink's tests share: a CoAP request as a node makes it, the ``[mqtt]``
+section of a gateway config pointing at a test broker, and a subscriber taking what
+the uplink publishes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiocoap
+import aiomqtt
 from aiocoap.numbers.codes import Code
 
 
@@ -21,3 +26,27 @@ def mqtt_section(broker: Any, extra: str = "") -> str:
     """``[mqtt]`` on ``broker``, reconnecting fast (tests stop and start brokers)."""
     return (f'[mqtt]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
             "reconnect_min_s = 0.05\nreconnect_max_s = 0.2\n" + extra)
+
+
+@contextlib.asynccontextmanager
+async def subscribed(broker: Any, topic: str, name: str, **kw: Any
+                     ) -> AsyncIterator[aiomqtt.Client]:
+    """An aiomqtt client ``name`` subscribed to ``topic`` at QoS 1 (``kw``: more of the
+    Client's options: protocol, TLS)."""
+    async with aiomqtt.Client(broker.host, broker.port, identifier=name, **kw) as client:
+        await client.subscribe(topic, qos=1)
+        yield client
+
+
+async def take(client: aiomqtt.Client, n: int, timeout: float = 20.0
+               ) -> list[aiomqtt.Message]:
+    """The next ``n`` messages, the gateways' own statuses (``aiot/GW/status``) left out."""
+    out: list[aiomqtt.Message] = []
+    async with asyncio.timeout(timeout):
+        async for m in client.messages:
+            if str(m.topic).count("/") == 2 and str(m.topic).endswith("/status"):
+                continue
+            out.append(m)
+            if len(out) == n:
+                return out
+    raise AssertionError("unreachable")

@@ -4,6 +4,7 @@ CLI and by pyserial at the byte level: REPL modes, files, reboots, identity, fau
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import tty
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiotkit.boards.errors import UsageError
@@ -197,6 +199,17 @@ async def test_garbled_or_dropped_bytes_break_the_answer_until_the_line_is_clean
         assert (rc, out) == (0, "x" * 300 + "\r\n")
 
 
+def read_until(s: Any, end: bytes) -> bytes:
+    """What pyserial port ``s`` gives up to and including ``end``; its read timeout
+    fails the test."""
+    data = b""
+    while not data.endswith(end):
+        c = s.read(1)
+        assert c, f"timeout after {data!r}, waiting for {end!r}"
+        data += c
+    return data
+
+
 async def test_raw_repl_handshake_on_the_wire(tmp_path):
     """The bytes mpremote relies on, read with pyserial."""
     serial = pytest.importorskip("serial")
@@ -206,15 +219,7 @@ async def test_raw_repl_handshake_on_the_wire(tmp_path):
         def talk() -> dict[str, bytes]:
             got = {}
             with serial.Serial(str(board.link), 115200, timeout=5) as s:
-
-                def until(end: bytes) -> bytes:
-                    data = b""
-                    while not data.endswith(end):
-                        c = s.read(1)
-                        assert c, f"timeout after {data!r}, waiting for {end!r}"
-                        data += c
-                    return data
-
+                until = functools.partial(read_until, s)
                 s.write(b"\r\x03")
                 until(b">>> ")
                 s.write(b"\r\x01")
@@ -257,15 +262,7 @@ async def test_binary_output_and_ctrl_c_with_the_interrupt_off_cross_the_relay_u
         def talk() -> dict[str, bytes]:
             got = {}
             with serial.Serial(str(board.link), 115200, timeout=5) as s:
-
-                def until(end: bytes) -> bytes:
-                    data = b""
-                    while not data.endswith(end):
-                        c = s.read(1)
-                        assert c, f"timeout after {data!r}, waiting for {end!r}"
-                        data += c
-                    return data
-
+                until = functools.partial(read_until, s)
                 s.write(b"\r\x03")
                 until(b">>> ")
                 s.write(b"\r\x01")
