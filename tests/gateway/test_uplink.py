@@ -25,7 +25,7 @@ from aiotkit.gateway.lwm2m.senml import Record
 from aiotkit.gateway.storage import Registration, SqliteStorage
 from aiotkit.gateway.uplink.mqtt import Backoff, TopicScheme, Uplink
 from plugins.services import Mosquitto, free_port, require_tool
-from uplinkkit import ask, mqtt_section, subscribed, take
+from uplinkkit import ask, mqtt_section, persistent_broker, subscribed, take
 
 SENML_CBOR = 112
 
@@ -144,20 +144,6 @@ class Collector:
                     raise AssertionError(f"collector has {len(self.messages)} messages")
                 self._cond.wait(left)
             return list(self.messages)
-
-
-def persistent_broker(tmp_path: Path) -> Mosquitto:
-    """Mosquitto keeping sessions across a restart (so the test subscriber misses nothing)."""
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    broker = Mosquitto(require_tool("mosquitto", "apt-get install mosquitto"), workdir)
-    broker.conf.write_text(
-        f"listener {broker.port} {broker.host}\nallow_anonymous true\n"
-        f"persistence true\npersistence_location {workdir}/\nlog_dest stdout\n"
-        # run as root, mosquitto would switch to its own user and could not save here
-        f"user {getpass.getuser()}\n"
-    )
-    return broker
 
 
 async def test_broker_down_then_back_everything_queued_arrives_in_order(

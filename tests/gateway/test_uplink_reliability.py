@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import random
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aiocoap
@@ -29,8 +27,8 @@ from aiotkit.gateway.uplink.mqtt import TopicScheme, Uplink
 from aiotkit.tools.tcpshim import TcpShim
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from plugins.services import Mosquitto, require_tool
-from uplinkkit import ask, mqtt_section
+from plugins.services import Mosquitto
+from uplinkkit import ask, mqtt_section, persistent_broker
 
 SENML_CBOR = 112
 T0 = 1_700_000_000.0
@@ -106,22 +104,6 @@ async def peers(n: int) -> AsyncIterator[list[aiocoap.Context]]:
             stack.push_async_callback(ctx.shutdown)
             out.append(ctx)
         yield out
-
-
-def persistent_broker(tmp_path: Path) -> Mosquitto:
-    """Mosquitto keeping sessions across a restart, and queueing any number of messages
-    for a subscriber that is away (its default keeps 1000: the consumer, reconnecting
-    after the gateway, would miss the rest of a backlog)."""
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    broker = Mosquitto(require_tool("mosquitto", "apt-get install mosquitto"), workdir)
-    broker.conf.write_text(
-        f"listener {broker.port} {broker.host}\nallow_anonymous true\n"
-        f"persistence true\npersistence_location {workdir}/\nlog_dest stdout\n"
-        "max_queued_messages 0\n"
-        # run as root, mosquitto would switch to its own user and could not save here
-        f"user {getpass.getuser()}\n")
-    return broker
 
 
 def in_order_per_node(first: list[tuple[str, dict[str, Any], tuple[str, str]]]) -> None:
