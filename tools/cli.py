@@ -393,11 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
         "registered, a batch's boards per minute. "
         "aiot bench uplink [--backlog N ...]: the MQTT uplink end to end and draining a "
         "backlog against a bare MQTT publisher on the same Mosquitto; the gateway's RSS "
-        "with 1,000 nodes. "
+        "with 1,000 nodes. aiot bench history [--sends N]: what bounding the database's "
+        "history costs: bytes per Send, a prune chunk against an ingest chunk. "
         "'aiot bench NAME --help' for options.",
     )
-    be.add_argument("name", choices=["features", "gateway", "infer", "node", "oscore", "ota",
-                                     "provision", "uplink"],
+    be.add_argument("name", choices=["features", "gateway", "history", "infer", "node",
+                                     "oscore", "ota", "provision", "uplink"],
                     help="which benchmark")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     be.set_defaults(func=cmd_bench)
